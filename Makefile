@@ -1,0 +1,26 @@
+# Each target bootstraps .venv on a fresh machine. torch is pinned to the CPU build that is on
+# this machine's disk; pyproject keeps a range so GPU users get their own build.
+PY      := .venv/bin/python
+STAMP   := .venv/.qpass-installed
+TORCH   ?= torch==2.13.0
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[dev,plot]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m qpass.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,38 @@
+"""Errors a user can catch. Every user mistake ends in exactly one of these, with a message
+that says what is wrong and what to do about it."""
+
+
+class QpassError(Exception):
+    """Base class of every error qpass raises on purpose."""
+
+
+class CaptureError(QpassError):
+    """The model could not be traced to an FX graph."""
+
+
+class PipelineError(QpassError):
+    """A pipeline's pass order is invalid (checked before any compute)."""
+
+
+class VerificationError(QpassError):
+    """An `exact` pass changed the model's outputs beyond tolerance."""
+
+
+class CheckpointError(QpassError):
+    """A checkpoint directory is missing keys, has wrong shapes, or is corrupt."""
+
+
+class CalibrationError(QpassError):
+    """Calibration data is empty, too short, mismatched, or produced NaN/Inf."""
+
+
+class SpecError(QpassError, ValueError):
+    """A quantization spec or scheme string is invalid, or does not fit a tensor shape."""
+
+
+class HadamardError(QpassError, ValueError):
+    """No Hadamard matrix of the requested size can be built."""
+
+
+class BackendError(QpassError):
+    """No backend can run an op, or a backend failed to load."""

@@ -1,0 +1,302 @@
+"""Integer formats: scales/zero points, quantize/dequantize, and bit-stream packing.
+
+The one owner of the code convention (docs/FORMATS.md): passes produce codes with it and
+backends consume them with it, so the two can never disagree. Summary for a weight W (N, K),
+quantized along K, b bits:
+  symmetric   s = clip*absmax / (2^(b-1)-1), q = clamp(round(w/s), -2^(b-1), 2^(b-1)-1),
+              stored u = q + 2^(b-1), implicit zero z = 2^(b-1)
+  asymmetric  lo = clip*min(min w, 0), hi = clip*max(max w, 0), s = (hi-lo)/(2^b-1),
+              z = clamp(round(-lo/s), 0, 2^b-1), u = clamp(round(w/s) + z, 0, 2^b-1)
+  both        w ~ (u - z) * s; round half to even (torch.round); scales float32, zeros int32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CheckpointError, SpecError
+from .specs import QuantSpec
+
+# Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
+SCALE_FLOOR = torch.finfo(torch.float32).tiny
+PERCENTILE = 0.999          # fraction of |x| kept by the "percentile" observer
+MSE_GRID = [1.0 - 0.025 * i for i in range(21)]  # range shrink factors tried by "mse"
+
+
+def _spec(spec) -> QuantSpec:
+    return QuantSpec.parse(spec)
+
+
+def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """View x as (R, G, gs): rows = leading dims flattened, G groups of gs along the last dim."""
+    if spec.granularity == "tensor":
+        return x.reshape(1, 1, -1)
+    if x.dim() == 0:
+        raise SpecError(f"{spec} needs a tensor with a last (reduction) dim, got a scalar")
+    K = x.shape[-1]
+    if spec.granularity == "group":
+        spec.check_shape(K)
+        return x.reshape(-1, K // spec.group_size, spec.group_size)
+    return x.reshape(-1, 1, K)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero (int32) from observed min/max; observers use this too, so
+    calibrated and on-the-fly parameters follow the same convention. clip is applied here."""
+    spec = _spec(spec)
+    # float64 for these few numbers: the stored float32 scale is then the (nearly always
+    # correctly) rounded exact formula, on every device and for every input dtype.
+    dt = torch.float64
+    lo = torch.clamp(lo.to(dt), max=0.0) * spec.clip_ratio   # 0 must be representable
+    hi = torch.clamp(hi.to(dt), min=0.0) * spec.clip_ratio
+    if spec.symmetric:
+        scale = torch.maximum(hi, -lo) / spec.qmax
+        scale = scale.to(torch.float32).clamp(min=SCALE_FLOOR)
+        zero = torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
+    else:
+        scale = ((hi - lo) / (spec.levels - 1)).to(torch.float32).clamp(min=SCALE_FLOOR)
+        zero = torch.round(-lo / scale.to(dt)).clamp(0, spec.levels - 1).to(torch.int32)
+    return scale, zero
+
+
+def _observe(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(row, group) lo/hi of a grouped view (R, G, gs) by the spec's observer."""
+    if spec.observer == "percentile":
+        n = g.shape[-1]
+        k_hi = max(1, min(n, math.ceil(PERCENTILE * n)))
+        if spec.symmetric:
+            a = g.abs().kthvalue(k_hi, dim=-1).values
+            return -a, a
+        return g.kthvalue(n + 1 - k_hi, dim=-1).values, g.kthvalue(k_hi, dim=-1).values
+    return g.amin(dim=-1), g.amax(dim=-1)
+
+
+def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero for `w` under `spec`: (N, K//g) for group, (rows, 1) for channel/token
+    (rows = leading dims flattened), (1, 1) for tensor. zero is int32 (2^(b-1) if symmetric)."""
+    spec = _spec(spec)
+    g = _grouped(w.detach().to(_compute_dtype(w)), spec)
+    lo, hi = _observe(g, spec)
+    if spec.observer != "mse":
+        return qparams_from_range(lo, hi, spec)
+    # MSE observer: try shrunken ranges, keep per (row, group) the one with least squared error.
+    best_err = best_s = best_z = None
+    for f in MSE_GRID:
+        s, z = qparams_from_range(lo * f, hi * f, spec)
+        err = (_fq_grouped(g, spec, s, z) - g).pow(2).sum(-1)
+        if best_err is None:
+            best_err, best_s, best_z = err, s, z
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _codes_grouped(g: torch.Tensor, spec: QuantSpec, scale, zero) -> torch.Tensor:
+    s = scale.to(g.dtype).unsqueeze(-1)
+    z = zero.to(g.dtype).unsqueeze(-1)
+    # round first, then add the integer zero: identical for sym, and the documented asym order
+    return (torch.round(g / s) + z).clamp(0, spec.levels - 1)
+
+
+def _fq_grouped(g, spec, scale, zero):
+    u = _codes_grouped(g, spec, scale, zero)
+    return (u - zero.to(g.dtype).unsqueeze(-1)) * scale.to(g.dtype).unsqueeze(-1)
+
+
+def _zero_or_default(zero, scale, spec: QuantSpec) -> torch.Tensor:
+    if zero is None:
+        if not spec.symmetric:
+            raise SpecError(f"asymmetric spec {spec} needs explicit zero points")
+        return torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
+    return zero
+
+
+def quantize(w: torch.Tensor, spec, scale: torch.Tensor,
+             zero: torch.Tensor | None = None) -> torch.Tensor:
+    """Unsigned codes u (uint8, same shape as w). zero may be None for symmetric specs."""
+    spec = _spec(spec)
+    zero = _zero_or_default(zero, scale, spec)
+    g = _grouped(w.detach().to(_compute_dtype(w)), spec)
+    return _codes_grouped(g, spec, scale, zero).to(torch.uint8).reshape(w.shape)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(u - z) * s in float32, then cast to dtype."""
+    spec = _spec(spec)
+    zero = _zero_or_default(zero, scale, spec)
+    g = _grouped(codes, spec).to(torch.float32)
+    out = (g - zero.to(torch.float32).unsqueeze(-1)) * scale.to(torch.float32).unsqueeze(-1)
+    return out.reshape(codes.shape).to(dtype)
+
+
+def fake_quantize(x: torch.Tensor, spec, scale: torch.Tensor | None = None,
+                  zero: torch.Tensor | None = None) -> torch.Tensor:
+    """quantize -> dequantize in x's dtype. Without scale, parameters come from x itself (the
+    dynamic case: per-token rows for token granularity)."""
+    spec = _spec(spec)
+    if scale is None:
+        scale, zero = compute_qparams(x, spec)
+    return dequantize(quantize(x, spec, scale, zero), scale, zero, spec, dtype=x.dtype)
+
+
+def quantize_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric dynamic per-token activation quantization: signed q (int8, x's shape) and
+    scale (float32, x.shape[:-1] + (1,)); s = absmax/(2^(b-1)-1), x ~ q * s."""
+    spec = QuantSpec(bits, granularity="token", dynamic=True)
+    xf = x.detach().to(_compute_dtype(x))
+    s = (xf.abs().amax(dim=-1, keepdim=True) / spec.qmax).to(torch.float32).clamp(min=SCALE_FLOOR)
+    q = torch.round(xf / s.to(xf.dtype)).clamp(spec.qmin, spec.qmax).to(torch.int8)
+    return q, s
+
+
+def to_signed(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned symmetric codes u -> signed int8 q = u - 2^(b-1) (e.g. for int8 matmuls)."""
+    return (codes.to(torch.int16) - (1 << (bits - 1))).to(torch.int8)
+
+
+# ----- bit-stream packing ---------------------------------------------------------------------
+_MASK32 = 0xFFFFFFFF
+
+
+def packed_cols(K: int, bits: int) -> int:
+    """int32 words per row: each run of 32 codes takes `bits` words."""
+    return -(-K // 32) * bits
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise SpecError(f"pack bits must be an integer from 1 to 8, got {bits!r}")
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes (..., K) -> int32 (..., ceil(K/32)*bits), a little-endian bit stream along K.
+    Code i of each 32-run sits at stream bit bits*i; word j holds stream bits 32j..32j+31."""
+    _check_bits(bits)
+    if codes.dtype != torch.uint8:
+        raise SpecError(f"pack expects uint8 codes, got {codes.dtype}")
+    if codes.numel() and int(codes.max()) >= (1 << bits):
+        raise SpecError(f"a code exceeds {bits} bits (max {int(codes.max())})")
+    K = codes.shape[-1]
+    pad = (-K) % 32
+    c = torch.nn.functional.pad(codes.to(torch.int64), (0, pad)).reshape(*codes.shape[:-1], -1, 32)
+    offsets = bits * torch.arange(32, dtype=torch.int64, device=codes.device)
+    words = []
+    for j in range(bits):  # at most 8 words per run; each gathers the codes that touch it
+        sh = offsets - 32 * j
+        idx = ((sh > -bits) & (sh < 32)).nonzero().squeeze(1)
+        s = sh[idx]
+        part = (c[..., idx] << s.clamp(min=0)) >> (-s).clamp(min=0)
+        words.append((part & _MASK32).sum(-1))  # disjoint bits: sum == OR
+    w = torch.stack(words, dim=-1)
+    w = torch.where(w >= 1 << 31, w - (1 << 32), w)  # reinterpret as two's-complement int32
+    return w.to(torch.int32).reshape(*codes.shape[:-1], -1)
+
+
+def unpack(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
+    """Inverse of pack: int32 (..., ceil(K/32)*bits) -> uint8 codes (..., K)."""
+    _check_bits(bits)
+    if packed.dtype != torch.int32 or packed.shape[-1] != packed_cols(K, bits):
+        raise SpecError(f"unpack expects int32 (..., {packed_cols(K, bits)}) for K={K}, "
+                        f"bits={bits}; got {packed.dtype} {tuple(packed.shape)}")
+    w = (packed.to(torch.int64) & _MASK32).reshape(*packed.shape[:-1], -1, bits)
+    offsets = bits * torch.arange(32, dtype=torch.int64, device=packed.device)
+    j, sh = offsets // 32, offsets % 32
+    lo = w[..., j] >> sh
+    # a code may straddle two words; when it does not, the shifted high part lies above the mask
+    hi = w[..., (j + 1).clamp(max=bits - 1)] << (32 - sh)
+    codes = ((lo | hi) & ((1 << bits) - 1)).to(torch.uint8)
+    return codes.reshape(*packed.shape[:-1], -1)[..., :K]
+
+
+# ----- packed weight --------------------------------------------------------------------------
+@dataclass
+class QuantizedWeight:
+    """A packed weight (N, K). zero is None for symmetric specs: the zero point is the implicit
+    2^(b-1) and is not stored."""
+
+    packed: torch.Tensor          # int32 (N, ceil(K/32)*bits)
+    scale: torch.Tensor           # float32, compute_qparams shape
+    zero: torch.Tensor | None     # int32 like scale, asymmetric only
+    spec: QuantSpec
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale, zero, spec) -> QuantizedWeight:
+        """Pack codes produced elsewhere (e.g. by GPTQ) with their parameters."""
+        spec = _spec(spec)
+        if codes.dim() != 2:
+            raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(codes.shape)}")
+        return cls(pack(codes, spec.bits), scale.to(torch.float32),
+                   None if spec.symmetric else zero.to(torch.int32), spec, tuple(codes.shape))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, spec) -> QuantizedWeight:
+        """Round-to-nearest quantization of a float weight (N, K)."""
+        spec = _spec(spec)
+        if w.dim() != 2:
+            raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(w.shape)}")
+        if spec.is_activation_only:
+            raise SpecError(f"{spec} is an activation spec; weights use channel/group/tensor")
+        scale, zero = compute_qparams(w, spec)
+        return cls.from_codes(quantize(w, spec, scale, zero), scale, zero, spec)
+
+    def codes(self) -> torch.Tensor:
+        return unpack(self.packed, self.spec.bits, self.shape[1])
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.codes(), self.scale, self.zero, self.spec, dtype)
+
+    def nbytes(self) -> int:
+        """Bytes actually stored: packed codes + scales (+ zeros when asymmetric)."""
+        ts = [self.packed, self.scale] + ([] if self.zero is None else [self.zero])
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        p = _prefix(prefix)
+        sd = {p + "qweight": self.packed, p + "scales": self.scale}
+        if self.zero is not None:
+            sd[p + "zeros"] = self.zero
+        return sd
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, prefix: str, spec, shape) -> QuantizedWeight:
+        """Rebuild from checkpoint tensors; spec and shape come from the manifest."""
+        spec, p = _spec(spec), _prefix(prefix)
+        N, K = (int(d) for d in shape)
+        want = {p + "qweight": (torch.int32, (N, packed_cols(K, spec.bits))),
+                p + "scales": (torch.float32, tuple(_scale_shape(N, K, spec)))}
+        if not spec.symmetric:
+            want[p + "zeros"] = (torch.int32, want[p + "scales"][1])
+        for key, (dtype, shp) in want.items():
+            if key not in sd:
+                raise CheckpointError(f"missing tensor {key!r} for a {spec} weight of shape "
+                                      f"{(N, K)}")
+            t = sd[key]
+            if t.dtype != dtype or tuple(t.shape) != shp:
+                raise CheckpointError(f"{key!r}: expected {dtype} {shp}, found {t.dtype} "
+                                      f"{tuple(t.shape)}")
+        return cls(sd[p + "qweight"], sd[p + "scales"], sd.get(p + "zeros") if not spec.symmetric
+                   else None, spec, (N, K))
+
+
+def _prefix(prefix: str) -> str:
+    return prefix if not prefix or prefix.endswith(".") else prefix + "."
+
+
+def _scale_shape(N: int, K: int, spec: QuantSpec) -> tuple[int, int]:
+    if spec.granularity == "tensor":
+        return (1, 1)
+    if spec.granularity == "group":
+        spec.check_shape(K)
+        return (N, K // spec.group_size)
+    return (N, 1)

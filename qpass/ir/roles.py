@@ -1,0 +1,64 @@
+"""Roles of graph nodes (`node.meta["qpass"]["role"]`): what a node is, independent of names."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+
+ROLES = ("linear", "head", "norm", "embed", "attention", "rope", "residual_add", "hadamard",
+         "quant", "activation", "mul")
+
+# Ops that move or view data without mixing channels along the last dim.
+TRANSPARENT_METHODS = {"view", "reshape", "transpose", "permute", "contiguous", "to", "float",
+                       "half", "bfloat16", "double", "type", "flatten", "unsqueeze", "squeeze"}
+TRANSPARENT_FUNCTIONS = {operator.getitem, torch.reshape, torch.transpose, torch.flatten,
+                         torch.permute}
+ACTIVATIONS = {F.silu, F.gelu, torch.sigmoid, F.relu, torch.nn.functional.silu}
+ADD_FUNCTIONS = {operator.add, torch.add, operator.iadd}
+MUL_FUNCTIONS = {operator.mul, torch.mul}
+
+
+def module_role(m: nn.Module) -> str | None:
+    """Role of a leaf module; quantized replacements declare `qpass_role`."""
+    role = getattr(m, "qpass_role", None)
+    if role:
+        return role
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.Embedding):
+        return "embed"
+    if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or type(m).__name__.endswith(("RMSNorm", "LayerNorm")):
+        return "norm"
+    return None
+
+
+def function_role(target) -> str | None:
+    if target is ops.attention:
+        return "attention"
+    if target is ops.rope:
+        return "rope"
+    role = getattr(target, "qpass_role", None)
+    if role:
+        return role
+    if target in ACTIVATIONS:
+        return "activation"
+    if target in MUL_FUNCTIONS:
+        return "mul"
+    return None
+
+
+def is_transparent(node) -> bool:
+    if node.op == "call_method":
+        return node.target in TRANSPARENT_METHODS
+    if node.op == "call_function":
+        return node.target in TRANSPARENT_FUNCTIONS
+    return False
+
+
+def is_add(node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_FUNCTIONS) or \
+           (node.op == "call_method" and node.target in ("add", "add_"))

@@ -1,0 +1,140 @@
+"""Load denoisers from zoo names, named configs or HF-format checkpoint directories."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .config import NAMED_CONFIGS, ModelConfig
+from .denoiser import Denoiser, init_weights
+from .naming import config_from_hf, config_to_hf, key_map
+from .tokenizer import load_tokenizer
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").exists()) \
+        if ZOO_DIR.exists() else []
+
+
+def build(cfg: ModelConfig, device=None, dtype=None, seed: int | None = 0) -> Denoiser:
+    """A model of `cfg`; on the meta device it has structure and no weights."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    with torch.device(dev):
+        model = Denoiser(cfg)
+    if dev.type != "meta" and seed is not None:
+        init_weights(model, seed)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0) -> Denoiser:
+    """Zoo name (`tiny-llada`), named config (`llada-8b`, random weights — use device='meta'
+    for structure only) or an HF checkpoint directory in LLaDA, Dream/Qwen2 or LLaMA naming."""
+    key = str(name_or_dir)
+    if key in zoo_names():
+        return load_checkpoint(ZOO_DIR / key, device=device, dtype=dtype)
+    if key in NAMED_CONFIGS:
+        return build(NAMED_CONFIGS[key](), device=device, dtype=dtype, seed=seed)
+    path = Path(key)
+    if path.is_dir():
+        return load_checkpoint(path, device=device, dtype=dtype)
+    known = ", ".join(zoo_names() + sorted(NAMED_CONFIGS))
+    raise CheckpointError(f"'{key}' is neither a known model ({known}) nor a checkpoint directory")
+
+
+def _tensor_files(path: Path) -> dict[str, Path]:
+    """checkpoint tensor name -> safetensors file holding it (single file or sharded index)."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {k: path / f for k, f in weight_map.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path} has no *.safetensors file and no model.safetensors.index.json")
+    from safetensors import safe_open
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            out.update({k: f for k in fh.keys()})
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoiser:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
+    try:
+        cfg = config_from_hf(json.loads(cfg_file.read_text()))
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
+    model = build(cfg, device="meta")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "meta":
+        _fill(model, path, cfg, dev, dtype)
+    model.tokenizer = load_tokenizer(path)
+    return model.eval()
+
+
+def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtype) -> None:
+    from safetensors import safe_open
+    files = _tensor_files(path)
+    expected = key_map(cfg)
+    missing = sorted(set(expected) - set(files))
+    unexpected = sorted(k for k in set(files) - set(expected)
+                        if not k.endswith(("rotary_emb.inv_freq", "attn_bias")))
+    if missing or unexpected:
+        msg = [f"checkpoint {path} does not match its config ({cfg.family} naming)"]
+        if missing:
+            msg.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            msg.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        raise CheckpointError("; ".join(msg))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    state = {}
+    by_file: dict[Path, list[str]] = {}
+    for k in expected:
+        by_file.setdefault(files[k], []).append(k)
+    for f, keys in by_file.items():
+        with safe_open(str(f), framework="pt") as fh:
+            for k in keys:
+                t = fh.get_tensor(k)
+                want = params[expected[k]].shape
+                if tuple(t.shape) != tuple(want):
+                    raise CheckpointError(f"shape mismatch for '{k}': checkpoint has "
+                                          f"{tuple(t.shape)}, the config expects {tuple(want)}")
+                if not t.is_floating_point():
+                    raise CheckpointError(f"'{k}' has dtype {t.dtype}; expected floating point")
+                state[expected[k]] = t.to(device=dev, dtype=dtype or torch.float32)
+    if cfg.tie_embeddings:
+        state["head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.head.weight = model.embed.weight
+    model._build_rope()
+    if dtype is not None:
+        model.rope_cos, model.rope_sin = model.rope_cos.float(), model.rope_sin.float()
+
+
+def save_checkpoint(model: Denoiser, path: str | os.PathLike, dtype=None) -> Path:
+    """Write `model` as an HF-format directory in its family's naming (config.json + safetensors)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    params = dict(model.named_parameters(remove_duplicate=False))
+    tensors = {}
+    for ck, mk in key_map(cfg).items():
+        t = params[mk].detach().to("cpu")
+        tensors[ck] = (t.to(dtype) if dtype is not None else t).contiguous()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=1))
+    if model.tokenizer is not None and hasattr(model.tokenizer, "save"):
+        model.tokenizer.save(path)
+    return path

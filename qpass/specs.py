@@ -1,0 +1,293 @@
+"""Quantization specs and schemes: what to quantize, to how many bits, at which granularity.
+
+`QuantSpec` describes one tensor's integer format (`int4:g128:sym`); `Scheme` says which spec
+applies to the weights, activations and attention of every node, with per-node overrides.
+Both validate at construction so a typo fails before any compute, with a message that says
+what would have been valid. The arithmetic lives in qpass/formats.py.
+"""
+from __future__ import annotations
+
+import fnmatch
+import numbers
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+
+GRANULARITIES = ("tensor", "channel", "group", "token")
+OBSERVERS = ("minmax", "percentile", "mse")
+_SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<ratio>]"
+              "[:minmax|percentile|mse]")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """Integer format of one tensor. Weights are (N, K) and quantized along K (the reduction
+    dim); activations are (..., K) and "token" means one scale per row of the (M, K) view."""
+
+    bits: int
+    symmetric: bool = True
+    granularity: str = "channel"
+    group_size: int | None = None
+    dynamic: bool = False
+    clip_ratio: float = 1.0
+    observer: str = "minmax"
+
+    def __post_init__(self):
+        bits = self.bits
+        if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
+            raise SpecError(f"bits must be an integer from 1 to 8 (the packed formats hold 1..8-bit "
+                            f"codes), got {bits!r}")
+        object.__setattr__(self, "bits", int(bits))
+        if self.bits == 1 and self.symmetric:
+            # 2^(b-1)-1 = 0 levels on the positive side: the symmetric scale would be absmax/0.
+            raise SpecError("symmetric int1 has no positive level (codes -1 and 0 only); "
+                            "use 'int1:asym' or at least 2 bits")
+        if self.granularity not in GRANULARITIES:
+            raise SpecError(f"unknown granularity {self.granularity!r}; valid: "
+                            f"{', '.join(GRANULARITIES)}")
+        if self.granularity == "group":
+            g = self.group_size
+            if isinstance(g, bool) or not isinstance(g, numbers.Integral) or g <= 0:
+                raise SpecError(f"group granularity needs a positive integer group_size "
+                                f"(e.g. 'int4:g128'), got {g!r}")
+            object.__setattr__(self, "group_size", int(g))
+        elif self.group_size is not None:
+            raise SpecError(f"group_size={self.group_size} only makes sense with granularity "
+                            f"'group', not {self.granularity!r}; write e.g. 'int{self.bits}:"
+                            f"g{self.group_size}'")
+        if self.granularity == "token":
+            # Token counts change every call, so per-token scales can only be computed at run
+            # time: token granularity implies a dynamic (activation) spec.
+            object.__setattr__(self, "dynamic", True)
+        try:
+            clip = float(self.clip_ratio)
+        except (TypeError, ValueError):
+            raise SpecError(f"clip_ratio must be a number in (0, 1], got {self.clip_ratio!r}") from None
+        if not 0.0 < clip <= 1.0:
+            raise SpecError(f"clip_ratio must be in (0, 1] (a fraction of the observed range), "
+                            f"got {self.clip_ratio!r}")
+        object.__setattr__(self, "clip_ratio", clip)
+        if self.observer not in OBSERVERS:
+            raise SpecError(f"unknown observer {self.observer!r}; valid: {', '.join(OBSERVERS)}")
+
+    # ----- code range -------------------------------------------------------------------------
+    @property
+    def qmin(self) -> int:
+        """Smallest integer code: signed range for symmetric, unsigned for asymmetric."""
+        return -(1 << (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.symmetric else (1 << self.bits) - 1
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def is_activation_only(self) -> bool:
+        """Per-token specs describe activations; weights never use them."""
+        return self.granularity == "token"
+
+    def check_shape(self, K: int, name: str | None = None) -> None:
+        """Raise SpecError if this spec cannot quantize a reduction dim of size K."""
+        if self.granularity != "group" or K % self.group_size == 0:
+            return
+        where = f"layer {name!r}" if name else "tensor"
+        raise SpecError(f"{where}: in_features K={K} is not divisible by group size "
+                        f"{self.group_size}; use a group size that divides K, e.g. "
+                        f"g{_suggest_group(K, self.group_size)}, or override this layer")
+
+    # ----- text form --------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, s: str | QuantSpec) -> QuantSpec:
+        """Parse `int4:g128:sym`, `int8:token:dyn`, `int4:channel:asym:clip0.9:mse`, ..."""
+        if isinstance(s, QuantSpec):
+            return s
+        if not isinstance(s, str):
+            raise SpecError(f"expected a spec string like 'int4:g128:sym', got {type(s).__name__}")
+        tokens = [t.strip() for t in s.strip().lower().split(":")]
+        head = tokens[0]
+        if not head.startswith("int") or not head[3:].isdigit():
+            raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym'); "
+                            f"form: {_SPEC_FORM}")
+        kw: dict = {"bits": int(head[3:])}
+        for tok in tokens[1:]:
+            if tok in ("tensor", "channel", "token"):
+                key, val = "granularity", tok
+            elif tok.startswith("g") and tok[1:].isdigit():
+                _set(kw, "granularity", "group", s)
+                key, val = "group_size", int(tok[1:])
+            elif tok in ("sym", "asym"):
+                key, val = "symmetric", tok == "sym"
+            elif tok in ("dyn", "dynamic", "static"):
+                key, val = "dynamic", tok != "static"
+            elif tok.startswith("clip"):
+                try:
+                    key, val = "clip_ratio", float(tok[4:])
+                except ValueError:
+                    raise SpecError(f"bad clip token {tok!r} in {s!r}; write e.g. 'clip0.9'") from None
+            elif tok in OBSERVERS:
+                key, val = "observer", tok
+            else:
+                raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
+            _set(kw, key, val, s)
+        return cls(**kw)
+
+    def __str__(self) -> str:
+        gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
+        parts = [f"int{self.bits}", gran]
+        # Group specs always spell out symmetry (the form GPTQ/AWQ recipes use); elsewhere only
+        # the non-default 'asym' is written.
+        if not self.symmetric:
+            parts.append("asym")
+        elif self.granularity == "group":
+            parts.append("sym")
+        if self.dynamic:
+            parts.append("dyn")
+        if self.clip_ratio != 1.0:
+            parts.append(f"clip{self.clip_ratio!r}")
+        if self.observer != "minmax":
+            parts.append(self.observer)
+        return ":".join(parts)
+
+
+def _set(kw: dict, key: str, val, s: str) -> None:
+    if key in kw and kw[key] != val:
+        raise SpecError(f"spec {s!r} sets {key} twice ({kw[key]!r} and {val!r})")
+    kw[key] = val
+
+
+def _suggest_group(K: int, g: int) -> int:
+    """Largest divisor of K not above g, preferring multiples of 32 (one packed run)."""
+    divisors = [d for d in range(1, min(g, K) + 1) if K % d == 0]
+    aligned = [d for d in divisors if d % 32 == 0]
+    return (aligned or divisors)[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+def _spec_or_none(x) -> QuantSpec | None:
+    return None if x is None else QuantSpec.parse(x)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Weight / activation / attention specs plus per-node overrides.
+
+    `overrides` is an ordered sequence (or dict) of (pattern, spec-or-None): a pattern is an
+    fnmatch glob on the node/module name, or `role:<glob>` on the node's role. None keeps the
+    node in high precision; a spec replaces its weight spec (its activations keep the scheme's
+    act spec). The LAST matching override wins, so later entries refine earlier ones; any
+    override beats the `keep_roles` default (head and embeddings stay high precision).
+    """
+
+    name: str
+    weight: QuantSpec | None
+    act: QuantSpec | None = None
+    attn: QuantSpec | None = None
+    overrides: tuple = ()
+    keep_roles: frozenset = field(default_factory=lambda: frozenset({"head", "embed"}))
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _spec_or_none(self.weight))
+        object.__setattr__(self, "act", _spec_or_none(self.act))
+        object.__setattr__(self, "attn", _spec_or_none(self.attn))
+        items = self.overrides.items() if isinstance(self.overrides, dict) else self.overrides
+        norm = []
+        for item in items:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
+                raise SpecError(f"an override is (pattern, spec or None), got {item!r}")
+            norm.append((item[0], _spec_or_none(item[1])))
+        object.__setattr__(self, "overrides", tuple(norm))
+        object.__setattr__(self, "keep_roles", frozenset(self.keep_roles))
+        w = self.weight
+        if w is not None and (w.is_activation_only or w.dynamic):
+            raise SpecError(f"scheme {self.name!r}: weight spec {w} is dynamic/per-token; weights "
+                            f"are quantized once, use e.g. 'int{w.bits}:channel' or "
+                            f"'int{w.bits}:g128'")
+        for label, a in (("act", self.act), ("attn", self.attn)):
+            if a is not None and a.granularity == "channel":
+                raise SpecError(f"scheme {self.name!r}: {label} spec {a} is per-channel, which no "
+                                f"integer matmul can apply; use 'int{a.bits}:token:dyn' or "
+                                f"'int{a.bits}:tensor'")
+
+    def spec_for(self, name: str, role: str | None = None
+                 ) -> tuple[QuantSpec | None, QuantSpec | None, str]:
+        """(weight spec, activation spec, reason) for one node. None = keep high precision."""
+        for pattern, spec in reversed(self.overrides):
+            if _matches(pattern, name, role):
+                if spec is None:
+                    return None, None, f"kept high precision: override {pattern!r}"
+                if role == "attention":
+                    return None, spec, f"override {pattern!r}: attention {spec}"
+                return spec, self.act, f"override {pattern!r}: weight {spec}"
+        if role == "attention":
+            if self.attn is None:
+                return None, None, f"kept high precision: scheme {self.name} has no attention spec"
+            return None, self.attn, f"scheme {self.name}: attention {self.attn}"
+        if role in self.keep_roles:
+            return None, None, f"kept high precision: role {role} (default rule)"
+        if self.weight is None and self.act is None:
+            return None, None, f"kept high precision: scheme {self.name} quantizes nothing"
+        return self.weight, self.act, f"scheme {self.name}"
+
+    @classmethod
+    def parse(cls, x) -> Scheme:
+        """A Scheme, a scheme name (`w4a4`, `w4a16g128`, optional `kv<bits>` suffix for
+        attention), or a weight spec (`'int4:g128:sym'`, activations unquantized)."""
+        if isinstance(x, Scheme):
+            return x
+        if isinstance(x, QuantSpec):
+            return cls(name=str(x), weight=x)
+        if not isinstance(x, str):
+            raise SpecError(f"expected a scheme name, spec string or Scheme, got {type(x).__name__}")
+        key = x.strip().lower()
+        if key.startswith("int"):
+            return cls(name=key, weight=QuantSpec.parse(key))
+        base, kv = key, None
+        if "kv" in key:
+            base, _, kv_bits = key.rpartition("kv")
+            if not kv_bits.isdigit():
+                base = key
+            else:
+                kv = QuantSpec(int(kv_bits), granularity="token", dynamic=True)
+        if base not in PRESETS:
+            raise SpecError(f"unknown scheme {x!r}; known: {', '.join(PRESETS)} (optionally with "
+                            f"a 'kv<bits>' suffix), or a weight spec such as 'int4:g128:sym'")
+        weight, act = PRESETS[base]
+        return cls(name=key, weight=weight, act=act, attn=kv)
+
+    def to_dict(self) -> dict:
+        s = lambda spec: None if spec is None else str(spec)  # noqa: E731
+        return {"name": self.name, "weight": s(self.weight), "act": s(self.act),
+                "attn": s(self.attn), "overrides": [[p, s(v)] for p, v in self.overrides],
+                "keep_roles": sorted(self.keep_roles)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scheme:
+        try:
+            return cls(name=d["name"], weight=d["weight"], act=d.get("act"), attn=d.get("attn"),
+                       overrides=tuple(tuple(o) for o in d.get("overrides", ())),
+                       keep_roles=frozenset(d.get("keep_roles", ("head", "embed"))))
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"scheme dict needs 'name' and 'weight' keys: {e}") from None
+
+
+def _matches(pattern: str, name: str, role: str | None) -> bool:
+    if pattern.startswith("role:"):
+        return role is not None and fnmatch.fnmatchcase(role, pattern[5:])
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+# name -> (weight spec, activation spec); w4a16 is the common shorthand for the g128 variant.
+PRESETS: dict[str, tuple[str, str | None]] = {
+    "w4a16g128": ("int4:g128:sym", None),
+    "w4a16": ("int4:g128:sym", None),
+    "w3a16g128": ("int3:g128:sym", None),
+    "w2a16g128": ("int2:g128:sym", None),
+    "w8a16": ("int8:channel", None),
+    "w8a8": ("int8:channel", "int8:token:dyn"),
+    "w4a8": ("int4:channel", "int8:token:dyn"),
+    "w4a8g128": ("int4:g128:sym", "int8:token:dyn"),
+    "w4a4": ("int4:channel", "int4:token:dyn"),
+}
