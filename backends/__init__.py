@@ -1,0 +1,1 @@
+"""qpass.backends: the kernel registry, the reference backend and the Triton backend."""

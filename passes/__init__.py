@@ -1,0 +1,5 @@
+"""qpass.passes: one file per pass (DESIGN §3). Installed as the subpackage qpass.passes."""
+from .fuse_norms import FuseNorms
+from .rtn import RTN
+from .rotate import Rotate
+from .duquant import DuQuant

@@ -1,0 +1,62 @@
+"""What `qpass inspect` shows: per node role/block/shape/dtype/params, per block its groups."""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..ir import QGraph
+
+
+def _shape(n: fx.Node):
+    tm = n.meta.get("tensor_meta")
+    if tm is None or not hasattr(tm, "shape"):
+        return None, None
+    return list(tm.shape), str(tm.dtype).replace("torch.", "")
+
+
+def _params(g: QGraph, n: fx.Node) -> int:
+    if n.op != "call_module":
+        return 0
+    return sum(p.numel() for p in g.module(n).parameters(recurse=True))
+
+
+def node_rows(g: QGraph, interesting_only: bool = True) -> list[dict]:
+    rows = []
+    for n in g.graph.nodes:
+        meta = n.meta.get("qpass", {})
+        role = meta.get("role")
+        if interesting_only and role is None and n.op not in ("placeholder", "output"):
+            continue
+        shape, dtype = _shape(n)
+        row = {"name": n.name, "op": n.op, "target": str(n.target) if n.op != "call_function"
+               else getattr(n.target, "__name__", str(n.target)),
+               "role": role, "block": meta.get("block"), "shape": shape, "dtype": dtype,
+               "params": _params(g, n)}
+        for k in ("spec", "act_spec", "rotation", "smoothing", "sqnr_db"):
+            if k in meta:
+                row[k] = meta[k]
+        rows.append(row)
+    return rows
+
+
+def block_rows(g: QGraph) -> list[dict]:
+    out = []
+    for b in g.blocks():
+        groups = g.groups(b)
+        out.append({"block": b.index, "linears": [n.target for n in b.linears],
+                    "n_linears": len(b.linears), "groups": groups})
+    return out
+
+
+def summarize(g: QGraph, model_name: str = "") -> dict:
+    linears = g.linears()
+    return {
+        "model": model_name,
+        "config": g.config.to_dict() if g.config is not None else None,
+        "n_nodes": len(g.graph.nodes),
+        "n_blocks": len(g.blocks()),
+        "n_linears": len(linears),
+        "head": [n.target for n in g.nodes("head")],
+        "params": sum(p.numel() for p in g.gm.parameters()),
+        "blocks": block_rows(g),
+        "nodes": node_rows(g),
+    }
