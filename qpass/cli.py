@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_inspect_command(sub)
     from .eval.cli import add_eval_command
     add_eval_command(sub)
+    from .generate_cli import add_generate_command
+    add_generate_command(sub)
     from .demo import add_demo_command
     add_demo_command(sub)
     return ap

@@ -1,0 +1,18 @@
+"""Evaluation of denoisers (FP or compiled): masked-diffusion ELBO perplexity, Monte-Carlo
+conditional likelihood and multiple choice, generation tasks and a sandboxed code runner.
+
+    r = qpass.eval.elbo_ppl(model, texts)          # EvalResult: bits_per_byte, stderr, ...
+    qpass.eval.evaluate(model, tasks=("general", "math", "code"))"""
+from . import humaneval  # noqa: F401  (registers the humaneval task)
+from .cloze import ClozeItem, build_cloze
+from .code_exec import run_candidate
+from .elbo import EvalResult, elbo_ppl
+from .humaneval import check_humaneval, humaneval_problems
+from .likelihood import choose, loglikelihood, loglikelihood_draws
+from .runner import DEFAULT_TASKS, evaluate, print_results, results_table
+from .tasks import TASKS, TaskSettings, get_task, register
+
+__all__ = ["elbo_ppl", "EvalResult", "loglikelihood", "loglikelihood_draws", "choose",
+           "run_candidate", "humaneval_problems", "check_humaneval", "evaluate",
+           "results_table", "print_results", "DEFAULT_TASKS", "TASKS", "TaskSettings",
+           "get_task", "register", "build_cloze", "ClozeItem"]

@@ -1,0 +1,80 @@
+"""`qpass eval MODEL_OR_DIR`: the evaluation subcommand (wired into qpass/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import QpassError
+
+EXAMPLE = """example:
+  qpass eval tiny-llada --tasks general,math,code --limit 20 --json out.json
+  qpass eval ./w4a4 --tasks math --n-mc 8"""
+
+
+def add_eval_command(subparsers) -> argparse.ArgumentParser:
+    """Add the `eval` subparser; its handler is stored as `func` (call `args.func(args)`)."""
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model on the general / math / code tasks",
+        description="Evaluate a denoiser (zoo name, checkpoint dir or compiled dir): "
+                    "ELBO bits per byte, cloze accuracy, arithmetic exact match.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL_OR_DIR", help="zoo name (tiny-llada) or directory")
+    p.add_argument("--tasks", default="general,math,code",
+                   help="comma-separated task names (default: general,math,code)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="cap on items per task (questions, problems, text chunks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", dest="json_out", metavar="PATH", default=None,
+                   help="also write the results as JSON")
+    p.add_argument("--data-dir", default=None,
+                   help="held-out data folder (default: MODEL_DIR/eval, then the zoo's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--n-mc", type=int, default=None, help="ELBO masking draws per chunk")
+    p.add_argument("--text-bytes", type=int, default=None, help="held-out bytes for bits/byte")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.set_defaults(func=run_eval_command)
+    return p
+
+
+def load_model(name_or_dir: str, device=None, dtype=None):
+    """A zoo/config name or checkpoint dir via qpass.models.load; a compiled dir (one with
+    the manifest.json that CompiledDenoiser.save writes) via qpass.load_compiled."""
+    import torch
+
+    from ..models import load
+    dt = getattr(torch, dtype) if dtype else None
+    path = Path(name_or_dir)
+    if path.is_dir() and (path / "manifest.json").exists():
+        from ..compiled import load_compiled
+        model = load_compiled(path)
+        return model.to(device) if device else model
+    return load(name_or_dir, device=device, dtype=dt)
+
+
+def _data_dir(args) -> Path | None:
+    if args.data_dir:
+        return Path(args.data_dir)
+    candidate = Path(args.model) / "eval"
+    return candidate if candidate.is_dir() else None
+
+
+def run_eval_command(args) -> int:
+    """Handler of `qpass eval`; raises QpassError for user mistakes (the CLI prints one line)."""
+    from rich.console import Console
+
+    from .runner import evaluate, print_results
+    if args.limit is not None and args.limit < 1:
+        raise QpassError("--limit must be >= 1")
+    settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))
+                if v is not None}
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    results = evaluate(model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+                       limit=args.limit, seed=args.seed, data_dir=_data_dir(args),
+                       progress=args.progress, **settings)
+    results["model"] = str(args.model)
+    print_results(results, Console())
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n")
+    return 0

