@@ -3,3 +3,8 @@ from .fuse_norms import FuseNorms
 from .rtn import RTN
 from .rotate import Rotate
 from .duquant import DuQuant
+from .smoothquant import SmoothQuant
+from .lower import Lower
+from .gptq import GPTQ
+from .observe import ObserveActivations
+from .awq import AWQ

@@ -24,6 +24,8 @@ def add_inspect_command(sub) -> None:
                    help="default: meta for the large named configs, cpu otherwise")
     p.add_argument("--seq-len", type=int, default=16, help="example input length for shapes")
     p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
+    from .quantize_cli import add_inspect_pipeline_args
+    add_inspect_pipeline_args(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -44,6 +46,9 @@ def capture_named(model_name: str, device: str | None, seq_len: int = 16):
 
 
 def cmd_inspect(args) -> int:
+    if getattr(args, "pipeline", None) or getattr(args, "after", None):
+        from .quantize_cli import cmd_inspect_pipeline
+        return cmd_inspect_pipeline(args)
     from .inspect import render_dot, render_json, render_text, summarize
     g = capture_named(args.model, args.device, args.seq_len)
     if args.format == "dot":
@@ -60,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "diffusion language models (LLaDA, Dream).")
     sub = ap.add_subparsers(dest="command", required=True)
     add_inspect_command(sub)
+    from .quantize_cli import add_quantize_command
+    add_quantize_command(sub)
     from .eval.cli import add_eval_command
     add_eval_command(sub)
     from .generate_cli import add_generate_command

@@ -49,7 +49,7 @@ def main() -> None:
     tok = model.tokenizer
     sh = (ZOO / "eval" / "shakespeare_test.txt").read_bytes()
     py = (ZOO / "eval" / "python_test.txt").read_bytes()
-    res = evaluate(model, text_bytes=65536, n_mc=8, cloze_items=100, cloze_mc=16, math_items=200)
+    res = evaluate(model, text_bytes=32768, n_mc=4, cloze_items=60, cloze_mc=8, math_items=100)
     prompt = "ROMEO:\n"
     ids = torch.tensor([tok.encode(prompt)])
     out = generate(model, ids, gen_length=128, steps=128, block_length=32)

@@ -1,0 +1,120 @@
+"""The `triton` backend: CUDA kernels for every qpass op (and, for tests, the same kernels on
+CPU under TRITON_INTERPRET=1). Weight tensors arrive in the canonical layouts of
+docs/FORMATS.md and are read as is (no repacking): W8A8 int8 (N, K); int4 streams unpacked in
+registers. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
+2^k with 256 ≤ n ≤ 16384, head dims that are not powers of two) are declined in supports()
+with a reason, and the registry falls back to the next backend."""
+from __future__ import annotations
+
+import torch
+
+from ..registry import Backend
+from ._common import HAVE_TRITON, IMPORT_ERROR, hadamard_split, interpreting
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _rows(x):
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
+    from .gemm_w4a16 import w4a16_gemm
+    y = w4a16_gemm(_rows(x), qweight.contiguous(), scales, zeros, bits, group_size, bias)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def _int_linear(x, w, w_scales, bias, act_bits, w_bits):
+    from .gemm_int import int_gemm
+    from .quant import quant_rows
+    xq, xs = quant_rows(_rows(x), act_bits)
+    y = int_gemm(xq, xs, w.contiguous(), w_scales, bias, x.dtype, w_bits, 0)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def linear_w8a8(x, w_int8, w_scales, bias):
+    return _int_linear(x, w_int8, w_scales, bias, 8, 8)
+
+
+def linear_w4a8(x, qweight, w_scales, bias, group_size):
+    return _int_linear(x, qweight, w_scales, bias, 8, 4)
+
+
+def linear_w4a4(x, qweight, w_scales, bias, group_size):
+    return _int_linear(x, qweight, w_scales, bias, 4, 4)
+
+
+def quant_per_token(x, bits, use_hadamard, signs):
+    from .quant import hadamard_rows, quant_rows
+    x2 = _rows(x)
+    q, s = hadamard_rows(x2, signs, bits) if use_hadamard else quant_rows(x2, bits)
+    return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
+
+
+def hadamard_op(x, signs):
+    from .quant import hadamard_rows
+    return hadamard_rows(_rows(x), signs, None).reshape(x.shape)
+
+
+def attention(q, k, v, key_mask, causal, int8):
+    from .attention import flash_attention
+    return flash_attention(q, k, v, key_mask, causal, int8)
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    priority = 10
+    kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
+               "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
+               "quant_per_token": quant_per_token, "hadamard": hadamard_op,
+               "attention": attention}
+
+    def available(self):
+        if not HAVE_TRITON:
+            return False, f"triton is not importable ({IMPORT_ERROR})"
+        if interpreting():
+            return True, "TRITON_INTERPRET=1: kernels run in the CPU interpreter"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
+        return True, f"CUDA: {torch.cuda.get_device_name()}"
+
+    def _device_ok(self, device) -> bool:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        return dev.type == "cuda" or (dev.type == "cpu" and interpreting())
+
+    def why_not(self, op, spec, device, dtype):
+        if not self._device_ok(device):
+            return f"triton runs on CUDA devices, not {device}"
+        if dtype not in _FLOATS:
+            return f"triton kernels take fp16/bf16/fp32 inputs, not {dtype}"
+        if interpreting() and dtype == torch.bfloat16:
+            return "the Triton interpreter has no bf16"
+        return _shape_reason(op, dict(spec or {})) or super().why_not(op, spec, device, dtype)
+
+    def supports(self, op, spec=None, device=None, dtype=None):
+        if op not in self.kernels or not self._device_ok(device) or dtype not in _FLOATS:
+            return False
+        if interpreting() and dtype == torch.bfloat16:
+            return False
+        return _shape_reason(op, dict(spec or {})) is None
+
+
+def _shape_reason(op: str, spec: dict) -> str | None:
+    """Why the kernels cannot take this shape, or None."""
+    K = spec.get("K")
+    if op.startswith("linear"):
+        if K is not None and K % 32:
+            return f"K={K} is not a multiple of 32"
+        gs = spec.get("group_size", 0)
+        if gs and gs % 32:
+            return f"group size {gs} is not a multiple of 32"
+    if op in ("hadamard",) or (op == "quant_per_token" and spec.get("hadamard")):
+        n = spec.get("n")
+        if n is not None and hadamard_split(n) is None:
+            return f"Hadamard size {n} is not 2^k with 256 <= n <= 16384"
+    if op == "attention":
+        D = spec.get("D")
+        if D is not None and (D & (D - 1) or not 16 <= D <= 256):
+            return f"head dim {D} is not a power of two in [16, 256]"
+    return None

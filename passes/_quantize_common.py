@@ -1,0 +1,71 @@
+"""Shared helpers for quantizing passes (RTN here; GPTQ, AWQ, … reuse them).
+
+    targets = quantize_targets(g, scheme)   # every linear with its specs, in graph order
+    for node, lin, wspec, aspec, reason in targets:
+        if wspec is None and aspec is None:
+            continue                        # kept in high precision by a rule (`reason`)
+        qw = ...                            # your QuantizedWeight (or None for plain RTN)
+        replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec, qweight=qw),
+                       reason=reason)
+
+`quantize_targets` validates every spec against its layer's shape BEFORE anything changes, so
+a group size that does not divide K raises a SpecError naming the layer and the graph is left
+untouched. `replace_linear` swaps the module behind a call_module node (the node, its name
+and its users stay), and records in `node.meta["qpass"]` the specs, the reason, and the weight
+SQNR against the float weight it replaced — the pipeline report reads them from there."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from qpass.specs import QuantSpec, Scheme
+
+
+def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | None,
+                                              QuantSpec | None, str]]:
+    """[(node, module, weight spec, act spec, reason)] for every float nn.Linear node (incl. the
+    head) of `g`. Specs are None where the scheme keeps the layer in high precision. Linears
+    already replaced by a quantized module are left out."""
+    scheme = Scheme.parse(scheme)
+    out = []
+    for node in g.linears(include_head=True):
+        m = g.module(node)
+        if not isinstance(m, nn.Linear):
+            continue
+        role = node.meta.get("qpass", {}).get("role")
+        w, a, reason = scheme.spec_for(node.target, role)
+        if w is not None:
+            w.check_shape(m.in_features, node.target)
+        out.append((node, m, w, a, reason))
+    return out
+
+
+def weight_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    r, a = ref.detach().double(), approx.detach().double()
+    noise = (r - a).pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(max(r.pow(2).sum().item(), 1e-300) / noise)
+
+
+def set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, attr = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def replace_linear(g, node: fx.Node, new_module: nn.Module, reason: str | None = None) -> None:
+    """Put `new_module` behind `node` (a call_module linear) and record specs and weight SQNR
+    in node.meta["qpass"]. The old module's float weight is the SQNR reference."""
+    old = g.module(node)
+    meta = node.meta.setdefault("qpass", {})
+    ws, as_ = getattr(new_module, "weight_spec", None), getattr(new_module, "act_spec", None)
+    meta["weight_spec"] = None if ws is None else str(ws)
+    meta["act_spec"] = None if as_ is None else str(as_)
+    if reason:
+        meta["quant_reason"] = reason
+    old_w = getattr(old, "weight", None)
+    if isinstance(old_w, torch.Tensor) and old_w.device.type != "meta" and \
+            hasattr(new_module, "dequantized_weight"):
+        meta["weight_sqnr_db"] = weight_sqnr_db(old_w, new_module.dequantized_weight(torch.float64))
+    set_submodule(g.gm, node.target, new_module)

@@ -1,0 +1,257 @@
+"""AWQ: activation-aware per-channel scales and weight clipping, folded into the weights.
+
+Block by block (qpass/sequential.py), for the block's calibration inputs:
+1. Statistics. For every distinct linear input X of the block: mean|X| per channel and the
+   Gram matrix Σ = XᵀX over all calibration tokens (float64). With Σ, the output error of a
+   weight change D = W − W' is ‖X·Dᵀ‖² = Σ_rows (D·Σ·Dᵀ)_ii, so the search never revisits the
+   tokens.
+2. Scale search per smoothing pair found in the graph (norm → q/k/v and gate/up, up → down,
+   v → o under MHA; passes/_smoothing_pairs.py): for α = i/n_grid, i = 0..n_grid−1,
+       s = mean|X|^α, normalised by √(max s · min s),
+       W'_c = Q(W_c·diag(s))·diag(1/s)          (Q: round-to-nearest fake quantization per the
+                                                  scheme's weight spec)
+   and keep the α minimising Σ_c ‖X·W_cᵀ − X·W'_cᵀ‖² — the output error of the pair's quantized
+   layer group (its consumer linears, not the whole attention/MLP module as in the original,
+   which keeps the search a closed form in Σ). α = 0 is s = 1, so AWQ never does worse than RTN
+   on this objective. The scale is folded exactly like SmoothQuant (producer / s, consumers'
+   columns · s), and the consumers' Σ and mean|X| are rescaled to the smoothed inputs.
+3. Clipping search per linear (except q and k, found by `g.qk(attention)`: their error shows
+   up through the attention scores, which a per-linear output error misjudges — as in AWQ):
+   per output row and quantization group, the max-clip ratio r in 1, 1 − 1/n_grid, …, 0.5
+   minimising that group's share of the output error dᵀ·Σ_gg·d; the weights are then clamped
+   in float to r·range. Rounding clamped weights gives exactly the codes of quantizing with
+   the clipped range, so the following RTN/GPTQ pass (same scheme) needs no extra state.
+
+AWQ only rewrites float weights: it provides SMOOTHED and never rounds (add RTN or GPTQ with
+the same scheme after it; the presets do). What flows to the next block: the runner recomputes
+the block with the smoothed (exact) and clipped (float) weights, so the next block calibrates
+on the outputs it will see after clipping, but before rounding."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from qpass.calibration import CalibrationSet
+from qpass.errors import CalibrationError
+from qpass.formats import fake_quantize
+from qpass.inspect.activations import channel_ratio
+from qpass.ir.structure import linear_input, role
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.sequential import SequentialRunner
+from qpass.specs import QuantSpec, Scheme
+
+from ._smoothing_pairs import SmoothPair, discover_pairs, fold_scale
+from .smoothquant import scale_summary
+
+
+class _InputStats:
+    """Running mean|X|, absmax and Σ = XᵀX of one linear input (float64, on CPU)."""
+
+    def __init__(self):
+        self.sum_abs = self.absmax = self.gram = None
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        if self.gram is None:
+            k = x.shape[-1]
+            self.sum_abs, self.absmax = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+            self.gram = torch.zeros(k, k, dtype=torch.float64)
+        self.sum_abs += x.abs().sum(0).cpu()
+        self.absmax = torch.maximum(self.absmax, x.abs().amax(0).cpu())
+        self.gram += (x.T @ x).cpu()
+        self.tokens += x.shape[0]
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return self.sum_abs / max(self.tokens, 1)
+
+    def rescale(self, s: torch.Tensor) -> None:
+        """The statistics of X·diag(1/s)."""
+        self.sum_abs, self.absmax = self.sum_abs / s, self.absmax / s
+        self.gram = self.gram / (s[:, None] * s[None, :])
+
+
+def output_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor) -> float:
+    """‖X·Wᵀ − X·W_newᵀ‖² from Σ = XᵀX (float64)."""
+    D = (W.double() - W_new.double())
+    return float(((D @ gram) * D).sum())
+
+
+def awq_scale_search(X_mean: torch.Tensor, gram: torch.Tensor, weights: list[torch.Tensor],
+                     specs: list[QuantSpec | None], n_grid: int) -> tuple[torch.Tensor, float, list[float]]:
+    """(best s, best α, errors per α) for one pair: weights (N_c, K) of the consumers, their
+    weight specs (None = kept in high precision), Σ of the shared input."""
+    errors, best = [], (math.inf, None, 0.0)
+    for i in range(n_grid):
+        alpha = i / n_grid
+        s = X_mean.double().clamp(min=1e-4) ** alpha
+        s = s / (s.max() * s.min()).sqrt()
+        err = 0.0
+        for W, spec in zip(weights, specs):
+            W64 = W.double()
+            Wq = W64 if spec is None else fake_quantize(W64 * s[None, :], spec) / s[None, :]
+            err += output_error(W64, Wq, gram)
+        errors.append(err)
+        if err < best[0]:
+            best = (err, s, alpha)
+    return best[1], best[2], errors
+
+
+def _grouped_view(W: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, int]:
+    gs = spec.group_size if spec.granularity == "group" else W.shape[1]
+    return W.reshape(W.shape[0], W.shape[1] // gs, gs), gs
+
+
+def _clamp_groups(Wg: torch.Tensor, r: torch.Tensor | float, spec: QuantSpec) -> torch.Tensor:
+    """Each (row, group) of Wg clamped to r times its range (±r·absmax when symmetric)."""
+    if spec.symmetric:
+        m = r * Wg.abs().amax(-1, keepdim=True)
+        return torch.maximum(torch.minimum(Wg, m), -m)
+    hi, lo = Wg.amax(-1, keepdim=True).clamp(min=0), Wg.amin(-1, keepdim=True).clamp(max=0)
+    return torch.minimum(torch.maximum(Wg, r * lo), r * hi)
+
+
+def clip_search(W: torch.Tensor, spec: QuantSpec, gram: torch.Tensor, n_grid: int,
+                max_shrink: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(clamped float W, ratio per (row, group), error before, error after): per row and
+    group the clip ratio minimising dᵀ·Σ_gg·d, the group's own share of the output error."""
+    Wg, gs = _grouped_view(W.double(), spec)
+    G = Wg.shape[1]
+    blocks = torch.stack([gram[g * gs:(g + 1) * gs, g * gs:(g + 1) * gs] for g in range(G)])
+    best_err = best_ratio = err0 = None
+    for i in range(int(max_shrink * n_grid) + 1):
+        r = 1.0 - i / n_grid
+        Wq = fake_quantize(_clamp_groups(Wg, r, spec).reshape(W.shape), spec).reshape(Wg.shape)
+        D = Wg - Wq
+        err = torch.einsum("ngk,gkl,ngl->ng", D, blocks, D)
+        if best_err is None:
+            best_err, best_ratio, err0 = err, torch.full_like(err, r), err
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_ratio = torch.where(better, torch.full_like(err, r), best_ratio)
+    Wc = _clamp_groups(Wg, best_ratio.unsqueeze(-1), spec)
+    return Wc.reshape(W.shape), best_ratio, float(err0.sum()), float(best_err.sum())
+
+
+class AWQ(Pass):
+    """AWQ(scheme="w4a16g128", n_grid=20, clip=True): activation-aware scales + clipping for
+    the scheme's weight spec, folded into float weights; round with RTN/GPTQ afterwards."""
+
+    provides = frozenset({Fact.SMOOTHED})
+    destroys = frozenset({Fact.NORMS_FUSED})     # norm weights carry the scales afterwards
+    needs_calibration = True
+    changes_weights = True
+
+    def __init__(self, scheme="w4a16g128", n_grid: int = 20, clip: bool = True,
+                 max_shrink: float = 0.5, batch_size: int = 8):
+        self.scheme = Scheme.parse(scheme)
+        self.n_grid = int(n_grid)
+        self.clip = clip
+        self.max_shrink = max_shrink
+        self.batch_size = batch_size
+
+    def config(self) -> dict:
+        return {"scheme": self.scheme.name, "n_grid": self.n_grid, "clip": self.clip,
+                "max_shrink": self.max_shrink}
+
+    def __repr__(self) -> str:
+        return f"AWQ({self.scheme.name!r}, n_grid={self.n_grid}, clip={self.clip})"
+
+    def _spec(self, node: fx.Node) -> QuantSpec | None:
+        return self.scheme.spec_for(str(node.target), role(node))[0]
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
+        if self.scheme.weight is None:
+            raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
+        pairs = [p for p in discover_pairs(g) if p.found]
+        skipped = [p for p in discover_pairs(g) if not p.found]
+        qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
+        res = PassResult(notes=[f"skipped {p.label}: {p.skipped_reason}" for p in skipped])
+        res.metrics.update(pairs=[], clipped=[])
+
+        def per_block(stage, runner, cache):
+            in_stage = set(stage.nodes)
+            linears = [n for n in stage.linears if role(n) == "linear"]
+            stats = self._collect(runner, stage, cache, linears)
+            for p in (p for p in pairs if p.producer in in_stage):
+                self._smooth_pair(g, p, stats, res)
+            if self.clip:
+                for n in linears:
+                    if n not in qk and self._spec(n) is not None and \
+                            self._spec(n).granularity in ("group", "channel"):
+                        self._clip_linear(g, n, stats[_input_key(n)], res)
+
+        SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(per_block,
+                                                                                  description="AWQ")
+        res.nodes_changed = list(dict.fromkeys(res.nodes_changed))
+        res.metrics.update(smoothed=len(res.metrics["pairs"]), skipped=len(skipped))
+        return res
+
+    def _collect(self, runner, stage, cache, linears) -> dict:
+        """_InputStats per distinct linear input of the stage (one watch per input)."""
+        stats: dict = {}
+        watch = {}
+        for n in linears:
+            key = _input_key(n)
+            if key not in stats:
+                stats[key] = _InputStats()
+                watch[str(n.target)] = stats[key].add
+        runner.run_stage(stage, cache, watch=watch)
+        return stats
+
+    def _smooth_pair(self, g, p: SmoothPair, stats: dict, res: PassResult) -> None:
+        st = stats[_input_key(p.consumers[0])]
+        specs = [self._spec(c) for c in p.consumers]
+        if all(s is None for s in specs):
+            res.notes.append(f"{p.label}: no consumer is quantized by {self.scheme.name}; not scaled")
+            return
+        weights = [g.module(c).weight.detach() for c in p.consumers]
+        s, alpha, errors = awq_scale_search(st.mean_abs, st.gram, weights, specs, self.n_grid)
+        ratio_before = channel_ratio(st.absmax)
+        fold_scale(g, p, s)
+        st.rescale(s)
+        rec = {"producer": str(p.producer.target), "kind": p.producer_kind,
+               "consumers": [str(c.target) for c in p.consumers], "alpha": alpha,
+               **scale_summary(s), "ratio_before": ratio_before,
+               "ratio_after": channel_ratio(st.absmax),
+               "error_rtn": errors[0], "error_awq": min(errors)}
+        res.metrics["pairs"].append(rec)
+        p.producer.meta.setdefault("qpass", {})["smoothing"] = dict(rec, pass_name="AWQ")
+        for c in p.consumers:
+            c.meta.setdefault("qpass", {})["smoothed_by"] = str(p.producer.target)
+        res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
+
+    def _clip_linear(self, g, n: fx.Node, st: _InputStats, res: PassResult) -> None:
+        lin = g.module(n)
+        Wc, ratio, e0, e1 = clip_search(lin.weight.detach(), self._spec(n), st.gram, self.n_grid,
+                                        self.max_shrink)
+        with torch.no_grad():
+            lin.weight.copy_(Wc.to(lin.weight.dtype))
+        rec = {"linear": str(n.target), "mean_clip_ratio": float(ratio.mean()),
+               "min_clip_ratio": float(ratio.min()), "error_before": e0, "error_after": e1}
+        res.metrics["clipped"].append(rec)
+        n.meta.setdefault("qpass", {})["awq_clip"] = rec
+        res.nodes_changed.append(n.name)
+
+
+def _input_key(n: fx.Node) -> str:
+    """Linears reading the same value (through views) share one statistics object."""
+    return linear_input(n).name
+
+
+def _as_calibration_set(data) -> CalibrationSet:
+    if data is None:
+        raise CalibrationError("AWQ needs calibration data: pass calib=qpass.calibration."
+                               "CalibrationSet.from_texts(...)")
+    if isinstance(data, CalibrationSet):
+        return data
+    ids = data[0] if isinstance(data, tuple) else data
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise CalibrationError(f"AWQ calibration data must be a CalibrationSet or a (B, L) id "
+                               f"tensor, got {type(data).__name__}")
+    return CalibrationSet(ids, ids, torch.zeros(ids.shape[0]), "none", None, 0)

@@ -1,0 +1,186 @@
+"""DuQuant: per linear input, smoothing + block rotations + zig-zag permutation (exact).
+
+For every group of linears reading the same input x (q/k/v, gate/up, o, down), with calibration
+rows X of that input:
+  s  = max|X|^α / max|W|^(1−α)                    per input channel (W: the group's weights)
+  R₁ = block-diagonal rotation, greedily built: in each block, repeatedly pair the channel
+       with the largest |activation| with the quietest one through a 45° Givens rotation,
+       as long as that lowers the block's peak (≤ max_rotation_steps steps per block)
+  P  = zig-zag permutation: channels sorted by peak are dealt to blocks 0,1,…,B−1,B−1,…,0,…
+       so every block gets a similar share of the outlier mass
+  R₂ = a second greedy block rotation on the permuted channels
+The activation side becomes one inserted node x → x·M with M = diag(1/s)·R₁·P·R₂ (a
+`channel_transform` call holding M as a graph buffer); the weight side is folded offline as
+W' = W·diag(s)·R₁·P·R₂, so x·M·W'ᵀ = x·Wᵀ exactly (R₁PR₂ is orthogonal). Everything is built
+in float64 and cast once."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from qpass.errors import CalibrationError
+from qpass.inspect.activations import channel_ratio, linear_input_stats
+from qpass.ir.structure import role
+from qpass.online import channel_transform
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+
+_EPS = 1e-5
+
+
+def block_size_for(n: int, block_size: int) -> int:
+    """The largest divisor of n that is ≤ block_size (n itself when n ≤ block_size)."""
+    for b in range(min(block_size, n), 0, -1):
+        if n % b == 0:
+            return b
+    return 1
+
+
+def greedy_block_rotation(X: torch.Tensor, block: int, max_steps: int) -> tuple[torch.Tensor, int]:
+    """Orthogonal block-diagonal R (n×n, float64) lowering each block's peak |X·R|, and the
+    number of Givens steps taken. X: (rows, n) calibration rows. All blocks step together:
+    each step pairs every block's loudest channel with its quietest at 45°, and a block stops
+    for good once that no longer lowers its peak."""
+    rows, n = X.shape
+    nb = n // block
+    if block < 2:
+        return torch.eye(n, dtype=torch.float64), 0
+    Xb = X.to(torch.float64).reshape(rows, nb, block).permute(1, 0, 2).clone()   # (nb, rows, b)
+    Rb = torch.eye(block, dtype=torch.float64).repeat(nb, 1, 1)                  # (nb, b, b)
+    peak = Xb.abs().amax(1)                                                      # (nb, b)
+    ar = torch.arange(nb)
+    active = torch.ones(nb, dtype=torch.bool)
+    c = 1.0 / math.sqrt(2.0)
+    steps = 0
+    for _ in range(max_steps):
+        i = peak.argmax(1)
+        others = peak.clone()
+        others[ar, i] = math.inf
+        j = others.argmin(1)
+        xi, xj = Xb[ar, :, i], Xb[ar, :, j]                                      # (nb, rows)
+        ni, nj = c * (xi + xj), c * (xj - xi)
+        pi, pj = ni.abs().amax(1), nj.abs().amax(1)
+        active &= torch.maximum(pi, pj) < peak[ar, i] * (1 - 1e-6)
+        if not active.any():
+            break
+        b_, i_, j_ = ar[active], i[active], j[active]
+        Xb[b_, :, i_], Xb[b_, :, j_] = ni[active], nj[active]
+        ri, rj = Rb[b_, :, i_], Rb[b_, :, j_]
+        Rb[b_, :, i_], Rb[b_, :, j_] = c * (ri + rj), c * (rj - ri)
+        peak[b_, i_], peak[b_, j_] = pi[active], pj[active]
+        steps += int(active.sum())
+    return torch.block_diag(*Rb), steps
+
+
+def zigzag_permutation(peaks: torch.Tensor, block: int) -> torch.Tensor:
+    """perm with X[:, perm] dealing channels (by descending peak) to blocks in zig-zag order."""
+    n = peaks.numel()
+    n_blocks = n // block
+    slots: list[list[int]] = [[] for _ in range(n_blocks)]
+    for k, ch in enumerate(torch.argsort(peaks, descending=True).tolist()):
+        r = k % (2 * n_blocks)
+        slots[r if r < n_blocks else 2 * n_blocks - 1 - r].append(ch)
+    return torch.tensor([ch for s in slots for ch in s], dtype=torch.long)
+
+
+def permutation_matrix(perm: torch.Tensor) -> torch.Tensor:
+    """P with X·P == X[:, perm]."""
+    n = perm.numel()
+    P = torch.zeros(n, n, dtype=torch.float64)
+    P[perm, torch.arange(n)] = 1.0
+    return P
+
+
+class DuQuant(Pass):
+    """Smoothing + rotation + permutation per linear input, folded into weights (exact)."""
+
+    provides = frozenset({Fact.ROTATED, Fact.SMOOTHED})
+    exact = True
+    needs_calibration = True
+    changes_weights = True
+
+    def __init__(self, block_size: int = 128, max_rotation_steps: int = 256, alpha: float = 0.5,
+                 permute: bool = True, seed: int = 0, sample_rows: int = 512):
+        self.block_size = block_size
+        self.max_rotation_steps = max_rotation_steps
+        self.alpha = alpha
+        self.permute = permute
+        self.seed = seed
+        self.sample_rows = sample_rows
+
+    def groups(self, g) -> list[tuple[fx.Node, list[fx.Node]]]:
+        """(input node, linears reading it directly); the head stays in high precision."""
+        by_input: dict[fx.Node, list[fx.Node]] = {}
+        for lin in g.nodes("linear"):
+            if isinstance(lin.args[0], fx.Node):
+                by_input.setdefault(lin.args[0], []).append(lin)
+        return list(by_input.items())
+
+    def transform_for(self, X: torch.Tensor, absmax: torch.Tensor, weights: list[torch.Tensor]):
+        """(activation matrix M, weight matrix T with W' = W·T, info) for one input group."""
+        n = X.shape[1]
+        w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp(min=_EPS)
+        s = (absmax.clamp(min=_EPS) ** self.alpha / w_max ** (1 - self.alpha)).clamp(min=_EPS)
+        Xs = X / s
+        b = block_size_for(n, self.block_size)
+        R1, steps1 = greedy_block_rotation(Xs, b, self.max_rotation_steps)
+        O = R1
+        steps2 = 0
+        if self.permute and n // b > 1:
+            P = permutation_matrix(zigzag_permutation((Xs @ R1).abs().amax(0), b))
+            R2, steps2 = greedy_block_rotation(Xs @ R1 @ P, b, self.max_rotation_steps)
+            O = R1 @ P @ R2
+        M = O / s[:, None]                      # diag(1/s)·O
+        T = s[:, None] * O                      # diag(s)·O
+        info = {"block": b, "steps": steps1 + steps2,
+                "ratio_before": channel_ratio(absmax),
+                "ratio_after": channel_ratio((X @ M).abs().amax(0))}
+        return M, T, info
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        data = ctx.calib if ctx.calib is not None else ctx.probe
+        if data is None:
+            raise CalibrationError("DuQuant needs calibration data (its smoothing scales and "
+                                   "rotations come from activation statistics)")
+        groups = self.groups(g)
+        stats = linear_input_stats(g, [lins[0] for _, lins in groups], data,
+                                   sample_rows=self.sample_rows, seed=self.seed)
+        res = PassResult()
+        task = ctx.task("DuQuant: transforms", total=len(groups))
+        before, after = [], []
+        for k, (inp, lins) in enumerate(groups):
+            st = stats[lins[0].name]
+            mods = [g.module(n) for n in lins]
+            M, T, info = self.transform_for(st["rows"], st["absmax"],
+                                            [m.weight.detach().to(torch.float64).cpu() for m in mods])
+            for m in mods:
+                with torch.no_grad():
+                    W = m.weight.detach().to(torch.float64)
+                    m.weight.copy_((W @ T.to(W.device)).to(m.weight.dtype))
+            ref = mods[0].weight
+            buf = f"duquant_transform_{k}"
+            while hasattr(g.gm, buf):
+                buf += "_"
+            g.gm.register_buffer(buf, M.to(device=ref.device, dtype=ref.dtype))
+            with g.graph.inserting_before(lins[0]):
+                mat = g.graph.get_attr(buf)
+                node = g.graph.call_function(channel_transform, (inp, mat))
+            node.meta["qpass"] = {"role": "transform", "inserted_by": "DuQuant", "duquant": info}
+            for lin in lins:
+                lin.args = (node,) + tuple(lin.args[1:])
+                lin.meta.setdefault("qpass", {})["duquant"] = info
+                res.nodes_changed.append(lin.name)
+            res.nodes_changed.append(node.name)
+            before.append(info["ratio_before"])
+            after.append(info["ratio_after"])
+            ctx.advance(task)
+        g.recompile()
+        res.metrics.update({
+            "transforms": len(groups),
+            "max_median_before": max(before, default=0.0),
+            "max_median_after": max(after, default=0.0),
+            "mean_max_median_before": sum(before) / max(len(before), 1),
+            "mean_max_median_after": sum(after) / max(len(after), 1),
+        })
+        return res

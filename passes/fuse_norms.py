@@ -1,0 +1,83 @@
+"""FuseNorms: fold every norm's weight into the linears that consume it (exact).
+
+For a norm n(x) = x̂·γ (+β for LayerNorm) read only by linears y = W·n(x) + b, the fused form
+is W' = W·diag(γ), b' = b + W·β, and the norm keeps γ = 1 (β = 0): same outputs up to float
+rounding, and every norm is weightless afterwards, which rotation and smoothing rely on. The
+consumers come from the graph (`g.norm_groups()`); a norm that also feeds a non-linear is
+skipped and noted. A head tied to the embedding is untied (cloned) first, since folding γ into
+the shared matrix would change the embedding too."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+
+
+def _shared_param_ids(root: nn.Module) -> set[int]:
+    seen: dict[int, int] = {}
+    for _, p in root.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, v in seen.items() if v > 1}
+
+
+class FuseNorms(Pass):
+    provides = frozenset({Fact.NORMS_FUSED})
+    exact = True
+    changes_weights = True
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        res = PassResult()
+        groups = g.norm_groups()
+        task = ctx.task("FuseNorms: folding norm weights", total=len(groups))
+        shared = _shared_param_ids(g.gm)
+        for norm_node, linears, others in groups:
+            ctx.advance(task)
+            norm = g.module(norm_node)
+            gamma = getattr(norm, "weight", None)
+            beta = getattr(norm, "bias", None)
+            if gamma is None and beta is None:
+                res.notes.append(f"{norm_node.target}: already weightless")
+                continue
+            if others or not linears:
+                why = (f"also feeds {', '.join(o.name for o in others)}" if others
+                       else "feeds no linear")
+                res.notes.append(f"skipped {norm_node.target}: {why}")
+                continue
+            mods = [g.module(n) for n in linears]
+            if not all(type(m) is nn.Linear for m in mods):
+                res.notes.append(f"skipped {norm_node.target}: a consumer is not a float nn.Linear")
+                continue
+            for lin_node, lin in zip(linears, mods):
+                if id(lin.weight) in shared:
+                    lin.weight = nn.Parameter(lin.weight.detach().clone(),
+                                              requires_grad=lin.weight.requires_grad)
+                    res.notes.append(f"untied {lin_node.target}'s weight (shared with another "
+                                     f"module, e.g. a tied embedding) before folding")
+                self._fold(lin, gamma, beta)
+                lin_node.meta.setdefault("qpass", {})["fused_norm"] = norm_node.target
+                res.nodes_changed.append(lin_node.name)
+            with torch.no_grad():
+                if gamma is not None:
+                    gamma.fill_(1.0)
+                if beta is not None:
+                    beta.zero_()
+            norm_node.meta.setdefault("qpass", {})["fused_into"] = [n.target for n in linears]
+            res.nodes_changed.append(norm_node.name)
+            res.notes.append(f"fused {norm_node.target} into {', '.join(n.target for n in linears)}")
+        res.metrics["norms_fused"] = sum(1 for n in res.notes if n.startswith("fused "))
+        return res
+
+    @staticmethod
+    @torch.no_grad()
+    def _fold(lin: nn.Linear, gamma, beta) -> None:
+        W = lin.weight
+        W64 = W.detach().double()
+        if beta is not None:
+            shift = W64 @ beta.detach().double()
+            if lin.bias is None:
+                lin.bias = nn.Parameter(shift.to(W.dtype))
+            else:
+                lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
+        if gamma is not None:
+            W.copy_((W64 * gamma.detach().double()[None, :]).to(W.dtype))

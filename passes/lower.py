@@ -1,0 +1,173 @@
+"""Lower: the last pass. Replaces simulated quantized nodes with kernel ops (DESIGN §6).
+
+* every QuantLinear whose specs an integer kernel covers becomes a `LoweredLinear` calling
+  `qpass::linear_w4a16` (weight-only, any bits), `linear_w8a8`, `linear_w4a8` or `linear_w4a4`
+  (symmetric weights × dynamic symmetric per-token activations); others stay simulated, noted;
+* attention nodes (`qpass.ops.attention`) call `qpass::attention`, in int8 Q·Kᵀ mode only when
+  the scheme quantizes attention (node meta `attn_spec`, or `attention_int8=True`);
+* online Hadamards (role "hadamard": Rotate's `online_hadamard` calls or modules with
+  `qpass_role = "hadamard"`) call `qpass::hadamard`.
+For each node the backend the registry would pick on the model's device and dtype is recorded
+in the metrics, with the reason for every backend passed over. With backend="auto" the lowered
+module re-selects at run time, so a model lowered on CPU uses Triton once moved to CUDA."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from qpass import lowered, ops
+from qpass.backends import registry
+from qpass.ir.qlinear import QuantLinear
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+
+
+def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:
+    """Which integer op runs this QuantLinear, or (None, why not)."""
+    w, a = q.weight_spec, q.act_spec
+    if w is None:
+        return None, "weights stay in high precision (activation-only quantization)"
+    if a is None:
+        return "w4a16", ""
+    if getattr(q, "act_scale", None) is not None:
+        return None, "static (calibrated) activation scales have no integer kernel yet"
+    if not (a.symmetric and a.granularity == "token" and a.bits in (4, 8)):
+        return None, f"activation spec {a} is not symmetric dynamic per-token int8/int4"
+    if not w.symmetric:
+        return None, f"integer kernels need symmetric weights, got {w}"
+    if a.bits == 8 and w.bits == 8 and w.granularity in ("channel", "tensor"):
+        return "w8a8", ""
+    if w.bits == 4 and w.granularity in ("channel", "tensor", "group"):
+        return ("w4a8" if a.bits == 8 else "w4a4"), ""
+    return None, f"no integer kernel for weights {w} with activations {a}"
+
+
+def _linear_spec(m: lowered.LoweredLinear) -> tuple[str, dict]:
+    """(op name, spec dict) exactly as LoweredLinear.forward hands them to the registry."""
+    K, N = m.in_features, m.out_features
+    if m.kind == "w4a16":
+        return "linear_w4a16", dict(bits=m.bits, group_size=m.group_size or K,
+                                    asym=m.zeros is not None, K=K, N=N)
+    if m.kind == "w8a8":
+        return "linear_w8a8", dict(K=K, N=N)
+    return f"linear_{m.kind}", dict(group_size=m.group_size, K=K, N=N)
+
+
+def _last_dim(node) -> int | None:
+    tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(tm, "shape", None)
+    return int(shape[-1]) if shape else None
+
+
+class Lower(Pass):
+    """Lower(backend="auto"): "auto" picks per device at run time; a backend name pins it
+    (falling back, with the reason recorded, when it cannot run an op)."""
+
+    provides = frozenset({Fact.LOWERED})
+    is_lowering = True
+
+    def __init__(self, backend: str = "auto", attention: bool = True,
+                 attention_int8: bool | None = None, hadamard: bool = True):
+        self.backend = backend
+        self.attention = attention
+        self.attention_int8 = attention_int8
+        self.hadamard = hadamard
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        if self.backend != "auto":
+            registry.get(self.backend)          # unknown name: BackendError before any change
+        params = [t for t in g.gm.parameters() if t.is_floating_point()]
+        device = params[0].device if params else torch.device("cpu")
+        dtype = params[0].dtype if params else torch.float32
+        res = PassResult()
+        chosen: dict[str, str] = {}
+        fallbacks: list[dict] = []
+
+        def choose(node_name: str, op: str, spec: dict) -> None:
+            b, skipped = registry.explain(op, device, spec, dtype, self.backend)
+            chosen[node_name] = b.name if b is not None else "none"
+            for name, why in skipped:
+                fallbacks.append({"node": node_name, "op": op, "skipped": name,
+                                  "chosen": chosen[node_name], "reason": why})
+
+        kept = 0
+        for node in list(g.graph.nodes):
+            if node.op == "call_module" and isinstance(g.module(node), QuantLinear):
+                q = g.module(node)
+                kind, why = lowered_kind(q)
+                if kind is None:
+                    kept += 1
+                    res.notes.append(f"{node.target}: kept simulated ({why})")
+                    continue
+                m = lowered.LoweredLinear.from_quant_linear(q, kind, self.backend)
+                g.gm.get_submodule(node.target)   # exists
+                _set_submodule(g.gm, node.target, m)
+                op, spec = _linear_spec(m)
+                choose(node.name, op, spec)
+                node.meta.setdefault("qpass", {}).update(lowered=op, backend=chosen[node.name])
+                res.nodes_changed.append(node.name)
+            elif node.op == "call_function" and node.target is ops.attention and self.attention:
+                self._lower_attention(node, choose, res)
+            elif self.hadamard and _is_hadamard(g, node):
+                self._lower_hadamard(g, node, choose, res)
+        counts: dict[str, int] = {}
+        for name in chosen.values():
+            counts[name] = counts.get(name, 0) + 1
+        res.metrics.update(lowered=len(res.nodes_changed), kept_simulated=kept,
+                           device=str(device), dtype=str(dtype).replace("torch.", ""),
+                           backends=chosen, backend_counts=counts, fallbacks=fallbacks)
+        seen = set()
+        for f in fallbacks:
+            key = (f["op"], f["skipped"], f["reason"])
+            if key not in seen:
+                seen.add(key)
+                res.notes.append(f"{f['op']}: {f['skipped']} passed over for {f['chosen']} "
+                                 f"({f['reason']})")
+        return res
+
+    def _lower_attention(self, node: fx.Node, choose, res: PassResult) -> None:
+        args, kw = list(node.args), dict(node.kwargs)
+        q, k, v = args[:3]
+        key_mask = args[3] if len(args) > 3 else kw.get("key_mask")
+        causal = args[4] if len(args) > 4 else kw.get("causal", False)
+        meta = node.meta.setdefault("qpass", {})
+        int8 = self.attention_int8
+        if int8 is None:
+            spec = meta.get("attn_spec")
+            int8 = spec is not None and str(spec).startswith("int8")
+        node.target = lowered.attention
+        node.args = (q, k, v, key_mask, causal)
+        node.kwargs = {"int8": bool(int8), "backend": self.backend}
+        choose(node.name, "attention", dict(D=_last_dim(q), int8=bool(int8),
+                                            causal=bool(causal)))
+        meta.update(lowered="attention", backend=None)
+        res.nodes_changed.append(node.name)
+
+    def _lower_hadamard(self, g, node: fx.Node, choose, res: PassResult) -> None:
+        x = node.args[0]
+        signs = node.args[1] if len(node.args) > 1 else node.kwargs.get("signs")
+        if node.op == "call_module":
+            mod = g.module(node)
+            if isinstance(getattr(mod, "signs", None), torch.Tensor):
+                with g.graph.inserting_before(node):
+                    signs = g.graph.get_attr(f"{node.target}.signs")
+            node.op = "call_function"
+        node.target = lowered.hadamard
+        node.args = (x, signs)
+        node.kwargs = {"backend": self.backend}
+        choose(node.name, "hadamard", dict(n=_last_dim(x)))
+        node.meta.setdefault("qpass", {}).update(lowered="hadamard")
+        res.nodes_changed.append(node.name)
+
+
+def _is_hadamard(g, node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return getattr(node.target, "qpass_role", None) == "hadamard" and \
+            node.target is not lowered.hadamard
+    if node.op == "call_module":
+        return getattr(g.module(node), "qpass_role", None) == "hadamard"
+    return False
+
+
+def _set_submodule(root: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)

@@ -1,0 +1,234 @@
+"""QuaRot: rotate the residual stream with one random orthogonal Hadamard Q (exact).
+
+Conventions (nn.Linear computes y = x·Wᵀ + b; the rotated stream is x·Q):
+  embedding            E' = E·Q
+  stream readers       W' = W·Q              (linears fed by the weightless norms, the head)
+  stream writers       W' = Qᵀ·W, b' = b·Q   (branch outputs feeding the residual adds)
+  online Hadamard      x → x·Hᵀ before a linear, its weight W' = W·Hᵀ   (H orthonormal)
+  per-head v → o       v rows per KV head W_h' = Hₕᵀ·W_h, b_h' = b_h·Hₕ; o columns per query
+                       head W_o' = W_o·blockdiag(Hₕ)
+A weightless RMSNorm commutes with Q (‖x·Q‖ = ‖x‖), which is why norms must be fused first.
+Every fused weight is computed in float64 and cast back once. Structure comes from the graph
+(norm groups, residual adds, up→down pairs, v→o pairs), never from module names."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+
+from qpass import hadamard
+from qpass.errors import PipelineError
+from qpass.ir.structure import role, through_transparent_back, through_transparent_forward
+from qpass.online import online_hadamard
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64)
+
+
+def _assign(param: torch.Tensor, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def _fold(param: torch.Tensor, fn) -> None:
+    """param ← fn(param) computed in float64; nothing to compute for meta (shape-only) models."""
+    if param.device.type != "meta":
+        _assign(param, fn(_f64(param)))
+
+
+def _orthonormal_hadamard(n: int, device) -> torch.Tensor:
+    return hadamard.matrix(n).to(device=device, dtype=torch.float64) / math.sqrt(n)
+
+
+def _tag(node: fx.Node, **kv) -> None:
+    node.meta.setdefault("qpass", {}).setdefault("rotate", {}).update(kv)
+
+
+def _reads_metadata_only(n: fx.Node) -> bool:
+    """x.shape / x.size() / x.dtype: unaffected by an orthogonal rotation of the values."""
+    if n.op == "call_function" and n.target is getattr:
+        return n.args[1] in ("shape", "dtype", "device", "ndim")
+    return n.op == "call_method" and n.target in ("size", "dim")
+
+
+def _norm_is_weightless(mod) -> bool:
+    w = getattr(mod, "weight", None)
+    if w is None or w.device.type == "meta":      # meta: structure only, FuseNorms ran before
+        return True
+    return bool(torch.all(w.detach() == 1))
+
+
+def insert_online_hadamard(g, linear: fx.Node) -> fx.Node:
+    """Put x → x·Hᵀ (orthonormal H) in front of `linear` and fold W' = W·Hᵀ (exact)."""
+    x = linear.args[0]
+    with g.graph.inserting_before(linear):
+        h = g.graph.call_function(online_hadamard, (x,))
+    h.meta["qpass"] = {"role": "hadamard", "inserted_by": "Rotate"}
+    linear.args = (h,) + tuple(linear.args[1:])
+    _fold(g.module(linear).weight, hadamard.transform)     # W·Hᵀ, fast: no dense H
+    return h
+
+
+class Rotate(Pass):
+    """QuaRot rotation of the residual stream, online Hadamards before down-projections
+    (and o-projections with `online_heads`), and an offline per-head Hadamard between v and o."""
+
+    requires = frozenset({Fact.NORMS_FUSED})
+    provides = frozenset({Fact.ROTATED})
+    exact = True
+    changes_weights = True
+
+    def __init__(self, seed: int = 0, online_down: bool = True, online_heads: bool = True):
+        self.seed = seed
+        self.online_down = online_down
+        self.online_heads = online_heads
+
+    # ---- structure ----------------------------------------------------------------------
+    def _stream(self, g) -> tuple[list[fx.Node], list[fx.Node], list[fx.Node], list[fx.Node]]:
+        """(stream values, embedding nodes, reader linears, writer linears), checked for exactness."""
+        embeds = g.nodes("embed")
+        if len(embeds) != 1:
+            raise PipelineError(f"Rotate needs exactly one embedding feeding the residual stream, "
+                                f"found {len(embeds)}; this model layout is not supported")
+        adds = [a for b in g.blocks() for a in b.residual_adds]
+        stream = [embeds[0]] + adds
+        stream_set = set(stream)
+        norm_groups = {n: (lins, other) for n, lins, other in g.norm_groups()}
+        readers: list[fx.Node] = []
+        writers: list[fx.Node] = []
+        for s in stream:
+            for u in through_transparent_forward(s):
+                if u in stream_set or _reads_metadata_only(u):
+                    continue
+                if u in norm_groups:
+                    lins, other = norm_groups[u]
+                    if other:
+                        raise PipelineError(
+                            f"Rotate: norm {u.target} feeds non-linear consumers "
+                            f"{[o.name for o in other]}; the rotation cannot be folded there")
+                    if not _norm_is_weightless(g.module(u)):
+                        raise PipelineError(
+                            f"Rotate: norm {u.target} still has a weight; run FuseNorms before Rotate")
+                    readers.extend(lins)
+                else:
+                    raise PipelineError(
+                        f"Rotate: residual-stream value {s.name} is read by {u.name} "
+                        f"(role {role(u)}), which is neither a norm nor a residual add; "
+                        f"the rotation would not be exact")
+        for a in adds:
+            prev = [x for x in a.args if isinstance(x, fx.Node) and x in stream_set]
+            branch = [x for x in a.args if isinstance(x, fx.Node) and x not in stream_set]
+            if len(prev) != 1 or len(branch) != 1:
+                raise PipelineError(f"Rotate: residual add {a.name} does not look like stream + branch")
+            w = through_transparent_back(branch[0])
+            if role(w) != "linear" or len(through_transparent_forward(w)) != 1:
+                raise PipelineError(
+                    f"Rotate: the branch feeding residual add {a.name} does not end in a linear "
+                    f"used only there (found {w.name}, role {role(w)})")
+            writers.append(w)
+        return stream, embeds, readers, writers
+
+    # ---- run ----------------------------------------------------------------------------
+    def run(self, g, ctx: PassContext) -> PassResult:
+        _, embeds, readers, writers = self._stream(g)
+        emb = g.module(embeds[0])
+        d = emb.weight.shape[1]
+        if not hadamard.supported(d):
+            raise PipelineError(f"Rotate: hidden size {d} has no supported Hadamard matrix "
+                                f"(see qpass.hadamard.CORES); use DuQuant for this model")
+        signs = hadamard.random_signs(d, self.seed).to(emb.weight.device)
+
+        def times_q(x):                 # x·Q with Q = H·diag(signs)/√d, by the fast transform
+            return hadamard.transform(x, signs=signs.to(x.dtype), inverse=True)
+        res = PassResult(metrics={"hidden_size": d, "readers": len(readers),
+                                  "writers": len(writers)})
+        done: set[int] = set()  # a tied head shares the embedding's tensor: E·Q once
+
+        def fold(param, fn):
+            if id(param) not in done:
+                _fold(param, fn)
+                done.add(id(param))
+
+        task = ctx.task("Rotate: fuse Q", total=1 + len(readers) + len(writers))
+        fold(emb.weight, times_q)
+        _tag(embeds[0], stream="E·Q")
+        res.nodes_changed.append(embeds[0].name)
+        ctx.advance(task)
+        for n in readers:
+            fold(g.module(n).weight, times_q)
+            _tag(n, stream="read W·Q")
+            res.nodes_changed.append(n.name)
+            ctx.advance(task)
+        for n in writers:
+            lin = g.module(n)
+            if lin.weight.shape[0] != d:
+                raise PipelineError(f"Rotate: writer {n.target} produces {lin.weight.shape[0]} "
+                                    f"channels, the stream has {d}")
+            fold(lin.weight, lambda W: times_q(W.T).T)
+            if lin.bias is not None:
+                fold(lin.bias, times_q)
+            _tag(n, stream="write Qᵀ·W")
+            res.nodes_changed.append(n.name)
+            ctx.advance(task)
+
+        self._per_head(g, res)
+        self._online(g, res)
+        g.recompile()
+        res.metrics["online_hadamards"] = (res.metrics.get("online_hadamard_down", 0)
+                                           + res.metrics.get("online_hadamard_o", 0))
+        return res
+
+    def _per_head(self, g, res: PassResult) -> None:
+        """Offline per-head Hadamard on v's outputs, its inverse in o's columns (GQA-exact:
+        every query head reads one KV head, and all heads use the same Hₕ)."""
+        count = 0
+        for p in g.v_to_o():
+            v, o = g.module(p.v), g.module(p.o)
+            hd = self._head_dim(g, p.attention)
+            if hd is None or v.out_features % hd or o.in_features % hd:
+                res.notes.append(f"per-head v→o Hadamard skipped for {p.v.target}: head dim unknown")
+                continue
+            if not hadamard.supported(hd):
+                res.notes.append(f"per-head v→o Hadamard skipped: head dim {hd} unsupported")
+                continue
+            Hh = _orthonormal_hadamard(hd, v.weight.device)
+            _fold(v.weight, lambda W: torch.einsum("ji,kjd->kid", Hh, W.reshape(-1, hd, W.shape[1]))
+                  .reshape(W.shape))                                # per KV head Hₕᵀ·W_h
+            if v.bias is not None:
+                _fold(v.bias, lambda b: (b.reshape(-1, hd) @ Hh).reshape(-1))
+            _fold(o.weight, lambda W: (W.reshape(W.shape[0], -1, hd) @ Hh).reshape(W.shape))
+            _tag(p.v, per_head="Hₕᵀ·W_v")
+            _tag(p.o, per_head="W_o·Hₕ")
+            count += 1
+        res.metrics["per_head_vo"] = count
+
+    @staticmethod
+    def _head_dim(g, att: fx.Node) -> int | None:
+        tm = att.args[2].meta.get("tensor_meta") if isinstance(att.args[2], fx.Node) else None
+        if tm is not None and hasattr(tm, "shape") and len(tm.shape) == 4:
+            return int(tm.shape[-1])
+        cfg = getattr(g, "config", None)
+        return getattr(cfg, "head_dim", None)
+
+    def _online(self, g, res: PassResult) -> None:
+        targets = []
+        if self.online_down:
+            targets += [("down", p.down) for p in g.pairs_through_activation()]
+        if self.online_heads:
+            targets += [("o", p.o) for p in g.v_to_o()]
+        counts = {"down": 0, "o": 0}
+        for kind, lin in targets:
+            n = g.module(lin).in_features
+            if not hadamard.supported(n):
+                res.notes.append(f"online Hadamard before {lin.target} skipped: size {n} is "
+                                 f"not 2^k·m for a supported m (qpass.hadamard.CORES)")
+                continue
+            h = insert_online_hadamard(g, lin)
+            _tag(lin, online_hadamard=n)
+            res.nodes_changed.append(h.name)
+            counts[kind] += 1
+        res.metrics["online_hadamard_down"] = counts["down"]
+        res.metrics["online_hadamard_o"] = counts["o"]

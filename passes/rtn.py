@@ -1,0 +1,49 @@
+"""RTN: round-to-nearest weight quantization per spec (DESIGN §3, §4).
+
+Every linear the scheme covers becomes a QuantLinear with packed integer weights (codes by
+qpass.formats, the one owner of the convention); its activations are fake-quantized per the
+scheme's act spec (dynamic per token) for simulation until lowering replaces the module."""
+from __future__ import annotations
+
+from qpass.errors import PipelineError
+from qpass.ir.qlinear import QuantLinear
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.specs import Scheme
+
+from ._quantize_common import quantize_targets, replace_linear
+
+
+class RTN(Pass):
+    """RTN(scheme): a scheme name (`"w4a16g128"`, `"w4a4"`), a Scheme, or a weight spec string
+    (`"int4:g128:sym"`, activations then stay unquantized)."""
+
+    def __init__(self, scheme="w4a16g128"):
+        self.scheme = Scheme.parse(scheme)
+        provides = {Fact.WEIGHTS_QUANTIZED}
+        if self.scheme.act is not None:
+            provides.add(Fact.ACTS_QUANTIZED)
+        self.provides = frozenset(provides)
+
+    def config(self) -> dict:
+        return {"scheme": self.scheme.to_dict()}
+
+    def __repr__(self) -> str:
+        return f"RTN({self.scheme.name!r})"
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        targets = quantize_targets(g, self.scheme)        # validates every shape first
+        if any(t[1].weight.device.type == "meta" for t in targets):
+            raise PipelineError("RTN needs real weights, but the model is on the meta device "
+                                "(structure only); for a planned coverage table use "
+                                "qpass.pipeline.coverage(g, scheme)")
+        todo = [t for t in targets if t[2] is not None or t[3] is not None]
+        task = ctx.task("RTN: rounding weights", total=len(todo))
+        res = PassResult()
+        for node, lin, wspec, aspec, reason in todo:
+            replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec), reason=reason)
+            res.nodes_changed.append(node.name)
+            ctx.advance(task)
+        kept = [t for t in targets if t[2] is None and t[3] is None]
+        res.metrics.update(quantized=len(todo), kept=len(kept))
+        res.notes += [f"{t[0].target}: {t[4]}" for t in kept]
+        return res

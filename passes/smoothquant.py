@@ -1,0 +1,146 @@
+"""SmoothQuant: migrate activation outliers into the weights, folded into the previous op (exact).
+
+For every smoothing pair found in the graph (passes/_smoothing_pairs.py: norm → q/k/v and
+gate/up, up → down through the gated activation, v → o under MHA, linear → linear) and every
+input channel j of its consumers:
+    s_j = max|X_j|^α / max_c max_i |W_c[i, j]|^(1−α)        (clamped to [1e-5, 1e5])
+X·diag(1/s) is folded into the producer (norm weight, or the producer's rows and bias) and
+diag(s) into the consumers' columns, so the model computes the same function with no extra
+node — the pass is exact and the pipeline verifies it. The quantization itself is done by a
+following pass (RTN, GPTQ, ObserveActivations), which then sees flatter activations.
+
+α is a float (the study used 0.5) or "search": per pair, the α in 0.3..0.8 minimising the
+relative output error of the pair's consumers under fake quantization with `scheme` (default
+w8a8: int8 per-channel weights, int8 per-token activations) on sampled calibration rows.
+
+Interplay with FuseNorms: it does not matter whether FuseNorms ran before (norm weight 1) or
+not (norm weight γ) — the scale is folded into the norm weight either way and the resulting
+model is the same. But afterwards the norms are no longer weightless, so SmoothQuant destroys
+NORMS_FUSED: Rotate (which requires weightless norms) must run before it, or not at all, and
+a FuseNorms placed AFTER SmoothQuant would fold the scales back into the consumers and undo
+the smoothing — keep FuseNorms first."""
+from __future__ import annotations
+
+import torch
+
+from qpass.errors import CalibrationError, SpecError
+from qpass.formats import fake_quantize
+from qpass.inspect.activations import channel_ratio
+from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.specs import Scheme
+
+from ._smoothing_pairs import (SmoothPair, collect_inputs, consumer_weight_absmax, discover_pairs,
+                               fold_scale)
+
+ALPHA_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))     # 0.3, 0.35, …, 0.8
+SCALE_RANGE = (1e-5, 1e5)
+
+
+def smoothing_scale(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s = max|X|^α / max|W|^(1−α) per channel (float64); channels with no activation or no
+    weight keep s = 1 (nothing to migrate, and a huge s would blow up other inputs)."""
+    xa, wa = x_absmax.double(), w_absmax.double()
+    s = xa.clamp(min=1e-12) ** alpha / wa.clamp(min=1e-12) ** (1.0 - alpha)
+    s = torch.where((xa > 0) & (wa > 0), s, torch.ones_like(s))
+    return s.clamp(*SCALE_RANGE)
+
+
+def smoothed_error(X: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, scheme: Scheme
+                   ) -> float:
+    """Σ_c ‖X·W_cᵀ − Q_a(X/s)·Q_w(W_c·diag(s))ᵀ‖² / ‖X·W_cᵀ‖² on the sample rows X."""
+    s = s.to(X.dtype)
+    Xs = X / s
+    if scheme.act is not None:
+        Xs = fake_quantize(Xs, scheme.act)
+    err = 0.0
+    for W in weights:
+        W = W.to(X.dtype)
+        Ws = W * s[None, :]
+        if scheme.weight is not None:
+            Ws = fake_quantize(Ws, scheme.weight)
+        ref = X @ W.T
+        err += float((ref - Xs @ Ws.T).pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
+    return err
+
+
+def scale_summary(s: torch.Tensor) -> dict:
+    return {"scale_min": float(s.min()), "scale_median": float(s.median()),
+            "scale_max": float(s.max())}
+
+
+class SmoothQuant(Pass):
+    """SmoothQuant(alpha=0.5 | "search", scheme=None, kinds=all): per-channel smoothing of every
+    pair found in the graph; `scheme` is only used by the α search (default w8a8)."""
+
+    provides = frozenset({Fact.SMOOTHED})
+    destroys = frozenset({Fact.NORMS_FUSED})     # norm weights become 1/s (see module doc)
+    exact = True
+    needs_calibration = True
+    changes_weights = True
+
+    def __init__(self, alpha: float | str = 0.5, scheme=None, kinds=("norm", "linear_rows", "v_rows"),
+                 sample_rows: int = 512, batch_size: int = 8):
+        if alpha != "search" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+            raise SpecError(f"SmoothQuant alpha must be a number in [0, 1] or 'search', got {alpha!r}")
+        self.alpha = alpha
+        self.scheme = None if scheme is None else Scheme.parse(scheme)
+        self.kinds = tuple(kinds)
+        self.sample_rows = sample_rows
+        self.batch_size = batch_size
+
+    def config(self) -> dict:
+        return {"alpha": self.alpha, "scheme": None if self.scheme is None else self.scheme.name,
+                "kinds": list(self.kinds), "sample_rows": self.sample_rows}
+
+    def __repr__(self) -> str:
+        return f"SmoothQuant(alpha={self.alpha!r})"
+
+    def _alpha_for(self, pair: SmoothPair, g, stats: dict, absmax, w_absmax) -> float:
+        if self.alpha != "search":
+            return float(self.alpha)
+        X = stats[pair.consumers[0].name]["rows"]
+        weights = [g.module(c).weight.detach() for c in pair.consumers]
+        scheme = self.scheme or Scheme.parse("w8a8")
+        errs = [smoothed_error(X, weights, smoothing_scale(absmax, w_absmax, a).float(), scheme)
+                for a in ALPHA_GRID]
+        return ALPHA_GRID[min(range(len(errs)), key=errs.__getitem__)]
+
+    def run(self, g, ctx: PassContext) -> PassResult:
+        data = ctx.calib if ctx.calib is not None else ctx.probe
+        if data is None:
+            raise CalibrationError("SmoothQuant needs calibration data: its scales come from the "
+                                   "activations' per-channel max; pass calib=CalibrationSet...")
+        pairs = discover_pairs(g)
+        todo = [p for p in pairs if p.found and p.producer_kind in self.kinds]
+        res = PassResult()
+        res.notes += [f"skipped {p.label}: {p.skipped_reason}" for p in pairs if not p.found]
+        rows = self.sample_rows if self.alpha == "search" else 0
+        stats = collect_inputs(g, [p.consumers[0] for p in todo], data, sample_rows=rows,
+                               batch_size=self.batch_size, seed=ctx.seed)
+        task = ctx.task("SmoothQuant: smoothing pairs", total=len(todo))
+        # every scale is computed from the original weights first, then all are folded, so the
+        # result does not depend on the order of pairs sharing a linear (up is both a consumer
+        # of the MLP norm and the producer of up → down)
+        plans = []
+        for p in todo:
+            absmax = stats[p.consumers[0].name]["absmax"]
+            w_absmax = consumer_weight_absmax(g, p)
+            alpha = self._alpha_for(p, g, stats, absmax, w_absmax)
+            plans.append((p, smoothing_scale(absmax, w_absmax, alpha), alpha, absmax))
+        records = []
+        for p, s, alpha, absmax in plans:
+            fold_scale(g, p, s)
+            rec = {"producer": str(p.producer.target), "kind": p.producer_kind,
+                   "consumers": [str(c.target) for c in p.consumers], "alpha": alpha,
+                   **scale_summary(s), "ratio_before": channel_ratio(absmax),
+                   "ratio_after": channel_ratio(absmax / s)}
+            records.append(rec)
+            p.producer.meta.setdefault("qpass", {})["smoothing"] = dict(rec, pass_name="SmoothQuant")
+            for c in p.consumers:
+                c.meta.setdefault("qpass", {})["smoothed_by"] = str(p.producer.target)
+            res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
+            ctx.advance(task)
+        res.nodes_changed = list(dict.fromkeys(res.nodes_changed))
+        res.metrics.update(pairs=records, smoothed=len(records),
+                           skipped=sum(not p.found for p in pairs))
+        return res

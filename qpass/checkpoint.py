@@ -1,0 +1,184 @@
+"""Compiled checkpoints on disk: atomic save, verified load, never pickle (DESIGN §6).
+
+Layout of DIR (docs/FORMATS.md "Compiled checkpoint"):
+  model.safetensors   every parameter and buffer of the GraphModule (packed int32 codes,
+                      float32 scales, …); tied tensors are stored once (manifest `tensors`)
+  manifest.json       format/version, model config, pipeline, specs, versions, report, the
+                      graph as JSON, module classes + constructor kwargs, tensor kinds, and
+                      `files`: sha256 of every other file
+  <tokenizer files>   whatever the tokenizer writes (qpass byte tokenizer: qpass_tokenizer.json)
+  SHA256SUMS          sha256 of manifest.json ("<hex>  manifest.json")
+
+save() writes everything into a temporary sibling directory, fsyncs it, then renames it over
+DIR; the previous save stays intact until that rename, and any exception before it leaves DIR
+as it was. load() checks every hash before reading a tensor and raises CheckpointError for a
+missing, truncated or modified file and for missing keys."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .graph_io import build_graph_module, graph_to_json
+
+FORMAT = "qpass-compiled"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tensors(gm) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Unique tensors to store and {name: kind info} for every parameter/buffer name."""
+    store, kinds, first = {}, {}, {}
+    persistent = {n for n, _ in gm.state_dict(keep_vars=True).items()}
+    items = [(n, t, "param") for n, t in gm.named_parameters(remove_duplicate=False)] + \
+            [(n, t, "buffer") for n, t in gm.named_buffers(remove_duplicate=False)]
+    for name, t, kind in items:
+        if t.device.type == "meta":
+            raise CheckpointError(f"tensor {name!r} is on the meta device: a structure-only model "
+                                  f"cannot be saved")
+        info = {"kind": kind, "persistent": name in persistent}
+        if kind == "param":
+            info["requires_grad"] = bool(t.requires_grad)
+        if id(t) in first:
+            info["alias_of"] = first[id(t)]
+        else:
+            first[id(t)] = name
+            store[name] = t.detach().to("cpu").contiguous()
+        kinds[name] = info
+    return store, kinds
+
+
+def check_target(directory) -> Path:
+    """Raise CheckpointError unless `directory` is absent, empty, or an earlier compiled save
+    (so an unrelated directory is never replaced). Callers check before long work."""
+    out = Path(directory).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
+        raise CheckpointError(f"{out} exists and is not a qpass compiled checkpoint; choose another "
+                              f"output directory (nothing was written)")
+    return out
+
+
+def save(compiled, directory) -> Path:
+    """Write `compiled` (a CompiledDenoiser) to `directory` atomically."""
+    from safetensors.torch import save_file
+    out = check_target(directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        store, kinds = _tensors(compiled.gm)
+        save_file(store, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        tok = compiled.tokenizer
+        if tok is not None:
+            if hasattr(tok, "save_pretrained"):
+                tok.save_pretrained(str(tmp))
+            elif hasattr(tok, "save"):
+                tok.save(tmp)
+        manifest = dict(compiled.manifest)
+        manifest.update(format=FORMAT, version=VERSION, graph=graph_to_json(compiled.gm),
+                        tensors=kinds,
+                        files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _fsync(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _check_hash(path: Path, want: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    got = sha256(path)
+    if got != want:
+        raise CheckpointError(f"{path.name} is corrupt (sha256 {got[:12]}… != recorded "
+                              f"{want[:12]}…): truncated or modified; save the model again")
+
+
+def read_manifest(directory) -> dict:
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d} is not a directory")
+    sums = d / SUMS
+    if not sums.exists():
+        raise CheckpointError(f"{d} has no {SUMS}: not a qpass compiled checkpoint (or incomplete)")
+    parts = sums.read_text().split()
+    if len(parts) != 2 or parts[1] != MANIFEST:
+        raise CheckpointError(f"{sums} is malformed; expected '<sha256>  {MANIFEST}'")
+    _check_hash(d / MANIFEST, parts[0])
+    try:
+        manifest = json.loads((d / MANIFEST).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{d / MANIFEST} is not valid JSON: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{d} holds format {manifest.get('format')!r}, not {FORMAT!r}")
+    if manifest.get("version", 0) > VERSION:
+        raise CheckpointError(f"{d} was written by a newer qpass (format version "
+                              f"{manifest['version']} > {VERSION}); upgrade qpass")
+    for key in ("graph", "tensors", "files", "config"):
+        if key not in manifest:
+            raise CheckpointError(f"{d / MANIFEST} lacks the key {key!r}")
+    return manifest
+
+
+def load(directory):
+    """A CompiledDenoiser from `directory`, after verifying every file's sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .compiled import CompiledDenoiser
+    from .models.config import ModelConfig
+    from .models.tokenizer import load_tokenizer
+    d = Path(directory)
+    manifest = read_manifest(d)
+    if WEIGHTS not in manifest["files"]:
+        raise CheckpointError(f"{d / MANIFEST} lists no {WEIGHTS}")
+    for name, digest in manifest["files"].items():
+        if "/" in name or name.startswith("."):
+            raise CheckpointError(f"bad file name {name!r} in manifest")
+        _check_hash(d / name, digest)
+    try:
+        tensors = load_file(str(d / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {d / WEIGHTS}: {e}") from None
+    gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"])
+    try:
+        config = ModelConfig.from_dict(manifest["config"])
+    except (TypeError, KeyError) as e:
+        raise CheckpointError(f"bad model config in manifest: {e}") from None
+    return CompiledDenoiser(gm, config, load_tokenizer(d), manifest)

@@ -1,0 +1,96 @@
+"""CompiledDenoiser: what `Pipeline.run` returns (DESIGN §6).
+
+An nn.Module around the transformed GraphModule, with the model config, the tokenizer and a
+manifest (pipeline, specs per linear, library versions, the report). Quantized linears keep
+packed integer weights, so `weight_nbytes()` is the real memory of the model. `save(dir)` /
+`qpass.load_compiled(dir)` go through qpass.checkpoint (safetensors + JSON, never pickle);
+plugins that add module classes or graph functions register them here."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .graph_io import register_function, register_module_class
+from .pipeline.coverage import is_quantized_module
+from .pipeline.report import Report
+
+__all__ = ["CompiledDenoiser", "load_compiled", "register_module_class", "register_function"]
+
+
+def library_versions() -> dict:
+    from . import __version__
+    return {"qpass": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+class CompiledDenoiser(nn.Module):
+    """forward(input_ids, attention_mask=None) -> logits, like the FP Denoiser."""
+
+    def __init__(self, gm, config, tokenizer=None, manifest: dict | None = None,
+                 report: Report | None = None):
+        super().__init__()
+        self.gm = gm
+        self.config = config
+        self.tokenizer = tokenizer
+        self.manifest = dict(manifest or {})
+        if report is None and self.manifest.get("report") is not None:
+            report = Report.from_dict(self.manifest["report"])
+        self.report = report
+
+    @classmethod
+    def from_run(cls, g, pipeline, report: Report) -> "CompiledDenoiser":
+        specs = {}
+        for n in g.linears():
+            m = g.module(n)
+            ws, as_ = getattr(m, "weight_spec", None), getattr(m, "act_spec", None)
+            specs[n.target] = {"weight": None if ws is None else str(ws),
+                               "act": None if as_ is None else str(as_)}
+        cfg = g.config
+        manifest = {
+            "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
+            "pipeline": [{"name": p.name, "repr": repr(p), "config": p.config()} for p in pipeline],
+            "specs": specs, "versions": library_versions(), "report": report.to_dict()}
+        return cls(g.gm, cfg, g.tokenizer, manifest, report)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        return self.gm(input_ids, attention_mask)
+
+    def weight_nbytes(self) -> dict[str, int]:
+        """{"linear": bytes of linear weights as stored (packed codes + scales (+ zeros) for
+        quantized ones; the float matrix otherwise; the head included), "total": bytes of every
+        parameter and buffer (tied tensors once)}."""
+        linear = 0
+        for node in self.gm.graph.nodes:
+            if node.op != "call_module":
+                continue
+            m = self.gm.get_submodule(node.target)
+            if hasattr(m, "weight_nbytes"):
+                linear += m.weight_nbytes()
+            elif isinstance(m, nn.Linear):
+                linear += m.weight.numel() * m.weight.element_size()
+        seen, total = set(), 0
+        for t in list(self.gm.parameters()) + list(self.gm.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return {"linear": linear, "total": total}
+
+    def quantized_linears(self) -> list[str]:
+        return [n.target for n in self.gm.graph.nodes if n.op == "call_module"
+                and is_quantized_module(self.gm.get_submodule(n.target))]
+
+    def save(self, directory) -> Path:
+        from .checkpoint import save
+        return save(self, directory)
+
+    def extra_repr(self) -> str:
+        names = [p["name"] for p in self.manifest.get("pipeline", [])]
+        return f"pipeline={names}, model={getattr(self.config, 'name', None)}"
+
+
+def load_compiled(directory) -> CompiledDenoiser:
+    """Load a directory written by CompiledDenoiser.save (hashes verified, no pickle)."""
+    from .checkpoint import load
+    return load(directory)

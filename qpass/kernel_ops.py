@@ -1,0 +1,142 @@
+"""The lowered ops: `torch.library` custom ops in the `qpass` namespace (DESIGN §6).
+
+Each op body asks the backend registry for a kernel for the tensor's device and dtype and calls
+it; each op has a fake (meta) implementation, so lowered graphs still trace, export and run on
+the meta device. Weight tensors arrive in the canonical layouts of docs/FORMATS.md:
+  qweight  int32 (N, ceil(K/32)·bits), a little-endian bit stream of unsigned codes along K
+  scales   float32 (N, K/g) for groups, (N, 1) per channel; zeros int32 like scales or None
+           (symmetric: implicit 2^(b−1))
+  w_int8   int8 (N, K) signed codes u − 128 (W8A8)
+`backend` pins a backend by name ("auto": highest-priority available one that supports the call).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_cache: dict = {}
+
+
+def _kernel(op: str, t: Tensor, backend: str, **spec):
+    """Registry lookup, cached per (op, device, dtype, spec, backend); the cache is dropped
+    whenever the registry changes (see qpass.backends.registry.register)."""
+    from qpass.backends import registry
+    key = (op, t.device.type, t.dtype, tuple(sorted(spec.items())), backend, registry.forced(),
+           registry.generation())
+    fn = _cache.get(key)
+    if fn is None:
+        prefer = backend if backend != "auto" else registry.forced()
+        fn = registry.kernel(op, t.device, spec, t.dtype, prefer=prefer)
+        _cache[key] = fn
+    return fn
+
+
+def _out_shape(x: Tensor, n: int) -> list[int]:
+    return [*x.shape[:-1], n]
+
+
+# ----- linear ops --------------------------------------------------------------------------
+@torch.library.custom_op("qpass::linear_w4a16", mutates_args=())
+def linear_w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits: int,
+                 group_size: int, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Weight-only: y = x @ dequant(qweight).T + bias, any 1..8 bits (w3a16 too), float acts."""
+    fn = _kernel("linear_w4a16", x, backend, bits=bits, group_size=group_size,
+                 asym=zeros is not None, K=x.shape[-1], N=qweight.shape[0])
+    return fn(x, qweight, scales, zeros, bits, group_size, bias)
+
+
+@linear_w4a16.register_fake
+def _(x, qweight, scales, zeros, bits, group_size, bias=None, backend="auto"):
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+@torch.library.custom_op("qpass::linear_w8a8", mutates_args=())
+def linear_w8a8(x: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
+                backend: str = "auto") -> Tensor:
+    """Per-channel int8 weights × per-token dynamic int8 activations, int32 accumulation,
+    fused rescale (+ bias)."""
+    fn = _kernel("linear_w8a8", x, backend, K=x.shape[-1], N=w_int8.shape[0])
+    return fn(x, w_int8, w_scales, bias)
+
+
+@linear_w8a8.register_fake
+def _(x, w_int8, w_scales, bias=None, backend="auto"):
+    return x.new_empty(_out_shape(x, w_int8.shape[0]))
+
+
+@torch.library.custom_op("qpass::linear_w4a8", mutates_args=())
+def linear_w4a8(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
+                group_size: int = 0, backend: str = "auto") -> Tensor:
+    """Symmetric int4 weights (packed) × per-token dynamic int8 activations; w_scales (N, 1)
+    or (N, K/group_size) with int32 sums flushed per group."""
+    fn = _kernel("linear_w4a8", x, backend, group_size=group_size, K=x.shape[-1],
+                 N=qweight.shape[0])
+    return fn(x, qweight, w_scales, bias, group_size)
+
+
+@linear_w4a8.register_fake
+def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto"):
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+@torch.library.custom_op("qpass::linear_w4a4", mutates_args=())
+def linear_w4a4(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
+                group_size: int = 0, backend: str = "auto") -> Tensor:
+    """Symmetric int4 weights × per-token dynamic int4 activations (codes in int8 containers)."""
+    fn = _kernel("linear_w4a4", x, backend, group_size=group_size, K=x.shape[-1],
+                 N=qweight.shape[0])
+    return fn(x, qweight, w_scales, bias, group_size)
+
+
+@linear_w4a4.register_fake
+def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto"):
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+# ----- activation ops ----------------------------------------------------------------------
+@torch.library.custom_op("qpass::quant_per_token", mutates_args=())
+def quant_per_token(x: Tensor, bits: int, hadamard: bool = False, signs: Optional[Tensor] = None,
+                    backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Symmetric dynamic per-token codes (int8, x's shape) and scales (fp32, (..., 1)),
+    optionally after the online Hadamard transform (x·signs) @ Hᵀ/√n, fused."""
+    fn = _kernel("quant_per_token", x, backend, bits=bits, hadamard=hadamard, n=x.shape[-1])
+    return fn(x, bits, hadamard, signs)
+
+
+@quant_per_token.register_fake
+def _(x, bits, hadamard=False, signs=None, backend="auto"):
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
+
+
+@torch.library.custom_op("qpass::hadamard", mutates_args=())
+def hadamard(x: Tensor, signs: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Online Hadamard: qpass.hadamard.transform(x, signs=signs) along the last dim."""
+    fn = _kernel("hadamard", x, backend, n=x.shape[-1])
+    return fn(x, signs)
+
+
+@hadamard.register_fake
+def _(x, signs=None, backend="auto"):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("qpass::attention", mutates_args=())
+def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
+              causal: bool = False, int8: bool = False, backend: str = "auto") -> Tensor:
+    """Scaled dot-product attention on (B, H, L, D), bidirectional unless causal; GQA when k/v
+    have fewer heads; key_mask (B, L) bool, True for real tokens; optional int8 Q·Kᵀ."""
+    fn = _kernel("attention", q, backend, D=q.shape[-1], int8=int8, causal=causal)
+    return fn(q, k, v, key_mask, causal, int8)
+
+
+@attention.register_fake
+def _(q, k, v, key_mask=None, causal=False, int8=False, backend="auto"):
+    return torch.empty_like(q)
+
+
+OPS = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8, "linear_w4a8": linear_w4a8,
+       "linear_w4a4": linear_w4a4, "quant_per_token": quant_per_token, "hadamard": hadamard,
+       "attention": attention}

@@ -1,0 +1,117 @@
+"""What the Lower pass puts in the graph: `LoweredLinear` modules and thin call_function
+wrappers around the `qpass::*` custom ops (qpass/kernel_ops.py).
+
+LoweredLinear holds the weights in the layout its op takes (docs/FORMATS.md, nothing else):
+  kind "w4a16"       qweight int32 packed stream, scales fp32 (N, G), zeros int32 (N, G) | None
+  kind "w8a8"        qweight int8 (N, K) signed codes u − 128, scales fp32 (N, 1)
+  kind "w4a8"/"w4a4" qweight int32 packed int4 stream (symmetric), scales fp32 (N, G)
+Tensor-granularity scales are expanded to (N, 1) at lowering, so every kernel indexes (n, g).
+Both the class and the wrappers are registered for compiled checkpoints on import."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from . import kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
+from .specs import QuantSpec
+
+KINDS = ("w4a16", "w8a8", "w4a8", "w4a4")
+
+
+class LoweredLinear(nn.Module):
+    qpass_role = "linear"
+
+    def __init__(self, in_features: int, out_features: int, kind: str, bits: int,
+                 group_size: int, weight_spec: str, act_spec: str | None = None,
+                 bias: bool = False, has_zeros: bool = False, backend: str = "auto"):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown lowered kind {kind!r}; valid: {', '.join(KINDS)}")
+        self.in_features, self.out_features = in_features, out_features
+        self.kind, self.bits, self.group_size, self.backend = kind, bits, group_size, backend
+        self.weight_spec = QuantSpec.parse(weight_spec)
+        self.act_spec = QuantSpec.parse(act_spec) if act_spec is not None else None
+        N, K = out_features, in_features
+        G = K // group_size if group_size else 1
+        if kind == "w8a8":
+            self.register_buffer("qweight", torch.zeros(N, K, dtype=torch.int8))
+        else:
+            self.register_buffer("qweight", torch.zeros(N, -(-K // 32) * bits, dtype=torch.int32))
+        self.register_buffer("scales", torch.ones(N, G, dtype=torch.float32))
+        self.register_buffer("zeros", torch.zeros(N, G, dtype=torch.int32) if has_zeros else None)
+        self.bias = nn.Parameter(torch.zeros(N)) if bias else None
+
+    @classmethod
+    def from_quant_linear(cls, q, kind: str, backend: str = "auto") -> "LoweredLinear":
+        """Build from a QuantLinear (packed codes per qpass.formats), repacking for `kind`."""
+        from .formats import to_signed
+        qw = q.quantized_weight()
+        spec = qw.spec
+        N, K = qw.shape
+        gs = spec.group_size if spec.granularity == "group" else 0
+        m = cls(K, N, kind, spec.bits, gs, str(spec), None if q.act_spec is None else str(q.act_spec),
+                q.bias is not None, qw.zero is not None, backend)
+        if kind == "w8a8":
+            m.qweight = to_signed(qw.codes(), 8).contiguous()
+        else:
+            m.qweight = qw.packed.contiguous()
+        m.scales = qw.scale.to(torch.float32).expand(N, -1).contiguous()
+        if qw.zero is not None:
+            m.zeros = qw.zero.to(torch.int32).expand(N, -1).contiguous()
+        if q.bias is not None:
+            m.bias = nn.Parameter(q.bias.detach().clone())
+        return m.to(qw.packed.device)
+
+    def qpass_init_kwargs(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "kind": self.kind, "bits": self.bits, "group_size": self.group_size,
+                "weight_spec": str(self.weight_spec),
+                "act_spec": None if self.act_spec is None else str(self.act_spec),
+                "bias": self.bias is not None, "has_zeros": self.zeros is not None,
+                "backend": self.backend}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.qpass
+        if self.kind == "w4a16":
+            return ops.linear_w4a16(x, self.qweight, self.scales, self.zeros, self.bits,
+                                    self.group_size or self.in_features, self.bias, self.backend)
+        if self.kind == "w8a8":
+            return ops.linear_w8a8(x, self.qweight, self.scales, self.bias, self.backend)
+        op = ops.linear_w4a8 if self.kind == "w4a8" else ops.linear_w4a4
+        return op(x, self.qweight, self.scales, self.bias, self.group_size, self.backend)
+
+    def weight_nbytes(self) -> int:
+        """Stored weight bytes: packed codes + scales (+ zeros); the bias is not a weight."""
+        ts = [self.qweight, self.scales] + ([] if self.zeros is None else [self.zeros])
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, kind={self.kind}, "
+                f"w={self.weight_spec}, a={self.act_spec}, backend={self.backend}")
+
+
+def attention(q, k, v, key_mask=None, causal: bool = False, int8: bool = False,
+              backend: str = "auto"):
+    """Graph target for lowered attention (role "attention"): torch.ops.qpass.attention."""
+    return torch.ops.qpass.attention(q, k, v, key_mask, causal, int8, backend)
+
+
+attention.qpass_role = "attention"
+
+
+def hadamard(x, signs=None, backend: str = "auto"):
+    """Graph target for a lowered online Hadamard (role "hadamard"): torch.ops.qpass.hadamard."""
+    return torch.ops.qpass.hadamard(x, signs, backend)
+
+
+hadamard.qpass_role = "hadamard"
+
+
+def _register() -> None:
+    from .graph_io import register_function, register_module_class
+    register_module_class(LoweredLinear)
+    register_function(attention, "qpass.lowered.attention")
+    register_function(hadamard, "qpass.lowered.hadamard")
+
+
+_register()

@@ -1,0 +1,192 @@
+"""The pass manager (DESIGN §3): `Pipeline(passes).run(model) -> CompiledDenoiser`.
+
+The order is checked when the pipeline is built (before any compute). A run captures a copy
+of the model (the caller's model is never modified), runs the passes under a rich progress
+display, times each, verifies every `exact` pass on a small probe batch, and ends with a
+report whose coverage table must have no uncovered linear."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import CalibrationError, PipelineError
+from ..passbase import Fact, Pass, PassContext
+from .coverage import check_coverage, coverage, is_quantized_module
+from .order import auto_order, check_order
+from .report import LinearRecord, PassRecord, Report
+from .verify import record, verify_exact
+
+PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens
+QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """10·log10(Σref² / Σ(ref−approx)²) in float64; inf when identical."""
+    r, a = ref.double(), approx.double()
+    noise = (r - a).pow(2).sum().item()
+    signal = r.pow(2).sum().item()
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+
+
+def default_probe(vocab_size: int, device, seed: int = 0) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, PROBE_SHAPE, generator=gen)
+    return (ids.to(device),)
+
+
+class Pipeline:
+    """An ordered, checked list of passes.
+
+    verify: check exact passes on the probe batch (default True: it costs two forward passes
+    of a 2×32 batch per exact pass). allow_uncovered: accept linears that are neither
+    quantized nor kept by a rule. initial_facts: facts that already hold for the input."""
+
+    def __init__(self, passes: Sequence[Pass], verify: bool | None = None,
+                 allow_uncovered: bool = False, initial_facts: Iterable[Fact] = ()):
+        self.passes = list(passes)
+        self.verify = True if verify is None else bool(verify)
+        self.allow_uncovered = allow_uncovered
+        self.initial_facts = frozenset(Fact(f) for f in initial_facts)
+        check_order(self.passes, self.initial_facts)
+
+    @classmethod
+    def auto_order(cls, passes: Sequence[Pass], **kw) -> "Pipeline":
+        """A pipeline of `passes` sorted by their facts (stable w.r.t. the given order)."""
+        return cls(auto_order(list(passes), kw.get("initial_facts", ())), **kw)
+
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(map(repr, self.passes))}])"
+
+    def __iter__(self):
+        return iter(self.passes)
+
+    def __len__(self) -> int:
+        return len(self.passes)
+
+    @property
+    def quantizes(self) -> bool:
+        return any(p.provides & set(QUANTIZING_FACTS) for p in self.passes)
+
+    def scheme(self):
+        """The scheme of the last quantizing pass that has one (for the coverage table)."""
+        for p in reversed(self.passes):
+            if p.provides & set(QUANTIZING_FACTS) and getattr(p, "scheme", None) is not None:
+                return p.scheme
+        return None
+
+    # ------------------------------------------------------------------------------------
+    def prepare(self, model_or_qgraph, probe=None, dtype=None, seed: int = 0):
+        """(QGraph on a private copy of the model, probe batch or None on the meta device)."""
+        from ..ir import QGraph, capture
+        if isinstance(model_or_qgraph, QGraph):
+            g = model_or_qgraph
+            if dtype is not None:
+                g.gm.to(dtype)
+        else:
+            model = model_or_qgraph
+            p = next(iter(model.parameters()), None)
+            on_meta = p is not None and p.device.type == "meta"
+            model = model if on_meta else copy.deepcopy(model)
+            if dtype is not None:
+                model = model.to(dtype)
+            device = p.device if p is not None else torch.device("cpu")
+            if probe is None:
+                vocab = getattr(getattr(model, "config", None), "vocab_size", 100)
+                probe = default_probe(vocab, device, seed)
+            g = capture(model, probe)
+        on_meta = any(t.device.type == "meta" for t in g.gm.parameters())
+        if probe is not None and not isinstance(probe, tuple):
+            probe = (probe,)
+        if probe is None and not on_meta:
+            vocab = getattr(g.config, "vocab_size", 100)
+            dev = next(iter(g.gm.parameters())).device
+            probe = default_probe(vocab, dev, seed)
+        return g, (None if on_meta else probe)
+
+    def run(self, model_or_qgraph, calib=None, probe=None, verify: bool | None = None,
+            dtype=None, progress: bool = True, seed: int = 0, stop_after: int | None = None):
+        """Run the passes and return a CompiledDenoiser (with `.report`). `stop_after=i`
+        stops after pass i and skips the coverage requirement (used by `inspect --after`)."""
+        from ..compiled import CompiledDenoiser
+        need = [p.name for p in self.passes if p.needs_calibration]
+        if need and calib is None:
+            raise CalibrationError(f"pass(es) {', '.join(need)} need calibration data; pass "
+                                   f"calib=qpass.calibration.CalibrationSet.from_texts(...)")
+        verify = self.verify if verify is None else verify
+        g, probe = self.prepare(model_or_qgraph, probe, dtype, seed)
+        passes = self.passes if stop_after is None else self.passes[:stop_after + 1]
+        report = Report()
+        ctx = PassContext(calib=calib, probe=probe, seed=seed, report=report,
+                          device=None if probe is None else probe[0].device)
+        fp_linear_out = {}
+        if probe is not None and self.quantizes:
+            keep = {n.name for n in g.linears()}
+            _, fp_linear_out = record(g.gm, probe, keep)
+        with _progress(progress) as prog:
+            ctx.progress = prog
+            tasks = [prog.add_task(f"{p.name}", total=1) if prog is not None else None
+                     for p in passes]
+            for p, task in zip(passes, tasks):
+                report.passes.append(self._run_one(p, g, ctx, verify and probe is not None))
+                if prog is not None:
+                    prog.update(task, completed=1)
+        if self.quantizes and stop_after is None:
+            report.coverage = coverage(g, self.scheme(), planned=False)
+            check_coverage(report.coverage, self.allow_uncovered)
+        report.linears = _linear_records(g, probe, fp_linear_out)
+        return CompiledDenoiser.from_run(g, self, report)
+
+    def _run_one(self, p: Pass, g, ctx: PassContext, verify: bool) -> PassRecord:
+        if verify and p.exact:
+            ref_logits, before = record(g.gm, ctx.probe)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            res = p.run(g, ctx)
+        g.recompile()
+        seconds = time.perf_counter() - t0
+        if res is None:
+            raise PipelineError(f"pass {p.name}.run returned None; it must return a PassResult")
+        rel = verify_exact(p.name, g.gm, ctx.probe, ref_logits, before) if verify and p.exact else None
+        return PassRecord(p.name, repr(p), seconds, list(res.nodes_changed), dict(res.metrics),
+                          list(res.notes), rel)
+
+
+def _linear_records(g, probe, fp_out: dict) -> list[LinearRecord]:
+    quantized = [n for n in g.linears() if is_quantized_module(g.module(n))]
+    if not quantized:
+        return []
+    final = {}
+    if probe is not None and fp_out:
+        _, final = record(g.gm, probe, {n.name for n in quantized})
+    rows = []
+    for n in quantized:
+        m, meta = g.module(n), n.meta.get("qpass", {})
+        out_sqnr = sqnr_db(fp_out[n.name], final[n.name]) if n.name in fp_out and n.name in final \
+            and fp_out[n.name].shape == final[n.name].shape else None
+        ws, as_ = getattr(m, "weight_spec", None), getattr(m, "act_spec", None)
+        rows.append(LinearRecord(n.target, None if ws is None else str(ws),
+                                 None if as_ is None else str(as_), meta.get("weight_sqnr_db"), out_sqnr))
+    return rows
+
+
+class _NoProgress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=False)

@@ -1,0 +1,99 @@
+"""The run report: per pass time and nodes changed; per linear its specs and SQNR (weights, and
+its output on the probe batch against the FP graph); the coverage table. Rich tables for
+people, JSON for the manifest."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .coverage import CoverageRow, coverage_table
+
+
+@dataclass
+class PassRecord:
+    name: str
+    repr: str
+    seconds: float
+    nodes_changed: list[str]
+    metrics: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    verified_rel_change: float | None = None    # max relative logit change, exact passes only
+
+
+@dataclass
+class LinearRecord:
+    name: str
+    weight_spec: str | None
+    act_spec: str | None
+    weight_sqnr_db: float | None
+    output_sqnr_db: float | None
+
+
+def _finite(x):
+    """JSON has no inf/nan: an exact weight (SQNR = inf) is written as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _db(x) -> str:
+    if x is None:
+        return "-"
+    return "inf" if math.isinf(x) else f"{x:.1f}"
+
+
+@dataclass
+class Report:
+    passes: list[PassRecord] = field(default_factory=list)
+    linears: list[LinearRecord] = field(default_factory=list)
+    coverage: list[CoverageRow] | None = None     # None: no quantizing pass, no requirement
+
+    def to_dict(self) -> dict:
+        return _finite({"passes": [asdict(p) for p in self.passes],
+                        "linears": [asdict(r) for r in self.linears],
+                        "coverage": None if self.coverage is None else [r.to_dict() for r in self.coverage]})
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        cov = d.get("coverage")
+        return cls([PassRecord(**p) for p in d.get("passes", [])],
+                   [LinearRecord(**r) for r in d.get("linears", [])],
+                   None if cov is None else [CoverageRow(**r) for r in cov])
+
+    def rich_tables(self) -> list:
+        from rich.table import Table
+        tables = []
+        t = Table(title="Passes")
+        for col in ("pass", "time (s)", "nodes changed", "verified Δ", "notes"):
+            t.add_column(col)
+        for p in self.passes:
+            notes = "; ".join(p.notes[:3]) + (f" (+{len(p.notes) - 3} more)" if len(p.notes) > 3 else "")
+            t.add_row(p.repr, f"{p.seconds:.3f}", str(len(p.nodes_changed)),
+                      "-" if p.verified_rel_change is None else f"{p.verified_rel_change:.1e}", notes)
+        tables.append(t)
+        if self.linears:
+            t = Table(title="Linears (SQNR in dB: weights vs. before rounding, output vs. FP graph "
+                            "on the probe batch)")
+            for col in ("linear", "weight", "act", "weight SQNR", "output SQNR"):
+                t.add_column(col)
+            for r in self.linears:
+                t.add_row(r.name, r.weight_spec or "-", r.act_spec or "-", _db(r.weight_sqnr_db),
+                          _db(r.output_sqnr_db))
+            tables.append(t)
+        if self.coverage is not None:
+            tables.append(coverage_table(self.coverage))
+        return tables
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+        console = console or Console()
+        for t in self.rich_tables():
+            console.print(t)
