@@ -13,12 +13,12 @@ interpreter): facc = Σ_groups fp32(acc_g) · w_scale[:, g]   (one group = per-c
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from qpass import formats, hadamard
-from qpass.errors import BackendError
 
 from .registry import Backend
 
@@ -26,29 +26,46 @@ EXACT_CHUNK = 1024        # K per fp32 matmul: 1024 · 128 · 128 = 2^24, still 
 
 
 # ----- weight unpacking ---------------------------------------------------------------------
+_SHIFTS: dict = {}
+
+
+def _shifts(bits: int, device) -> torch.Tensor:
+    key = (bits, str(device))
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
+    return _SHIFTS[key]
+
+
 def unpack_codes(qweight: torch.Tensor, bits: int, K: int) -> torch.Tensor:
-    """Canonical bit stream (docs/FORMATS.md) -> unsigned codes (N, K) as uint8. Widths that
-    divide 32 take a shift-and-mask fast path; 3/5/6/7 bits use formats.unpack."""
-    if 32 % bits:
+    """Canonical bit stream (docs/FORMATS.md) -> unsigned codes (N, K) as uint8.
+
+    For 1/2/4/8 bits no code crosses a byte, and on a little-endian host the int32 words
+    viewed as bytes are the stream in order, so codes come from byte shifts on uint8 (a
+    quarter of the traffic of int32 shifts). Other widths use formats.unpack."""
+    if 8 % bits or sys.byteorder != "little":
         return formats.unpack(qweight, bits, K)
-    per = 32 // bits
-    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=qweight.device)
-    codes = (qweight.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    return codes.reshape(qweight.shape[0], qweight.shape[1] * per)[:, :K].to(torch.uint8)
+    b = qweight.contiguous().view(torch.uint8)
+    if bits == 8:
+        codes = b
+    else:
+        codes = ((b.unsqueeze(-1) >> _shifts(bits, b.device)) & ((1 << bits) - 1))
+        codes = codes.reshape(b.shape[0], -1)
+    return codes if codes.shape[1] == K else codes[:, :K]
 
 
 def dequant_weight(qweight, scales, zeros, bits: int, group_size: int, K: int) -> torch.Tensor:
-    """(u − z) · s in float32 (the formats.dequantize formula), shape (N, K)."""
-    u = unpack_codes(qweight, bits, K).to(torch.float32)
-    N = u.shape[0]
+    """(u − z) · s in float32 (the formats.dequantize formula, bit for bit), shape (N, K).
+    One float pass plus two in-place passes: cheap next to the matmul when M ≫ 1."""
+    w = unpack_codes(qweight, bits, K).to(torch.float32)
+    N = w.shape[0]
     G = scales.shape[-1] if scales.dim() == 2 else 1
-    z = (zeros.to(torch.float32) if zeros is not None
-         else torch.full((1, 1), float(1 << (bits - 1)), device=u.device))
-    if G == 1:
-        return (u - z.reshape(-1, 1)) * scales.to(torch.float32).reshape(-1, 1)
-    g = u.reshape(N, G, K // G)
-    z = z.reshape(z.shape[0], -1, 1) if zeros is not None else z.reshape(1, 1, 1)
-    return ((g - z) * scales.to(torch.float32).reshape(N, G, 1)).reshape(N, K)
+    view = w.view(N, G, K // G)
+    if zeros is None:
+        view.sub_(float(1 << (bits - 1)))
+    else:
+        view.sub_(zeros.to(torch.float32).reshape(-1, G, 1))
+    view.mul_(scales.to(torch.float32).reshape(-1, G, 1))
+    return w
 
 
 def signed_weight(qweight, bits: int, K: int) -> torch.Tensor:
@@ -93,6 +110,15 @@ def _int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int) -> to
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 
+def integer_linear(x, qw, bias, act_bits: int) -> torch.Tensor:
+    """The integer-exact W·A product for a symmetric `formats.QuantizedWeight` (any bits,
+    per-channel or per-group): what every integer kernel computes, used by simulation too."""
+    N, K = qw.shape
+    w_int = formats.to_signed(qw.codes(), qw.spec.bits)
+    group = qw.spec.group_size if qw.spec.granularity == "group" else 0
+    return _int_linear(x, w_int, qw.scale, bias, act_bits, group)
+
+
 # ----- kernels (argument lists match qpass.kernel_ops) ----------------------------------------
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     K = x.shape[-1]
@@ -130,31 +156,47 @@ def quantize_rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def attention(q, k, v, key_mask, causal, int8):
     """Bidirectional (or causal) attention on (B, H, L, D); k/v may have fewer heads (GQA).
-    fp32 compute. With int8, Q and K are quantized per token (over D) and Q·Kᵀ is an exact
+    fp32 compute (fp64 for fp64 inputs). The float path is SDPA, as qpass.ops.attention, so a
+    lowered model matches its simulated twin; a query row with no visible key gives zeros
+    (as SDPA and the Triton kernel do). With int8, Q and K are quantized per token (over D) and Q·Kᵀ is an exact
     integer product rescaled by the two scales (P·V stays in fp32)."""
     B, H, L, D = q.shape
     n_rep = H // k.shape[1]
     if n_rep > 1:
         k = k.repeat_interleave(n_rep, dim=1)
         v = v.repeat_interleave(n_rep, dim=1)
-    qf, kf, vf = (t.to(torch.float32) for t in (q, k, v))
-    if int8:
-        q8, sq = quantize_rows_int8(qf)
-        k8, sk = quantize_rows_int8(kf)
-        acc = torch.stack([int_matmul(q8[b, h], k8[b, h]) for b in range(B) for h in range(H)])
-        s = acc.to(torch.float32).reshape(B, H, L, -1) * sq * sk.transpose(-1, -2)
-    else:
-        s = qf @ kf.transpose(-1, -2)
-    s = s * (1.0 / math.sqrt(D))
-    Lk = k.shape[2]
-    allowed = torch.ones(B, 1, L, Lk, dtype=torch.bool, device=q.device)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf = (t.to(cdt) for t in (q, k, v))
+    if not int8:   # the float path: qpass.ops.attention's math (SDPA), in fp32
+        if key_mask is None:
+            return F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal).to(q.dtype)
+        mask = _allowed(key_mask, causal, B, L, k.shape[2], q.device)
+        return F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask).to(q.dtype)
+    q8, sq = quantize_rows_int8(qf)
+    k8, sk = quantize_rows_int8(kf)
+    acc = torch.stack([int_matmul(q8[b, h], k8[b, h]) for b in range(B) for h in range(H)])
+    s = acc.to(torch.float32).reshape(B, H, L, -1) * sq * sk.transpose(-1, -2)
+    mask = _allowed(key_mask, causal, B, L, k.shape[2], q.device) \
+        if key_mask is not None or causal else None
+    return _attention_explicit(qf, kf, vf, s, mask).to(q.dtype)
+
+
+def _allowed(key_mask, causal, B, L, Lk, device) -> torch.Tensor:
+    allowed = torch.ones(B, 1, L, Lk, dtype=torch.bool, device=device)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].to(torch.bool)
     if causal:
-        allowed = allowed & torch.ones(L, Lk, dtype=torch.bool, device=q.device).tril()
-    s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)     # a row with no visible key gives zeros
-    return (p @ vf).to(q.dtype)
+        allowed = allowed & torch.ones(L, Lk, dtype=torch.bool, device=device).tril()
+    return allowed
+
+
+def _attention_explicit(qf, kf, vf, scores, mask) -> torch.Tensor:
+    """softmax(scores / √D) @ V; a row with no visible key gives zeros (as the kernels do)."""
+    s = (qf @ kf.transpose(-1, -2) if scores is None else scores) * (1.0 / math.sqrt(qf.shape[-1]))
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
+    return p.to(vf.dtype) @ vf
 
 
 class ReferenceBackend(Backend):
@@ -172,7 +214,3 @@ class ReferenceBackend(Backend):
     def supports(self, op, spec=None, device=None, dtype=None):
         return op in self.kernels
 
-
-def check_int_weight(w: torch.Tensor, what: str) -> None:
-    if w.dtype != torch.int8:
-        raise BackendError(f"{what} must be int8 (signed codes u − 2^(b−1)), got {w.dtype}")

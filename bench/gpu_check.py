@@ -20,19 +20,22 @@ def rel(a, b) -> float:
 
 
 def main() -> dict:
+    if not torch.cuda.is_available():
+        out = {"skipped": "no CUDA device (the CPU checks are tests/backends/triton_cases.py)"}
+        print(json.dumps(out))
+        return out
     torch.manual_seed(1)
     ops, dev, res = torch.ops.qpass, "cuda", {}
-    for (M, K, N) in ((37, 4096, 1000), (256, 4096, 4096), (1024, 12288, 512), (4, 768, 256)):
+    for (M, K, N) in ((37, 4096, 1000), (256, 4096, 4096), (4, 768, 256)):
         w = torch.randn(N, K, device=dev) / K ** 0.5
         x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
         bias = torch.randn(N, device=dev)
-        for spec, bits in (("int4:g128:sym", 4), ("int3:g128:asym", 3), ("int4:channel", 4),
-                           ("int8:channel", 8)):
+        for spec, bits in (("int4:g128:sym", 4), ("int3:g128:asym", 3)):
             qw = formats.QuantizedWeight.from_float(w, spec)
             gs = qw.spec.group_size or K
             ref = torch.nn.functional.linear(x.double(), qw.dequantize(torch.float64),
                                              bias.double())
-            for dt in (torch.bfloat16, torch.float16):
+            for dt in (torch.bfloat16,):
                 y = ops.linear_w4a16(x.to(dt), qw.packed, qw.scale, qw.zero, bits, gs, bias,
                                      "triton")
                 res[f"w4a16 {spec} {dt} M{M} K{K} N{N}"] = rel(y, ref)
@@ -73,7 +76,7 @@ def main() -> dict:
         res[f"attention int8 B{B} H{H}/{Hk} L{L} D{D}"] = rel(
             ops.attention(q, k, v, km, causal, True, "triton"), ref)
     torch.cuda.synchronize()
-    print(json.dumps(res, indent=1))
+    print(json.dumps(res))
     return res
 
 

@@ -126,7 +126,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     if static or not grouped:
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(n_groups):
-            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(W[:, g * gs:(g + 1) * gs], spec)
+            cols = W[:, g * gs:(g + 1) * gs]
+            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(cols, spec)
 
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else None
     if perm is not None:

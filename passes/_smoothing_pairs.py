@@ -44,7 +44,7 @@ class SmoothPair:
     @property
     def label(self) -> str:
         cons = ", ".join(str(c.target) for c in self.consumers)
-        return f"{self.producer.target} -> [{cons}]"
+        return f"{self.producer.target} -> ({cons})"   # no [..]: rich reads it as markup
 
     def to_row(self) -> dict:
         return {"producer": str(self.producer.target), "kind": self.producer_kind,
@@ -70,10 +70,11 @@ def _consumer_problem(g, consumers: list[fx.Node]) -> str | None:
 
 def _norm_pairs(g) -> list[SmoothPair]:
     out = []
+    order = {n: i for i, n in enumerate(g.graph.nodes)}
     for norm, linears, others in g.norm_groups():
         if not linears:
             continue
-        p = SmoothPair(norm, "norm", list(linears))
+        p = SmoothPair(norm, "norm", sorted(linears, key=order.get))
         weight = getattr(g.module(norm), "weight", None)
         if others:
             p.skipped_reason = (f"the norm also feeds {', '.join(o.name for o in others)}, which "
@@ -250,3 +251,29 @@ def collect_inputs(g, nodes: list[fx.Node], calib, sample_rows: int = 512, batch
             rows = rows[torch.randperm(rows.shape[0], generator=gen)[:sample_rows]]
         st["rows"] = rows
     return stats
+
+
+# ---- records for the report and `qpass inspect --after` (qpass/inspect/smoothing.py) -----
+def record_folded(p: SmoothPair, s: torch.Tensor, pass_name: str, **extra) -> dict:
+    """The pair's record (scale min/median/max + extra), also stored on the producer node."""
+    rec = {"producer": str(p.producer.target), "kind": p.producer_kind,
+           "consumers": [str(c.target) for c in p.consumers],
+           "block": p.producer.meta.get("qpass", {}).get("block"),
+           "scale_min": float(s.min()), "scale_median": float(s.median()),
+           "scale_max": float(s.max()), **extra}
+    p.producer.meta.setdefault("qpass", {})["smoothing"] = dict(rec, pass_name=pass_name)
+    for c in p.consumers:
+        c.meta.setdefault("qpass", {})["smoothed_by"] = str(p.producer.target)
+    return rec
+
+
+def record_skipped(pairs: list[SmoothPair], pass_name: str) -> list[dict]:
+    """Rows for the pairs that could not be folded, also stored on their producer nodes."""
+    rows = []
+    for p in pairs:
+        if p.found:
+            continue
+        row = p.to_row()
+        p.producer.meta.setdefault("qpass", {})["smoothing_skipped"] = dict(row, pass_name=pass_name)
+        rows.append(row)
+    return rows

@@ -42,8 +42,7 @@ from qpass.passbase import Fact, Pass, PassContext, PassResult
 from qpass.sequential import SequentialRunner
 from qpass.specs import QuantSpec, Scheme
 
-from ._smoothing_pairs import SmoothPair, discover_pairs, fold_scale
-from .smoothquant import scale_summary
+from ._smoothing_pairs import SmoothPair, discover_pairs, fold_scale, record_folded, record_skipped
 
 
 class _InputStats:
@@ -168,8 +167,9 @@ class AWQ(Pass):
         calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
         if self.scheme.weight is None:
             raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
-        pairs = [p for p in discover_pairs(g) if p.found]
-        skipped = [p for p in discover_pairs(g) if not p.found]
+        all_pairs = discover_pairs(g)
+        pairs = [p for p in all_pairs if p.found]
+        skipped = [p for p in all_pairs if not p.found]
         qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
         res = PassResult(notes=[f"skipped {p.label}: {p.skipped_reason}" for p in skipped])
         res.metrics.update(pairs=[], clipped=[])
@@ -189,7 +189,8 @@ class AWQ(Pass):
         SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(per_block,
                                                                                   description="AWQ")
         res.nodes_changed = list(dict.fromkeys(res.nodes_changed))
-        res.metrics.update(smoothed=len(res.metrics["pairs"]), skipped=len(skipped))
+        res.metrics.update(smoothed=len(res.metrics["pairs"]), skipped=len(skipped),
+                           skipped_pairs=record_skipped(all_pairs, "AWQ"))
         return res
 
     def _collect(self, runner, stage, cache, linears) -> dict:
@@ -215,15 +216,10 @@ class AWQ(Pass):
         ratio_before = channel_ratio(st.absmax)
         fold_scale(g, p, s)
         st.rescale(s)
-        rec = {"producer": str(p.producer.target), "kind": p.producer_kind,
-               "consumers": [str(c.target) for c in p.consumers], "alpha": alpha,
-               **scale_summary(s), "ratio_before": ratio_before,
-               "ratio_after": channel_ratio(st.absmax),
-               "error_rtn": errors[0], "error_awq": min(errors)}
+        rec = record_folded(p, s, "AWQ", alpha=alpha, ratio_before=ratio_before,
+                            ratio_after=channel_ratio(st.absmax), error_rtn=errors[0],
+                            error_awq=min(errors))
         res.metrics["pairs"].append(rec)
-        p.producer.meta.setdefault("qpass", {})["smoothing"] = dict(rec, pass_name="AWQ")
-        for c in p.consumers:
-            c.meta.setdefault("qpass", {})["smoothed_by"] = str(p.producer.target)
         res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
 
     def _clip_linear(self, g, n: fx.Node, st: _InputStats, res: PassResult) -> None:

@@ -3,9 +3,10 @@
 For every group of linears reading the same input x (q/k/v, gate/up, o, down), with calibration
 rows X of that input:
   s  = max|X|^α / max|W|^(1−α)                    per input channel (W: the group's weights)
-  R₁ = block-diagonal rotation, greedily built: in each block, repeatedly pair the channel
-       with the largest |activation| with the quietest one through a 45° Givens rotation,
-       as long as that lowers the block's peak (≤ max_rotation_steps steps per block)
+  R₁ = block-diagonal rotation, greedily built: in each block, repeatedly move the channel
+       with the largest |activation| first and spread it over the block with a Hadamard,
+       then pair the loudest with the quietest channel by 45° Givens rotations, as long as
+       each step lowers the block's peak (≤ max_rotation_steps steps per block)
   P  = zig-zag permutation: channels sorted by peak are dealt to blocks 0,1,…,B−1,B−1,…,0,…
        so every block gets a similar share of the outlier mass
   R₂ = a second greedy block rotation on the permuted channels
@@ -20,6 +21,7 @@ import math
 import torch
 import torch.fx as fx
 
+from qpass import hadamard
 from qpass.errors import CalibrationError
 from qpass.inspect.activations import channel_ratio, linear_input_stats
 from qpass.ir.structure import role
@@ -37,23 +39,49 @@ def block_size_for(n: int, block_size: int) -> int:
     return 1
 
 
+def _spread_steps(Xb: torch.Tensor, Rb: torch.Tensor, max_steps: int) -> int:
+    """DuQuant's greedy step, all blocks at once: move each block's loudest channel to
+    position 0 and apply an orthonormal Hadamard S (every entry ±1/√b, so that channel is
+    spread evenly over the block); a block stops once a step no longer lowers its peak."""
+    nb, rows, b = Xb.shape
+    S = hadamard.matrix(b).to(torch.float64) / math.sqrt(b)
+    ar = torch.arange(nb)
+    active = torch.ones(nb, dtype=torch.bool)
+    steps = 0
+    for _ in range(max_steps):
+        peak = Xb.abs().amax(1)                                                  # (nb, b)
+        i = peak.argmax(1)
+        idx = torch.arange(b).repeat(nb, 1)
+        idx[ar, i] = 0
+        idx[:, 0] = i                                                            # swap i ↔ 0
+        Xs = torch.gather(Xb, 2, idx[:, None, :].expand(nb, rows, b)) @ S
+        Rs = torch.gather(Rb, 2, idx[:, None, :].expand(nb, b, b)) @ S
+        active &= Xs.abs().amax((1, 2)) < peak.amax(1) * (1 - 1e-6)
+        if not active.any():
+            break
+        Xb[active], Rb[active] = Xs[active], Rs[active]
+        steps += int(active.sum())
+    return steps
+
+
 def greedy_block_rotation(X: torch.Tensor, block: int, max_steps: int) -> tuple[torch.Tensor, int]:
     """Orthogonal block-diagonal R (n×n, float64) lowering each block's peak |X·R|, and the
-    number of Givens steps taken. X: (rows, n) calibration rows. All blocks step together:
-    each step pairs every block's loudest channel with its quietest at 45°, and a block stops
-    for good once that no longer lowers its peak."""
+    number of steps taken. X: (rows, n) calibration rows. First DuQuant's spreading steps
+    (when the block size has a Hadamard matrix), then with the remaining budget 45° Givens
+    steps pairing every block's loudest channel with its quietest; a block stops for good
+    once a step no longer lowers its peak."""
     rows, n = X.shape
     nb = n // block
     if block < 2:
         return torch.eye(n, dtype=torch.float64), 0
     Xb = X.to(torch.float64).reshape(rows, nb, block).permute(1, 0, 2).clone()   # (nb, rows, b)
     Rb = torch.eye(block, dtype=torch.float64).repeat(nb, 1, 1)                  # (nb, b, b)
+    steps = _spread_steps(Xb, Rb, max_steps) if hadamard.supported(block) else 0
     peak = Xb.abs().amax(1)                                                      # (nb, b)
     ar = torch.arange(nb)
     active = torch.ones(nb, dtype=torch.bool)
     c = 1.0 / math.sqrt(2.0)
-    steps = 0
-    for _ in range(max_steps):
+    for _ in range(max_steps - steps // max(nb, 1)):
         i = peak.argmax(1)
         others = peak.clone()
         others[ar, i] = math.inf
@@ -143,6 +171,9 @@ class DuQuant(Pass):
         if data is None:
             raise CalibrationError("DuQuant needs calibration data (its smoothing scales and "
                                    "rotations come from activation statistics)")
+        if any(t.device.type == "meta" for t in g.gm.parameters()):
+            raise CalibrationError("DuQuant calibrates on real activations; this model is on the "
+                                   "meta device (structure only): load it with weights")
         groups = self.groups(g)
         stats = linear_input_stats(g, [lins[0] for _, lins in groups], data,
                                    sample_rows=self.sample_rows, seed=self.seed)

@@ -87,7 +87,9 @@ class GPTQ(Pass):
         if vocab is not None and hasattr(ctx.calib, "check_vocab"):
             ctx.calib.check_vocab(vocab)
         targets = quantize_targets(g, self.scheme)              # validates shapes first
-        self._todo = {t[0].target: t for t in targets if t[2] is not None}
+        # specs only: holding the float modules would keep every replaced weight alive
+        self._todo = {n.target: (n, w, a, r) for n, _, w, a, r in targets if w is not None}
+        kept = sum(1 for t in targets if t[2] is None and t[3] is None)
         self._pending: list[tuple] = []
         res = PassResult()
         self._res = res
@@ -95,6 +97,7 @@ class GPTQ(Pass):
             if wspec is None and aspec is not None:
                 replace_linear(g, node, QuantLinear.from_linear(lin, None, aspec), reason=reason)
                 res.nodes_changed.append(node.name)
+        del targets
         runner = SequentialRunner(g, ctx.calib, batch_size=self.batch_size,
                                   offload_dir=self.offload_dir, progress=ctx)
         runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
@@ -102,8 +105,8 @@ class GPTQ(Pass):
             self._replace(g, *item)
         layers = res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
-        res.metrics.update(quantized=len(layers), better_than_rtn=better,
-                           kept=sum(1 for t in targets if t[2] is None and t[3] is None))
+        res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept)
+        self._todo, self._pending, self._res = {}, [], None
         return res
 
     def _stage(self, g, stage, runner, cache) -> None:
@@ -136,11 +139,13 @@ class GPTQ(Pass):
             sums[src] = _HessianSum(lin.in_features, dt, lin.weight.device)
             watch[n.target] = sums[src].add
         last = max(nodes, key=stage.nodes.index)
-        runner.run_stage(stage, cache, watch=watch, stop_after=last.name if self.sequential else None)
+        stop = last.name if self.sequential else None     # later linears are not needed yet
+        runner.run_stage(stage, cache, watch=watch, stop_after=stop)
         return sums
 
     def _replace(self, g, node, hess) -> None:
-        _, lin, wspec, aspec, reason = self._todo[node.target]
+        _, wspec, aspec, reason = self._todo[node.target]
+        lin = g.module(node)
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,

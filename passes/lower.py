@@ -99,7 +99,6 @@ class Lower(Pass):
                     res.notes.append(f"{node.target}: kept simulated ({why})")
                     continue
                 m = lowered.LoweredLinear.from_quant_linear(q, kind, self.backend)
-                g.gm.get_submodule(node.target)   # exists
                 _set_submodule(g.gm, node.target, m)
                 op, spec = _linear_spec(m)
                 choose(node.name, op, spec)

@@ -134,8 +134,9 @@ class ObserveActivations(Pass):
                  batch_size: int = 8, max_values: int = 1 << 22):
         self.observer = observer
         self.batch_size, self.max_values = batch_size, max_values
-        if isinstance(spec_or_scheme, QuantSpec) or (isinstance(spec_or_scheme, str) and
-                                                     spec_or_scheme.strip().lower().startswith("int")):
+        is_spec = isinstance(spec_or_scheme, QuantSpec) or (
+            isinstance(spec_or_scheme, str) and spec_or_scheme.strip().lower().startswith("int"))
+        if is_spec:
             spec = QuantSpec.parse(spec_or_scheme)
             self.scheme = Scheme(name=str(spec), weight=None, act=self._with_observer(spec))
         else:

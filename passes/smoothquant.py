@@ -30,7 +30,7 @@ from qpass.passbase import Fact, Pass, PassContext, PassResult
 from qpass.specs import Scheme
 
 from ._smoothing_pairs import (SmoothPair, collect_inputs, consumer_weight_absmax, discover_pairs,
-                               fold_scale)
+                               fold_scale, record_folded, record_skipped)
 
 ALPHA_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))     # 0.3, 0.35, …, 0.8
 SCALE_RANGE = (1e-5, 1e5)
@@ -61,11 +61,6 @@ def smoothed_error(X: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor
         ref = X @ W.T
         err += float((ref - Xs @ Ws.T).pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
     return err
-
-
-def scale_summary(s: torch.Tensor) -> dict:
-    return {"scale_min": float(s.min()), "scale_median": float(s.median()),
-            "scale_max": float(s.max())}
 
 
 class SmoothQuant(Pass):
@@ -130,17 +125,13 @@ class SmoothQuant(Pass):
         records = []
         for p, s, alpha, absmax in plans:
             fold_scale(g, p, s)
-            rec = {"producer": str(p.producer.target), "kind": p.producer_kind,
-                   "consumers": [str(c.target) for c in p.consumers], "alpha": alpha,
-                   **scale_summary(s), "ratio_before": channel_ratio(absmax),
-                   "ratio_after": channel_ratio(absmax / s)}
-            records.append(rec)
-            p.producer.meta.setdefault("qpass", {})["smoothing"] = dict(rec, pass_name="SmoothQuant")
-            for c in p.consumers:
-                c.meta.setdefault("qpass", {})["smoothed_by"] = str(p.producer.target)
+            records.append(record_folded(p, s, "SmoothQuant", alpha=alpha,
+                                         ratio_before=channel_ratio(absmax),
+                                         ratio_after=channel_ratio(absmax / s)))
             res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
             ctx.advance(task)
         res.nodes_changed = list(dict.fromkeys(res.nodes_changed))
-        res.metrics.update(pairs=records, smoothed=len(records),
-                           skipped=sum(not p.found for p in pairs))
+        skipped = record_skipped(pairs, "SmoothQuant")
+        res.metrics.update(pairs=records, skipped_pairs=skipped, smoothed=len(records),
+                           skipped=len(skipped))
         return res

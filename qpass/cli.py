@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(sub)
     from .demo import add_demo_command
     add_demo_command(sub)
+    p = sub.add_parser("backends", help="list kernel backends, whether they run here and why not",
+                       epilog="example:\n  qpass backends --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    from .backends_cli import cmd_backends
+    p.set_defaults(func=cmd_backends)
     return ap
 
 

@@ -208,6 +208,13 @@ def unpack(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     if packed.dtype != torch.int32 or packed.shape[-1] != packed_cols(K, bits):
         raise SpecError(f"unpack expects int32 (..., {packed_cols(K, bits)}) for K={K}, "
                         f"bits={bits}; got {packed.dtype} {tuple(packed.shape)}")
+    if 32 % bits == 0:
+        # Fast path (bits 1, 2, 4, 8): no code straddles words; arithmetic shift + mask on
+        # int32 is exact for every bit pattern, so this stays in int32 (hot in simulation).
+        per = 32 // bits
+        shifts = bits * torch.arange(per, dtype=torch.int32, device=packed.device)
+        codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(*packed.shape[:-1], -1)[..., :K].to(torch.uint8)
     w = (packed.to(torch.int64) & _MASK32).reshape(*packed.shape[:-1], -1, bits)
     offsets = bits * torch.arange(32, dtype=torch.int64, device=packed.device)
     j, sh = offsets // 32, offsets % 32

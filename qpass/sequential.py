@@ -156,15 +156,13 @@ class BoundaryCache:
         for item in self._items:
             yield item if self.offload_dir is None else torch.load(item, weights_only=True)
 
-    def replace(self, other: "BoundaryCache") -> None:
-        self.clear()
-        self._items = other._items
-
     def clear(self) -> None:
         if self.offload_dir is not None:
             for p in self._items:
                 if os.path.exists(p):
                     os.remove(p)
+            if os.path.isdir(self.offload_dir) and not os.listdir(self.offload_dir):
+                os.rmdir(self.offload_dir)
         self._items = []
 
 
@@ -254,18 +252,20 @@ class SequentialRunner:
         outputs = None
         try:
             for stage in self.stages:
+                if ctx is not None and ctx.progress is not None and task is not None:
+                    ctx.progress.update(task, description=f"{description}: {stage.name} "
+                                                          f"of {len(self.stages) - 2} blocks")
                 if callback is not None and stage.linears:
                     callback(stage, self, cache)
-                nxt = self._new_cache(f"stage{stage.index}")
                 is_last = stage is self.stages[-1]
-                keep = None
-                if is_last:
-                    keep = [a for a in self.output_node.all_input_nodes]
-                if is_last and not keep_outputs:
-                    nxt = None
-                else:
-                    self.run_stage(stage, cache, collect=nxt, keep=keep)
-                if nxt is not None:
+                if not is_last or keep_outputs:   # nothing reads the suffix's outputs otherwise
+                    keep = list(self.output_node.all_input_nodes) if is_last else None
+                    nxt = self._new_cache(f"stage{stage.index}")
+                    try:
+                        self.run_stage(stage, cache, collect=nxt, keep=keep)
+                    except BaseException:
+                        nxt.clear()
+                        raise
                     cache.clear()
                     cache = nxt
                 if ctx is not None:

@@ -136,10 +136,14 @@ def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 
                       st.get("act_spec", "-"), st.get("scales min/median/max", "-"),
                       notes or st.get("norm weight", ""))
     console.print(t)
+    from .smoothing import render_smoothing, smoothing_rows
+    if smoothing_rows(info):                          # SmoothQuant / AWQ: scales per pair
+        render_smoothing(smoothing_rows(info), console)
     for n in info["notes"][:20]:
         console.print(f"  note: {n}")
 
 
 def changes_json(info: dict) -> dict:
+    from .smoothing import smoothing_rows
     return {"pass": info["pass"], "changes": info["changes"], "after": info["after"],
-            "notes": info["notes"]}
+            "notes": info["notes"], "smoothing": smoothing_rows(info)}

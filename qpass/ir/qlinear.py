@@ -60,7 +60,19 @@ class QuantLinear(nn.Module):
         return self.quantized_weight().dequantize(dtype)
 
     # ---- execution --------------------------------------------------------------------
+    def _integer_emulation(self, x: torch.Tensor) -> bool:
+        """Per-token dynamic symmetric activations × symmetric weights: simulate with the
+        integer-exact arithmetic the kernels use, so simulated and lowered models agree (a
+        float matmul would round differently and flip later activation codes)."""
+        a, w = self.act_spec, self.weight_spec
+        return (a is not None and w is not None and x.dtype != torch.float64
+                and a.granularity == "token" and a.dynamic and a.symmetric and a.clip_ratio == 1.0
+                and w.symmetric and w.granularity in ("channel", "group") and self.act_scale is None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._integer_emulation(x):
+            from ..backends.reference import integer_linear
+            return integer_linear(x, self.quantized_weight(), self.bias, self.act_spec.bits)
         if self.act_spec is not None:
             x = fake_quantize(x, self.act_spec, self.act_scale, self.act_zero)
         w = self.dequantized_weight(x.dtype if x.dtype == torch.float64 else torch.float32)

@@ -137,8 +137,13 @@ def tiny_llada_gptq():
     model = qpass.models.load("tiny-llada")
     text = (Path(qpass.__file__).parent / "zoo/tiny-llada/eval/shakespeare_test.txt").read_text()
     calib = CalibrationSet.from_texts([text], model.tokenizer, n=16, seq_len=128, seed=0)
-    out = qpass.Pipeline([P.FuseNorms(), P.GPTQ("w4a16g128")]).run(model, calib, progress=False)
-    return out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # tiny matrices: thread fan-out costs more than it saves
+    try:
+        return qpass.Pipeline([P.FuseNorms(), P.GPTQ("w4a16g128")]).run(model, calib,
+                                                                         progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_gptq_beats_rtn_on_every_tiny_llada_linear(tiny_llada_gptq):

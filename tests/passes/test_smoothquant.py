@@ -8,6 +8,7 @@ import qpass
 from qpass import passes as P
 from qpass.errors import CalibrationError, PipelineError, SpecError
 from qpass.inspect.activations import channel_ratio, linear_input_stats
+from qpass.inspect.smoothing import smoothing_rows
 from qpass.pipeline import Pipeline
 
 FAMILIES = ["tiny-llada-random", "tiny-dream-random", "tiny-llama-random"]
@@ -38,6 +39,14 @@ def test_smoothquant_is_exact_in_float64(family):
     assert max(p["scale_max"] / p["scale_min"] for p in pairs) > 2
     assert not torch.allclose(out.gm.get_submodule("blocks.0.attn_norm").weight,
                               model.blocks[0].attn_norm.weight)
+    # what `qpass inspect --after SmoothQuant` shows: every pair, skipped ones with a reason
+    rows = smoothing_rows(out)
+    assert sorted(r["producer"] for r in rows if not r["skipped_reason"]) == \
+        sorted(p["producer"] for p in pairs)
+    skipped = {r["producer"]: r["skipped_reason"] for r in rows if r["skipped_reason"]}
+    gqa = model.config.n_kv_heads < model.config.n_heads
+    assert {k for k, v in skipped.items() if "GQA" in v} == \
+        ({f"blocks.{i}.v_proj" for i in range(model.config.n_layers)} if gqa else set())
 
 
 def test_scales_follow_the_formula():

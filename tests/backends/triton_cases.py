@@ -1,0 +1,98 @@
+"""Triton kernels under TRITON_INTERPRET=1 (run by test_triton_interpret.py in a subprocess so
+the interpreter setting never leaks into other tests). Integer paths must be bit-exact against
+the reference backend; float paths within fp16/fp32 tolerance against float64. Shapes stay
+tiny (M, N, K <= 64): the interpreter is slow."""
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
+                allow_module_level=True)
+
+import qpass.kernel_ops  # noqa: E402,F401
+from qpass import formats, hadamard  # noqa: E402
+from qpass.backends import registry  # noqa: E402
+
+ops = torch.ops.qpass
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def test_triton_is_selected_under_the_interpreter():
+    b = registry.select("linear_w8a8", "cpu", {"K": 64, "N": 48}, torch.float32)
+    assert b.name == "triton"
+    # shapes the kernels decline fall back to the reference with the reason
+    b, skipped = registry.explain("hadamard", "cpu", {"n": 96}, torch.float32)
+    assert b.name == "reference" and "96" in dict(skipped)["triton"]
+
+
+@pytest.mark.parametrize("spec", ["int4:g32:sym", "int3:g32:asym", "int8:channel", "int2:channel:asym"])
+def test_w4a16_float_paths(spec):
+    torch.manual_seed(0)
+    x, w, bias = torch.randn(2, 9, 64), torch.randn(40, 64), torch.randn(40)
+    qw = formats.QuantizedWeight.from_float(w, spec)
+    gs = qw.spec.group_size or 64
+    scales = qw.scale.expand(40, -1).contiguous()
+    zeros = None if qw.zero is None else qw.zero.expand(40, -1).contiguous()
+    ref = torch.nn.functional.linear(x.double(), qw.dequantize(torch.float64), bias.double())
+    y32 = ops.linear_w4a16(x, qw.packed, scales, zeros, qw.spec.bits, gs, bias, "triton")
+    assert y32.shape == (2, 9, 40) and rel(y32, ref) < 1e-5
+    y16 = ops.linear_w4a16(x.half(), qw.packed, scales, zeros, qw.spec.bits, gs, bias, "triton")
+    assert y16.dtype == torch.float16 and rel(y16, ref) < 2e-3
+
+
+def test_integer_linears_bit_exact_vs_reference():
+    torch.manual_seed(1)
+    x, w, bias = torch.randn(21, 64), torch.randn(48, 64), torch.randn(48)
+    q8 = formats.QuantizedWeight.from_float(w, "int8:channel")
+    w8 = formats.to_signed(q8.codes(), 8)
+    assert torch.equal(ops.linear_w8a8(x, w8, q8.scale, bias, "triton"),
+                       ops.linear_w8a8(x, w8, q8.scale, bias, "reference"))
+    for spec, gs in (("int4:channel", 0), ("int4:g32:sym", 32)):
+        q4 = formats.QuantizedWeight.from_float(w, spec)
+        for op in (ops.linear_w4a8, ops.linear_w4a4):
+            t = op(x, q4.packed, q4.scale, bias, gs, "triton")
+            r = op(x, q4.packed, q4.scale, None if bias is None else bias, gs, "reference")
+            assert torch.equal(t, r), (spec, op)
+
+
+def test_quant_per_token_bit_exact_including_ties():
+    x = torch.randn(7, 64)
+    x[0, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])   # exact .5 ties: round half to even
+    x[1] = 0.0                                         # all-zero row: scale floor
+    for bits in (8, 4):
+        qt, st = ops.quant_per_token(x, bits, False, None, "triton")
+        qr, sr = ops.quant_per_token(x, bits, False, None, "reference")
+        assert torch.equal(qt, qr) and torch.equal(st, sr)
+
+
+def test_hadamard_and_fused_quant():
+    torch.manual_seed(2)
+    x = torch.randn(3, 256)
+    s = hadamard.random_signs(256, 0)
+    ref = hadamard.transform(x.double(), signs=s)
+    assert rel(ops.hadamard(x, s.float(), "triton"), ref) < 1e-6
+    assert rel(ops.hadamard(x, None, "triton"), hadamard.transform(x.double())) < 1e-6
+    qt, st = ops.quant_per_token(x, 4, True, s.float(), "triton")
+    qr, sr = ops.quant_per_token(x, 4, True, s.float(), "reference")
+    # transforms round differently in fp32: a code may move by one at a rounding boundary
+    assert (qt.int() - qr.int()).abs().max() <= 1 and (qt != qr).float().mean() < 0.02
+    assert torch.allclose(st, sr, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_vs_float64(causal):
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 4, 20, 16), torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16)
+    km = torch.ones(1, 20, dtype=torch.bool)
+    km[0, :3] = False
+    ref = ops.attention(q.double(), k.double(), v.double(), km, causal, False, "reference")
+    assert rel(ops.attention(q, k, v, km, causal, False, "triton"), ref) < 1e-5
+    assert rel(ops.attention(q.half(), k.half(), v.half(), km, causal, False, "triton"), ref) < 3e-3
+    t8 = ops.attention(q, k, v, km, causal, True, "triton")
+    r8 = ops.attention(q, k, v, km, causal, True, "reference")
+    assert rel(t8, r8) < 1e-5 and rel(t8, ref) < 3e-2
