@@ -10,7 +10,8 @@ from .errors import QpassError
 INSPECT_EXAMPLE = """examples:
   qpass inspect llada-8b --format json          # structure only (meta device), < 5 s
   qpass inspect tiny-llada --format dot > g.dot
-  qpass inspect tiny-llada --pipeline w4a16-rtn --after RTN --diff"""
+  qpass inspect tiny-llada --pipeline w4a16-rtn --after RTN --diff
+  qpass inspect tiny-llada --outliers --pipeline w4a4-quarot --png outliers.png"""
 
 
 def add_inspect_command(sub) -> None:
@@ -26,6 +27,9 @@ def add_inspect_command(sub) -> None:
     p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
     from .quantize_cli import add_inspect_pipeline_args
     add_inspect_pipeline_args(p)
+    p.add_argument("--outliers", action="store_true",
+                   help="linear-input absmax and max/median ratio before/after the transforms")
+    p.add_argument("--png", metavar="FILE", help="with --outliers: also save a bar plot")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -46,6 +50,9 @@ def capture_named(model_name: str, device: str | None, seq_len: int = 16):
 
 
 def cmd_inspect(args) -> int:
+    if getattr(args, "outliers", False):
+        from .inspect.outliers_cmd import cmd_outliers
+        return cmd_outliers(args)
     if getattr(args, "pipeline", None) or getattr(args, "after", None):
         from .quantize_cli import cmd_inspect_pipeline
         return cmd_inspect_pipeline(args)
