@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m qpass.cli demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -252,9 +252,7 @@ class SequentialRunner:
         outputs = None
         try:
             for stage in self.stages:
-                if ctx is not None and ctx.progress is not None and task is not None:
-                    ctx.progress.update(task, description=f"{description}: {stage.name} "
-                                                          f"of {len(self.stages) - 2} blocks")
+                self._describe(task, f"{description}: {stage.name} of {len(self.stages) - 2} blocks")
                 if callback is not None and stage.linears:
                     callback(stage, self, cache)
                 is_last = stage is self.stages[-1]
@@ -270,11 +268,17 @@ class SequentialRunner:
                     cache = nxt
                 if ctx is not None:
                     ctx.advance(task)
+            self._describe(task, f"{description}: {len(self.stages) - 2} blocks")
             if keep_outputs:
                 outputs = [self._output_value(values) for values in cache]
         finally:
             cache.clear()
         return outputs
+
+    def _describe(self, task, text: str) -> None:
+        ctx = self.progress
+        if ctx is not None and ctx.progress is not None and task is not None:
+            ctx.progress.update(task, description=text)
 
     def _output_value(self, values: dict[str, Any]):
         by_name = {n: values[n.name] for n in self.output_node.all_input_nodes}

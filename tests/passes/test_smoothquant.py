@@ -12,6 +12,7 @@ from qpass.inspect.smoothing import smoothing_rows
 from qpass.pipeline import Pipeline
 
 FAMILIES = ["tiny-llada-random", "tiny-dream-random", "tiny-llama-random"]
+ALL = ("norm", "linear_rows", "v_rows")
 
 
 def _ids(vocab, shape=(4, 16), seed=1):
@@ -27,7 +28,8 @@ def test_smoothquant_is_exact_in_float64(family):
     model = qpass.models.load(family, dtype=torch.float64)
     calib, probe = _ids(model.config.vocab_size), _ids(model.config.vocab_size, (2, 12), seed=7)
     n_nodes = len(qpass.capture(model, (probe,)).graph.nodes)
-    out = Pipeline([P.SmoothQuant(0.5)], verify=True).run(model, calib=calib, progress=False)
+    out = Pipeline([P.SmoothQuant(0.5, kinds=ALL)], verify=True).run(model, calib=calib,
+                                                                  progress=False)
     rec = out.report.passes[0]
     assert rec.name == "SmoothQuant" and rec.verified_rel_change <= 1e-9
     with torch.no_grad():
@@ -81,7 +83,8 @@ def _plant_outliers(model, channels=(3, 17, 40), factor=40.0):
 def test_smoothing_lowers_the_max_median_ratio_of_smoothed_inputs():
     model = _plant_outliers(qpass.models.load("tiny-llada-random", dtype=torch.float64))
     calib = _ids(model.config.vocab_size, (4, 24))
-    out = Pipeline([P.SmoothQuant(0.5)], verify=True).run(model, calib=calib, progress=False)
+    out = Pipeline([P.SmoothQuant(0.5, kinds=ALL)], verify=True).run(model, calib=calib,
+                                                                  progress=False)
     names = ["blocks.0.q_proj", "blocks.1.q_proj", "blocks.0.down_proj", "blocks.1.down_proj"]
     before = _ratios(qpass.capture(model, (calib,)), names, calib)
     after = _ratios(qpass.capture(out.gm, (calib,)), names, calib)
@@ -118,7 +121,7 @@ def _ratios(g, names, calib):
 
 def test_alpha_search_stays_exact_and_picks_from_the_grid():
     model = qpass.models.load("tiny-llama-random", dtype=torch.float64)
-    out = Pipeline([P.SmoothQuant("search")], verify=True).run(
+    out = Pipeline([P.SmoothQuant("search", kinds=ALL)], verify=True).run(
         model, calib=_ids(model.config.vocab_size), progress=False)
     rec = out.report.passes[0]
     assert rec.verified_rel_change <= 1e-9
@@ -129,6 +132,8 @@ def test_alpha_search_stays_exact_and_picks_from_the_grid():
 def test_user_mistakes_raise_clear_errors():
     with pytest.raises(SpecError, match="alpha"):
         P.SmoothQuant(alpha=1.5)
+    with pytest.raises(SpecError, match="kinds"):
+        P.SmoothQuant(kinds=("up_down",))
     model = qpass.models.load("tiny-llada-random")
     with pytest.raises(CalibrationError, match="SmoothQuant"):
         Pipeline([P.SmoothQuant()]).run(model, progress=False)
