@@ -30,14 +30,11 @@ def add_demo_command(sub) -> None:
 
 
 def _linear_bytes(model) -> int:
-    from .ir.qlinear import QuantLinear
-    total = 0
-    for m in model.modules():
-        if isinstance(m, QuantLinear) or hasattr(m, "weight_nbytes"):
-            total += m.weight_nbytes()
-        elif isinstance(m, torch.nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
-    return total
+    """Bytes of linear weights: a compiled module reports its packed sizes itself."""
+    if hasattr(model, "weight_nbytes"):
+        return int(model.weight_nbytes()["linear"])
+    return sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+               if isinstance(m, torch.nn.Linear))
 
 
 def _pick(names) -> list[str]:
@@ -63,7 +60,8 @@ def _generate(model, tok, prompt: str) -> str:
 def run_demo(args) -> int:
     from .eval import evaluate
     from .models import load
-    con = Console()
+    import sys
+    con = Console() if sys.stdout.isatty() else Console(width=110)  # readable when piped
     fp = load("tiny-llada")
     tok = fp.tokenizer
     con.print(f"[bold]tiny-llada[/]: {sum(p.numel() for p in fp.parameters()) / 1e6:.2f}M "
