@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from qpass.inspect.activations import iter_batches
+from qpass.inspect.activations import linear_input_stats
 from qpass.ir.roles import is_transparent
 from qpass.ir.structure import (first_arg_node, role, through_transparent_back,
                                 through_transparent_forward)
@@ -214,43 +214,12 @@ def consumer_weight_absmax(g, pair: SmoothPair) -> torch.Tensor:
 
 
 # ---- calibration statistics ------------------------------------------------------------------
-@torch.no_grad()
 def collect_inputs(g, nodes: list[fx.Node], calib, sample_rows: int = 512, batch_size: int = 8,
                    seed: int = 0) -> dict[str, dict]:
     """Per linear node name: {"absmax", "mean_abs"} per input channel (float64, over every
     calibration token) and "rows": up to `sample_rows` random input rows (float32)."""
-    gen = torch.Generator().manual_seed(seed)
-    stats: dict[str, dict] = {}
-
-    def hook_for(name):
-        def hook(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            xa = x.abs().double().cpu()
-            st = stats.setdefault(name, {"absmax": torch.zeros(x.shape[-1], dtype=torch.float64),
-                                         "sum_abs": torch.zeros(x.shape[-1], dtype=torch.float64),
-                                         "tokens": 0, "rows": []})
-            st["absmax"] = torch.maximum(st["absmax"], xa.amax(0))
-            st["sum_abs"] += xa.sum(0)
-            st["tokens"] += x.shape[0]
-            if sample_rows:
-                idx = torch.randperm(x.shape[0], generator=gen)[:sample_rows]
-                st["rows"].append(x[idx.to(x.device)].float().cpu())
-        return hook
-
-    hooks = [g.module(n).register_forward_pre_hook(hook_for(n.name)) for n in nodes]
-    try:
-        for batch in iter_batches(calib, batch_size):
-            g.gm(*batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    for st in stats.values():
-        st["mean_abs"] = st.pop("sum_abs") / max(st["tokens"], 1)
-        rows = torch.cat(st["rows"]) if st["rows"] else None
-        if rows is not None and rows.shape[0] > sample_rows:
-            rows = rows[torch.randperm(rows.shape[0], generator=gen)[:sample_rows]]
-        st["rows"] = rows
-    return stats
+    return linear_input_stats(g, nodes, calib, sample_rows=sample_rows, batch_size=batch_size,
+                              seed=seed, rows_dtype=torch.float32)
 
 
 # ---- records for the report and `qpass inspect --after` (qpass/inspect/smoothing.py) -----

@@ -39,9 +39,11 @@ def channel_ratio(absmax: torch.Tensor) -> float:
 
 @torch.no_grad()
 def linear_input_stats(g, nodes, calib, sample_rows: int = 0, batch_size: int = 8,
-                       seed: int = 0) -> dict[str, dict]:
-    """For each linear node (by name): {"absmax": (in,) float64 per-channel max |x|,
-    "rows": up to `sample_rows` random input rows (float64) or None, "tokens": count}."""
+                       seed: int = 0, rows_dtype: torch.dtype = torch.float64) -> dict[str, dict]:
+    """For each linear node (by name): {"absmax", "mean_abs": (in,) float64 per-channel max
+    and mean of |x| over every calibration token, "rows": up to `sample_rows` random input
+    rows (`rows_dtype`) or None, "tokens": count}. Shared by DuQuant, SmoothQuant, AWQ and
+    `qpass inspect --outliers`."""
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, dict] = {}
     hooks = []
@@ -50,13 +52,16 @@ def linear_input_stats(g, nodes, calib, sample_rows: int = 0, batch_size: int = 
         def hook(_mod, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
             s = stats.setdefault(name, {"absmax": torch.zeros(x.shape[-1], dtype=torch.float64),
+                                        "sum_abs": torch.zeros(x.shape[-1], dtype=torch.float64),
                                         "rows": [], "tokens": 0})
-            s["absmax"] = torch.maximum(s["absmax"], x.abs().amax(0).cpu())
+            xa = x.abs()
+            s["absmax"] = torch.maximum(s["absmax"], xa.amax(0).cpu())
+            s["sum_abs"] += xa.sum(0).cpu()
             s["tokens"] += x.shape[0]
             if sample_rows:
                 k = min(sample_rows, x.shape[0])
                 idx = torch.randperm(x.shape[0], generator=gen)[:k].to(x.device)
-                s["rows"].append(x[idx].cpu())
+                s["rows"].append(x[idx].to(rows_dtype).cpu())
         return hook
 
     for n in nodes:
@@ -68,6 +73,7 @@ def linear_input_stats(g, nodes, calib, sample_rows: int = 0, batch_size: int = 
         for h in hooks:
             h.remove()
     for name, s in stats.items():
+        s["mean_abs"] = s.pop("sum_abs") / max(s["tokens"], 1)
         rows = torch.cat(s["rows"]) if s["rows"] else None
         if rows is not None and rows.shape[0] > sample_rows:
             rows = rows[torch.randperm(rows.shape[0], generator=gen)[:sample_rows]]
