@@ -154,7 +154,10 @@ def quantize_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, to
     scale (float32, x.shape[:-1] + (1,)); s = absmax/(2^(b-1)-1), x ~ q * s."""
     spec = QuantSpec(bits, granularity="token", dynamic=True)
     xf = x.detach().to(_compute_dtype(x))
-    s = (xf.abs().amax(dim=-1, keepdim=True) / spec.qmax).to(torch.float32).clamp(min=SCALE_FLOOR)
+    amax = xf.abs().amax(dim=-1, keepdim=True)
+    # Divide by a same-device tensor, not a Python scalar: torch turns scalar division into a
+    # multiplication by the reciprocal on some devices (1 ulp off), while kernels divide exactly.
+    s = (amax / torch.full_like(amax, spec.qmax)).to(torch.float32).clamp(min=SCALE_FLOOR)
     q = torch.round(xf / s.to(xf.dtype)).clamp(spec.qmin, spec.qmax).to(torch.int8)
     return q, s
 
