@@ -24,7 +24,6 @@ import torch.fx as fx
 from qpass import hadamard
 from qpass.errors import CalibrationError
 from qpass.inspect.activations import channel_ratio, linear_input_stats
-from qpass.ir.structure import role
 from qpass.online import channel_transform
 from qpass.passbase import Fact, Pass, PassContext, PassResult
 

@@ -37,17 +37,12 @@ def _linear_bytes(model) -> int:
                if isinstance(m, torch.nn.Linear))
 
 
-def _pick(names) -> list[str]:
-    try:
-        from . import presets
-    except ImportError:
-        return []
+def _pick(groups) -> list[str]:
+    """The first available preset of each group."""
+    from . import presets
     avail = set(presets.names())
-    for group in names:
-        for n in group:
-            if n in avail:
-                yield n
-                break
+    return [next(n for n in group if n in avail) for group in groups
+            if any(n in avail for n in group)]
 
 
 def _generate(model, tok, prompt: str) -> str:
@@ -66,17 +61,18 @@ def run_demo(args) -> int:
     tok = fp.tokenizer
     con.print(f"[bold]tiny-llada[/]: {sum(p.numel() for p in fp.parameters()) / 1e6:.2f}M "
               f"parameters, {fp.config.n_layers} blocks, byte tokenizer")
-    names = args.pipelines.split(",") if args.pipelines else list(_pick((WEIGHT_ONLY, WEIGHT_ACT)))
+    names = args.pipelines.split(",") if args.pipelines else _pick((WEIGHT_ONLY, WEIGHT_ACT))
     models = {"FP32": (fp, 0.0)}
-    for name in names:
+    if names:
         from . import presets
         from .calibration import CalibrationSet
         from .data import calibration_texts
         calib = CalibrationSet.from_texts(calibration_texts(), tok, n=args.calib_n,
                                           seq_len=args.seq_len, masking="diffusion", seed=0)
+    for name in names:
         t0 = time.perf_counter()
-        models[name] = (presets.get(name).run(load("tiny-llada"), calib, verify=False), 0.0)
-        models[name] = (models[name][0], time.perf_counter() - t0)
+        compiled = presets.get(name).run(load("tiny-llada"), calib, verify=False)
+        models[name] = (compiled, time.perf_counter() - t0)
     results = {}
     for label, (m, _) in models.items():
         t0 = time.perf_counter()

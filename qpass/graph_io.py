@@ -10,7 +10,6 @@ safetensors. Other developers add classes and functions with `register_module_cl
 `register_function` (re-exported by qpass.compiled)."""
 from __future__ import annotations
 
-import builtins
 import importlib
 import operator
 from typing import Any, Callable
@@ -201,13 +200,8 @@ def graph_to_json(gm: fx.GraphModule) -> dict:
 
 
 def _set_path(root: nn.Module, path: str, module: nn.Module) -> None:
-    parts = path.split(".")
-    cur = root
-    for p in parts[:-1]:
-        if not hasattr(cur, p):
-            cur.add_module(p, nn.Module())
-        cur = getattr(cur, p)
-    cur.add_module(parts[-1], module)
+    owner, name = _owner(root, path)
+    owner.add_module(name, module)
 
 
 def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:

@@ -9,7 +9,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .capture import trace
-from .roles import function_role, is_add, module_role
+from .roles import function_role, module_role
 from .structure import (ActPair, BlockInfo, VOPair, discover_blocks, norm_consumers,
                         pairs_through_activation, qk_of, role, v_to_o)
 

@@ -173,3 +173,14 @@ def forbid_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
         logits = logits.clone()
         logits[..., mask_id] = float("-inf")
     return logits
+
+
+def start_canvas(model, prompt_ids, gen_length: int, attention_mask, ids: SpecialIds):
+    """The sampling canvas: (left-padded) prompt followed by `gen_length` mask tokens.
+    Returns (x, prompt, prompt_mask, key_mask, device)."""
+    device = model_device(model)
+    prompt, prompt_mask = batch_prompts(prompt_ids, ids.pad, attention_mask, device)
+    B, Lp = prompt.shape
+    check_length(model, Lp + gen_length)
+    x = torch.cat([prompt, prompt.new_full((B, gen_length), ids.mask)], dim=1)
+    return x, prompt, prompt_mask, extend_mask(prompt_mask, gen_length), device

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QpassError
-from .common import (batch_prompts, check_length, denoise, extend_mask, forbid_mask,
-                     make_generator, model_device, special_ids, step_progress)
+from .common import (denoise, forbid_mask, make_generator, special_ids, start_canvas,
+                     step_progress)
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -80,12 +80,9 @@ def generate_dream(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     if not 0 < eps < 1:
         raise QpassError(f"eps must be in (0, 1), got {eps}")
     ids = special_ids(model, mask_id=mask_id, pad_id=pad_id)
-    device = model_device(model)
-    prompt, prompt_mask = batch_prompts(prompt_ids, ids.pad, attention_mask, device)
+    x, prompt, prompt_mask, key_mask, device = start_canvas(model, prompt_ids, gen_length,
+                                                            attention_mask, ids)
     B, Lp = prompt.shape
-    check_length(model, Lp + gen_length)
-    x = torch.cat([prompt, prompt.new_full((B, gen_length), ids.mask)], dim=1)
-    key_mask = extend_mask(prompt_mask, gen_length)
     gen = make_generator(seed, device)
     timesteps = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
 

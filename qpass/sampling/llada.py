@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QpassError
-from .common import (batch_prompts, check_length, denoise, extend_mask, forbid_mask,
-                     make_generator, model_device, special_ids, step_progress, top_k_per_row)
+from .common import (denoise, forbid_mask, make_generator, special_ids, start_canvas,
+                     step_progress, top_k_per_row)
 
 REMASKING = ("low_confidence", "random")
 
@@ -98,12 +98,9 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     ids = special_ids(model, mask_id=mask_id, pad_id=pad_id, eos_id=eos_id)
     if stop_at_eos and ids.eos is None:
         raise QpassError("stop_at_eos needs an EOS id: pass eos_id=")
-    device = model_device(model)
-    prompt, prompt_mask = batch_prompts(prompt_ids, ids.pad, attention_mask, device)
+    x, prompt, prompt_mask, key_mask, device = start_canvas(model, prompt_ids, gen_length,
+                                                            attention_mask, ids)
     B, Lp = prompt.shape
-    check_length(model, Lp + gen_length)
-    x = torch.cat([prompt, prompt.new_full((B, gen_length), ids.mask)], dim=1)
-    key_mask = extend_mask(prompt_mask, gen_length)
     prompt_real = prompt_mask if prompt_mask is not None else torch.ones_like(prompt, dtype=torch.bool)
     gen = make_generator(seed, device)
     steps_per_block = steps // n_blocks
