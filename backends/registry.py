@@ -16,33 +16,11 @@ import torch
 
 from qpass.errors import BackendError
 
+from .base import Backend
+
 ENTRY_POINT_GROUP = "qpass.backends"
 OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "quant_per_token",
-       "hadamard", "attention")
-
-
-class Backend:
-    """Base class. Subclasses set `name`, `priority` and `kernels`, and override
-    `available()` / `supports()` where they are narrower than "any op they have a kernel for"."""
-
-    name: str = "backend"
-    priority: int = 0
-    kernels: dict[str, Callable] = {}
-
-    def available(self) -> tuple[bool, str]:
-        return True, ""
-
-    def supports(self, op: str, spec: Any = None, device: Any = None, dtype: Any = None) -> bool:
-        return op in self.kernels
-
-    def why_not(self, op: str, spec: Any, device: Any, dtype: Any) -> str:
-        """A human reason for `supports() == False`; backends may be more specific."""
-        if op not in self.kernels:
-            return f"no kernel for {op}"
-        return f"does not support {op} for spec={spec}, device={device}, dtype={dtype}"
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} priority={self.priority}>"
+       "hadamard", "attention")       # the qpass:: ops of backends/ops.py
 
 
 @dataclass
@@ -207,21 +185,3 @@ def fallbacks() -> list[Fallback]:
 
 def clear_fallbacks() -> None:
     _FALLBACKS.clear()
-
-
-# The backend the ops dispatch to can be pinned (Lower(backend="reference"), tests, benches).
-_forced: dict[str, str] = {}
-
-
-def force(name: str | None) -> None:
-    """Pin every op dispatch to backend `name` (None: back to automatic selection)."""
-    if name in (None, "auto"):
-        _forced.pop("all", None)
-    else:
-        get(name)
-        _forced["all"] = name
-    _state["generation"] += 1
-
-
-def forced() -> str:
-    return _forced.get("all", "auto")

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-import qpass.kernel_ops  # noqa: F401
+import qpass.backends.ops  # noqa: F401
 from qpass import formats
 
 res = {}

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from qpass.inspect.activations import linear_input_stats
+from qpass.calibration.stats import linear_input_stats
 from qpass.ir.roles import is_transparent
 from qpass.ir.structure import (first_arg_node, role, through_transparent_back,
                                 through_transparent_forward)

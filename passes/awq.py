@@ -36,10 +36,10 @@ import torch.fx as fx
 from qpass.calibration import CalibrationSet
 from qpass.errors import CalibrationError
 from qpass.formats import fake_quantize
-from qpass.inspect.activations import channel_ratio
+from qpass.calibration.stats import channel_ratio
 from qpass.ir.structure import linear_input, role
-from qpass.passbase import Fact, Pass, PassContext, PassResult
-from qpass.sequential import SequentialRunner
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.calibration.sequential import SequentialRunner
 from qpass.specs import QuantSpec, Scheme
 
 from ._smoothing_pairs import SmoothPair, discover_pairs, fold_scale, record_folded, record_skipped

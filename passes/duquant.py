@@ -23,9 +23,9 @@ import torch.fx as fx
 
 from qpass import hadamard
 from qpass.errors import CalibrationError
-from qpass.inspect.activations import channel_ratio, linear_input_stats
-from qpass.online import channel_transform
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.calibration.stats import channel_ratio, linear_input_stats
+from qpass.runtime.online import channel_transform
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 _EPS = 1e-5
 

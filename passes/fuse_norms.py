@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 
 def _shared_param_ids(root: nn.Module) -> set[int]:

@@ -17,8 +17,8 @@ from qpass.errors import CalibrationError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.ir.structure import linear_input
-from qpass.passbase import Fact, Pass, PassContext, PassResult
-from qpass.sequential import SequentialRunner
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.calibration.sequential import SequentialRunner
 from qpass.specs import Scheme
 
 from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error

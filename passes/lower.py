@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from qpass import lowered, ops
+from qpass import ops
+from qpass.runtime import lowered
 from qpass.backends import registry
 from qpass.ir.qlinear import QuantLinear
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 
 def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:

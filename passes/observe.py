@@ -24,7 +24,7 @@ import torch.nn as nn
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.specs import QuantSpec, Scheme
 
 from ._quantize_common import replace_linear

@@ -20,8 +20,8 @@ import torch.fx as fx
 from qpass import hadamard
 from qpass.errors import PipelineError
 from qpass.ir.structure import role, through_transparent_back, through_transparent_forward
-from qpass.online import online_hadamard
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.runtime.online import online_hadamard
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from qpass.errors import PipelineError
 from qpass.ir.qlinear import QuantLinear
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.specs import Scheme
 
 from ._quantize_common import quantize_targets, replace_linear

@@ -25,8 +25,8 @@ import torch
 
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import fake_quantize
-from qpass.inspect.activations import channel_ratio
-from qpass.passbase import Fact, Pass, PassContext, PassResult
+from qpass.calibration.stats import channel_ratio
+from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.specs import Scheme
 
 from ._smoothing_pairs import (KINDS, SmoothPair, collect_inputs, consumer_weight_absmax, discover_pairs,

@@ -1,13 +1,15 @@
-"""qpass: a compiler-style post-training quantization framework for diffusion LLMs."""
+"""qpass: a compiler-style post-training quantization framework for diffusion LLMs.
+
+This file is the package's face (DESIGN §11): it re-exports the public names and is the only
+module allowed to import from every layer."""
 from . import calibration, hadamard, models, ops, sampling
 from . import eval  # noqa: A004  (qpass.eval, the evaluation package)
 from .errors import (BackendError, CalibrationError, CaptureError, CheckpointError, HadamardError,
                      PipelineError, QpassError, SpecError, VerificationError)
 from .ir import QGraph, capture
-from .passbase import Fact, Pass, PassContext, PassResult
+from .pipeline import Fact, Pass, PassContext, PassResult, Pipeline
+from .runtime import CompiledDenoiser, load_compiled
 from .specs import QuantSpec, Scheme
-from .pipeline import Pipeline
-from .compiled import CompiledDenoiser, load_compiled
 from . import presets
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import Backend
+from ..base import Backend
 from ._common import HAVE_TRITON, IMPORT_ERROR, hadamard_split, interpreting
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)

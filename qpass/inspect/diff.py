@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ..errors import PipelineError
-from ..passbase import PassContext
+from qpass.errors import PipelineError
+from qpass.pipeline.pass_base import PassContext
 
 _SKIP_META = {"role", "block", "weight_sqnr_db"}
 
@@ -136,7 +136,7 @@ def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 
                       st.get("act_spec", "-"), st.get("scales min/median/max", "-"),
                       notes or st.get("norm weight", ""))
     console.print(t)
-    from .smoothing import render_smoothing, smoothing_rows
+    from qpass.inspect.smoothing import render_smoothing, smoothing_rows
     if smoothing_rows(info):                          # SmoothQuant / AWQ: scales per pair
         render_smoothing(smoothing_rows(info), console)
     for n in info["notes"][:20]:
@@ -144,6 +144,6 @@ def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 
 
 
 def changes_json(info: dict) -> dict:
-    from .smoothing import smoothing_rows
+    from qpass.inspect.smoothing import smoothing_rows
     return {"pass": info["pass"], "changes": info["changes"], "after": info["after"],
             "notes": info["notes"], "smoothing": smoothing_rows(info)}

@@ -12,16 +12,16 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from ..ir import capture
-from ..passbase import PassContext
-from .activations import channel_ratio, iter_batches, linear_input_stats
+from qpass.ir import capture
+from qpass.pipeline.pass_base import PassContext
+from qpass.calibration.stats import channel_ratio, iter_batches, linear_input_stats
 
 
 def _passes(prefix) -> list:
     if prefix is None:
         return []
     if isinstance(prefix, str):
-        from .. import presets
+        from qpass import presets
         return list(presets.get(prefix).passes)
     return list(getattr(prefix, "passes", prefix))
 
@@ -30,7 +30,7 @@ def _stats(model, passes: Sequence, calib) -> dict[str, dict]:
     probe = next(iter(iter_batches(calib, 1)))
     g = capture(copy.deepcopy(model), probe)
     if passes:
-        from ..pipeline import check_order
+        from qpass.pipeline import check_order
         check_order(passes)
         ctx = PassContext(calib=calib, probe=probe)
         for p in passes:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..formats import QuantizedWeight, fake_quantize
+from ..formats import QuantizedWeight, fake_quantize, integer_linear
 from ..specs import QuantSpec
 
 
@@ -71,7 +71,6 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._integer_emulation(x):
-            from ..backends.reference import integer_linear
             return integer_linear(x, self.quantized_weight(), self.bias, self.act_spec.bits)
         if self.act_spec is not None:
             x = fake_quantize(x, self.act_spec, self.act_scale, self.act_zero)
@@ -87,3 +86,8 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w={self.weight_spec}, "
                 f"a={self.act_spec}, bias={self.bias is not None}")
+
+
+def is_quantized_module(m) -> bool:
+    """Quantized replacements (QuantLinear, lowered kernel modules) carry a weight or act spec."""
+    return getattr(m, "weight_spec", None) is not None or getattr(m, "act_spec", None) is not None

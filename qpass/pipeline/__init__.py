@@ -1,8 +1,11 @@
-"""The pass manager: order checks, verification of exact passes, report and coverage."""
-from .coverage import CoverageRow, check_coverage, coverage, coverage_table
+"""The pass contract (pass_base.py) and the pass manager: order checks, verification of exact
+passes, fact checks, report and coverage."""
+from .pass_base import Fact, Pass, PassContext, PassResult
+from .coverage import check_coverage, coverage
 from .manager import Pipeline, sqnr_db
 from .order import auto_order, check_order
-from .report import LinearRecord, PassRecord, Report
+from ..runtime.report import CoverageRow, LinearRecord, PassRecord, Report, coverage_table
 
-__all__ = ["Pipeline", "check_order", "auto_order", "coverage", "check_coverage", "coverage_table",
-           "CoverageRow", "Report", "PassRecord", "LinearRecord", "sqnr_db"]
+__all__ = ["Fact", "Pass", "PassContext", "PassResult", "Pipeline", "check_order", "auto_order",
+           "coverage", "check_coverage", "coverage_table", "CoverageRow", "Report", "PassRecord",
+           "LinearRecord", "sqnr_db"]

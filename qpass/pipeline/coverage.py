@@ -6,28 +6,10 @@ that a pass already quantized are read from their modules, the rest are planned 
 scheme (`Scheme.spec_for`), so the table of `llada-8b` can be built without any compute."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from ..errors import PipelineError, SpecError
+from ..ir.qlinear import is_quantized_module
+from ..runtime.report import CoverageRow, coverage_table  # noqa: F401  (re-exported)
 from ..specs import Scheme
-
-
-@dataclass
-class CoverageRow:
-    name: str                   # module path (node target)
-    role: str                   # linear / head
-    status: str                 # "quantized" | "kept" | "uncovered"
-    weight_spec: str | None
-    act_spec: str | None
-    reason: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def is_quantized_module(m) -> bool:
-    """Quantized replacements (QuantLinear, lowered kernel modules) carry a weight or act spec."""
-    return getattr(m, "weight_spec", None) is not None or getattr(m, "act_spec", None) is not None
 
 
 def _s(spec) -> str | None:
@@ -79,17 +61,3 @@ def check_coverage(rows: list[CoverageRow], allow_uncovered: bool = False) -> No
         raise PipelineError(f"{len(bad)} linear(s) are uncovered (neither quantized nor kept by a "
                             f"rule): {names}. First reason: {bad[0].reason}. Add a scheme override "
                             f"(pattern -> spec or None) or pass allow_uncovered=True")
-
-
-def coverage_table(rows: list[CoverageRow], title: str = "Coverage"):
-    from rich.table import Table
-    t = Table(title=f"{title}: {sum(r.status == 'quantized' for r in rows)} quantized, "
-                    f"{sum(r.status == 'kept' for r in rows)} kept, "
-                    f"{sum(r.status == 'uncovered' for r in rows)} uncovered of {len(rows)} linears")
-    for col in ("linear", "role", "status", "weight", "act", "rule / reason"):
-        t.add_column(col)
-    style = {"quantized": "green", "kept": "cyan", "uncovered": "bold red"}
-    for r in rows:
-        t.add_row(r.name, r.role or "", f"[{style[r.status]}]{r.status}[/]", r.weight_spec or "-",
-                  r.act_spec or "-", r.reason)
-    return t

@@ -13,12 +13,13 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..errors import CalibrationError, PipelineError
-from ..passbase import Fact, Pass, PassContext
-from .coverage import check_coverage, coverage, is_quantized_module
-from .order import auto_order, check_order
-from .report import LinearRecord, PassRecord, Report
-from .verify import record, verify_exact
+from qpass.errors import CalibrationError, PipelineError
+from qpass.pipeline.pass_base import Fact, Pass, PassContext
+from qpass.ir.qlinear import is_quantized_module
+from qpass.pipeline.coverage import check_coverage, coverage
+from qpass.pipeline.order import auto_order, check_order
+from qpass.runtime.report import LinearRecord, PassRecord, Report
+from qpass.pipeline.verify import record, verify_exact
 
 PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens
 QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
@@ -83,7 +84,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------
     def prepare(self, model_or_qgraph, probe=None, dtype=None, seed: int = 0):
         """(QGraph on a private copy of the model, probe batch or None on the meta device)."""
-        from ..ir import QGraph, capture
+        from qpass.ir import QGraph, capture
         if isinstance(model_or_qgraph, QGraph):
             g = model_or_qgraph
             if dtype is not None:
@@ -113,7 +114,7 @@ class Pipeline:
             dtype=None, progress: bool = True, seed: int = 0, stop_after: int | None = None):
         """Run the passes and return a CompiledDenoiser (with `.report`). `stop_after=i`
         stops after pass i and skips the coverage requirement (used by `inspect --after`)."""
-        from ..compiled import CompiledDenoiser
+        from qpass.runtime.compiled import CompiledDenoiser
         need = [p.name for p in self.passes if p.needs_calibration]
         if need and calib is None:
             raise CalibrationError(f"pass(es) {', '.join(need)} need calibration data; pass "

@@ -9,8 +9,8 @@ from typing import Iterable, Sequence
 
 import networkx as nx
 
-from ..errors import PipelineError
-from ..passbase import Fact, Pass
+from qpass.errors import PipelineError
+from qpass.pipeline.pass_base import Fact, Pass
 
 
 def _all_pass_classes(root=Pass) -> list[type]:

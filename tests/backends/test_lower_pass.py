@@ -9,11 +9,11 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass import presets
-from qpass.compiled import CompiledDenoiser
+from qpass.runtime.compiled import CompiledDenoiser
 from qpass.ir import QGraph
 from qpass.ir.qlinear import QuantLinear
-from qpass.lowered import LoweredLinear
-from qpass.passbase import PassContext
+from qpass.runtime.lowered import LoweredLinear
+from qpass.pipeline.pass_base import PassContext
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_online_hadamards_are_lowered(model):
     from qpass.pipeline import Pipeline
     sim = Pipeline([P.FuseNorms(), P.Rotate(), P.RTN("w4a4")]).run(model, progress=False)
     low, res = lower(sim)
-    from qpass import lowered
+    from qpass.runtime import lowered
     n_h = sum(n.target is lowered.hadamard for n in low.gm.graph.nodes)
     assert n_h >= 6 and not any(getattr(n.target, "__name__", "") == "online_hadamard"
                                 for n in low.gm.graph.nodes)

@@ -11,7 +11,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
                 allow_module_level=True)
 
-import qpass.kernel_ops  # noqa: E402,F401
+import qpass.backends.ops  # noqa: E402,F401
 from qpass import formats, hadamard  # noqa: E402
 from qpass.backends import registry  # noqa: E402
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import qpass
 from qpass.calibration import CalibrationSet
-from qpass.sequential import SequentialRunner, split_stages
+from qpass.calibration.sequential import SequentialRunner, split_stages
 
 
 def _setup(name="tiny-llada-random", n=5, seq_len=24, masking="diffusion"):

@@ -11,7 +11,7 @@ import pytest
 import qpass
 from qpass.errors import QpassError
 from qpass.eval import build_cloze, evaluate, results_table
-from qpass.eval.cli import add_eval_command
+from qpass.cli.eval import add_eval_command
 from qpass.eval.tasks import TaskContext, leading_number, math_problems
 
 ZOO = Path(qpass.__file__).parent / "zoo" / "tiny-llada"

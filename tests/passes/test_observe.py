@@ -10,7 +10,7 @@ import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
 from qpass.ir.qlinear import QuantLinear
-from qpass.passbase import PassContext
+from qpass.pipeline.pass_base import PassContext
 from qpass.passes.observe import collect_input_stats
 
 GRID = [1.0 - 0.025 * i for i in range(21)]

@@ -7,7 +7,7 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass.errors import CalibrationError, PipelineError, SpecError
-from qpass.inspect.activations import channel_ratio, linear_input_stats
+from qpass.calibration.stats import channel_ratio, linear_input_stats
 from qpass.inspect.smoothing import smoothing_rows
 from qpass.pipeline import Pipeline
 

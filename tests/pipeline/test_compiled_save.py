@@ -83,7 +83,7 @@ def test_corruption_gives_checkpoint_error(compiled, tmp_path, damage):
 def test_missing_tensor_key_gives_checkpoint_error(compiled, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from qpass.checkpoint import sha256
+    from qpass.runtime.checkpoint import sha256
     d = compiled.save(tmp_path / "ck")
     tensors = load_file(str(d / "model.safetensors"))
     del tensors["blocks.0.q_proj.scales"]
@@ -97,7 +97,7 @@ def test_missing_tensor_key_gives_checkpoint_error(compiled, tmp_path):
 
 
 def test_interrupted_save_keeps_earlier_save(compiled, tmp_path, monkeypatch):
-    import qpass.checkpoint as ck
+    import qpass.runtime.checkpoint as ck
     target = tmp_path / "ck"
     fp = qpass.Pipeline([P.FuseNorms()], verify=False).run(qpass.models.load("tiny-dream-random"),
                                                            progress=False)

@@ -5,7 +5,7 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass.ir.qlinear import QuantLinear
-from qpass.passbase import Fact, Pass, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassResult
 from qpass.pipeline import coverage
 
 

@@ -5,7 +5,7 @@ import torch
 
 import qpass
 from qpass import passes as P
-from qpass.passbase import Pass, PassResult
+from qpass.pipeline.pass_base import Pass, PassResult
 
 FAMILIES = ["tiny-llada-random", "tiny-dream-random", "tiny-llama-random"]
 

@@ -4,7 +4,7 @@ import torch
 
 import qpass
 from qpass import passes as P
-from qpass.passbase import Fact, Pass, PassResult
+from qpass.pipeline.pass_base import Fact, Pass, PassResult
 
 
 class Counter:

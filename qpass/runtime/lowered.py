@@ -6,14 +6,14 @@ LoweredLinear holds the weights in the layout its op takes (docs/FORMATS.md, not
   kind "w8a8"        qweight int8 (N, K) signed codes u − 128, scales fp32 (N, 1)
   kind "w4a8"/"w4a4" qweight int32 packed int4 stream (symmetric), scales fp32 (N, G)
 Tensor-granularity scales are expanded to (N, 1) at lowering, so every kernel indexes (n, g).
-Both the class and the wrappers are registered for compiled checkpoints on import."""
+qpass.runtime.graph_io lists the class and the wrappers in the checkpoint vocabulary."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from . import kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
-from .specs import QuantSpec
+from qpass.backends import ops as _kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
+from qpass.specs import QuantSpec
 
 KINDS = ("w4a16", "w8a8", "w4a8", "w4a4")
 
@@ -44,7 +44,7 @@ class LoweredLinear(nn.Module):
     @classmethod
     def from_quant_linear(cls, q, kind: str, backend: str = "auto") -> "LoweredLinear":
         """Build from a QuantLinear (packed codes per qpass.formats), repacking for `kind`."""
-        from .formats import to_signed
+        from qpass.formats import to_signed
         qw = q.quantized_weight()
         spec = qw.spec
         N, K = qw.shape
@@ -105,13 +105,3 @@ def hadamard(x, signs=None, backend: str = "auto"):
 
 
 hadamard.qpass_role = "hadamard"
-
-
-def _register() -> None:
-    from .graph_io import register_function, register_module_class
-    register_module_class(LoweredLinear)
-    register_function(attention, "qpass.lowered.attention")
-    register_function(hadamard, "qpass.lowered.hadamard")
-
-
-_register()

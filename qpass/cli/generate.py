@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import QpassError
+from qpass.errors import QpassError
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
@@ -31,15 +31,15 @@ def add_generate_command(sub) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from .eval.cli import load_model
-    from .sampling import generate
+    from .common import load_model
+    from qpass.sampling import generate
     model = load_model(args.model)
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise QpassError(f"{args.model} carries no tokenizer; generate from token ids in Python")
     prompts = [torch.tensor(tok.encode(p)) for p in args.prompt]
     kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature, seed=args.seed)
-    from .sampling import resolve_sampler
+    from qpass.sampling import resolve_sampler
     if resolve_sampler(model, args.sampler) == "llada":
         kw.update(block_length=args.block_length, remasking=args.remasking, cfg_scale=args.cfg_scale)
     out = generate(model, prompts if len(prompts) > 1 else prompts[0][None], sampler=args.sampler, **kw)

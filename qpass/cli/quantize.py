@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import CalibrationError, PipelineError
+from qpass.errors import PipelineError
+
+from .common import build_calibration, load_model
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
@@ -47,42 +49,18 @@ def add_inspect_pipeline_args(p) -> None:
     p.add_argument("--calib-n", type=_positive, default=16, help="calibration windows, if needed")
 
 
-def _load(model_name: str, allow_meta: bool = False):
-    """The model on CPU; the large named configs (llada-8b, dream-7b) have no weights and load
-    on the meta device, which only structural inspection can use."""
-    from .models import NAMED_CONFIGS, load
-    if model_name in NAMED_CONFIGS and not model_name.startswith("tiny"):
-        if not allow_meta:
-            raise PipelineError(f"{model_name!r} is a structure-only config (no weights); pass an "
-                                f"HF checkpoint directory of the model to quantize it")
-        return load(model_name, device="meta")
-    return load(model_name, device="cpu")
-
-
-def _calibration(pipeline, model, n: int, seq_len: int, seed: int):
-    if not any(p.needs_calibration for p in pipeline.passes):
-        return None
-    from .calibration import CalibrationSet
-    from .data.sources import calibration_texts
-    if model.tokenizer is None:
-        raise CalibrationError("this pipeline needs calibration text but the model has no "
-                               "tokenizer; use a checkpoint that ships one")
-    return CalibrationSet.from_texts(calibration_texts(seed=seed), model.tokenizer, n=n,
-                                     seq_len=min(seq_len, model.config.max_seq_len), seed=seed,
-                                     vocab_size=model.config.vocab_size,
-                                     mask_id=model.config.mask_token_id)
 
 
 def cmd_quantize(args) -> int:
     from rich.console import Console
 
-    from . import presets
-    from .checkpoint import check_target
+    from qpass import presets
+    from qpass.runtime.checkpoint import check_target
     check_target(args.out)
     pipe = presets.get(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
-    model = _load(args.model)
-    calib = _calibration(pipe, model, args.calib_n, args.seq_len, args.seed)
+    model = load_model(args.model)
+    calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed)
     out = pipe.run(model, calib, progress=not args.quiet, seed=args.seed)
     path = out.save(args.out)
     console = Console(stderr=True)
@@ -98,15 +76,15 @@ def cmd_quantize(args) -> int:
 def cmd_inspect_pipeline(args) -> int:
     from rich.console import Console
 
-    from . import presets
-    from .inspect.diff import changes_json, inspect_after, render_changes
+    from qpass import presets
+    from qpass.inspect.diff import changes_json, inspect_after, render_changes
     if not args.pipeline:
         raise PipelineError("--after needs --pipeline P, e.g. --pipeline w4a16-rtn --after RTN")
     pipe = presets.get(args.pipeline)
-    model = _load(args.model, allow_meta=True)
+    model = load_model(args.model, structure_ok=True)
     if not args.after:
         return _planned_coverage(model, pipe, getattr(args, "format", "text"))
-    calib = _calibration(pipe, model, args.calib_n, 128, 0)
+    calib = build_calibration(pipe, model, args.calib_n, 128, 0)
     info = inspect_after(model, pipe, args.after, calib)
     if getattr(args, "format", "text") == "json":
         print(json.dumps(changes_json(info), indent=1, default=str))
@@ -119,8 +97,8 @@ def _planned_coverage(model, pipe, fmt: str) -> int:
     """Without --after: the coverage table the pipeline's scheme plans (works on meta models)."""
     from rich.console import Console
 
-    from .ir import capture
-    from .pipeline import coverage, coverage_table
+    from qpass.ir import capture
+    from qpass.pipeline import coverage, coverage_table
     rows = coverage(capture(model), pipe.scheme())
     if fmt == "json":
         print(json.dumps([r.to_dict() for r in rows], indent=1))

@@ -3,7 +3,7 @@
 An nn.Module around the transformed GraphModule, with the model config, the tokenizer and a
 manifest (pipeline, specs per linear, library versions, the report). Quantized linears keep
 packed integer weights, so `weight_nbytes()` is the real memory of the model. `save(dir)` /
-`qpass.load_compiled(dir)` go through qpass.checkpoint (safetensors + JSON, never pickle);
+`qpass.load_compiled(dir)` go through qpass.runtime.checkpoint (safetensors + JSON, never pickle);
 plugins that add module classes or graph functions register them here."""
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .graph_io import register_function, register_module_class
-from .pipeline.coverage import is_quantized_module
-from .pipeline.report import Report
+from qpass.runtime import checkpoint
+from qpass.runtime.graph_io import register_function, register_module_class
+from qpass.ir.qlinear import is_quantized_module
+from qpass.runtime.report import Report
 
 __all__ = ["CompiledDenoiser", "load_compiled", "register_module_class", "register_function"]
 
 
 def library_versions() -> dict:
-    from . import __version__
+    from qpass import __version__
     return {"qpass": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -82,8 +83,7 @@ class CompiledDenoiser(nn.Module):
                 and is_quantized_module(self.gm.get_submodule(n.target))]
 
     def save(self, directory) -> Path:
-        from .checkpoint import save
-        return save(self, directory)
+        return checkpoint.save(self, directory)
 
     def extra_repr(self) -> str:
         names = [p["name"] for p in self.manifest.get("pipeline", [])]
@@ -92,5 +92,4 @@ class CompiledDenoiser(nn.Module):
 
 def load_compiled(directory) -> CompiledDenoiser:
     """Load a directory written by CompiledDenoiser.save (hashes verified, no pickle)."""
-    from .checkpoint import load
-    return load(directory)
+    return CompiledDenoiser(*checkpoint.load(directory))

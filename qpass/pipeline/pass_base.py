@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .ir import QGraph
+    from qpass.ir import QGraph
 
 
 class Fact(str, enum.Enum):

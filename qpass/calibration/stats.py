@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import CalibrationError
+from qpass.errors import CalibrationError
 
 
 def iter_batches(calib, batch_size: int = 8) -> Iterator[tuple]:

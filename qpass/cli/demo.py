@@ -39,22 +39,22 @@ def _linear_bytes(model) -> int:
 
 def _pick(groups) -> list[str]:
     """The first available preset of each group."""
-    from . import presets
+    from qpass import presets
     avail = set(presets.names())
     return [next(n for n in group if n in avail) for group in groups
             if any(n in avail for n in group)]
 
 
 def _generate(model, tok, prompt: str) -> str:
-    from .sampling import generate
+    from qpass.sampling import generate
     ids = torch.tensor([tok.encode(prompt)])
     out = generate(model, ids, gen_length=32, steps=32, block_length=16)
     return tok.decode(out[0, ids.shape[1]:].tolist())
 
 
 def run_demo(args) -> int:
-    from .eval import evaluate
-    from .models import load
+    from qpass.eval import evaluate
+    from qpass.models import load
     import sys
     con = Console() if sys.stdout.isatty() else Console(width=110)  # readable when piped
     fp = load("tiny-llada")
@@ -64,9 +64,9 @@ def run_demo(args) -> int:
     names = args.pipelines.split(",") if args.pipelines else _pick((WEIGHT_ONLY, WEIGHT_ACT))
     models = {"FP32": (fp, 0.0)}
     if names:
-        from . import presets
-        from .calibration import CalibrationSet
-        from .data import calibration_texts
+        from qpass import presets
+        from qpass.calibration.dataset import CalibrationSet
+        from qpass.data import calibration_texts
         calib = CalibrationSet.from_texts(calibration_texts(), tok, n=args.calib_n,
                                           seq_len=args.seq_len, masking="diffusion", seed=0)
     for name in names:

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.fx as fx
 
-from .errors import CalibrationError
-from .ir.structure import BlockInfo, role
+from qpass.errors import CalibrationError
+from qpass.ir.structure import BlockInfo, role
 
 
 @dataclass

@@ -3,7 +3,9 @@ absmax and max/median channel ratio after norm fusion vs after the pipeline's tr
 (Rotate, DuQuant, SmoothQuant, …), as a table and optionally a PNG bar plot."""
 from __future__ import annotations
 
-from ..errors import PipelineError
+from qpass.errors import PipelineError
+
+from .common import build_calibration, load_model
 
 
 def transform_prefix(passes, after: str | None) -> list:
@@ -19,10 +21,9 @@ def transform_prefix(passes, after: str | None) -> list:
 
 
 def cmd_outliers(args) -> int:
-    from .. import presets
-    from ..passbase import Fact
-    from ..quantize_cli import _calibration, _load
-    from .outliers import outlier_table, render_outliers
+    from qpass import presets
+    from qpass.pipeline.pass_base import Fact
+    from qpass.inspect.outliers import outlier_table, render_outliers
     if not args.pipeline:
         raise PipelineError("--outliers needs --pipeline P, e.g. --pipeline w4a4-quarot")
     pipe = presets.get(args.pipeline)
@@ -30,8 +31,8 @@ def cmd_outliers(args) -> int:
     if any(Fact.WEIGHTS_QUANTIZED in p.provides for p in prefix):
         raise PipelineError("--outliers compares activations before quantization; pick an --after "
                             "pass before the weight-rounding pass")
-    model = _load(args.model)
-    calib = _calibration(pipe, model, args.calib_n, 128, 0)
+    model = load_model(args.model)
+    calib = build_calibration(pipe, model, args.calib_n, 128, 0)
     if calib is None:
         import torch
         calib = torch.randint(0, 256, (4, 128), generator=torch.Generator().manual_seed(0))

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CheckpointError, SpecError
-from .specs import QuantSpec
+from ..errors import CheckpointError, SpecError
+from ..specs import QuantSpec
 
 # Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
 SCALE_FLOOR = torch.finfo(torch.float32).tiny

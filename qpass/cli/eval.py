@@ -5,7 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import QpassError
+from qpass.errors import QpassError
+
+from .common import load_model
 
 EXAMPLE = """example:
   qpass eval tiny-llada --tasks general,math,code --limit 20 --json out.json
@@ -38,21 +40,6 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_model(name_or_dir: str, device=None, dtype=None):
-    """A zoo/config name or checkpoint dir via qpass.models.load; a compiled dir (one with
-    the manifest.json that CompiledDenoiser.save writes) via qpass.load_compiled."""
-    import torch
-
-    from ..models import load
-    dt = getattr(torch, dtype) if dtype else None
-    path = Path(name_or_dir)
-    if path.is_dir() and (path / "manifest.json").exists():
-        from ..compiled import load_compiled
-        model = load_compiled(path)
-        return model.to(device) if device else model
-    return load(name_or_dir, device=device, dtype=dt)
-
-
 def _data_dir(args) -> Path | None:
     if args.data_dir:
         return Path(args.data_dir)
@@ -64,7 +51,7 @@ def run_eval_command(args) -> int:
     """Handler of `qpass eval`; raises QpassError for user mistakes (the CLI prints one line)."""
     from rich.console import Console
 
-    from .runner import evaluate, print_results
+    from qpass.eval.runner import evaluate, print_results
     if args.limit is not None and args.limit < 1:
         raise QpassError("--limit must be >= 1")
     settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))

@@ -7,7 +7,7 @@ getattr, public torch / torch.nn.functional functions, qpass.ops, torch.ops.qpas
 functions registered with `register_function`) — never by importing an arbitrary path. Leaf
 modules are (class name from the registry, constructor kwargs); their tensors come from
 safetensors. Other developers add classes and functions with `register_module_class` /
-`register_function` (re-exported by qpass.compiled)."""
+`register_function` (re-exported by qpass.runtime.compiled)."""
 from __future__ import annotations
 
 import importlib
@@ -19,8 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
-from .errors import CheckpointError
+from qpass import ops
+from qpass.errors import CheckpointError
 
 _MODULE_CLASSES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {}
 _FUNCTIONS: dict[str, Callable] = {}
@@ -54,9 +54,9 @@ def _register_builtins() -> None:
     if _builtins_done:
         return
     _builtins_done = True
-    from . import lowered  # noqa: F401  (registers LoweredLinear and the lowered op wrappers)
-    from .ir.qlinear import QuantLinear
-    from .models.denoiser import RMSNorm
+    from qpass.runtime import lowered, online
+    from qpass.ir.qlinear import QuantLinear
+    from qpass.models.denoiser import RMSNorm
     register_module_class(nn.Linear, lambda m: {"in_features": m.in_features, "out_features":
                                                 m.out_features, "bias": m.bias is not None})
     register_module_class(nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings,
@@ -70,6 +70,12 @@ def _register_builtins() -> None:
         "in_features": m.in_features, "out_features": m.out_features,
         "weight_spec": None if m.weight_spec is None else str(m.weight_spec),
         "act_spec": None if m.act_spec is None else str(m.act_spec), "bias": m.bias is not None})
+    register_module_class(lowered.LoweredLinear)
+    # stable on-disk names (checkpoints written before the runtime/ move use them too)
+    register_function(lowered.attention, "qpass.lowered.attention")
+    register_function(lowered.hadamard, "qpass.lowered.hadamard")
+    register_function(online.online_hadamard, "qpass.online.online_hadamard")
+    register_function(online.channel_transform, "qpass.online.channel_transform")
     register_function(getattr, "builtins.getattr")
 
 
@@ -87,7 +93,7 @@ def function_name(fn) -> str:
         if name and not name.startswith("_") and getattr(ns, name, None) is fn:
             return f"{ns_name}.{name}"
     raise CheckpointError(f"graph calls {fn!r}, which is not allow-listed for compiled checkpoints; "
-                          f"register it with qpass.compiled.register_function")
+                          f"register it with qpass.runtime.compiled.register_function")
 
 
 def _import_qpass_module(dotted: str) -> None:
@@ -189,7 +195,7 @@ def graph_to_json(gm: fx.GraphModule) -> dict:
             if type(m) not in by_cls:
                 raise CheckpointError(f"module {n.target!r} is a {type(m).__name__}, which is not "
                                       f"registered for compiled checkpoints; register it with "
-                                      f"qpass.compiled.register_module_class")
+                                      f"qpass.runtime.compiled.register_module_class")
             name = by_cls[type(m)]
             # buffers registered as None (e.g. a symmetric spec's zeros) hold no tensor but must
             # exist as attributes after the rebuild

@@ -23,12 +23,10 @@ def _kernel(op: str, t: Tensor, backend: str, **spec):
     """Registry lookup, cached per (op, device, dtype, spec, backend); the cache is dropped
     whenever the registry changes (see qpass.backends.registry.register)."""
     from qpass.backends import registry
-    key = (op, t.device.type, t.dtype, tuple(sorted(spec.items())), backend, registry.forced(),
-           registry.generation())
+    key = (op, t.device.type, t.dtype, tuple(sorted(spec.items())), backend, registry.generation())
     fn = _cache.get(key)
     if fn is None:
-        prefer = backend if backend != "auto" else registry.forced()
-        fn = registry.kernel(op, t.device, spec, t.dtype, prefer=prefer)
+        fn = registry.kernel(op, t.device, spec, t.dtype, prefer=backend)
         _cache[key] = fn
     return fn
 
@@ -136,7 +134,3 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
 def _(q, k, v, key_mask=None, causal=False, int8=False, backend="auto"):
     return torch.empty_like(q)
 
-
-OPS = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8, "linear_w4a8": linear_w4a8,
-       "linear_w4a4": linear_w4a4, "quant_per_token": quant_per_token, "hadamard": hadamard,
-       "attention": attention}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
-from .graph_io import build_graph_module, graph_to_json
+from qpass.errors import CheckpointError
+from qpass.runtime.graph_io import build_graph_module, graph_to_json
 
 FORMAT = "qpass-compiled"
 VERSION = 1
@@ -156,14 +156,14 @@ def read_manifest(directory) -> dict:
     return manifest
 
 
-def load(directory):
-    """A CompiledDenoiser from `directory`, after verifying every file's sha256."""
+def load(directory) -> tuple:
+    """(graph module, model config, tokenizer, manifest) read from `directory` after verifying
+    every file's sha256; qpass.runtime.compiled.load_compiled wraps them."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .compiled import CompiledDenoiser
-    from .models.config import ModelConfig
-    from .models.tokenizer import load_tokenizer
+    from qpass.models.config import ModelConfig
+    from qpass.models.tokenizer import load_tokenizer
     d = Path(directory)
     manifest = read_manifest(d)
     if WEIGHTS not in manifest["files"]:
@@ -181,4 +181,4 @@ def load(directory):
         config = ModelConfig.from_dict(manifest["config"])
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"bad model config in manifest: {e}") from None
-    return CompiledDenoiser(gm, config, load_tokenizer(d), manifest)
+    return gm, config, load_tokenizer(d), manifest

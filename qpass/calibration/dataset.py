@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import CalibrationError
+from qpass.errors import CalibrationError
 
 MASKINGS = ("diffusion", "none")
 

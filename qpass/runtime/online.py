@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import hadamard
+from qpass import hadamard
 
 
 def online_hadamard(x: torch.Tensor, signs: torch.Tensor | None = None) -> torch.Tensor:
@@ -25,13 +25,3 @@ def channel_transform(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 channel_transform.qpass_role = "transform"
-
-
-def _register_for_checkpoints() -> None:
-    """Allow both functions in compiled checkpoints (qpass.graph_io's allow-list)."""
-    from .graph_io import register_function
-    register_function(online_hadamard)
-    register_function(channel_transform)
-
-
-_register_for_checkpoints()

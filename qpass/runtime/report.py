@@ -7,7 +7,33 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from .coverage import CoverageRow, coverage_table
+
+
+@dataclass
+class CoverageRow:
+    name: str                   # module path (node target)
+    role: str                   # linear / head
+    status: str                 # "quantized" | "kept" | "uncovered"
+    weight_spec: str | None
+    act_spec: str | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def coverage_table(rows: list[CoverageRow], title: str = "Coverage"):
+    from rich.table import Table
+    t = Table(title=f"{title}: {sum(r.status == 'quantized' for r in rows)} quantized, "
+                    f"{sum(r.status == 'kept' for r in rows)} kept, "
+                    f"{sum(r.status == 'uncovered' for r in rows)} uncovered of {len(rows)} linears")
+    for col in ("linear", "role", "status", "weight", "act", "rule / reason"):
+        t.add_column(col)
+    style = {"quantized": "green", "kept": "cyan", "uncovered": "bold red"}
+    for r in rows:
+        t.add_row(r.name, r.role or "", f"[{style[r.status]}]{r.status}[/]", r.weight_spec or "-",
+                  r.act_spec or "-", r.reason)
+    return t
 
 
 @dataclass

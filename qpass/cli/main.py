@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import QpassError
+from qpass.errors import QpassError
 
 INSPECT_EXAMPLE = """examples:
   qpass inspect llada-8b --format json          # structure only (meta device), < 5 s
@@ -25,7 +25,7 @@ def add_inspect_command(sub) -> None:
                    help="default: meta for the large named configs, cpu otherwise")
     p.add_argument("--seq-len", type=int, default=16, help="example input length for shapes")
     p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
-    from .quantize_cli import add_inspect_pipeline_args
+    from qpass.cli.quantize import add_inspect_pipeline_args
     add_inspect_pipeline_args(p)
     p.add_argument("--outliers", action="store_true",
                    help="linear-input absmax and max/median ratio before/after the transforms")
@@ -33,30 +33,27 @@ def add_inspect_command(sub) -> None:
     p.set_defaults(func=cmd_inspect)
 
 
-def _default_device(model: str) -> str:
-    from .models import NAMED_CONFIGS
-    return "meta" if model in NAMED_CONFIGS and not model.startswith("tiny") else "cpu"
-
-
 def capture_named(model_name: str, device: str | None, seq_len: int = 16):
+    """Capture MODEL for inspection (structure-only configs on the meta device)."""
     import torch
 
-    from .ir import capture
-    from .models import load
-    dev = device or _default_device(model_name)
-    model = load(model_name, device=dev)
+    from qpass.ir import capture
+
+    from .common import load_model
+    model = load_model(model_name, device=device, structure_ok=True)
+    dev = next(iter(model.parameters())).device
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=dev)
     return capture(model, (ids,))
 
 
 def cmd_inspect(args) -> int:
     if getattr(args, "outliers", False):
-        from .inspect.outliers_cmd import cmd_outliers
+        from qpass.cli.outliers import cmd_outliers
         return cmd_outliers(args)
     if getattr(args, "pipeline", None) or getattr(args, "after", None):
-        from .quantize_cli import cmd_inspect_pipeline
+        from qpass.cli.quantize import cmd_inspect_pipeline
         return cmd_inspect_pipeline(args)
-    from .inspect import render_dot, render_json, render_text, summarize
+    from qpass.inspect import render_dot, render_json, render_text, summarize
     g = capture_named(args.model, args.device, args.seq_len)
     if args.format == "dot":
         print(render_dot(g))
@@ -72,19 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  "diffusion language models (LLaDA, Dream).")
     sub = ap.add_subparsers(dest="command", required=True)
     add_inspect_command(sub)
-    from .quantize_cli import add_quantize_command
+    from qpass.cli.quantize import add_quantize_command
     add_quantize_command(sub)
-    from .eval.cli import add_eval_command
+    from qpass.cli.eval import add_eval_command
     add_eval_command(sub)
-    from .generate_cli import add_generate_command
+    from qpass.cli.generate import add_generate_command
     add_generate_command(sub)
-    from .demo import add_demo_command
+    from qpass.cli.demo import add_demo_command
     add_demo_command(sub)
     p = sub.add_parser("backends", help="list kernel backends, whether they run here and why not",
                        epilog="example:\n  qpass backends --format json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--format", choices=("text", "json"), default="text")
-    from .backends_cli import cmd_backends
+    from qpass.cli.backends import cmd_backends
     p.set_defaults(func=cmd_backends)
     return ap
 

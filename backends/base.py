@@ -1,0 +1,30 @@
+"""The Backend contract (DESIGN §6): a name, whether it can run here, a priority, and kernels
+per op. The registry (registry.py) picks among instances; built-in and third-party backends
+subclass this and never import the registry."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class Backend:
+    """Base class. Subclasses set `name`, `priority` and `kernels`, and override
+    `available()` / `supports()` where they are narrower than "any op they have a kernel for"."""
+
+    name: str = "backend"
+    priority: int = 0
+    kernels: dict[str, Callable] = {}
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def supports(self, op: str, spec: Any = None, device: Any = None, dtype: Any = None) -> bool:
+        return op in self.kernels
+
+    def why_not(self, op: str, spec: Any, device: Any, dtype: Any) -> str:
+        """A human reason for `supports() == False`; backends may be more specific."""
+        if op not in self.kernels:
+            return f"no kernel for {op}"
+        return f"does not support {op} for spec={spec}, device={device}, dtype={dtype}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} priority={self.priority}>"
