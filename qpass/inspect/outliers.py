@@ -20,9 +20,6 @@ from qpass.calibration.stats import channel_ratio, iter_batches, linear_input_st
 def _passes(prefix) -> list:
     if prefix is None:
         return []
-    if isinstance(prefix, str):
-        from qpass import presets
-        return list(presets.get(prefix).passes)
     return list(getattr(prefix, "passes", prefix))
 
 
