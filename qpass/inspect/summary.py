@@ -5,6 +5,12 @@ import torch.fx as fx
 
 from ..ir import QGraph
 
+# The node.meta["qpass"] keys passes write (passes/_quantize_common.py, rotate.py, fuse_norms.py,
+# _smoothing_pairs.py, duquant.py, gptq.py, awq.py): what each did to the node, shown per row.
+PASS_META_KEYS = ("weight_spec", "act_spec", "quant_reason", "weight_sqnr_db", "rotate",
+                  "fused_norm", "fused_into", "smoothing", "smoothing_skipped", "smoothed_by",
+                  "duquant", "gptq", "awq_clip")
+
 
 def _shape(n: fx.Node):
     tm = n.meta.get("tensor_meta")
@@ -31,7 +37,7 @@ def node_rows(g: QGraph, interesting_only: bool = True) -> list[dict]:
                else getattr(n.target, "__name__", str(n.target)),
                "role": role, "block": meta.get("block"), "shape": shape, "dtype": dtype,
                "params": _params(g, n)}
-        for k in ("spec", "act_spec", "rotation", "smoothing", "sqnr_db"):
+        for k in PASS_META_KEYS:
             if k in meta:
                 row[k] = meta[k]
         rows.append(row)

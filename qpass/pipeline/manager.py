@@ -111,9 +111,8 @@ class Pipeline:
         return g, (None if on_meta else probe)
 
     def run(self, model_or_qgraph, calib=None, probe=None, verify: bool | None = None,
-            dtype=None, progress: bool = True, seed: int = 0, stop_after: int | None = None):
-        """Run the passes and return a CompiledDenoiser (with `.report`). `stop_after=i`
-        stops after pass i and skips the coverage requirement (used by `inspect --after`)."""
+            dtype=None, progress: bool = True, seed: int = 0):
+        """Run the passes and return a CompiledDenoiser (with `.report`)."""
         from qpass.runtime.compiled import CompiledDenoiser
         need = [p.name for p in self.passes if p.needs_calibration]
         if need and calib is None:
@@ -121,10 +120,9 @@ class Pipeline:
                                    f"calib=qpass.calibration.CalibrationSet.from_texts(...)")
         verify = self.verify if verify is None else verify
         g, probe = self.prepare(model_or_qgraph, probe, dtype, seed)
-        passes = self.passes if stop_after is None else self.passes[:stop_after + 1]
+        passes = self.passes
         report = Report()
-        ctx = PassContext(calib=calib, probe=probe, seed=seed, report=report,
-                          device=None if probe is None else probe[0].device)
+        ctx = PassContext(calib=calib, probe=probe, seed=seed)
         fp_linear_out = {}
         if probe is not None and self.quantizes:
             keep = {n.name for n in g.linears()}
@@ -137,7 +135,7 @@ class Pipeline:
                 report.passes.append(self._run_one(p, g, ctx, verify and probe is not None))
                 if prog is not None:
                     prog.update(task, completed=1)
-        if self.quantizes and stop_after is None:
+        if self.quantizes:
             report.coverage = coverage(g, self.scheme(), planned=False)
             check_coverage(report.coverage, self.allow_uncovered)
         report.linears = _linear_records(g, probe, fp_linear_out)

@@ -42,10 +42,8 @@ class PassContext:
     calib: Any = None
     probe: tuple | None = None
     seed: int = 0
-    device: Any = None
     progress: Any = None                 # a rich Progress, or None when quiet
     state: dict[str, Any] = field(default_factory=dict)
-    report: Any = None
 
     def task(self, description: str, total: int | None = None):
         """A progress task id (or None); passes call advance(task) as they go."""
