@@ -13,14 +13,12 @@ interpreter): facc = Σ_groups fp32(acc_g) · w_scale[:, g]   (one group = per-c
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 
 from qpass import formats, hadamard
-from qpass.formats.integer import (EXACT_CHUNK, dequant_weight, int_linear,  # noqa: F401
-                                    int_matmul, integer_linear, signed_weight, unpack_codes)
+from qpass.formats.integer import dequant_weight, int_linear, int_matmul, signed_weight
 
 from .base import Backend
 

@@ -6,6 +6,7 @@ a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`ll
 (inspect, planned coverage) accept."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from qpass.errors import CalibrationError, PipelineError
@@ -23,7 +24,6 @@ def is_compiled_dir(name_or_dir) -> bool:
     if not p.is_file():
         return False
     try:
-        import json
         return json.loads(p.read_text()).get("format") == FORMAT
     except (OSError, ValueError):
         return False

@@ -65,7 +65,7 @@ def run_demo(args) -> int:
     models = {"FP32": (fp, 0.0)}
     if names:
         from qpass import presets
-        from qpass.calibration.dataset import CalibrationSet
+        from qpass.calibration import CalibrationSet
         from qpass.data import calibration_texts
         calib = CalibrationSet.from_texts(calibration_texts(), tok, n=args.calib_n,
                                           seq_len=args.seq_len, masking="diffusion", seed=0)

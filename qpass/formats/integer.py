@@ -102,15 +102,6 @@ def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int) -> tor
 
 
 def integer_linear(x, qw, bias, act_bits: int) -> torch.Tensor:
-    """The integer-exact W·A product for a symmetric `formats.QuantizedWeight` (any bits,
-    per-channel or per-group): what every integer kernel computes, used by simulation too."""
-    N, K = qw.shape
-    w_int = to_signed(qw.codes(), qw.spec.bits)
-    group = qw.spec.group_size if qw.spec.granularity == "group" else 0
-    return int_linear(x, w_int, qw.scale, bias, act_bits, group)
-
-
-def integer_linear(x, qw, bias, act_bits: int) -> torch.Tensor:
     """The integer-exact W·A product for a symmetric `QuantizedWeight` (any bits, per-channel
     or per-group) with per-token dynamic activations of `act_bits`."""
     w_int = to_signed(qw.codes(), qw.spec.bits)

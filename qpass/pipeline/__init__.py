@@ -1,5 +1,5 @@
 """The pass contract (pass_base.py) and the pass manager: order checks, verification of exact
-passes, fact checks, report and coverage."""
+passes, coverage."""
 from .pass_base import Fact, Pass, PassContext, PassResult
 from .coverage import check_coverage, coverage
 from .manager import Pipeline, sqnr_db

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import PipelineError, SpecError
 from ..ir.qlinear import is_quantized_module
-from ..runtime.report import CoverageRow, coverage_table  # noqa: F401  (re-exported)
+from ..runtime.report import CoverageRow
 from ..specs import Scheme
 
 

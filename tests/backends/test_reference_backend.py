@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import qpass.backends.ops  # noqa: F401
 from qpass import formats
-from qpass.backends import reference as R
+from qpass.formats import integer as I
 
 ops = torch.ops.qpass
 
@@ -25,7 +25,7 @@ def test_int_matmul_is_exact_int64(M, N, K, seed, extreme):
     g = torch.Generator().manual_seed(seed)
     a, b = _int8((M, K), g, extreme), _int8((N, K), g, extreme)
     want = a.long() @ b.long().T
-    assert torch.equal(R.int_matmul(a, b).long(), want)
+    assert torch.equal(I.int_matmul(a, b).long(), want)
 
 
 def test_int_matmul_exact_where_plain_fp32_is_not():
@@ -34,7 +34,7 @@ def test_int_matmul_exact_where_plain_fp32_is_not():
     b = torch.full((1, 4096), 127, dtype=torch.int8)
     b[0, ::3] = -128
     want = int((a.long() @ b.long().T).item())
-    assert int(R.int_matmul(a, b).item()) == want
+    assert int(I.int_matmul(a, b).item()) == want
 
 
 @settings(max_examples=25, deadline=None)
@@ -43,7 +43,7 @@ def test_unpack_matches_formats(bits, N, K, seed):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 1 << bits, (N, K), generator=g).to(torch.uint8)
     packed = formats.pack(codes, bits)
-    assert torch.equal(R.unpack_codes(packed, bits, K), codes)
+    assert torch.equal(I.unpack_codes(packed, bits, K), codes)
 
 
 def test_dequant_matches_formats_bit_for_bit():
@@ -52,7 +52,7 @@ def test_dequant_matches_formats_bit_for_bit():
     for spec in ("int4:g64:sym", "int3:g128:asym", "int4:channel", "int8:tensor", "int2:g32:asym"):
         qw = formats.QuantizedWeight.from_float(w, spec)
         s = qw.scale.expand(24, -1) if qw.scale.shape[0] == 1 else qw.scale
-        got = R.dequant_weight(qw.packed, s, qw.zero, qw.spec.bits, qw.spec.group_size or 256, 256)
+        got = I.dequant_weight(qw.packed, s, qw.zero, qw.spec.bits, qw.spec.group_size or 256, 256)
         assert torch.equal(got, qw.dequantize()), spec
 
 

@@ -10,7 +10,7 @@ def test_summary_rows_show_pass_records():
     g = qpass.QGraph(out.gm, out.config)
     # annotations live on the run's nodes; a fresh QGraph keeps node.meta of the same graph
     rows = {r["target"]: r for r in summarize(g)["nodes"] if r["role"] == "linear"}
-    q = rows["blocks.0.attn.q_proj"] if "blocks.0.attn.q_proj" in rows else next(iter(rows.values()))
+    q = rows["blocks.0.q_proj"]
     assert q["weight_spec"] == "int4:g32:sym"
     assert q["weight_sqnr_db"] > 10.0
     assert "rotate" in q
