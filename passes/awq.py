@@ -1,12 +1,12 @@
 """AWQ: activation-aware per-channel scales and weight clipping, folded into the weights.
 
-Block by block (qpass/sequential.py), for the block's calibration inputs:
+Block by block (qpass/calibration/sequential.py), for the block's calibration inputs:
 1. Statistics. For every distinct linear input X of the block: mean|X| per channel and the
    Gram matrix Σ = XᵀX over all calibration tokens (float64). With Σ, the output error of a
    weight change D = W − W' is ‖X·Dᵀ‖² = Σ_rows (D·Σ·Dᵀ)_ii, so the search never revisits the
    tokens.
 2. Scale search per smoothing pair found in the graph (norm → q/k/v and gate/up, up → down,
-   v → o under MHA; passes/_smoothing_pairs.py): for α = i/n_grid, i = 0..n_grid−1,
+   v → o under MHA; qpass/ir/regions.py): for α = i/n_grid, i = 0..n_grid−1,
        s = mean|X|^α, normalised by √(max s · min s),
        W'_c = Q(W_c·diag(s))·diag(1/s)          (Q: round-to-nearest fake quantization per the
                                                   scheme's weight spec)
@@ -36,41 +36,14 @@ import torch.fx as fx
 from qpass.calibration import CalibrationSet
 from qpass.errors import CalibrationError
 from qpass.formats import fake_quantize
-from qpass.calibration.stats import channel_ratio
-from qpass.ir.structure import linear_input, role
+from qpass.calibration.stats import InputStats, channel_ratio, watch_regions
+from qpass.ir.regions import Region, input_regions, region_of, smoothing_regions
+from qpass.ir.structure import role
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
 from qpass.specs import QuantSpec, Scheme
 
-from ._smoothing_pairs import SmoothPair, discover_pairs, fold_scale, record_folded, record_skipped
-
-
-class _InputStats:
-    """Running mean|X|, absmax and Σ = XᵀX of one linear input (float64, on CPU)."""
-
-    def __init__(self):
-        self.sum_abs = self.absmax = self.gram = None
-        self.tokens = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        if self.gram is None:
-            k = x.shape[-1]
-            self.sum_abs, self.absmax = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
-            self.gram = torch.zeros(k, k, dtype=torch.float64)
-        self.sum_abs += x.abs().sum(0).cpu()
-        self.absmax = torch.maximum(self.absmax, x.abs().amax(0).cpu())
-        self.gram += (x.T @ x).cpu()
-        self.tokens += x.shape[0]
-
-    @property
-    def mean_abs(self) -> torch.Tensor:
-        return self.sum_abs / max(self.tokens, 1)
-
-    def rescale(self, s: torch.Tensor) -> None:
-        """The statistics of X·diag(1/s)."""
-        self.sum_abs, self.absmax = self.sum_abs / s, self.absmax / s
-        self.gram = self.gram / (s[:, None] * s[None, :])
+from ._smoothing_pairs import fold_scale, record_folded, record_skipped
 
 
 def output_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor) -> float:
@@ -167,24 +140,28 @@ class AWQ(Pass):
         calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
         if self.scheme.weight is None:
             raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
-        all_pairs = discover_pairs(g)
-        pairs = [p for p in all_pairs if p.found]
-        skipped = [p for p in all_pairs if not p.found]
+        all_pairs = smoothing_regions(g)
+        pairs = [p for p in all_pairs if p.exact]
+        skipped = [p for p in all_pairs if not p.exact]
         qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
-        res = PassResult(notes=[f"skipped {p.label}: {p.skipped_reason}" for p in skipped])
+        res = PassResult(notes=[f"skipped {p.label}: {p.reason}" for p in skipped])
         res.metrics.update(pairs=[], clipped=[])
+
+        regions = region_of(input_regions(g))
 
         def per_block(stage, runner, cache):
             in_stage = set(stage.nodes)
             linears = [n for n in stage.linears if role(n) == "linear"]
-            stats = self._collect(runner, stage, cache, linears)
+            stats, watch = watch_regions([regions[n] for n in linears], gram=True,
+                                         gram_device=torch.device("cpu"))
+            runner.run_stage(stage, cache, watch=watch)
             for p in (p for p in pairs if p.producer in in_stage):
-                self._smooth_pair(g, p, stats, res)
+                self._smooth_pair(g, p, stats[regions[p.consumers[0]].tensor], res)
             if self.clip:
                 for n in linears:
                     if n not in qk and self._spec(n) is not None and \
                             self._spec(n).granularity in ("group", "channel"):
-                        self._clip_linear(g, n, stats[_input_key(n)], res)
+                        self._clip_linear(g, n, stats[regions[n].tensor], res)
 
         SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(per_block,
                                                                                   description="AWQ")
@@ -193,36 +170,23 @@ class AWQ(Pass):
                            skipped_pairs=record_skipped(all_pairs, "AWQ"))
         return res
 
-    def _collect(self, runner, stage, cache, linears) -> dict:
-        """_InputStats per distinct linear input of the stage (one watch per input)."""
-        stats: dict = {}
-        watch = {}
-        for n in linears:
-            key = _input_key(n)
-            if key not in stats:
-                stats[key] = _InputStats()
-                watch[str(n.target)] = stats[key].add
-        runner.run_stage(stage, cache, watch=watch)
-        return stats
-
-    def _smooth_pair(self, g, p: SmoothPair, stats: dict, res: PassResult) -> None:
-        st = stats[_input_key(p.consumers[0])]
+    def _smooth_pair(self, g, p: Region, st: InputStats, res: PassResult) -> None:
         specs = [self._spec(c) for c in p.consumers]
         if all(s is None for s in specs):
             res.notes.append(f"{p.label}: no consumer is quantized by {self.scheme.name}; not scaled")
             return
         weights = [g.module(c).weight.detach() for c in p.consumers]
         s, alpha, errors = awq_scale_search(st.mean_abs, st.gram, weights, specs, self.n_grid)
-        ratio_before = channel_ratio(st.absmax)
+        ratio_before = channel_ratio(st.channel_absmax)
         fold_scale(g, p, s)
         st.rescale(s)
         rec = record_folded(p, s, "AWQ", alpha=alpha, ratio_before=ratio_before,
-                            ratio_after=channel_ratio(st.absmax), error_rtn=errors[0],
+                            ratio_after=channel_ratio(st.channel_absmax), error_rtn=errors[0],
                             error_awq=min(errors))
         res.metrics["pairs"].append(rec)
         res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
 
-    def _clip_linear(self, g, n: fx.Node, st: _InputStats, res: PassResult) -> None:
+    def _clip_linear(self, g, n: fx.Node, st: InputStats, res: PassResult) -> None:
         lin = g.module(n)
         Wc, ratio, e0, e1 = clip_search(lin.weight.detach(), self._spec(n), st.gram, self.n_grid,
                                         self.max_shrink)
@@ -233,11 +197,6 @@ class AWQ(Pass):
         res.metrics["clipped"].append(rec)
         n.meta.setdefault("qpass", {})["awq_clip"] = rec
         res.nodes_changed.append(n.name)
-
-
-def _input_key(n: fx.Node) -> str:
-    """Linears reading the same value (through views) share one statistics object."""
-    return linear_input(n).name
 
 
 def _as_calibration_set(data) -> CalibrationSet:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.fx as fx
 
 from qpass import hadamard
 from qpass.errors import CalibrationError
-from qpass.calibration.stats import channel_ratio, linear_input_stats
+from qpass.calibration.stats import channel_ratio, collect_input_stats
+from qpass.ir.regions import Region, input_regions
 from qpass.runtime.online import channel_transform
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
@@ -136,13 +136,9 @@ class DuQuant(Pass):
         self.seed = seed
         self.sample_rows = sample_rows
 
-    def groups(self, g) -> list[tuple[fx.Node, list[fx.Node]]]:
-        """(input node, linears reading it directly); the head stays in high precision."""
-        by_input: dict[fx.Node, list[fx.Node]] = {}
-        for lin in g.nodes("linear"):
-            if isinstance(lin.args[0], fx.Node):
-                by_input.setdefault(lin.args[0], []).append(lin)
-        return list(by_input.items())
+    def groups(self, g) -> list[Region]:
+        """The input regions (linears reading one tensor); the head stays in high precision."""
+        return input_regions(g)
 
     def transform_for(self, X: torch.Tensor, absmax: torch.Tensor, weights: list[torch.Tensor]):
         """(activation matrix M, weight matrix T with W' = W·T, info) for one input group."""
@@ -174,15 +170,16 @@ class DuQuant(Pass):
             raise CalibrationError("DuQuant calibrates on real activations; this model is on the "
                                    "meta device (structure only): load it with weights")
         groups = self.groups(g)
-        stats = linear_input_stats(g, [lins[0] for _, lins in groups], data,
-                                   sample_rows=self.sample_rows, seed=self.seed)
+        stats = collect_input_stats(g, data, [r.consumers[0] for r in groups],
+                                    keep_rows=self.sample_rows, seed=self.seed)
         res = PassResult()
         task = ctx.task("DuQuant: transforms", total=len(groups))
         before, after = [], []
-        for k, (inp, lins) in enumerate(groups):
-            st = stats[lins[0].name]
+        for k, region in enumerate(groups):
+            inp, lins = region.tensor, region.consumers
+            st = stats[str(lins[0].target)]
             mods = [g.module(n) for n in lins]
-            M, T, info = self.transform_for(st["rows"], st["absmax"],
+            M, T, info = self.transform_for(st.rows, st.channel_absmax,
                                             [m.weight.detach().to(torch.float64).cpu() for m in mods])
             for m in mods:
                 with torch.no_grad():
@@ -204,8 +201,7 @@ class DuQuant(Pass):
             res.nodes_changed.append(node.name)
             before.append(info["ratio_before"])
             after.append(info["ratio_after"])
-            ctx.advance(task)
-        g.recompile()
+            ctx.advance(task)                # the manager recompiles the edited graph
         res.metrics.update({
             "transforms": len(groups),
             "max_median_before": max(before, default=0.0),

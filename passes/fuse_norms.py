@@ -3,14 +3,15 @@
 For a norm n(x) = x̂·γ (+β for LayerNorm) read only by linears y = W·n(x) + b, the fused form
 is W' = W·diag(γ), b' = b + W·β, and the norm keeps γ = 1 (β = 0): same outputs up to float
 rounding, and every norm is weightless afterwards, which rotation and smoothing rely on. The
-consumers come from the graph (`g.norm_groups()`); a norm that also feeds a non-linear is
-skipped and noted. A head tied to the embedding is untied (cloned) first, since folding γ into
+consumers come from the graph's norm regions (qpass.ir.regions); a norm that also feeds a
+non-linear is skipped and noted. A head tied to the embedding is untied (cloned) first, since folding γ into
 the shared matrix would change the embedding too."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from qpass.ir.regions import norm_regions
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 
@@ -28,10 +29,11 @@ class FuseNorms(Pass):
 
     def run(self, g, ctx: PassContext) -> PassResult:
         res = PassResult()
-        groups = g.norm_groups()
-        task = ctx.task("FuseNorms: folding norm weights", total=len(groups))
+        regions = norm_regions(g)
+        task = ctx.task("FuseNorms: folding norm weights", total=len(regions))
         shared = _shared_param_ids(g.gm)
-        for norm_node, linears, others in groups:
+        for region in regions:
+            norm_node, linears, others = region.producer, region.consumers, region.others
             ctx.advance(task)
             norm = g.module(norm_node)
             gamma = getattr(norm, "weight", None)

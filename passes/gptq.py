@@ -16,34 +16,16 @@ import torch
 from qpass.errors import CalibrationError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
-from qpass.ir.structure import linear_input
+from qpass.ir.regions import input_regions, region_of
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
+from qpass.calibration.stats import watch_regions
 from qpass.specs import Scheme
 
 from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error
 from ._quantize_common import quantize_targets, replace_linear
 
 __all__ = ["GPTQ", "quantize_weight", "reconstruction_error", "inverse_cholesky"]
-
-
-class _HessianSum:
-    """Σ x xᵀ over every input row of one linear (float64 for fp64 models, else float32)."""
-
-    def __init__(self, K: int, dtype: torch.dtype, device):
-        self.sum = torch.zeros(K, K, dtype=dtype, device=device)
-        self.rows = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(self.sum.dtype)
-        self.sum.addmm_(x.t(), x)
-        self.rows += x.shape[0]
-
-    def hessian(self) -> torch.Tensor:
-        if self.rows == 0:
-            raise CalibrationError("a linear saw no calibration tokens; is the calibration set "
-                                   "empty?")
-        return self.sum * (2.0 / self.rows)
 
 
 class GPTQ(Pass):
@@ -113,31 +95,28 @@ class GPTQ(Pass):
         nodes = [n for n in stage.linears if n.target in self._todo]
         if not nodes:
             return
+        regions = region_of(input_regions(g, include_head=True))
         groups: dict = {}
         for n in nodes:                    # linears reading the same tensor share one Hessian
-            groups.setdefault(linear_input(n), []).append(n)
+            groups.setdefault(regions[n].tensor, []).append(n)
         ordered = sorted(groups.values(), key=lambda grp: stage.nodes.index(grp[0]))
         rounds = ordered if self.sequential else [sum(ordered, [])]
         for round_nodes in rounds:
-            sums = self._collect(g, stage, runner, cache, round_nodes)
+            sums = self._collect(g, stage, runner, cache, round_nodes, regions)
             for n in round_nodes:
-                hess = sums[linear_input(n)].hessian()
+                hess = sums[regions[n].tensor].hessian()
                 item = (n, hess)
                 if self.sequential:
                     self._replace(g, *item)
                 else:
                     self._pending.append(item)
 
-    def _collect(self, g, stage, runner, cache, nodes) -> dict:
-        sums, watch = {}, {}
-        for n in nodes:
-            src = linear_input(n)
-            if src in sums:
-                continue
-            lin = g.module(n)
-            dt = torch.float64 if lin.weight.dtype == torch.float64 else torch.float32
-            sums[src] = _HessianSum(lin.in_features, dt, lin.weight.device)
-            watch[n.target] = sums[src].add
+    def _collect(self, g, stage, runner, cache, nodes, regions) -> dict:
+        """Σ xᵀx per input of `nodes` (float64 for fp64 models, else float32, on their device)."""
+        w = g.module(nodes[0]).weight
+        dt = torch.float64 if w.dtype == torch.float64 else torch.float32
+        round_regions = list({regions[n].tensor: regions[n] for n in nodes}.values())
+        sums, watch = watch_regions(round_regions, gram=True, gram_dtype=dt, gram_device=w.device)
         last = max(nodes, key=stage.nodes.index)
         stop = last.name if self.sequential else None     # later linears are not needed yet
         runner.run_stage(stage, cache, watch=watch, stop_after=stop)

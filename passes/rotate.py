@@ -19,6 +19,7 @@ import torch.fx as fx
 
 from qpass import hadamard
 from qpass.errors import PipelineError
+from qpass.ir.regions import norm_regions
 from qpass.ir.structure import role, through_transparent_back, through_transparent_forward
 from qpass.runtime.online import online_hadamard
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
@@ -96,23 +97,23 @@ class Rotate(Pass):
         adds = [a for b in g.blocks() for a in b.residual_adds]
         stream = [embeds[0]] + adds
         stream_set = set(stream)
-        norm_groups = {n: (lins, other) for n, lins, other in g.norm_groups()}
+        norms = {r.producer: r for r in norm_regions(g)}
         readers: list[fx.Node] = []
         writers: list[fx.Node] = []
         for s in stream:
             for u in through_transparent_forward(s):
                 if u in stream_set or _reads_metadata_only(u):
                     continue
-                if u in norm_groups:
-                    lins, other = norm_groups[u]
-                    if other:
+                if u in norms:
+                    region = norms[u]
+                    if region.others:
                         raise PipelineError(
                             f"Rotate: norm {u.target} feeds non-linear consumers "
-                            f"{[o.name for o in other]}; the rotation cannot be folded there")
+                            f"{[o.name for o in region.others]}; the rotation cannot be folded there")
                     if not _norm_is_weightless(g.module(u)):
                         raise PipelineError(
                             f"Rotate: norm {u.target} still has a weight; run FuseNorms before Rotate")
-                    readers.extend(lins)
+                    readers.extend(region.consumers)
                 else:
                     raise PipelineError(
                         f"Rotate: residual-stream value {s.name} is read by {u.name} "
@@ -175,8 +176,7 @@ class Rotate(Pass):
             ctx.advance(task)
 
         self._per_head(g, res)
-        self._online(g, res)
-        g.recompile()
+        self._online(g, res)                 # the manager recompiles the edited graph
         res.metrics["online_hadamards"] = (res.metrics.get("online_hadamard_down", 0)
                                            + res.metrics.get("online_hadamard_o", 0))
         return res

@@ -25,12 +25,12 @@ import torch
 
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import fake_quantize
-from qpass.calibration.stats import channel_ratio
+from qpass.calibration.stats import channel_ratio, collect_input_stats
+from qpass.ir.regions import KINDS, Region, smoothing_regions
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 from qpass.specs import Scheme
 
-from ._smoothing_pairs import (KINDS, SmoothPair, collect_inputs, consumer_weight_absmax, discover_pairs,
-                               fold_scale, record_folded, record_skipped)
+from ._smoothing_pairs import consumer_weight_absmax, fold_scale, record_folded, record_skipped
 
 ALPHA_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))     # 0.3, 0.35, …, 0.8
 SCALE_RANGE = (1e-5, 1e5)
@@ -101,10 +101,10 @@ class SmoothQuant(Pass):
         kinds = "" if self.kinds == ("norm",) else f", kinds={self.kinds!r}"
         return f"SmoothQuant(alpha={self.alpha!r}{kinds})"
 
-    def _alpha_for(self, pair: SmoothPair, g, stats: dict, absmax, w_absmax) -> float:
+    def _alpha_for(self, pair: Region, g, stats: dict, absmax, w_absmax) -> float:
         if self.alpha != "search":
             return float(self.alpha)
-        X = stats[pair.consumers[0].name]["rows"]
+        X = stats[str(pair.consumers[0].target)].rows.float()
         weights = [g.module(c).weight.detach() for c in pair.consumers]
         scheme = self.scheme or Scheme.parse("w8a8")
         errs = [smoothed_error(X, weights, smoothing_scale(absmax, w_absmax, a).float(), scheme)
@@ -116,20 +116,20 @@ class SmoothQuant(Pass):
         if data is None:
             raise CalibrationError("SmoothQuant needs calibration data: its scales come from the "
                                    "activations' per-channel max; pass calib=CalibrationSet...")
-        pairs = discover_pairs(g)
-        todo = [p for p in pairs if p.found and p.producer_kind in self.kinds]
+        pairs = smoothing_regions(g)
+        todo = [p for p in pairs if p.exact and p.kind in self.kinds]
         res = PassResult()
-        res.notes += [f"skipped {p.label}: {p.skipped_reason}" for p in pairs if not p.found]
+        res.notes += [f"skipped {p.label}: {p.reason}" for p in pairs if not p.exact]
         rows = self.sample_rows if self.alpha == "search" else 0
-        stats = collect_inputs(g, [p.consumers[0] for p in todo], data, sample_rows=rows,
-                               batch_size=self.batch_size, seed=ctx.seed)
+        stats = collect_input_stats(g, data, list({p.consumers[0]: 0 for p in todo}),
+                                    self.batch_size, keep_rows=rows, seed=ctx.seed)
         task = ctx.task("SmoothQuant: smoothing pairs", total=len(todo))
         # every scale is computed from the original weights first, then all are folded, so the
         # result does not depend on the order of pairs sharing a linear (up is both a consumer
         # of the MLP norm and the producer of up → down)
         plans = []
         for p in todo:
-            absmax = stats[p.consumers[0].name]["absmax"]
+            absmax = stats[str(p.consumers[0].target)].channel_absmax
             w_absmax = consumer_weight_absmax(g, p)
             alpha = self._alpha_for(p, g, stats, absmax, w_absmax)
             plans.append((p, smoothing_scale(absmax, w_absmax, alpha), alpha, absmax))

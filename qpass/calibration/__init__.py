@@ -1,7 +1,8 @@
 """Calibration (DESIGN §5): the data (dataset.py), the block-by-block runner (sequential.py)
-and the activation-statistics collector of DuQuant, SmoothQuant, AWQ and `qpass inspect`
-(stats.py; observe.py and gptq.py still collect their own)."""
+and the one activation-statistics collector (stats.py: InputStats) that every pass and
+`qpass inspect` use."""
 from .dataset import CalibrationSet
 from .sequential import SequentialRunner
+from .stats import InputStats, collect_input_stats
 
-__all__ = ["CalibrationSet", "SequentialRunner"]
+__all__ = ["CalibrationSet", "SequentialRunner", "InputStats", "collect_input_stats"]

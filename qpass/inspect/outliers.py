@@ -14,7 +14,7 @@ from rich.table import Table
 
 from qpass.ir import capture
 from qpass.pipeline.pass_base import PassContext
-from qpass.calibration.stats import channel_ratio, iter_batches, linear_input_stats
+from qpass.calibration.stats import channel_ratio, collect_input_stats, iter_batches
 
 
 def _passes(prefix) -> list:
@@ -34,9 +34,9 @@ def _stats(model, passes: Sequence, calib) -> dict[str, dict]:
             p.run(g, ctx)
             g.recompile()
     nodes = g.linears()
-    stats = linear_input_stats(g, nodes, calib)
-    return {n.target: {"block": n.meta.get("qpass", {}).get("block"), **stats[n.name]}
-            for n in nodes}
+    stats = collect_input_stats(g, calib, nodes)
+    return {n.target: {"block": n.meta.get("qpass", {}).get("block"),
+                       "absmax": stats[n.target].channel_absmax} for n in nodes}
 
 
 def outlier_table(model, pipeline_prefix, calib, baseline=None) -> list[dict]:

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
 from .capture import trace
 from .roles import function_role, module_role
-from .structure import (ActPair, BlockInfo, VOPair, discover_blocks, norm_consumers,
-                        pairs_through_activation, qk_of, role, v_to_o)
+from .regions import norm_regions, smoothing_regions
+from .structure import (ActPair, BlockInfo, VOPair, discover_blocks, pairs_through_activation,
+                        qk_of, role, v_to_o)
 
 
 def _meta(n: fx.Node) -> dict:
@@ -79,13 +79,6 @@ class QGraph:
     def blocks(self) -> list[BlockInfo]:
         return self._blocks
 
-    def norm_consumers(self, norm: fx.Node) -> list[fx.Node]:
-        return norm_consumers(norm)[0]
-
-    def norm_groups(self) -> list[tuple[fx.Node, list[fx.Node], list[fx.Node]]]:
-        """(norm, linears it feeds, other consumers) for every norm."""
-        return [(n, *norm_consumers(n)) for n in self.nodes("norm")]
-
     def pairs_through_activation(self) -> list[ActPair]:
         return pairs_through_activation(self.gm.graph)
 
@@ -95,30 +88,21 @@ class QGraph:
     def qk(self, attention: fx.Node):
         return qk_of(attention)
 
-    def nx(self) -> nx.DiGraph:
-        g = nx.DiGraph()
-        for n in self.gm.graph.nodes:
-            g.add_node(n.name, op=n.op, role=role(n), block=_meta(n).get("block"),
-                       target=str(n.target))
-            for a in n.all_input_nodes:
-                g.add_edge(a.name, n.name)
-        return g
-
     def groups(self, block: BlockInfo) -> dict[str, list[Any]]:
         """Discovered groups of one block, by role-free structure, with human labels."""
         bset = set(block.nodes)
         res: dict[str, list[Any]] = {"norm->linears": [], "up->down": [], "v->o": [],
                                      "v->o skipped": []}
-        for norm, lins, _ in self.norm_groups():
-            if norm in bset:
-                res["norm->linears"].append((norm.target, [n.target for n in lins]))
+        for r in norm_regions(self):
+            if r.producer in bset:
+                res["norm->linears"].append((r.producer.target, [n.target for n in r.consumers]))
         for p in self.pairs_through_activation():
             if p.down in bset:
                 res["up->down"].append(((p.gate.target if p.gate else None), p.up.target, p.down.target))
-        for p in self.v_to_o():
-            if p.o in bset:
-                key = "v->o" if p.exact else "v->o skipped"
-                res[key].append((p.v.target, p.o.target) if p.exact else (p.v.target, p.o.target, p.reason))
+        for r in smoothing_regions(self):
+            if r.kind == "v_rows" and r.producer in bset:
+                v, o = r.producer.target, r.consumers[0].target
+                res["v->o" if r.exact else "v->o skipped"].append((v, o) if r.exact else (v, o, r.reason))
         return res
 
     def __call__(self, *args, **kw):

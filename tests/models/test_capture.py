@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import qpass
+from qpass.ir.regions import norm_regions
 
 FAMILIES = ["tiny-llada-random", "tiny-dream-random", "tiny-llama-random"]
 
@@ -58,7 +59,7 @@ def test_roles_blocks_and_groups(name):
         mha = m.config.n_kv_heads == m.config.n_heads
         assert len(groups["v->o"]) == int(mha) and len(groups["v->o skipped"]) == int(not mha)
     # The final norm feeds the head only.
-    final = [lins for norm, lins, _ in g.norm_groups() if norm.meta["qpass"].get("block") is None]
+    final = [r.consumers for r in norm_regions(g) if r.producer.meta["qpass"].get("block") is None]
     assert [[n.meta["qpass"]["role"] for n in ls] for ls in final] == [["head"]]
 
 

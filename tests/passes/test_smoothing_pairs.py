@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 import qpass
-from qpass.passes._smoothing_pairs import discover_pairs, fold_scale, smoothing_coverage
+from qpass.ir.regions import smoothing_regions
+from qpass.passes._smoothing_pairs import fold_scale, smoothing_coverage
 
 
 def _meta_graph(name):
@@ -28,7 +29,7 @@ def _expected(n_layers, mha: bool):
 
 
 def _as_set(pairs):
-    return {(p.producer_kind, str(p.producer.target), frozenset(str(c.target) for c in p.consumers))
+    return {(p.kind, str(p.producer.target), frozenset(str(c.target) for c in p.consumers))
             for p in pairs}
 
 
@@ -39,7 +40,7 @@ def test_coverage_on_full_size_meta_graphs(name, n_layers, mha):
     assert _as_set(cov.found) == _expected(n_layers, mha)
     counts = cov.counts()
     assert counts["found norm"] == 2 * n_layers and counts["found linear_rows"] == n_layers
-    skipped = {str(p.producer.target): p.skipped_reason for p in cov.skipped}
+    skipped = {str(p.producer.target): p.reason for p in cov.skipped}
     assert "LM head" in skipped.pop("norm")               # final norm → head: kept, said why
     if mha:
         assert counts["found v_rows"] == n_layers and not skipped
@@ -84,7 +85,7 @@ def test_linear_to_linear_pairs(op, found):
     model = _Chain(op).double()
     x = torch.randn(6, 4, 8, dtype=torch.float64)
     g = qpass.capture(model, (x,))
-    pairs = [p for p in discover_pairs(g, include_skipped=False) if str(p.producer.target) == "a"]
+    pairs = [p for p in smoothing_regions(g, include_skipped=False) if str(p.producer.target) == "a"]
     assert bool(pairs) == found
     if found:                                   # folding the pair is exact (float64 identity)
         ref, w_a = model(x), model.a.weight.detach().clone()    # capture shares parameters
@@ -104,7 +105,7 @@ def test_folding_random_scales_into_every_pair_is_exact(family):
     g = qpass.capture(qpass.models.load(family, dtype=torch.float64), (ids,))
     n_nodes = len(g.graph.nodes)
     gen = torch.Generator().manual_seed(1)
-    for p in discover_pairs(g, include_skipped=False):
+    for p in smoothing_regions(g, include_skipped=False):
         k = g.module(p.consumers[0]).in_features
         fold_scale(g, p, torch.exp(torch.randn(k, generator=gen, dtype=torch.float64)))
     with torch.no_grad():

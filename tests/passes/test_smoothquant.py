@@ -7,7 +7,7 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass.errors import CalibrationError, PipelineError, SpecError
-from qpass.calibration.stats import channel_ratio, linear_input_stats
+from qpass.calibration.stats import channel_ratio, collect_input_stats
 from qpass.inspect.smoothing import smoothing_rows
 from qpass.pipeline import Pipeline
 
@@ -59,7 +59,7 @@ def test_scales_follow_the_formula():
     calib = _ids(model.config.vocab_size)
     g0 = qpass.capture(model, (calib,))
     q_node = next(n for n in g0.graph.nodes if n.target == "blocks.0.q_proj")
-    X = linear_input_stats(g0, [q_node], calib)[q_node.name]["absmax"]
+    X = collect_input_stats(g0, calib, [q_node])["blocks.0.q_proj"].channel_absmax
     blk = model.blocks[0]
     W = torch.cat([blk.q_proj.weight, blk.k_proj.weight, blk.v_proj.weight]).detach().abs().amax(0)
     s = X ** alpha / W ** (1 - alpha)
@@ -115,8 +115,8 @@ def test_fusing_norms_first_gives_the_same_weights():
 
 def _ratios(g, names, calib):
     nodes = [n for n in g.graph.nodes if n.target in names]
-    st = linear_input_stats(g, nodes, calib)
-    return {n.target: channel_ratio(st[n.name]["absmax"]) for n in nodes}
+    st = collect_input_stats(g, calib, nodes)
+    return {n.target: channel_ratio(st[n.target].channel_absmax) for n in nodes}
 
 
 def test_alpha_search_stays_exact_and_picks_from_the_grid():
