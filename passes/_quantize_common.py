@@ -21,6 +21,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from qpass.pipeline.pass_base import Fact, SchemedPass
 from qpass.specs import QuantSpec, Scheme
 
 
@@ -41,6 +42,20 @@ def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | No
             w.check_shape(m.in_features, node.target)
         out.append((node, m, w, a, reason))
     return out
+
+
+class WeightRounding(SchemedPass):
+    """Base of the weight-rounding passes (RTN, GPTQ): under their scheme they provide
+    WEIGHTS_QUANTIZED, and ACTS_QUANTIZED too when the scheme has an activation spec (set on
+    every QuantLinear they build)."""
+    ABSTRACT = True
+    provides = frozenset({Fact.WEIGHTS_QUANTIZED})
+
+    def scheme_provides(self) -> frozenset:
+        facts = {Fact.WEIGHTS_QUANTIZED}
+        if self.scheme.act is not None:
+            facts.add(Fact.ACTS_QUANTIZED)
+        return frozenset(facts)
 
 
 def weight_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:

@@ -29,6 +29,8 @@ on the outputs it will see after clipping, but before rounding."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -39,9 +41,9 @@ from qpass.formats import fake_quantize
 from qpass.calibration.stats import InputStats, channel_ratio, watch_regions
 from qpass.ir.regions import Region, input_regions, region_of, smoothing_regions
 from qpass.ir.structure import role
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.calibration.sequential import SequentialRunner
-from qpass.specs import QuantSpec, Scheme
+from qpass.specs import QuantSpec
 
 from ._smoothing_pairs import fold_scale, record_folded, record_skipped
 
@@ -109,26 +111,25 @@ def clip_search(W: torch.Tensor, spec: QuantSpec, gram: torch.Tensor, n_grid: in
     return Wc.reshape(W.shape), best_ratio, float(err0.sum()), float(best_err.sum())
 
 
-class AWQ(Pass):
-    """AWQ(scheme="w4a16g128", n_grid=20, clip=True): activation-aware scales + clipping for
-    the scheme's weight spec, folded into float weights; round with RTN/GPTQ afterwards."""
+@dataclass(eq=False, repr=False)
+class AWQ(SchemedPass):
+    """AWQ(scheme=None, n_grid=20, clip=True): activation-aware scales + clipping for the
+    scheme's weight spec (None: the pipeline's), folded into float weights; round with
+    RTN/GPTQ afterwards under the same scheme."""
+    scheme: Any = None
+    n_grid: int = 20
+    clip: bool = True
+    max_shrink: float = 0.5
+    batch_size: int = 8
 
     provides = frozenset({Fact.SMOOTHED})
     destroys = frozenset({Fact.NORMS_FUSED})     # norm weights carry the scales afterwards
     needs_calibration = True
     changes_weights = True
 
-    def __init__(self, scheme="w4a16g128", n_grid: int = 20, clip: bool = True,
-                 max_shrink: float = 0.5, batch_size: int = 8):
-        self.scheme = Scheme.parse(scheme)
-        self.n_grid = int(n_grid)
-        self.clip = clip
-        self.max_shrink = max_shrink
-        self.batch_size = batch_size
-
-    def config(self) -> dict:
-        return {"scheme": self.scheme.name, "n_grid": self.n_grid, "clip": self.clip,
-                "max_shrink": self.max_shrink}
+    def __post_init__(self):
+        self.n_grid = int(self.n_grid)
+        super().__post_init__()
 
     def __repr__(self) -> str:
         return f"AWQ({self.scheme.name!r}, n_grid={self.n_grid}, clip={self.clip})"

@@ -17,6 +17,7 @@ in float64 and cast once."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -119,6 +120,7 @@ def permutation_matrix(perm: torch.Tensor) -> torch.Tensor:
     return P
 
 
+@dataclass(eq=False, repr=False)
 class DuQuant(Pass):
     """Smoothing + rotation + permutation per linear input, folded into weights (exact)."""
 
@@ -127,14 +129,12 @@ class DuQuant(Pass):
     needs_calibration = True
     changes_weights = True
 
-    def __init__(self, block_size: int = 128, max_rotation_steps: int = 256, alpha: float = 0.5,
-                 permute: bool = True, seed: int = 0, sample_rows: int = 512):
-        self.block_size = block_size
-        self.max_rotation_steps = max_rotation_steps
-        self.alpha = alpha
-        self.permute = permute
-        self.seed = seed
-        self.sample_rows = sample_rows
+    block_size: int = 128
+    max_rotation_steps: int = 256
+    alpha: float = 0.5
+    permute: bool = True
+    seed: int = 0
+    sample_rows: int = 512
 
     def groups(self, g) -> list[Region]:
         """The input regions (linears reading one tensor); the head stays in high precision."""

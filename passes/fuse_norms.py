@@ -8,6 +8,8 @@ non-linear is skipped and noted. A head tied to the embedding is untied (cloned)
 the shared matrix would change the embedding too."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -22,6 +24,7 @@ def _shared_param_ids(root: nn.Module) -> set[int]:
     return {k for k, v in seen.items() if v > 1}
 
 
+@dataclass(eq=False, repr=False)
 class FuseNorms(Pass):
     provides = frozenset({Fact.NORMS_FUSED})
     exact = True

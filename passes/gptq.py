@@ -11,48 +11,43 @@ the next block. The single-matrix algorithm is `quantize_weight` (public, DESIGN
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from qpass.errors import CalibrationError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.ir.regions import input_regions, region_of
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
 from qpass.calibration.stats import watch_regions
-from qpass.specs import Scheme
 
 from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error
-from ._quantize_common import quantize_targets, replace_linear
+from ._quantize_common import WeightRounding, quantize_targets, replace_linear
 
 __all__ = ["GPTQ", "quantize_weight", "reconstruction_error", "inverse_cholesky"]
 
 
-class GPTQ(Pass):
-    """GPTQ(scheme): a scheme name (`"w4a16g128"`, `"w4a8"`), a Scheme or a weight spec string.
+@dataclass(eq=False, repr=False)
+class GPTQ(WeightRounding):
+    """GPTQ(scheme=None): a scheme name (`"w4a16g128"`, `"w4a8"`), a Scheme or a weight spec
+    string; None reads the pipeline's.
     Weights get GPTQ; the scheme's (dynamic) activation spec is set on the QuantLinear as RTN
     does. act_order + group specs use static groups (the packed layout keeps groups in the
     original K order). sequential=False takes every Hessian from the float model instead of
     feeding quantized blocks forward. offload_dir keeps cached block inputs on disk."""
 
+    scheme: Any = None
+    block_size: int = 128
+    act_order: bool = False
+    damp: float = 0.01
+    static_groups: bool = False
+    sequential: bool = True
+    batch_size: int = 8
+    offload_dir: str | None = None
     needs_calibration = True
-
-    def __init__(self, scheme="w4a16g128", block_size: int = 128, act_order: bool = False,
-                 damp: float = 0.01, static_groups: bool = False, sequential: bool = True,
-                 batch_size: int = 8, offload_dir: str | None = None):
-        self.scheme = Scheme.parse(scheme)
-        self.block_size, self.act_order, self.damp = block_size, act_order, damp
-        self.static_groups, self.sequential = static_groups, sequential
-        self.batch_size, self.offload_dir = batch_size, offload_dir
-        provides = {Fact.WEIGHTS_QUANTIZED}
-        if self.scheme.act is not None:
-            provides.add(Fact.ACTS_QUANTIZED)
-        self.provides = frozenset(provides)
-
-    def config(self) -> dict:
-        return {"scheme": self.scheme.to_dict(), "block_size": self.block_size,
-                "act_order": self.act_order, "damp": self.damp,
-                "static_groups": self.static_groups, "sequential": self.sequential}
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in

@@ -12,6 +12,8 @@ in the metrics, with the reason for every backend passed over. With backend="aut
 module re-selects at run time, so a model lowered on CPU uses Triton once moved to CUDA."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.fx as fx
 
@@ -24,22 +26,8 @@ from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:
     """Which integer op runs this QuantLinear, or (None, why not)."""
-    w, a = q.weight_spec, q.act_spec
-    if w is None:
-        return None, "weights stay in high precision (activation-only quantization)"
-    if a is None:
-        return "w4a16", ""
-    if getattr(q, "act_scale", None) is not None:
-        return None, "static (calibrated) activation scales have no integer kernel yet"
-    if not (a.symmetric and a.granularity == "token" and a.bits in (4, 8)):
-        return None, f"activation spec {a} is not symmetric dynamic per-token int8/int4"
-    if not w.symmetric:
-        return None, f"integer kernels need symmetric weights, got {w}"
-    if a.bits == 8 and w.bits == 8 and w.granularity in ("channel", "tensor"):
-        return "w8a8", ""
-    if w.bits == 4 and w.granularity in ("channel", "tensor", "group"):
-        return ("w4a8" if a.bits == 8 else "w4a4"), ""
-    return None, f"no integer kernel for weights {w} with activations {a}"
+    return lowered.kernel_kind(q.weight_spec, q.act_spec,
+                               static_act=getattr(q, "act_scale", None) is not None)
 
 
 def _linear_spec(m: lowered.LoweredLinear) -> tuple[str, dict]:
@@ -59,19 +47,18 @@ def _last_dim(node) -> int | None:
     return int(shape[-1]) if shape else None
 
 
+@dataclass(eq=False, repr=False)
 class Lower(Pass):
     """Lower(backend="auto"): "auto" picks per device at run time; a backend name pins it
     (falling back, with the reason recorded, when it cannot run an op)."""
 
+    backend: str = "auto"
+    attention: bool = True
+    attention_int8: bool | None = None
+    hadamard: bool = True
+    requires_any = frozenset({Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED})
     provides = frozenset({Fact.LOWERED})
     is_lowering = True
-
-    def __init__(self, backend: str = "auto", attention: bool = True,
-                 attention_int8: bool | None = None, hadamard: bool = True):
-        self.backend = backend
-        self.attention = attention
-        self.attention_int8 = attention_int8
-        self.hadamard = hadamard
 
     def run(self, g, ctx: PassContext) -> PassResult:
         if self.backend != "auto":

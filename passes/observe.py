@@ -15,55 +15,64 @@ the per-linear input statistics (absmax, max/median ratio of per-channel absmax,
 channels) go to the report; they come from the one collector, qpass.calibration.stats."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from qpass.calibration.stats import collect_input_stats
 from qpass.errors import SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.specs import QuantSpec, Scheme
 
 from ._quantize_common import replace_linear
 
-class ObserveActivations(Pass):
-    """ObserveActivations(spec_or_scheme, observer=None): an activation spec string
+@dataclass(eq=False, repr=False)
+class ObserveActivations(SchemedPass):
+    """ObserveActivations(spec_or_scheme=None, observer=None): an activation spec string
     (`"int8:token:dyn"`, `"int8:tensor:static"`), a scheme name / Scheme (its act spec and
-    overrides apply; head and embeddings stay high precision), or a QuantSpec. `observer`
-    overrides the spec's observer (minmax | percentile | mse)."""
-
+    overrides apply; head and embeddings stay high precision), a QuantSpec, or None for the
+    pipeline's scheme (int8:token:dyn without one). `observer` overrides the spec's observer
+    (minmax | percentile | mse)."""
+    spec_or_scheme: Any = None
+    observer: str | None = None
+    batch_size: int = 8
+    max_values: int = 1 << 22
+    DEFAULT_SCHEME = "int8:token:dyn"
+    SCHEME_FIELD = "spec_or_scheme"
     needs_calibration = True
     provides = frozenset({Fact.OBSERVED, Fact.CALIBRATED, Fact.ACTS_QUANTIZED})
 
-    def __init__(self, spec_or_scheme="int8:token:dyn", observer: str | None = None,
-                 batch_size: int = 8, max_values: int = 1 << 22):
-        self.observer = observer
-        self.batch_size, self.max_values = batch_size, max_values
+    def __post_init__(self):
+        super().__post_init__()
+        self.scheme = self.spec_or_scheme
+
+    def parse_scheme(self, spec_or_scheme) -> Scheme:
+        """The scheme whose activation spec (with `observer` applied) this pass sets."""
         is_spec = isinstance(spec_or_scheme, QuantSpec) or (
             isinstance(spec_or_scheme, str) and spec_or_scheme.strip().lower().startswith("int"))
         if is_spec:
             spec = QuantSpec.parse(spec_or_scheme)
-            self.scheme = Scheme(name=str(spec), weight=None, act=self._with_observer(spec))
+            scheme = Scheme(name=str(spec), weight=None, act=self._with_observer(spec))
         else:
             sch = Scheme.parse(spec_or_scheme)
             if sch.act is None:
                 raise SpecError(f"scheme {sch.name!r} has no activation spec to observe; use "
                                 f"e.g. 'w4a8' or an activation spec like 'int8:token:dyn'")
-            self.scheme = Scheme(sch.name, sch.weight, self._with_observer(sch.act), sch.attn,
-                                 sch.overrides, sch.keep_roles)
-        act = self.scheme.act
+            scheme = Scheme(sch.name, sch.weight, self._with_observer(sch.act), sch.attn,
+                            sch.overrides, sch.keep_roles)
+        act = scheme.act
         if not act.dynamic and act.granularity != "tensor":
             raise SpecError(f"static activation spec {act} must be per-tensor: a per-channel "
                             f"activation scale cannot be applied by an integer matmul; use "
                             f"'int{act.bits}:tensor' (static) or 'int{act.bits}:token:dyn'")
+        return scheme
 
     def _with_observer(self, spec: QuantSpec) -> QuantSpec:
         if self.observer is None:
             return spec
         return QuantSpec(spec.bits, spec.symmetric, spec.granularity, spec.group_size,
                          spec.dynamic, spec.clip_ratio, self.observer)
-
-    def config(self) -> dict:
-        return {"act": str(self.scheme.act), "scheme": self.scheme.name,
-                "observer": self.scheme.act.observer}
 
     def __repr__(self) -> str:
         return f"ObserveActivations({str(self.scheme.act)!r})"

@@ -13,6 +13,7 @@ Every fused weight is computed in float64 and cast back once. Structure comes fr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
@@ -73,6 +74,7 @@ def insert_online_hadamard(g, linear: fx.Node) -> fx.Node:
     return h
 
 
+@dataclass(eq=False, repr=False)
 class Rotate(Pass):
     """QuaRot rotation of the residual stream, online Hadamards before down-projections
     (and o-projections with `online_heads`), and an offline per-head Hadamard between v and o."""
@@ -82,10 +84,9 @@ class Rotate(Pass):
     exact = True
     changes_weights = True
 
-    def __init__(self, seed: int = 0, online_down: bool = True, online_heads: bool = True):
-        self.seed = seed
-        self.online_down = online_down
-        self.online_heads = online_heads
+    seed: int = 0
+    online_down: bool = True
+    online_heads: bool = True
 
     # ---- structure ----------------------------------------------------------------------
     def _stream(self, g) -> tuple[list[fx.Node], list[fx.Node], list[fx.Node], list[fx.Node]]:

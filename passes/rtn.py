@@ -5,27 +5,21 @@ qpass.formats, the one owner of the convention); its activations are fake-quanti
 scheme's act spec (dynamic per token) for simulation until lowering replaces the module."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from qpass.errors import PipelineError
 from qpass.ir.qlinear import QuantLinear
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
-from qpass.specs import Scheme
+from qpass.pipeline.pass_base import PassContext, PassResult
 
-from ._quantize_common import quantize_targets, replace_linear
+from ._quantize_common import WeightRounding, quantize_targets, replace_linear
 
 
-class RTN(Pass):
-    """RTN(scheme): a scheme name (`"w4a16g128"`, `"w4a4"`), a Scheme, or a weight spec string
-    (`"int4:g128:sym"`, activations then stay unquantized)."""
-
-    def __init__(self, scheme="w4a16g128"):
-        self.scheme = Scheme.parse(scheme)
-        provides = {Fact.WEIGHTS_QUANTIZED}
-        if self.scheme.act is not None:
-            provides.add(Fact.ACTS_QUANTIZED)
-        self.provides = frozenset(provides)
-
-    def config(self) -> dict:
-        return {"scheme": self.scheme.to_dict()}
+@dataclass(eq=False, repr=False)
+class RTN(WeightRounding):
+    """RTN(scheme=None): a scheme name (`"w4a16g128"`, `"w4a4"`), a Scheme, or a weight spec
+    string (`"int4:g128:sym"`, activations then stay unquantized); None reads the pipeline's."""
+    scheme: Any = None
 
     def __repr__(self) -> str:
         return f"RTN({self.scheme.name!r})"

@@ -21,13 +21,16 @@ a FuseNorms placed AFTER SmoothQuant would fold the scales back into the consume
 the smoothing — keep FuseNorms first."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import fake_quantize
 from qpass.calibration.stats import channel_ratio, collect_input_stats
 from qpass.ir.regions import KINDS, Region, smoothing_regions
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.specs import Scheme
 
 from ._smoothing_pairs import consumer_weight_absmax, fold_scale, record_folded, record_skipped
@@ -63,7 +66,8 @@ def smoothed_error(X: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor
     return err
 
 
-class SmoothQuant(Pass):
+@dataclass(eq=False, repr=False)
+class SmoothQuant(SchemedPass):
     """SmoothQuant(alpha=0.5 | "search", scheme=None, kinds=("norm",)): per-channel smoothing
     of the pairs found in the graph whose producer kind is in `kinds`; `scheme` is only used by
     the α search (default w8a8).
@@ -80,22 +84,22 @@ class SmoothQuant(Pass):
     needs_calibration = True
     changes_weights = True
 
-    def __init__(self, alpha: float | str = 0.5, scheme=None, kinds=("norm",),
-                 sample_rows: int = 512, batch_size: int = 8):
+    alpha: Any = 0.5
+    scheme: Any = None
+    kinds: tuple = ("norm",)
+    sample_rows: int = 512
+    batch_size: int = 8
+    DEFAULT_SCHEME = None          # the scheme only steers alpha="search" (w8a8 when none)
+
+    def __post_init__(self):
+        alpha = self.alpha
         if alpha != "search" and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
             raise SpecError(f"SmoothQuant alpha must be a number in [0, 1] or 'search', got {alpha!r}")
-        unknown = set(kinds) - set(KINDS)
+        unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise SpecError(f"SmoothQuant kinds {sorted(unknown)} unknown; use some of {KINDS}")
-        self.alpha = alpha
-        self.scheme = None if scheme is None else Scheme.parse(scheme)
-        self.kinds = tuple(kinds)
-        self.sample_rows = sample_rows
-        self.batch_size = batch_size
-
-    def config(self) -> dict:
-        return {"alpha": self.alpha, "scheme": None if self.scheme is None else self.scheme.name,
-                "kinds": list(self.kinds), "sample_rows": self.sample_rows}
+        self.kinds = tuple(self.kinds)
+        super().__post_init__()
 
     def __repr__(self) -> str:
         kinds = "" if self.kinds == ("norm",) else f", kinds={self.kinds!r}"

@@ -10,6 +10,6 @@ from .ir import QGraph, capture
 from .pipeline import Fact, Pass, PassContext, PassResult, Pipeline
 from .runtime import CompiledDenoiser, load_compiled
 from .specs import QuantSpec, Scheme
-from . import presets
+from . import passes, presets  # passes: every built-in Pass registered (Pipeline.from_manifest)
 
 __version__ = "0.1.0"

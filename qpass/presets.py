@@ -2,7 +2,7 @@
 
 Each preset is a zero-argument factory, so `get(name)` always returns fresh pass objects.
 To add one, append an entry above the END-OF-PRESETS marker, e.g.
-    "w4a16-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w4a16g128")),
+    "w4a16-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ(), scheme="w4a16g128"),
 """
 from __future__ import annotations
 
@@ -18,42 +18,53 @@ def P():
     return passes
 
 
-def _pipe(*passes) -> Pipeline:
-    return Pipeline(list(passes))
+def _pipe(*passes, scheme: str) -> Pipeline:
+    return Pipeline(list(passes), scheme=scheme)
 
 
+def _rtn(scheme: str, fuse: bool = True) -> Callable[[], Pipeline]:
+    return lambda: _pipe(*([P().FuseNorms()] if fuse else []), P().RTN(), scheme=scheme)
+
+
+def _gptq(scheme: str, observe: bool) -> Callable[[], Pipeline]:
+    tail = [P().ObserveActivations()] if observe else []
+    return lambda: _pipe(P().FuseNorms(), P().GPTQ(), *tail, scheme=scheme)
+
+
+# Preset names are "<scheme>-<method>": the scheme part is a name of qpass.specs.SCHEMES (the
+# table of scheme names → weight/activation specs, docs/FORMATS.md), set once per pipeline.
 PRESETS: dict[str, Callable[[], Pipeline]] = {
-    "w4a16-rtn": lambda: _pipe(P().FuseNorms(), P().RTN("w4a16g128")),
-    "w3a16-rtn": lambda: _pipe(P().FuseNorms(), P().RTN("w3a16g128")),
-    "w8a8-rtn": lambda: _pipe(P().FuseNorms(), P().RTN("w8a8")),
-    "w4a4-rtn": lambda: _pipe(P().FuseNorms(), P().RTN("w4a4")),
+    "w4a16-rtn": _rtn("w4a16g128"),
+    "w3a16-rtn": _rtn("w3a16g128"),
+    "w8a8-rtn": _rtn("w8a8"),
+    "w4a4-rtn": _rtn("w4a4"),
     # SmoothQuant (α 0.5 as in the study) then RTN with per-token dynamic activations; AWQ
-    # only rewrites float weights, so RTN with the same scheme does the rounding. No FuseNorms:
+    # only rewrites float weights, so RTN under the same scheme does the rounding. No FuseNorms:
     # the scales fold into the norm weights either way (same model for SmoothQuant), and the
     # reported input ratios then refer to the original model's activations (issue 8)
-    "w8a8-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN("w8a8")),
-    "w4a8-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN("w4a8")),
-    "w4a4-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN("w4a4")),
-    "w4a16-awq": lambda: _pipe(P().AWQ("w4a16g128"), P().RTN("w4a16g128")),
-    "w3a16-awq": lambda: _pipe(P().AWQ("w3a16g128"), P().RTN("w3a16g128")),
+    "w8a8-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN(), scheme="w8a8"),
+    "w4a8-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN(), scheme="w4a8"),
+    "w4a4-smoothquant": lambda: _pipe(P().SmoothQuant(0.5), P().RTN(), scheme="w4a4"),
+    "w4a16-awq": lambda: _pipe(P().AWQ(), P().RTN(), scheme="w4a16g128"),
+    "w3a16-awq": lambda: _pipe(P().AWQ(), P().RTN(), scheme="w3a16g128"),
     # QuaRot: rotate (exact), GPTQ weights on the rotated graph, per-token dynamic activations
     # (ObserveActivations re-states the spec and records input statistics in the report).
     # DuQuant: smoothing + block rotations + permutation (exact), then RTN as in DuQuant.
-    "w4a4-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ("w4a4"),
-                                 P().ObserveActivations("w4a4")),
-    "w4a8-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ("w4a8"),
-                                 P().ObserveActivations("w4a8")),
-    "w8a8-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ("w8a8"),
-                                 P().ObserveActivations("w8a8")),
-    "w4a4-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN("w4a4")),
-    "w8a8-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN("w8a8")),
+    "w4a4-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
+                                 P().ObserveActivations(), scheme="w4a4"),
+    "w4a8-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
+                                 P().ObserveActivations(), scheme="w4a8"),
+    "w8a8-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
+                                 P().ObserveActivations(), scheme="w8a8"),
+    "w4a4-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w4a4"),
+    "w8a8-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w8a8"),
     # GPTQ weights (Hessians from calibration inputs of the fused graph, block by block);
     # weight-activation variants add per-token dynamic activations + input statistics.
-    "w4a16-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w4a16g128")),
-    "w3a16-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w3a16g128")),
-    "w8a8-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w8a8"), P().ObserveActivations("w8a8")),
-    "w4a8-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w4a8"), P().ObserveActivations("w4a8")),
-    "w4a4-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ("w4a4"), P().ObserveActivations("w4a4")),
+    "w4a16-gptq": _gptq("w4a16g128", observe=False),
+    "w3a16-gptq": _gptq("w3a16g128", observe=False),
+    "w8a8-gptq": _gptq("w8a8", observe=True),
+    "w4a8-gptq": _gptq("w4a8", observe=True),
+    "w4a4-gptq": _gptq("w4a4", observe=True),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
 

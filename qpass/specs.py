@@ -251,10 +251,10 @@ class Scheme:
                 base = key
             else:
                 kv = QuantSpec(int(kv_bits), granularity="token", dynamic=True)
-        if base not in PRESETS:
-            raise SpecError(f"unknown scheme {x!r}; known: {', '.join(PRESETS)} (optionally with "
+        if base not in SCHEMES:
+            raise SpecError(f"unknown scheme {x!r}; known: {', '.join(SCHEMES)} (optionally with "
                             f"a 'kv<bits>' suffix), or a weight spec such as 'int4:g128:sym'")
-        weight, act = PRESETS[base]
+        weight, act = SCHEMES[base]
         return cls(name=key, weight=weight, act=act, attn=kv)
 
     def to_dict(self) -> dict:
@@ -280,7 +280,7 @@ def _matches(pattern: str, name: str, role: str | None) -> bool:
 
 
 # name -> (weight spec, activation spec); w4a16 is the common shorthand for the g128 variant.
-PRESETS: dict[str, tuple[str, str | None]] = {
+SCHEMES: dict[str, tuple[str, str | None]] = {
     "w4a16g128": ("int4:g128:sym", None),
     "w4a16": ("int4:g128:sym", None),
     "w3a16g128": ("int3:g128:sym", None),

@@ -25,11 +25,11 @@ def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     return y.reshape(*x.shape[:-1], -1)
 
 
-def _int_linear(x, w, w_scales, bias, act_bits, w_bits):
+def _int_linear(x, w, w_scales, bias, act_bits, w_bits, group_size=0):
     from .gemm_int import int_gemm
     from .quant import quant_rows
     xq, xs = quant_rows(_rows(x), act_bits)
-    y = int_gemm(xq, xs, w.contiguous(), w_scales, bias, x.dtype, w_bits, 0)
+    y = int_gemm(xq, xs, w.contiguous(), w_scales, bias, x.dtype, w_bits, group_size)
     return y.reshape(*x.shape[:-1], -1)
 
 
@@ -38,11 +38,11 @@ def linear_w8a8(x, w_int8, w_scales, bias):
 
 
 def linear_w4a8(x, qweight, w_scales, bias, group_size):
-    return _int_linear(x, qweight, w_scales, bias, 8, 4)
+    return _int_linear(x, qweight, w_scales, bias, 8, 4, group_size)
 
 
 def linear_w4a4(x, qweight, w_scales, bias, group_size):
-    return _int_linear(x, qweight, w_scales, bias, 4, 4)
+    return _int_linear(x, qweight, w_scales, bias, 4, 4, group_size)
 
 
 def quant_per_token(x, bits, use_hadamard, signs):

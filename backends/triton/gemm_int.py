@@ -96,12 +96,17 @@ def m_bucket(M: int) -> int:
 
 def int_gemm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor,
              bias, out_dtype, w_bits: int, group_size: int) -> torch.Tensor:
-    """xq (M, K) int8, xs (M, 1) fp32, w int8 (N, K) or packed int4 (N, K/8) int32."""
+    """xq (M, K) int8, xs (M, 1) fp32, w int8 (N, K) or packed int4 (N, K/8) int32;
+    group_size 0 is one group per row (as in the reference backend), else it must match the
+    scales' (N, K/group_size) shape."""
     M, K = xq.shape
     N = w.shape[0]
     sw = w_scales.to(torch.float32).reshape(N, -1).contiguous()
     G = sw.shape[1]
-    gs = 0 if G == 1 else K // G
+    if G != (K // group_size if group_size else 1):
+        raise ValueError(f"int_gemm: {G} weight-scale groups per row, but group_size "
+                         f"{group_size} over K={K} gives {K // group_size if group_size else 1}")
+    gs = 0 if G == 1 else group_size
     out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
     bias_t = bias.contiguous() if bias is not None else sw
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)

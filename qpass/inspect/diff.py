@@ -92,21 +92,19 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
     if need and calib is None:
         raise PipelineError(f"pass(es) {', '.join(need)} need calibration data (--calib-n)")
     g, probe = pipeline.prepare(model, seed=seed)
-    ctx = PassContext(calib=calib, probe=probe, seed=seed)
-    before, result = None, None
-    with torch.no_grad():
-        for i, p in enumerate(pipeline.passes[: idx + 1]):
-            if i == idx:
+    ctx = PassContext(calib=calib, probe=probe, seed=seed, scheme=pipeline.scheme_given)
+    before = snapshot(g) if idx == 0 else None
+    result = None
+    try:
+        for i, _, result in pipeline.apply(g, ctx, upto=idx):
+            if i == idx - 1:
                 before = snapshot(g)
-            try:
-                result = p.run(g, ctx)
-            except RuntimeError as e:
-                if probe is None and "meta" in str(e):   # a structure-only (meta) model
-                    raise PipelineError(f"pass {p.name} needs real weights and cannot run on a "
-                                        f"structure-only (meta) model; inspect an earlier pass or "
-                                        f"use a checkpoint directory") from None
-                raise
-            g.recompile()
+    except RuntimeError as e:
+        if probe is None and "meta" in str(e):           # a structure-only (meta) model
+            raise PipelineError(f"pass {pipeline.passes[idx].name} (or one before it) needs real "
+                                f"weights and cannot run on a structure-only (meta) model; "
+                                f"inspect an earlier pass or use a checkpoint directory") from None
+        raise
     now = snapshot(g)
     return {"pass": repr(pipeline.passes[idx]), "before": before, "after": now,
             "changes": diff_snapshots(before, now), "graph": g,

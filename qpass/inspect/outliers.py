@@ -27,12 +27,10 @@ def _stats(model, passes: Sequence, calib) -> dict[str, dict]:
     probe = next(iter(iter_batches(calib, 1)))
     g = capture(copy.deepcopy(model), probe)
     if passes:
-        from qpass.pipeline import check_order
-        check_order(passes)
-        ctx = PassContext(calib=calib, probe=probe)
-        for p in passes:
-            p.run(g, ctx)
-            g.recompile()
+        from qpass.pipeline import Pipeline
+        pipe = Pipeline(passes, verify=False)            # checks the order first
+        for _ in pipe.apply(g, PassContext(calib=calib, probe=probe)):
+            pass
     nodes = g.linears()
     stats = collect_input_stats(g, calib, nodes)
     return {n.target: {"block": n.meta.get("qpass", {}).get("block"),

@@ -13,13 +13,15 @@ from typing import Iterable, Sequence
 
 import torch
 
-from qpass.errors import CalibrationError, PipelineError
-from qpass.pipeline.pass_base import Fact, Pass, PassContext
+from qpass.errors import CalibrationError, CheckpointError, PipelineError
+from qpass.pipeline.facts import ensure_provided
+from qpass.pipeline.pass_base import PASSES, Fact, Pass, PassContext
 from qpass.ir.qlinear import is_quantized_module
 from qpass.pipeline.coverage import check_coverage, coverage
 from qpass.pipeline.order import auto_order, check_order
 from qpass.runtime.report import LinearRecord, PassRecord, Report
 from qpass.pipeline.verify import record, verify_exact
+from qpass.specs import Scheme
 
 PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens
 QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
@@ -44,22 +46,54 @@ def default_probe(vocab_size: int, device, seed: int = 0) -> tuple:
 class Pipeline:
     """An ordered, checked list of passes.
 
-    verify: check exact passes on the probe batch (default True: it costs two forward passes
-    of a 2×32 batch per exact pass). allow_uncovered: accept linears that are neither
-    quantized nor kept by a rule. initial_facts: facts that already hold for the input."""
+    scheme: the quantization scheme of the whole pipeline (a name such as "w4a4", a spec
+    string or a Scheme); every pass with a scheme parameter left at None reads it. verify:
+    check exact passes on the probe batch (default True: it costs two forward passes of a
+    2×32 batch per exact pass). allow_uncovered: accept linears that are neither quantized
+    nor kept by a rule. initial_facts: facts that already hold for the input."""
 
-    def __init__(self, passes: Sequence[Pass], verify: bool | None = None,
+    def __init__(self, passes: Sequence[Pass], scheme=None, verify: bool | None = None,
                  allow_uncovered: bool = False, initial_facts: Iterable[Fact] = ()):
-        self.passes = list(passes)
+        self.scheme_given = None if scheme is None else Scheme.parse(scheme)
+        self.passes = [p.with_scheme(self.scheme_given) if isinstance(p, Pass) else p
+                       for p in passes]
         self.verify = True if verify is None else bool(verify)
         self.allow_uncovered = allow_uncovered
         self.initial_facts = frozenset(Fact(f) for f in initial_facts)
         check_order(self.passes, self.initial_facts)
 
     @classmethod
+    def from_manifest(cls, directory, **kw) -> "Pipeline":
+        """The pipeline a compiled checkpoint was made with, rebuilt from its manifest (every
+        pass from its versioned config); run it on the same model and calibration data to
+        reproduce the checkpoint bit for bit."""
+        from qpass.runtime.checkpoint import read_manifest
+        manifest = read_manifest(directory)
+        entries = manifest.get("pipeline")
+        if not isinstance(entries, list):
+            raise CheckpointError(f"{directory}: the manifest records no pipeline")
+        passes = []
+        for e in entries:
+            name = e.get("name") if isinstance(e, dict) else None
+            if name not in PASSES:
+                raise PipelineError(f"{directory}: pass {name!r} is not known to this qpass; "
+                                    f"import the module that defines it first")
+            config = e.get("config") or {}
+            if "version" not in config:
+                raise PipelineError(f"{directory}: pass {name} was recorded before pass configs "
+                                    f"were versioned; this checkpoint loads and runs, but its "
+                                    f"pipeline cannot be rebuilt exactly")
+            passes.append(PASSES[name].from_config(config))
+        scheme = manifest.get("pipeline_scheme")
+        return cls(passes, scheme=None if scheme is None else Scheme.from_dict(scheme), **kw)
+
+    @classmethod
     def auto_order(cls, passes: Sequence[Pass], **kw) -> "Pipeline":
         """A pipeline of `passes` sorted by their facts (stable w.r.t. the given order)."""
-        return cls(auto_order(list(passes), kw.get("initial_facts", ())), **kw)
+        scheme = kw.get("scheme")
+        bound = [p.with_scheme(Scheme.parse(scheme)) if scheme is not None and isinstance(p, Pass)
+                 else p for p in passes]
+        return cls(auto_order(bound, kw.get("initial_facts", ())), **kw)
 
     def __repr__(self) -> str:
         return f"Pipeline([{', '.join(map(repr, self.passes))}])"
@@ -75,7 +109,10 @@ class Pipeline:
         return any(p.provides & set(QUANTIZING_FACTS) for p in self.passes)
 
     def scheme(self):
-        """The scheme of the last quantizing pass that has one (for the coverage table)."""
+        """The pipeline's scheme, else that of the last quantizing pass that has one (for the
+        coverage table)."""
+        if self.scheme_given is not None:
+            return self.scheme_given
         for p in reversed(self.passes):
             if p.provides & set(QUANTIZING_FACTS) and getattr(p, "scheme", None) is not None:
                 return p.scheme
@@ -122,7 +159,7 @@ class Pipeline:
         g, probe = self.prepare(model_or_qgraph, probe, dtype, seed)
         passes = self.passes
         report = Report()
-        ctx = PassContext(calib=calib, probe=probe, seed=seed)
+        ctx = PassContext(calib=calib, probe=probe, seed=seed, scheme=self.scheme_given)
         fp_linear_out = {}
         if probe is not None and self.quantizes:
             keep = {n.name for n in g.linears()}
@@ -141,16 +178,29 @@ class Pipeline:
         report.linears = _linear_records(g, probe, fp_linear_out)
         return CompiledDenoiser.from_run(g, self, report)
 
+    def apply(self, g, ctx: PassContext, upto: int | None = None):
+        """Run the passes (the first `upto + 1` of them when given) on the QGraph `g` in
+        place, yielding (index, pass, PassResult) after each: what `run` and `qpass inspect`
+        share. Recompiles after every pass and checks the facts it provides."""
+        for i, p in enumerate(self.passes[: None if upto is None else upto + 1]):
+            yield i, p, self._apply_one(p, g, ctx)
+
+    @staticmethod
+    def _apply_one(p: Pass, g, ctx: PassContext):
+        with torch.no_grad():
+            res = p.run(g, ctx)
+        g.recompile()                            # the one place a graph is recompiled
+        if res is None:
+            raise PipelineError(f"pass {p.name}.run returned None; it must return a PassResult")
+        ensure_provided(p, g)
+        return res
+
     def _run_one(self, p: Pass, g, ctx: PassContext, verify: bool) -> PassRecord:
         if verify and p.exact:
             ref_logits, before = record(g.gm, ctx.probe)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            res = p.run(g, ctx)
-        g.recompile()
+        res = self._apply_one(p, g, ctx)
         seconds = time.perf_counter() - t0
-        if res is None:
-            raise PipelineError(f"pass {p.name}.run returned None; it must return a PassResult")
         rel = verify_exact(p.name, g.gm, ctx.probe, ref_logits, before) if verify and p.exact else None
         return PassRecord(p.name, repr(p), seconds, list(res.nodes_changed), dict(res.metrics),
                           list(res.notes), rel)

@@ -27,7 +27,7 @@ def known_providers(fact: Fact) -> list[str]:
     for cls in _all_pass_classes():
         provides = cls.__dict__.get("provides", getattr(cls, "provides", frozenset()))
         if isinstance(provides, (frozenset, set)) and fact in provides and cls.__name__ not in names \
-                and not cls.__name__.startswith("_"):
+                and not cls.__name__.startswith("_") and not cls.__dict__.get("ABSTRACT", False):
             names.append(cls.__name__)
     return names
 
@@ -64,6 +64,15 @@ def check_order(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> N
                                     f"re-establish {f} after it")
             raise PipelineError(f"{where} requires {f}, which no earlier pass provides; "
                                 f"{_providers_text(f, passes, i)} {p.name}")
+        if p.requires_any and not (p.requires_any & set(have)):
+            wanted = " or ".join(sorted(map(str, p.requires_any)))
+            raise PipelineError(f"{where} requires {wanted}, which no earlier pass provides; add "
+                                f"a quantizing pass (e.g. RTN, GPTQ or ObserveActivations) before "
+                                f"{p.name}")
+        if Fact.WEIGHTS_QUANTIZED in p.provides and Fact.WEIGHTS_QUANTIZED in have:
+            raise PipelineError(f"{where} rounds weights, but {have[Fact.WEIGHTS_QUANTIZED]} "
+                                f"already did: a second weight-quantizing pass would find no "
+                                f"float linear left; keep one of them")
         if p.changes_weights and Fact.WEIGHTS_QUANTIZED in have:
             raise PipelineError(f"{where} changes weights, but {have[Fact.WEIGHTS_QUANTIZED]} "
                                 f"already provided {Fact.WEIGHTS_QUANTIZED}: weight-changing passes "
@@ -89,7 +98,7 @@ def auto_order(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> li
         for j, b in enumerate(passes):
             if i == j:
                 continue
-            if a.provides & b.requires:                      # provider before consumer
+            if a.provides & (b.requires | b.requires_any):   # provider before consumer
                 dag.add_edge(i, j)
             if a.requires & b.destroys and not (a.provides & b.destroys):
                 dag.add_edge(i, j)                           # use a fact before it is destroyed

@@ -5,8 +5,10 @@ wrong order fails in milliseconds with a message naming the pass, the fact and i
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from qpass.errors import PipelineError
 
 if TYPE_CHECKING:
     from qpass.ir import QGraph
@@ -38,8 +40,10 @@ class PassResult:
 class PassContext:
     """Everything a pass may use besides the graph. `calib` is a CalibrationSet or None;
     `probe` the probe batch (tuple of model inputs) used for verification and metrics;
-    `state` carries data between passes (e.g. activation statistics)."""
+    `scheme` is the pipeline's scheme (None when it has none); `state` carries data between
+    passes."""
     calib: Any = None
+    scheme: Any = None
     probe: tuple | None = None
     seed: int = 0
     progress: Any = None                 # a rich Progress, or None when quiet
@@ -56,8 +60,21 @@ class PassContext:
             self.progress.advance(task, n)
 
 
+PASSES: dict[str, type] = {}          # every Pass subclass by name (Pipeline.from_manifest)
+
+
 class Pass:
+    """A pass: its parameters are dataclass fields (subclasses are `@dataclass(eq=False,
+    repr=False)`), recorded in the manifest with the class's VERSION, so that
+    `Pass.from_config` / `Pipeline.from_manifest` rebuild exactly the pass that ran.
+
+    requires: every fact must hold before; requires_any: at least one of them must (e.g.
+    Lower needs weights or activations quantized); provides: facts that hold after — the
+    manager checks each one on the graph (qpass/pipeline/facts.py) and raises PipelineError
+    naming the pass and the fact when it does not; destroys: facts no longer true after."""
+    VERSION: ClassVar[int] = 1
     requires: frozenset = frozenset()
+    requires_any: frozenset = frozenset()
     provides: frozenset = frozenset()
     destroys: frozenset = frozenset()
     exact: bool = False                  # semantics-preserving up to float rounding: verified
@@ -65,18 +82,106 @@ class Pass:
     changes_weights: bool = False        # rotation/smoothing: must run before weight rounding
     is_lowering: bool = False            # must be last
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if not cls.__name__.startswith("_") and not cls.__dict__.get("ABSTRACT", False):
+            PASSES[cls.__name__] = cls
+
     @property
     def name(self) -> str:
         return type(self).__name__
 
+    # ---- parameters -------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The pass's parameters (its dataclass fields), as given."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} if is_dataclass(self) else {}
+
     def config(self) -> dict:
-        """JSON-able parameters, recorded in the manifest."""
-        return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
-                for k, v in vars(self).items() if not k.startswith("_")}
+        """JSON-able parameters with the config version, recorded in the manifest."""
+        return {"version": self.VERSION, **{k: _to_json(v) for k, v in self.params().items()}}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Pass":
+        """The pass `config()` describes (PipelineError for another version or unknown keys)."""
+        cfg = dict(config)
+        version = cfg.pop("version", None)
+        if version != cls.VERSION:
+            raise PipelineError(f"{cls.__name__} config version {version} cannot be rebuilt by "
+                                f"this qpass ({cls.__name__} config version {cls.VERSION}); use "
+                                f"the qpass version that wrote it")
+        known = {f.name for f in fields(cls)} if is_dataclass(cls) else set()
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise PipelineError(f"{cls.__name__} config has unknown parameters {unknown}; "
+                                f"known: {sorted(known)}")
+        return cls(**{k: _from_json(v) for k, v in cfg.items()})
+
+    # ---- scheme -------------------------------------------------------------------------
+    def with_scheme(self, scheme) -> "Pass":
+        """This pass reading the pipeline's `scheme` where it has none of its own (a copy;
+        passes without a scheme parameter are returned unchanged)."""
+        return self
 
     def run(self, g: "QGraph", ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{self.name}({args})"
+
+
+def _to_json(v):
+    from qpass.specs import QuantSpec, Scheme
+    if isinstance(v, Scheme):
+        return {"scheme": v.to_dict()}
+    if isinstance(v, QuantSpec):
+        return {"spec": str(v)}
+    if isinstance(v, (tuple, list)):
+        return [_to_json(x) for x in v]
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return v
+    raise PipelineError(f"pass parameter value {v!r} ({type(v).__name__}) cannot be recorded; "
+                        f"use numbers, strings, schemes or specs")
+
+
+def _from_json(v):
+    from qpass.specs import QuantSpec, Scheme
+    if isinstance(v, dict) and set(v) == {"scheme"}:
+        return Scheme.from_dict(v["scheme"])
+    if isinstance(v, dict) and set(v) == {"spec"}:
+        return QuantSpec.parse(v["spec"])
+    if isinstance(v, list):
+        return tuple(_from_json(x) for x in v)
+    return v
+
+
+class SchemedPass(Pass):
+    """A pass parameterised by a quantization scheme (field `scheme`): its own when given,
+    else the pipeline's (`Pipeline([...], scheme="w4a4")` binds it), else DEFAULT_SCHEME.
+    Subclasses compute facts that depend on the scheme in `scheme_provides`."""
+    ABSTRACT: ClassVar[bool] = True
+    DEFAULT_SCHEME: ClassVar[str | None] = "w4a16g128"
+    SCHEME_FIELD: ClassVar[str] = "scheme"
+
+    def __post_init__(self):
+        self.bind_scheme()
+
+    def bind_scheme(self) -> None:
+        """Parse the scheme field (from __post_init__); record whether it was given."""
+        given = getattr(self, self.SCHEME_FIELD)
+        self._explicit_scheme = given is not None
+        value = given if given is not None else self.DEFAULT_SCHEME
+        setattr(self, self.SCHEME_FIELD, None if value is None else self.parse_scheme(value))
+        self.provides = self.scheme_provides()
+
+    def parse_scheme(self, value):
+        from qpass.specs import Scheme
+        return Scheme.parse(value)
+
+    def scheme_provides(self) -> frozenset:
+        return type(self).provides
+
+    def with_scheme(self, scheme) -> "Pass":
+        if scheme is None or self._explicit_scheme:
+            return self
+        return replace(self, **{self.SCHEME_FIELD: scheme})

@@ -38,21 +38,18 @@ class CompiledDenoiser(nn.Module):
         self.manifest = dict(manifest or {})
         if report is None and self.manifest.get("report") is not None:
             report = Report.from_dict(self.manifest["report"])
+            report.attach_specs(self.specs())
         self.report = report
 
     @classmethod
     def from_run(cls, g, pipeline, report: Report) -> "CompiledDenoiser":
-        specs = {}
-        for n in g.linears():
-            m = g.module(n)
-            ws, as_ = getattr(m, "weight_spec", None), getattr(m, "act_spec", None)
-            specs[n.target] = {"weight": None if ws is None else str(ws),
-                               "act": None if as_ is None else str(as_)}
         cfg = g.config
         manifest = {
             "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
             "pipeline": [{"name": p.name, "repr": repr(p), "config": p.config()} for p in pipeline],
-            "specs": specs, "versions": library_versions(), "report": report.to_dict()}
+            "pipeline_scheme": None if getattr(pipeline, "scheme_given", None) is None
+            else pipeline.scheme_given.to_dict(),
+            "versions": library_versions(), "report": report.to_dict(specs=False)}
         return cls(g.gm, cfg, g.tokenizer, manifest, report)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
@@ -77,6 +74,20 @@ class CompiledDenoiser(nn.Module):
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
         return {"linear": linear, "total": total}
+
+    def specs(self) -> dict[str, dict]:
+        """{linear name: {"weight": spec or None, "act": spec or None}}, read from the modules
+        themselves (the one place a checkpoint stores a spec)."""
+        out = {}
+        for n in self.gm.graph.nodes:
+            if n.op != "call_module":
+                continue
+            m = self.gm.get_submodule(n.target)
+            if isinstance(m, nn.Linear) or is_quantized_module(m):
+                ws, as_ = getattr(m, "weight_spec", None), getattr(m, "act_spec", None)
+                out[n.target] = {"weight": None if ws is None else str(ws),
+                                 "act": None if as_ is None else str(as_)}
+        return out
 
     def quantized_linears(self) -> list[str]:
         return [n.target for n in self.gm.graph.nodes if n.op == "call_module"

@@ -1,7 +1,8 @@
 """What the Lower pass puts in the graph: `LoweredLinear` modules and thin call_function
-wrappers around the `qpass::*` custom ops (qpass/kernel_ops.py).
+wrappers around the `qpass::*` custom ops (backends/ops.py).
 
-LoweredLinear holds the weights in the layout its op takes (docs/FORMATS.md, nothing else):
+LoweredLinear holds its specs and the weights in the layout its op takes (docs/FORMATS.md);
+its kind, bits, group size and zero points all follow from the specs (kernel_kind):
   kind "w4a16"       qweight int32 packed stream, scales fp32 (N, G), zeros int32 (N, G) | None
   kind "w8a8"        qweight int8 (N, K) signed codes u − 128, scales fp32 (N, 1)
   kind "w4a8"/"w4a4" qweight int32 packed int4 stream (symmetric), scales fp32 (N, G)
@@ -18,19 +19,58 @@ from qpass.specs import QuantSpec
 KINDS = ("w4a16", "w8a8", "w4a8", "w4a4")
 
 
+def kernel_kind(w: QuantSpec | None, a: QuantSpec | None, static_act: bool = False
+                ) -> tuple[str | None, str]:
+    """Which integer op runs a linear with weight spec `w` and activation spec `a`, or
+    (None, why not)."""
+    if w is None:
+        return None, "weights stay in high precision (activation-only quantization)"
+    if a is None:
+        return "w4a16", ""
+    if static_act:
+        return None, "static (calibrated) activation scales have no integer kernel yet"
+    if not (a.symmetric and a.granularity == "token" and a.bits in (4, 8)):
+        return None, f"activation spec {a} is not symmetric dynamic per-token int8/int4"
+    if not w.symmetric:
+        return None, f"integer kernels need symmetric weights, got {w}"
+    if a.bits == 8 and w.bits == 8 and w.granularity in ("channel", "tensor"):
+        return "w8a8", ""
+    if w.bits == 4 and w.granularity in ("channel", "tensor", "group"):
+        return ("w4a8" if a.bits == 8 else "w4a4"), ""
+    return None, f"no integer kernel for weights {w} with activations {a}"
+
+
 class LoweredLinear(nn.Module):
+    """A linear on an integer kernel. Built from its specs alone; `kind`, `bits`,
+    `group_size` (0: one group per row) and whether it has zero points are derived from them.
+    The legacy keyword arguments are what checkpoints saved before this stored beside the
+    specs: they are checked against the derived values, never trusted instead of them."""
     qpass_role = "linear"
 
-    def __init__(self, in_features: int, out_features: int, kind: str, bits: int,
-                 group_size: int, weight_spec: str, act_spec: str | None = None,
-                 bias: bool = False, has_zeros: bool = False, backend: str = "auto"):
+    def __init__(self, in_features: int, out_features: int, weight_spec: str,
+                 act_spec: str | None = None, bias: bool = False, backend: str = "auto",
+                 **legacy):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown lowered kind {kind!r}; valid: {', '.join(KINDS)}")
-        self.in_features, self.out_features = in_features, out_features
-        self.kind, self.bits, self.group_size, self.backend = kind, bits, group_size, backend
+        self.in_features, self.out_features, self.backend = in_features, out_features, backend
         self.weight_spec = QuantSpec.parse(weight_spec)
         self.act_spec = QuantSpec.parse(act_spec) if act_spec is not None else None
+        kind, why = kernel_kind(self.weight_spec, self.act_spec)
+        if kind is None:
+            raise ValueError(f"no integer kernel for weights {self.weight_spec} with activations "
+                             f"{self.act_spec}: {why}")
+        w = self.weight_spec
+        derived = {"kind": kind, "bits": w.bits,
+                   "group_size": w.group_size if w.granularity == "group" else 0,
+                   "has_zeros": not w.symmetric}
+        unknown = sorted(set(legacy) - set(derived))
+        if unknown:
+            raise TypeError(f"LoweredLinear got unexpected arguments {unknown}")
+        for key, value in legacy.items():
+            if value != derived[key]:
+                raise ValueError(f"LoweredLinear {key}={value!r} contradicts its weight spec {w} "
+                                 f"(which gives {derived[key]!r})")
+        self.kind, self.bits, self.group_size = kind, derived["bits"], derived["group_size"]
+        has_zeros, group_size, bits = derived["has_zeros"], self.group_size, self.bits
         N, K = out_features, in_features
         G = K // group_size if group_size else 1
         if kind == "w8a8":
@@ -48,9 +88,8 @@ class LoweredLinear(nn.Module):
         qw = q.quantized_weight()
         spec = qw.spec
         N, K = qw.shape
-        gs = spec.group_size if spec.granularity == "group" else 0
-        m = cls(K, N, kind, spec.bits, gs, str(spec), None if q.act_spec is None else str(q.act_spec),
-                q.bias is not None, qw.zero is not None, backend)
+        m = cls(K, N, str(spec), None if q.act_spec is None else str(q.act_spec),
+                q.bias is not None, backend, kind=kind)
         if kind == "w8a8":
             m.qweight = to_signed(qw.codes(), 8).contiguous()
         else:
@@ -64,11 +103,9 @@ class LoweredLinear(nn.Module):
 
     def qpass_init_kwargs(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "kind": self.kind, "bits": self.bits, "group_size": self.group_size,
                 "weight_spec": str(self.weight_spec),
                 "act_spec": None if self.act_spec is None else str(self.act_spec),
-                "bias": self.bias is not None, "has_zeros": self.zeros is not None,
-                "backend": self.backend}
+                "bias": self.bias is not None, "backend": self.backend}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = torch.ops.qpass

@@ -79,10 +79,23 @@ class Report:
     linears: list[LinearRecord] = field(default_factory=list)
     coverage: list[CoverageRow] | None = None     # None: no quantizing pass, no requirement
 
-    def to_dict(self) -> dict:
-        return _finite({"passes": [asdict(p) for p in self.passes],
-                        "linears": [asdict(r) for r in self.linears],
-                        "coverage": None if self.coverage is None else [r.to_dict() for r in self.coverage]})
+    def to_dict(self, specs: bool = True) -> dict:
+        """specs=False leaves out every linear's weight/act spec: a checkpoint stores those
+        once, in its modules, and the loader puts them back (attach_specs)."""
+        def rows(items):
+            out = [asdict(r) for r in items]
+            if not specs:
+                for r in out:
+                    r.pop("weight_spec"), r.pop("act_spec")
+            return out
+        return _finite({"passes": [asdict(p) for p in self.passes], "linears": rows(self.linears),
+                        "coverage": None if self.coverage is None else rows(self.coverage)})
+
+    def attach_specs(self, specs: dict[str, dict]) -> None:
+        """Fill every row's specs from {linear name: {"weight", "act"}} (the modules' own)."""
+        for r in list(self.linears) + list(self.coverage or []):
+            if r.name in specs:
+                r.weight_spec, r.act_spec = specs[r.name]["weight"], specs[r.name]["act"]
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
@@ -90,9 +103,10 @@ class Report:
     @classmethod
     def from_dict(cls, d: dict) -> "Report":
         cov = d.get("coverage")
+        no_specs = {"weight_spec": None, "act_spec": None}     # filled by attach_specs
         return cls([PassRecord(**p) for p in d.get("passes", [])],
-                   [LinearRecord(**r) for r in d.get("linears", [])],
-                   None if cov is None else [CoverageRow(**r) for r in cov])
+                   [LinearRecord(**{**no_specs, **r}) for r in d.get("linears", [])],
+                   None if cov is None else [CoverageRow(**{**no_specs, **r}) for r in cov])
 
     def rich_tables(self) -> list:
         from rich.table import Table
