@@ -1,4 +1,5 @@
-"""What every command shares: the one model-loading rule and the one calibration builder.
+"""What every command shares: the one model-loading rule, the one pipeline resolver (preset
+name or recipe file), the device/dtype flags and the one calibration builder.
 
 Model-loading rule: MODEL is a compiled checkpoint dir (qpass's manifest.json) → load_compiled;
 a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`llada-8b`,
@@ -48,17 +49,85 @@ def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False)
     return load(str(name_or_dir), device=device or "cpu", dtype=dt)
 
 
-def build_calibration(pipeline, model, n: int, seq_len: int, seed: int = 0):
-    """A CalibrationSet for `pipeline` (None when no pass calibrates), from the embedded
-    corpora through the model's tokenizer."""
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def add_device_args(p) -> None:
+    """--device / --dtype, shared by quantize, generate and eval."""
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, … (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="compute dtype of the loaded model (default: float32)")
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise PipelineError(f"--device {device!r} is not a device name; use cpu, cuda or "
+                            f"cuda:<index>") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    return str(dev)
+
+
+def resolve_pipeline(name_or_file: str):
+    """A preset name, or a recipe: a Python file (the user's own code) that defines
+    `pipeline` as a qpass.Pipeline or a list of passes."""
+    from qpass import presets
+    from qpass.pipeline import Pipeline
+    path = Path(name_or_file)
+    if path.suffix != ".py":
+        return presets.get(name_or_file)
+    if not path.is_file():
+        raise PipelineError(f"recipe file {path} does not exist")
+    import runpy
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as e:  # noqa: BLE001 - the user's recipe: name the file and the error
+        raise PipelineError(f"recipe {path} failed to run: {type(e).__name__}: {e}") from None
+    pipe = namespace.get("pipeline")
+    if isinstance(pipe, (list, tuple)):
+        pipe = Pipeline(list(pipe))
+    if not isinstance(pipe, Pipeline):
+        raise PipelineError(f"recipe {path} must define `pipeline` as a qpass.Pipeline or a list "
+                            f"of passes (found {type(pipe).__name__})")
+    return pipe
+
+
+def is_zoo_model(name) -> bool:
+    from qpass.models.loading import zoo_names
+    return str(name) in zoo_names() or str(name).startswith("tiny-")
+
+
+def build_calibration(pipeline, model, n: int, seq_len: int, seed: int = 0, path=None,
+                      masking: str = "diffusion", model_name=None):
+    """A CalibrationSet for `pipeline` (None when no pass calibrates): from the user's data at
+    `path` (qpass.calibration.texts) or, for the embedded zoo models only, from the embedded
+    corpora. A real checkpoint with a calibrating pipeline and no `path` is an error: it must
+    not be calibrated silently on Shakespeare and arithmetic."""
     if not any(p.needs_calibration for p in pipeline.passes):
         return None
     from qpass.calibration import CalibrationSet
+    from qpass.calibration.texts import read_texts
     from qpass.data.sources import calibration_texts
     if getattr(model, "tokenizer", None) is None:
         raise CalibrationError("this pipeline needs calibration text but the model has no "
                                "tokenizer; use a checkpoint that ships one")
-    return CalibrationSet.from_texts(calibration_texts(seed=seed), model.tokenizer, n=n,
+    if path is not None:
+        texts = read_texts(path)
+    elif model_name is None or is_zoo_model(model_name):
+        texts = calibration_texts(seed=seed)
+    else:
+        need = ", ".join(p.name for p in pipeline.passes if p.needs_calibration)
+        raise CalibrationError(f"{need} calibrate(s) on activations, and {model_name} is not an "
+                               f"embedded zoo model: pass your calibration data with --calib PATH "
+                               f"(.txt, .jsonl with a \"text\" field, a folder of them, or a saved "
+                               f"Hugging Face dataset)")
+    return CalibrationSet.from_texts(texts, model.tokenizer, n=n,
                                      seq_len=min(seq_len, model.config.max_seq_len), seed=seed,
-                                     vocab_size=model.config.vocab_size,
+                                     masking=masking, vocab_size=model.config.vocab_size,
                                      mask_id=model.config.mask_token_id)

@@ -7,12 +7,15 @@ import json
 
 from qpass.errors import PipelineError
 
-from .common import build_calibration, load_model
+from .common import (add_device_args, build_calibration, load_model, resolve_device,
+                     resolve_pipeline)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
-  qpass quantize ./my-llada-checkpoint --pipeline w4a4-rtn --out w4a4/ --calib-n 128 --seq-len 512
-pipelines: see `qpass.presets.names()` (w4a16-rtn, w3a16-rtn, w8a8-rtn, w4a4-rtn, ...)"""
+  qpass quantize ./my-llada-checkpoint --pipeline w4a16-gptq --out w4/ --calib data.jsonl
+  qpass quantize tiny-llada --pipeline my_recipe.py --out mine/ --device cpu
+pipelines: a preset (`qpass.presets.names()`: w4a16-rtn, w4a16-gptq, w4a4-quarot, ...) or a
+Python recipe file that defines `pipeline`"""
 
 
 def _positive(s: str) -> int:
@@ -31,15 +34,26 @@ def add_quantize_command(sub) -> None:
                                    "and write a compiled checkpoint (safetensors + JSON) to DIR.",
                        epilog=QUANTIZE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--pipeline", required=True, metavar="P", help="a preset name")
+    p.add_argument("--pipeline", required=True, metavar="P",
+                   help="a preset name, or a recipe.py that defines `pipeline`")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--calib-n", type=_positive, default=128, help="calibration windows (default 128)")
-    p.add_argument("--seq-len", type=_positive, default=512, help="calibration window length")
+    add_calibration_args(p, n=128)
+    add_device_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-uncovered", action="store_true",
                    help="accept linears that no rule quantizes or keeps")
     p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
     p.set_defaults(func=cmd_quantize)
+
+
+def add_calibration_args(p, n: int, seq_len: int = 512) -> None:
+    p.add_argument("--calib", metavar="PATH", default=None,
+                   help="calibration data: .txt, .jsonl (\"text\" field), a folder of them, or a "
+                        "saved HF dataset (default for zoo models: the embedded corpora)")
+    p.add_argument("--calib-n", type=_positive, default=n, help=f"calibration windows (default {n})")
+    p.add_argument("--seq-len", type=_positive, default=seq_len, help="calibration window length")
+    p.add_argument("--masking", choices=("diffusion", "none"), default="diffusion",
+                   help="mask calibration windows as the denoiser sees them (default) or not")
 
 
 def add_inspect_pipeline_args(p) -> None:
@@ -54,13 +68,13 @@ def add_inspect_pipeline_args(p) -> None:
 def cmd_quantize(args) -> int:
     from rich.console import Console
 
-    from qpass import presets
     from qpass.runtime.checkpoint import check_target
     check_target(args.out)
-    pipe = presets.get(args.pipeline)
+    pipe = resolve_pipeline(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
-    model = load_model(args.model)
-    calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed)
+    model = load_model(args.model, device=resolve_device(args.device), dtype=args.dtype)
+    calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
+                              masking=args.masking, model_name=args.model)
     out = pipe.run(model, calib, progress=not args.quiet, seed=args.seed)
     path = out.save(args.out)
     console = Console(stderr=True)
@@ -76,11 +90,10 @@ def cmd_quantize(args) -> int:
 def cmd_inspect_pipeline(args) -> int:
     from rich.console import Console
 
-    from qpass import presets
     from qpass.inspect.diff import changes_json, inspect_after, render_changes
     if not args.pipeline:
         raise PipelineError("--after needs --pipeline P, e.g. --pipeline w4a16-rtn --after RTN")
-    pipe = presets.get(args.pipeline)
+    pipe = resolve_pipeline(args.pipeline)
     model = load_model(args.model, structure_ok=True)
     if not args.after:
         return _planned_coverage(model, pipe, getattr(args, "format", "text"))
