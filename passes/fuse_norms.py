@@ -17,6 +17,9 @@ from qpass.ir.regions import norm_regions
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
 
+_ROWS = 4096        # rows per float64 chunk when folding
+
+
 def _shared_param_ids(root: nn.Module) -> set[int]:
     seen: dict[int, int] = {}
     for _, p in root.named_parameters(remove_duplicate=False):
@@ -31,8 +34,16 @@ class FuseNorms(Pass):
     changes_weights = True
 
     def run(self, g, ctx: PassContext) -> PassResult:
+        return self._fuse(g, ctx, norm_regions(g))
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): the norms of this stage (block norms fold into their
+        block's linears, the final norm into the head in the suffix)."""
+        nodes = set(stage.nodes)
+        return self._fuse(g, ctx, [r for r in norm_regions(g) if r.producer in nodes])
+
+    def _fuse(self, g, ctx: PassContext, regions) -> PassResult:
         res = PassResult()
-        regions = norm_regions(g)
         task = ctx.task("FuseNorms: folding norm weights", total=len(regions))
         shared = _shared_param_ids(g.gm)
         for region in regions:
@@ -76,13 +87,18 @@ class FuseNorms(Pass):
     @staticmethod
     @torch.no_grad()
     def _fold(lin: nn.Linear, gamma, beta) -> None:
+        """W' = W·diag(γ), b' = b + W·β, in float64 one row chunk at a time: each element is
+        computed exactly as on the whole matrix, and a 126k-row head needs no 4 GB float64 copy."""
         W = lin.weight
-        W64 = W.detach().double()
+        shift = None
         if beta is not None:
-            shift = W64 @ beta.detach().double()
-            if lin.bias is None:
+            lin_bias = lin.bias
+            shift = torch.cat([c.double() @ beta.detach().double() for c in W.detach().split(_ROWS)])
+            if lin_bias is None:
                 lin.bias = nn.Parameter(shift.to(W.dtype))
             else:
-                lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
+                lin_bias.copy_((lin_bias.double() + shift).to(lin_bias.dtype))
         if gamma is not None:
-            W.copy_((W64 * gamma.detach().double()[None, :]).to(W.dtype))
+            g64 = gamma.detach().double()[None, :]
+            for rows in W.detach().split(_ROWS):
+                rows.copy_((rows.double() * g64).to(W.dtype))

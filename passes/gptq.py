@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from qpass.errors import CalibrationError
+from qpass.errors import CalibrationError, PipelineError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.ir.regions import input_regions, region_of
@@ -57,13 +57,32 @@ class GPTQ(WeightRounding):
 
     # ------------------------------------------------------------------------------------
     def run(self, g, ctx: PassContext) -> PassResult:
+        res, kept = self._begin(g, ctx, quantize_targets(g, self.scheme))   # validates shapes
+        runner = SequentialRunner(g, ctx.calib, batch_size=self.batch_size,
+                                  offload_dir=self.offload_dir, progress=ctx)
+        runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
+        for item in self._pending:                              # sequential=False: replace now
+            self._replace(g, *item)
+        return self._finish(res, kept)
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): this stage's linears, Hessians from the cached inputs
+        the streaming runner gives (the outputs of the already-quantized earlier stages)."""
+        if not self.sequential:
+            raise PipelineError("GPTQ(sequential=False) takes every Hessian from the float model "
+                                "and has no stage-wise form; use sequential=True to stream")
+        nodes = set(stage.nodes)
+        res, kept = self._begin(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
+        self._stage(g, stage, runner, cache)
+        return self._finish(res, kept)
+
+    def _begin(self, g, ctx: PassContext, targets) -> tuple[PassResult, int]:
         if ctx.calib is None:
             raise CalibrationError("GPTQ needs calibration data: pass calib=qpass.calibration."
                                    "CalibrationSet.from_texts(texts, tokenizer)")
         vocab = getattr(g.config, "vocab_size", None)
         if vocab is not None and hasattr(ctx.calib, "check_vocab"):
             ctx.calib.check_vocab(vocab)
-        targets = quantize_targets(g, self.scheme)              # validates shapes first
         # specs only: holding the float modules would keep every replaced weight alive
         self._todo = {n.target: (n, w, a, r) for n, _, w, a, r in targets if w is not None}
         kept = sum(1 for t in targets if t[2] is None and t[3] is None)
@@ -74,12 +93,9 @@ class GPTQ(WeightRounding):
             if wspec is None and aspec is not None:
                 replace_linear(g, node, QuantLinear.from_linear(lin, None, aspec), reason=reason)
                 res.nodes_changed.append(node.name)
-        del targets
-        runner = SequentialRunner(g, ctx.calib, batch_size=self.batch_size,
-                                  offload_dir=self.offload_dir, progress=ctx)
-        runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
-        for item in self._pending:                              # sequential=False: replace now
-            self._replace(g, *item)
+        return res, kept
+
+    def _finish(self, res: PassResult, kept: int) -> PassResult:
         layers = res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
         res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept)

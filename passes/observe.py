@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qpass.calibration.stats import collect_input_stats
+from qpass.calibration.stats import InputStats, collect_input_stats
 from qpass.errors import SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
@@ -86,12 +86,32 @@ class ObserveActivations(SchemedPass):
                 out.append((node, g.module(node), aspec, reason))
         return out
 
+    def _static_rows(self, targets) -> dict[str, int]:
+        """Rows kept per static target for its observer (bounded by max_values numbers)."""
+        return {n.target: self.max_values // m.in_features for n, m, a, _ in targets if not a.dynamic}
+
     def run(self, g, ctx: PassContext) -> PassResult:
+        """All observers calibrate in one pass over the graph as it is (static specs see the
+        float activations of earlier layers). The stage-wise form, used when streaming,
+        calibrates each block on the outputs of the already-observed blocks instead."""
         targets = self._targets(g)
-        static = {n.target: self.max_values // m.in_features
-                  for n, m, a, _ in targets if not a.dynamic}
         stats = collect_input_stats(g, ctx.calib, [n for n, *_ in targets], self.batch_size,
-                                    keep_rows=static, seed=ctx.seed)
+                                    keep_rows=self._static_rows(targets), seed=ctx.seed)
+        return self._apply(g, ctx, targets, stats)
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): this stage's linears, statistics over the cached
+        stage inputs the streaming runner gives."""
+        nodes = set(stage.nodes)
+        targets = [t for t in self._targets(g) if t[0] in nodes]
+        rows = self._static_rows(targets)
+        stats = {n.target: InputStats(n.target, keep_rows=rows.get(n.target, 0), seed=ctx.seed)
+                 for n, *_ in targets}
+        runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+        return self._apply(g, ctx, targets, stats)
+
+    def _apply(self, g, ctx: PassContext, targets, stats) -> PassResult:
+        static = self._static_rows(targets)
         res = PassResult()
         task = ctx.task("ObserveActivations", total=len(targets))
         for node, mod, aspec, reason in targets:

@@ -25,7 +25,14 @@ class RTN(WeightRounding):
         return f"RTN({self.scheme.name!r})"
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        targets = quantize_targets(g, self.scheme)        # validates every shape first
+        return self._round(g, ctx, quantize_targets(g, self.scheme))   # validates shapes first
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): the linears of this stage only."""
+        nodes = set(stage.nodes)
+        return self._round(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
+
+    def _round(self, g, ctx: PassContext, targets) -> PassResult:
         if any(t[1].weight.device.type == "meta" for t in targets):
             raise PipelineError("RTN needs real weights, but the model is on the meta device "
                                 "(structure only); for a planned coverage table use "

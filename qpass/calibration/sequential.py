@@ -205,7 +205,7 @@ class SequentialRunner:
     def _batches(self) -> list[tuple]:
         return list(self.calib.batches(self.batch_size))
 
-    def _new_cache(self, tag: str) -> BoundaryCache:
+    def new_cache(self, tag: str) -> BoundaryCache:
         if self.offload_dir is None:
             return BoundaryCache()
         d = tempfile.mkdtemp(prefix=f"{tag}_", dir=self.offload_dir)
@@ -238,27 +238,29 @@ class SequentialRunner:
         return out
 
     def run(self, callback: Callable | None = None, keep_outputs: bool = False,
-            description: str = "sequential") -> list[Any] | None:
+            description: str = "sequential", every_stage: bool = False,
+            after: Callable | None = None) -> list[Any] | None:
         """Walk all stages: cache the prefix outputs, then per stage call
-        callback(stage, self, cache) (if it has linears), recompute its outputs with the
-        (possibly replaced) modules and move on. Returns the graph outputs per batch when
-        keep_outputs (for tests), else None."""
+        callback(stage, self, cache) (if it has linears, or always with every_stage),
+        recompute its outputs with the (possibly replaced) modules, call after(stage) (the
+        streaming executor writes and frees the stage there) and move on. Returns the graph
+        outputs per batch when keep_outputs (for tests), else None."""
         ctx = self.progress
         task = ctx.task(f"{description}: {len(self.stages) - 2} blocks",
                         total=len(self.stages)) if ctx is not None else None
-        cache = self._new_cache("input")
+        cache = self.new_cache("input")
         for batch in self._batches():
             cache.append({})
         outputs = None
         try:
             for stage in self.stages:
                 self._describe(task, f"{description}: {stage.name} of {len(self.stages) - 2} blocks")
-                if callback is not None and stage.linears:
+                if callback is not None and (stage.linears or every_stage):
                     callback(stage, self, cache)
                 is_last = stage is self.stages[-1]
                 if not is_last or keep_outputs:   # nothing reads the suffix's outputs otherwise
                     keep = list(self.output_node.all_input_nodes) if is_last else None
-                    nxt = self._new_cache(f"stage{stage.index}")
+                    nxt = self.new_cache(f"stage{stage.index}")
                     try:
                         self.run_stage(stage, cache, collect=nxt, keep=keep)
                     except BaseException:
@@ -266,6 +268,8 @@ class SequentialRunner:
                         raise
                     cache.clear()
                     cache = nxt
+                if after is not None:
+                    after(stage)
                 if ctx is not None:
                     ctx.advance(task)
             self._describe(task, f"{description}: {len(self.stages) - 2} blocks")

@@ -7,8 +7,8 @@ import json
 
 from qpass.errors import PipelineError
 
-from .common import (add_device_args, build_calibration, load_model, resolve_device,
-                     resolve_pipeline)
+from .common import (add_device_args, build_calibration, is_compiled_dir, is_zoo_model,
+                     load_model, resolve_device, resolve_pipeline)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
@@ -72,7 +72,10 @@ def cmd_quantize(args) -> int:
     check_target(args.out)
     pipe = resolve_pipeline(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
-    model = load_model(args.model, device=resolve_device(args.device), dtype=args.dtype)
+    device = resolve_device(args.device)
+    if streams(args.model):
+        return _quantize_streaming(args, pipe, device)
+    model = load_model(args.model, device=device, dtype=args.dtype)
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
     out = pipe.run(model, calib, progress=not args.quiet, seed=args.seed)
@@ -84,6 +87,29 @@ def cmd_quantize(args) -> int:
     console.print(f"saved {path} ({len(out.quantized_linears())} quantized linears; linear "
                   f"weights {nb['linear'] / 2**20:.2f} MiB, total {nb['total'] / 2**20:.2f} MiB)",
                   soft_wrap=True)
+    return 0
+
+
+def streams(model_name) -> bool:
+    """An HF checkpoint directory (not a zoo model, not a compiled checkpoint) is quantized
+    stage by stage, its weights read one block at a time (DESIGN §12)."""
+    from pathlib import Path
+    return Path(model_name).is_dir() and not is_compiled_dir(model_name) and not is_zoo_model(model_name)
+
+
+def _quantize_streaming(args, pipe, device: str) -> int:
+    import torch
+    from rich.console import Console
+
+    from qpass.models import load
+    structure = load(args.model, device="meta")          # config and tokenizer, no weights
+    calib = build_calibration(pipe, structure, args.calib_n, args.seq_len, args.seed,
+                              path=args.calib, masking=args.masking, model_name=args.model)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    path = pipe.run(args.model, calib, out=args.out, device=device, dtype=dtype,
+                    progress=not args.quiet, seed=args.seed)
+    Console(stderr=True).print(f"saved {path} (streamed stage by stage from {args.model})",
+                               soft_wrap=True)
     return 0
 
 

@@ -67,13 +67,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
 
 def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoiser:
     path = Path(path)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
-    try:
-        cfg = config_from_hf(json.loads(cfg_file.read_text()))
-    except KeyError as e:
-        raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
+    cfg = read_config(path)
     model = build(cfg, device="meta")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type != "meta":
@@ -82,10 +76,43 @@ def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoise
     return model.eval()
 
 
-def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtype) -> None:
-    from safetensors import safe_open
+def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of an HF checkpoint directory (CheckpointError when it has none)."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
+    try:
+        return config_from_hf(json.loads(cfg_file.read_text()))
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
+
+
+def tensor_sources(path: str | os.PathLike, cfg: ModelConfig) -> dict[str, tuple[Path, str]]:
+    """{Denoiser parameter name: (safetensors file, checkpoint key)} for every parameter of
+    `cfg`'s model (a tied head reads the embedding), after checking that the checkpoint holds
+    exactly the expected keys. Lets a caller read one block's weights at a time."""
+    path = Path(path)
     files = _tensor_files(path)
     expected = key_map(cfg)
+    _check_keys(path, cfg, files, expected)
+    out = {param: (files[key], key) for key, param in expected.items()}
+    if cfg.tie_embeddings:
+        out["head.weight"] = out["embed.weight"]
+    return out
+
+
+def read_tensor(handle, key: str, want_shape, device, dtype) -> torch.Tensor:
+    """One checkpoint tensor from an open safetensors handle, shape- and dtype-checked."""
+    t = handle.get_tensor(key)
+    if tuple(t.shape) != tuple(want_shape):
+        raise CheckpointError(f"shape mismatch for '{key}': checkpoint has {tuple(t.shape)}, the "
+                              f"config expects {tuple(want_shape)}")
+    if not t.is_floating_point():
+        raise CheckpointError(f"'{key}' has dtype {t.dtype}; expected floating point")
+    return t.to(device=device, dtype=dtype or torch.float32)
+
+
+def _check_keys(path: Path, cfg: ModelConfig, files: dict, expected: dict) -> None:
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(k for k in set(files) - set(expected)
                         if not k.endswith(("rotary_emb.inv_freq", "attn_bias")))
@@ -96,6 +123,13 @@ def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtyp
         if unexpected:
             msg.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
         raise CheckpointError("; ".join(msg))
+
+
+def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtype) -> None:
+    from safetensors import safe_open
+    files = _tensor_files(path)
+    expected = key_map(cfg)
+    _check_keys(path, cfg, files, expected)
     params = dict(model.named_parameters(remove_duplicate=False))
     state = {}
     by_file: dict[Path, list[str]] = {}
@@ -104,14 +138,7 @@ def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtyp
     for f, keys in by_file.items():
         with safe_open(str(f), framework="pt") as fh:
             for k in keys:
-                t = fh.get_tensor(k)
-                want = params[expected[k]].shape
-                if tuple(t.shape) != tuple(want):
-                    raise CheckpointError(f"shape mismatch for '{k}': checkpoint has "
-                                          f"{tuple(t.shape)}, the config expects {tuple(want)}")
-                if not t.is_floating_point():
-                    raise CheckpointError(f"'{k}' has dtype {t.dtype}; expected floating point")
-                state[expected[k]] = t.to(device=dev, dtype=dtype or torch.float32)
+                state[expected[k]] = read_tensor(fh, k, params[expected[k]].shape, dev, dtype)
     if cfg.tie_embeddings:
         state["head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=False, assign=True)

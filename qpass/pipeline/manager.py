@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from typing import Iterable, Sequence
 
@@ -20,10 +21,9 @@ from qpass.ir.qlinear import is_quantized_module
 from qpass.pipeline.coverage import check_coverage, coverage
 from qpass.pipeline.order import auto_order, check_order
 from qpass.runtime.report import LinearRecord, PassRecord, Report
-from qpass.pipeline.verify import record, verify_exact
+from qpass.pipeline.verify import default_probe, record, verify_exact
 from qpass.specs import Scheme
 
-PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens
 QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
 
 
@@ -35,12 +35,6 @@ def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(max(signal, 1e-300) / noise)
-
-
-def default_probe(vocab_size: int, device, seed: int = 0) -> tuple:
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab_size, PROBE_SHAPE, generator=gen)
-    return (ids.to(device),)
 
 
 class Pipeline:
@@ -148,9 +142,26 @@ class Pipeline:
         return g, (None if on_meta else probe)
 
     def run(self, model_or_qgraph, calib=None, probe=None, verify: bool | None = None,
-            dtype=None, progress: bool = True, seed: int = 0):
-        """Run the passes and return a CompiledDenoiser (with `.report`)."""
+            dtype=None, progress: bool = True, seed: int = 0, out=None, device=None):
+        """Run the passes and return a CompiledDenoiser (with `.report`).
+
+        Given an HF checkpoint directory (a path) instead of a model, the run streams stage by
+        stage (qpass/pipeline/streaming.py, DESIGN §12): weights are read per block onto
+        `device`, the compiled checkpoint is written to `out` (required) and its path is
+        returned; rerunning after a crash resumes after the last complete stage."""
         from qpass.runtime.compiled import CompiledDenoiser
+        if isinstance(model_or_qgraph, (str, os.PathLike)):
+            from qpass.pipeline.streaming import stream_to
+            if out is None:
+                raise PipelineError("streaming a checkpoint directory writes the result to disk: "
+                                    "pass out=DIR")
+            if any(p.needs_calibration for p in self.passes) and calib is None:
+                raise CalibrationError(f"pass(es) {', '.join(p.name for p in self.passes if p.needs_calibration)} "
+                                       f"need calibration data; pass calib=CalibrationSet...")
+            with _progress(progress) as prog:
+                return stream_to(self, model_or_qgraph, out, calib, device or "cpu", dtype,
+                                 self.verify if verify is None else verify, seed,
+                                 PassContext(progress=prog))
         need = [p.name for p in self.passes if p.needs_calibration]
         if need and calib is None:
             raise CalibrationError(f"pass(es) {', '.join(need)} need calibration data; pass "

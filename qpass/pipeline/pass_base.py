@@ -125,6 +125,15 @@ class Pass:
     def run(self, g: "QGraph", ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
+    # Stage-wise form (DESIGN §12): a pass that can work on one stage (prefix, block i,
+    # suffix) of a streamed model defines run_stage(g, ctx, stage, runner, cache) -> PassResult;
+    # only that stage's weights are materialized when it is called.
+    run_stage = None
+
+    @property
+    def stage_wise(self) -> bool:
+        return callable(getattr(self, "run_stage", None))
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{self.name}({args})"

@@ -90,3 +90,12 @@ def _describe(gm: fx.GraphModule, name: str) -> str:
             tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
             return f"{n.op} {tgt}"
     return "?"
+
+
+PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens
+
+
+def default_probe(vocab_size: int, device, seed: int = 0) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, PROBE_SHAPE, generator=gen)
+    return (ids.to(device),)

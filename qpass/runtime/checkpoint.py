@@ -121,6 +121,48 @@ def save(compiled, directory) -> Path:
     return out
 
 
+def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
+    """Assemble a streamed run (qpass/pipeline/streaming.py) into a compiled checkpoint at
+    `out`, atomically as save() does: the stage shards are moved in (no copy) and listed under
+    manifest `weights`; `manifest` already holds graph, tensors and the rest."""
+    out = check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    moved = []
+    try:
+        for p in shards:
+            os.replace(p, tmp / p.name)
+            moved.append((tmp / p.name, p))
+        if tokenizer is not None:
+            if hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(str(tmp))
+            elif hasattr(tokenizer, "save"):
+                tokenizer.save(tmp)
+        manifest = dict(manifest, format=FORMAT, version=VERSION, weights=[p.name for p in shards],
+                        files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+        (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _fsync(out.parent)
+    except BaseException:
+        for now, before in moved:            # the shards go back: the run stays resumable
+            if now.exists():
+                os.replace(now, before)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def _check_hash(path: Path, want: str) -> None:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
@@ -166,16 +208,25 @@ def load(directory) -> tuple:
     from qpass.models.tokenizer import load_tokenizer
     d = Path(directory)
     manifest = read_manifest(d)
-    if WEIGHTS not in manifest["files"]:
-        raise CheckpointError(f"{d / MANIFEST} lists no {WEIGHTS}")
+    weights = manifest.get("weights", [WEIGHTS])     # streamed runs write one shard per stage
+    if not isinstance(weights, list) or not weights or \
+            any(not isinstance(w, str) or w not in manifest["files"] for w in weights):
+        raise CheckpointError(f"{d / MANIFEST} lists weight files {weights!r} that are not all "
+                              f"among its hashed files")
     for name, digest in manifest["files"].items():
         if "/" in name or name.startswith("."):
             raise CheckpointError(f"bad file name {name!r} in manifest")
         _check_hash(d / name, digest)
-    try:
-        tensors = load_file(str(d / WEIGHTS))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"cannot read {d / WEIGHTS}: {e}") from None
+    tensors = {}
+    for w in weights:
+        try:
+            part = load_file(str(d / w))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read {d / w}: {e}") from None
+        dup = sorted(set(part) & set(tensors))
+        if dup:
+            raise CheckpointError(f"{w} repeats tensors of an earlier shard: {dup[:3]}")
+        tensors.update(part)
     gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"])
     try:
         config = ModelConfig.from_dict(manifest["config"])

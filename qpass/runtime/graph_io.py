@@ -183,26 +183,31 @@ def decode(x, env: dict[str, fx.Node]):
 # ----- graph and modules ---------------------------------------------------------------------
 def graph_to_json(gm: fx.GraphModule) -> dict:
     """{"nodes": [...], "modules": {target: {"class", "kwargs"}}}."""
-    _register_builtins()
-    by_cls = {cls: name for name, (cls, _) in _MODULE_CLASSES.items()}
     nodes, modules = [], {}
     for n in gm.graph.nodes:
         target = function_name(n.target) if n.op == "call_function" else n.target
         nodes.append({"op": n.op, "name": n.name, "target": target, "args": encode(n.args),
                       "kwargs": encode(dict(n.kwargs))})
         if n.op == "call_module" and n.target not in modules:
-            m = gm.get_submodule(n.target)
-            if type(m) not in by_cls:
-                raise CheckpointError(f"module {n.target!r} is a {type(m).__name__}, which is not "
-                                      f"registered for compiled checkpoints; register it with "
-                                      f"qpass.runtime.compiled.register_module_class")
-            name = by_cls[type(m)]
-            # buffers registered as None (e.g. a symmetric spec's zeros) hold no tensor but must
-            # exist as attributes after the rebuild
-            none_buffers = [k for k, v in m._buffers.items() if v is None]
-            modules[n.target] = {"class": name, "module": type(m).__module__,
-                                 "kwargs": _MODULE_CLASSES[name][1](m), "none_buffers": none_buffers}
+            modules[n.target] = module_entry(gm.get_submodule(n.target), n.target)
     return {"nodes": nodes, "modules": modules}
+
+
+def module_entry(m: nn.Module, target: str = "") -> dict:
+    """The graph-format entry of one module: registered class name, defining module,
+    constructor kwargs, and buffers registered as None."""
+    _register_builtins()
+    by_cls = {cls: name for name, (cls, _) in _MODULE_CLASSES.items()}
+    if type(m) not in by_cls:
+        raise CheckpointError(f"module {target!r} is a {type(m).__name__}, which is not "
+                              f"registered for compiled checkpoints; register it with "
+                              f"qpass.runtime.compiled.register_module_class")
+    name = by_cls[type(m)]
+    # buffers registered as None (e.g. a symmetric spec's zeros) hold no tensor but must
+    # exist as attributes after the rebuild
+    none_buffers = [k for k, v in m._buffers.items() if v is None]
+    return {"class": name, "module": type(m).__module__, "kwargs": _MODULE_CLASSES[name][1](m),
+            "none_buffers": none_buffers}
 
 
 def _set_path(root: nn.Module, path: str, module: nn.Module) -> None:

@@ -1,0 +1,372 @@
+"""Stage-wise execution of a pipeline over an HF checkpoint directory (DESIGN §12).
+
+The model is built on the meta device and captured there (structure and shapes, no weights).
+Then, stage by stage (prefix, block 0 … block n−1, suffix; calibration/sequential.py):
+
+  1. the stage's weights are read from the checkpoint's safetensors shards onto `device`;
+  2. every pass does its stage-wise work in pipeline order (`Pass.run_stage`), exact passes
+     verified on this stage's outputs over the cached inputs (the probe or calibration batches,
+     already through the quantized earlier stages);
+  3. the stage is recomputed and its outputs cached for the next one; its tensors are written
+     as one shard of the output, hashed, recorded in the work directory's progress file with
+     the boundary cache, and the stage's tensors are freed (back to meta).
+
+Host memory therefore holds one stage's weights (plus the embedding while the prefix runs)
+and the cached boundary activations. A run that dies restarts with the same arguments after
+the last complete stage: the progress file names the run (pipeline configs, input files,
+calibration) and every completed stage's shard and cache by sha256; anything that does not
+match is recomputed. The shards are assembled into a compiled checkpoint at the end."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qpass.errors import CheckpointError, PipelineError, VerificationError
+
+WORK = ".qpass-stream"            # the work directory inside the output's parent
+PROGRESS = "progress.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Batches:
+    """The probe batch in the shape the sequential runner reads (a one-batch calibration set)."""
+
+    def __init__(self, batch: tuple):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def batches(self, batch_size: int = 8):
+        return [self.batch]
+
+
+@dataclass
+class StageRecord:
+    index: int
+    shard: str
+    sha256: str
+    cache: str
+    cache_sha256: str
+    results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
+    modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
+    kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
+
+
+def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
+    """What identifies a run for resuming: pass configs, input files (names, sizes, mtimes),
+    the calibration tokens, device and dtype."""
+    h = hashlib.sha256()
+    h.update(json.dumps([[p.name, p.config()] for p in pipeline.passes], sort_keys=True,
+                        default=str).encode())
+    for f in sorted(checkpoint_dir.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    if calib is not None:
+        for batch in calib.batches(8):
+            for t in batch:
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(f"{device}:{dtype}".encode())
+    return h.hexdigest()
+
+
+class StreamingRun:
+    """One stage-wise run of `pipeline` over `checkpoint_dir` (see the module doc)."""
+
+    def __init__(self, pipeline, checkpoint_dir, work_dir, calib=None, device="cpu",
+                 dtype=None, verify: bool = True, seed: int = 0, progress=None):
+        from qpass.models.loading import build, read_config, tensor_sources
+        from qpass.models.tokenizer import load_tokenizer
+        self.pipeline, self.calib, self.seed = pipeline, calib, seed
+        self.device, self.dtype = torch.device(device), dtype
+        self.verify = verify
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.work = Path(work_dir)
+        bad = [p.name for p in pipeline.passes if not p.stage_wise]
+        if bad:
+            raise PipelineError(f"pass(es) {', '.join(bad)} have no stage-wise form yet, so this "
+                                f"pipeline cannot stream a checkpoint directory; load the model "
+                                f"in memory (small models) or use stage-wise passes "
+                                f"(FuseNorms, RTN, GPTQ, ObserveActivations)")
+        self.cfg = read_config(self.checkpoint_dir)
+        self.sources = tensor_sources(self.checkpoint_dir, self.cfg)   # checks keys first
+        self.model = build(self.cfg, device="meta")
+        self.model.tokenizer = load_tokenizer(self.checkpoint_dir)
+        self.progress = progress
+        self.resumed = False
+
+    # ---- weights ------------------------------------------------------------------------
+    @staticmethod
+    def stage_modules(stage) -> list[str]:
+        return list(dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module"))
+
+    def materialize(self, g, stage) -> None:
+        """Read the stage's parameters from the shards onto the device (float32 by default)."""
+        from safetensors import safe_open
+
+        from qpass.models.loading import read_tensor
+        by_file: dict[Path, list[tuple[Any, str, str]]] = {}
+        for target in self.stage_modules(stage):
+            mod = g.gm.get_submodule(target)
+            for pname, p in mod.named_parameters(recurse=False):
+                full = f"{target}.{pname}"
+                if full not in self.sources:
+                    raise CheckpointError(f"{self.checkpoint_dir}: no tensor for parameter {full}")
+                f, key = self.sources[full]
+                by_file.setdefault(f, []).append((mod, pname, key))
+        for f, items in by_file.items():
+            if not f.exists():
+                raise CheckpointError(f"shard {f} disappeared during the run; restore it and rerun "
+                                      f"the same command to resume")
+            with safe_open(str(f), framework="pt") as fh:
+                for mod, pname, key in items:
+                    t = read_tensor(fh, key, getattr(mod, pname).shape, self.device, self.dtype)
+                    mod._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
+
+    def stage_tensors(self, g, stage) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+        """(tensors to write, their kinds in the checkpoint's `tensors` format)."""
+        return module_tensors(g.gm, self.stage_modules(stage))
+
+    def module_entries(self, g, stage) -> dict:
+        """The graph-format entries (class + constructor kwargs) of the stage's modules."""
+        from qpass.runtime.graph_io import module_entry
+        return {t: module_entry(g.gm.get_submodule(t)) for t in self.stage_modules(stage)}
+
+    def free(self, g, stage) -> None:
+        for target in self.stage_modules(stage):
+            g.gm.get_submodule(target).to("meta")
+
+    # ---- resume ---------------------------------------------------------------------------
+    def _load_progress(self, key: str) -> list[StageRecord]:
+        path = self.work / PROGRESS
+        if not path.exists():
+            return []
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            return []
+        if data.get("run") != key:
+            return []
+        records = []
+        for r in data.get("stages", []):
+            rec = StageRecord(**r)
+            shard, cache = self.work / rec.shard, self.work / rec.cache
+            if not (shard.exists() and cache.exists() and sha256_file(shard) == rec.sha256
+                    and sha256_file(cache) == rec.cache_sha256):
+                break                         # recompute from the first stage that fails
+            records.append(rec)
+        return records
+
+    def _save_progress(self, key: str, records: list[StageRecord]) -> None:
+        tmp = self.work / (PROGRESS + ".tmp")
+        tmp.write_text(json.dumps({"run": key, "stages": [r.__dict__ for r in records]}, indent=1))
+        os.replace(tmp, self.work / PROGRESS)
+
+    # ---- the run --------------------------------------------------------------------------
+    def run(self):
+        """Stream every stage; returns (QGraph on meta, stage records, shard paths)."""
+        from safetensors.torch import save_file
+
+        from qpass.calibration.sequential import BoundaryCache, SequentialRunner
+        from qpass.ir import capture
+        from qpass.ops import rope_tables
+        from qpass.pipeline.facts import ensure_provided
+        from qpass.pipeline.verify import default_probe
+        from qpass.pipeline.pass_base import PassContext
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        probe = default_probe(self.cfg.vocab_size, "meta", self.seed)
+        g = capture(self.model, probe)
+        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta,
+                               device=self.device)
+        for name, value in (("rope_cos", cos), ("rope_sin", sin)):
+            if hasattr(g.gm, name):
+                setattr(g.gm, name, value)
+        data = self.calib if self.calib is not None else _Batches(
+            default_probe(self.cfg.vocab_size, "cpu", self.seed))
+        ctx = PassContext(calib=self.calib, probe=None, seed=self.seed,
+                          scheme=self.pipeline.scheme_given,
+                          progress=getattr(self.progress, "progress", None))
+        runner = SequentialRunner(g, data, device=self.device, progress=self.progress)
+        key = run_key(self.pipeline, self.checkpoint_dir, self.calib, self.device, self.dtype)
+        done = self._load_progress(key)
+        records: list[StageRecord] = list(done)
+        cache = runner.new_cache("input")
+        for _ in runner._batches():
+            cache.append({})
+        stages = runner.stages
+        try:
+            for stage in stages:
+                if stage.index < len(done):           # completed by an earlier run: hash-checked
+                    self.resumed = True
+                    if stage.index == len(done) - 1:
+                        cache = _load_cache(self.work / done[stage.index].cache)
+                    continue
+                self.materialize(g, stage)
+                results = {}
+                for p in self.pipeline.passes:
+                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, cache)
+                nxt = BoundaryCache()
+                is_last = stage is stages[-1]
+                if not is_last:
+                    runner.run_stage(stage, cache, collect=nxt)
+                shard = self.work / f"stage-{stage.index:05d}.safetensors"
+                tensors, kinds = self.stage_tensors(g, stage)
+                save_file(tensors, str(shard), metadata={"format": "qpass-stage"})
+                cache_file = self.work / f"cache-{stage.index:05d}.pt"
+                torch.save([v for v in nxt], cache_file)
+                records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
+                                           cache_file.name, sha256_file(cache_file), results,
+                                           self.module_entries(g, stage), kinds))
+                self._save_progress(key, records)
+                if stage.index > 0:                     # the previous cache is not needed again
+                    prev = self.work / f"cache-{stage.index - 1:05d}.pt"
+                    if prev.exists():
+                        prev.write_bytes(b"")       # keep the name, drop the bytes
+                self.free(g, stage)
+                cache = nxt
+        finally:
+            cache.clear()
+        if not self.resumed:       # resumed stages keep their float modules on meta in `g`
+            for p in self.pipeline.passes:
+                ensure_provided(p, g)
+        return g, records, [self.work / r.shard for r in records]
+
+    def _run_pass(self, p, g, ctx, stage, runner, cache) -> dict:
+        check = self.verify and p.exact
+        if check:
+            before = _stage_outputs(runner, stage, cache)
+        res = p.run_stage(g, ctx, stage, runner, cache)
+        if res is None:
+            raise PipelineError(f"pass {p.name}.run_stage returned None; it must return a PassResult")
+        out = {"metrics": res.metrics, "notes": res.notes, "nodes_changed": res.nodes_changed}
+        if check:
+            after = _stage_outputs(runner, stage, cache)
+            rel = max((float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+                       for a, b in zip(after, before)), default=0.0)
+            tol = 1e-9 if self.dtype == torch.float64 else 1e-4
+            if rel > tol:
+                raise VerificationError(f"{p.name} is declared exact but changed {stage.name}'s "
+                                        f"outputs by {rel:.2e} (relative, tolerance {tol:g})")
+            out["verified_rel_change"] = rel
+        return out
+
+
+def module_tensors(gm, targets) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The tensors of the modules at `targets` (CPU, contiguous) and their kinds."""
+    tensors, kinds = {}, {}
+    for target in targets:
+        mod = gm.get_submodule(target)
+        persistent = set(mod.state_dict(keep_vars=True))
+        items = [(n, t, "param") for n, t in mod.named_parameters()] + \
+                [(n, t, "buffer") for n, t in mod.named_buffers()]
+        for name, t, kind in items:
+            full = f"{target}.{name}" if target else name
+            tensors[full] = t.detach().to("cpu").contiguous()
+            kinds[full] = {"kind": kind, "persistent": name in persistent}
+            if kind == "param":
+                kinds[full]["requires_grad"] = False
+    return tensors, kinds
+
+
+def _stage_outputs(runner, stage, cache) -> list[torch.Tensor]:
+    from qpass.calibration.sequential import BoundaryCache
+    out = BoundaryCache()
+    runner.run_stage(stage, cache, collect=out, keep=stage.live_out)
+    vals = []
+    for values in out:
+        vals += [values[n.name].double() for n in stage.live_out
+                 if isinstance(values.get(n.name), torch.Tensor) and values[n.name].is_floating_point()]
+    return vals
+
+
+def _load_cache(path: Path):
+    from qpass.calibration.sequential import BoundaryCache
+    cache = BoundaryCache()
+    for values in torch.load(path, weights_only=True):   # written by this run, hash-checked
+        cache.append(values)
+    return cache
+
+
+def _merge_results(name: str, records: list[StageRecord]):
+    """One PassRecord for the report from a pass's per-stage results."""
+    from qpass.runtime.report import PassRecord
+    metrics: dict = {}
+    notes, changed, rel = [], [], None
+    for r in records:
+        res = r.results.get(name, {})
+        notes += res.get("notes", [])
+        changed += res.get("nodes_changed", [])
+        if res.get("verified_rel_change") is not None:
+            rel = max(rel or 0.0, res["verified_rel_change"])
+        for k, v in res.get("metrics", {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
+                    isinstance(metrics.get(k, 0), (int, float)):
+                metrics[k] = metrics.get(k, 0) + v          # counts add up over stages
+            elif isinstance(v, dict):
+                metrics.setdefault(k, {}).update(v)         # per-layer tables merge
+            elif isinstance(v, list):
+                metrics.setdefault(k, []).extend(v)
+            else:
+                metrics[k] = v
+    return PassRecord(name, name, 0.0, changed, metrics, notes, rel)
+
+
+def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=None,
+              verify: bool = True, seed: int = 0, progress=None) -> Path:
+    """Quantize the HF checkpoint at `checkpoint_dir` stage by stage into the compiled
+    checkpoint `out` (validated before any compute); a rerun after a crash resumes."""
+    from qpass.pipeline.coverage import check_coverage, coverage
+    from qpass.runtime.checkpoint import check_target, save_streamed
+    from qpass.runtime.compiled import library_versions
+    from qpass.runtime.graph_io import graph_to_json
+    from qpass.runtime.report import Report
+    from safetensors.torch import save_file
+    target = check_target(out)
+    work = target.parent / f".{target.name}{WORK}"
+    run = StreamingRun(pipeline, checkpoint_dir, work, calib, device, dtype, verify, seed, progress)
+    g, records, shards = run.run()
+    # tensors outside every stage's modules (the RoPE tables) go to one more shard
+    owned = {name for r in records for name in r.kinds}
+    persistent = set(g.gm.state_dict(keep_vars=True))
+    extra = {k: v.detach().to("cpu").contiguous() for k, v in g.gm.named_buffers()
+             if k not in owned and v.device.type != "meta"}
+    kinds = {k: {"kind": "buffer", "persistent": k in persistent} for k in extra}
+    globals_file = work / "globals.safetensors"
+    save_file(extra, str(globals_file), metadata={"format": "qpass-stage"})
+    graph = graph_to_json(g.gm)
+    for r in records:
+        graph["modules"].update(r.modules)
+    all_kinds = dict(kinds)
+    for r in records:
+        all_kinds.update(r.kinds)
+    report = Report([_merge_results(p.name, records) for p in pipeline.passes])
+    if pipeline.quantizes:
+        report.coverage = coverage(g, pipeline.scheme(), planned=True)
+        check_coverage(report.coverage, pipeline.allow_uncovered)
+    manifest = {"config": run.cfg.to_dict(),
+                "pipeline": [{"name": p.name, "repr": repr(p), "config": p.config()}
+                             for p in pipeline.passes],
+                "pipeline_scheme": None if pipeline.scheme_given is None
+                else pipeline.scheme_given.to_dict(),
+                "versions": library_versions(), "report": report.to_dict(specs=False),
+                "graph": graph, "tensors": all_kinds, "streamed": True}
+    path = save_streamed(manifest, run.model.tokenizer, shards + [globals_file], target)
+    for f in work.iterdir():                          # the run is complete: drop its state
+        f.unlink()
+    work.rmdir()
+    return path
