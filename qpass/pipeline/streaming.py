@@ -28,17 +28,10 @@ from typing import Any
 import torch
 
 from qpass.errors import CheckpointError, PipelineError, VerificationError
+from qpass.runtime.checkpoint import sha256 as sha256_file
 
 WORK = ".qpass-stream"            # the work directory inside the output's parent
 PROGRESS = "progress.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Batches:
