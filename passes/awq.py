@@ -38,7 +38,7 @@ import torch.fx as fx
 from qpass.calibration import CalibrationSet
 from qpass.errors import CalibrationError
 from qpass.formats import fake_quantize
-from qpass.calibration.stats import InputStats, channel_ratio, watch_regions
+from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio, watch_regions
 from qpass.ir.regions import Region, input_regions, region_of, smoothing_regions
 from qpass.ir.structure import role
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
@@ -156,6 +156,7 @@ class AWQ(SchemedPass):
             stats, watch = watch_regions([regions[n] for n in linears], gram=True,
                                          gram_device=torch.device("cpu"))
             runner.run_stage(stage, cache, watch=watch)
+            all_reduce_stats(stats.values())
             for p in (p for p in pairs if p.producer in in_stage):
                 self._smooth_pair(g, p, stats[regions[p.consumers[0]].tensor], res)
             if self.clip:

@@ -22,7 +22,7 @@ from qpass.ir.qlinear import QuantLinear
 from qpass.ir.regions import input_regions, region_of
 from qpass.pipeline.pass_base import PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
-from qpass.calibration.stats import watch_regions
+from qpass.calibration.stats import all_reduce_stats, watch_regions
 
 from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error
 from ._quantize_common import WeightRounding, quantize_targets, replace_linear
@@ -131,6 +131,7 @@ class GPTQ(WeightRounding):
         last = max(nodes, key=stage.nodes.index)
         stop = last.name if self.sequential else None     # later linears are not needed yet
         runner.run_stage(stage, cache, watch=watch, stop_after=stop)
+        all_reduce_stats(sums.values())                 # data-parallel ranks agree (no-op alone)
         return sums
 
     def _replace(self, g, node, hess) -> None:

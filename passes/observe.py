@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qpass.calibration.stats import InputStats, collect_input_stats
+from qpass.calibration.stats import InputStats, all_reduce_stats, collect_input_stats
 from qpass.errors import SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
@@ -108,6 +108,7 @@ class ObserveActivations(SchemedPass):
         stats = {n.target: InputStats(n.target, keep_rows=rows.get(n.target, 0), seed=ctx.seed)
                  for n, *_ in targets}
         runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+        all_reduce_stats(stats.values())
         return self._apply(g, ctx, targets, stats)
 
     def _apply(self, g, ctx: PassContext, targets, stats) -> PassResult:

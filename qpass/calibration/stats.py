@@ -67,9 +67,9 @@ class InputStats:
             k = x.shape[-1]
             self.channel_absmax = torch.zeros(k, dtype=torch.float64)
             self.sum_abs = torch.zeros(k, dtype=torch.float64)
-            if self.want_gram:
-                dev = self.gram_device if self.gram_device is not None else x.device
-                self.gram = torch.zeros(k, k, dtype=self.gram_dtype, device=dev)
+            if self.want_gram:       # accumulated in float64: sums regrouped over data-parallel
+                dev = self.gram_device if self.gram_device is not None else x.device   # ranks agree
+                self.gram = torch.zeros(k, k, dtype=torch.float64, device=dev)
         xa = x.abs()
         self.channel_absmax = torch.maximum(self.channel_absmax, xa.amax(0).double().cpu())
         self.sum_abs += xa.double().sum(0).cpu()
@@ -121,9 +121,30 @@ class InputStats:
         return self._sample(torch.cat(self._rows)) if self._rows else None
 
     def hessian(self) -> torch.Tensor:
-        """GPTQ's H = 2·Σ xᵀx / n."""
+        """GPTQ's H = 2·Σ xᵀx / n, in the requested gram_dtype."""
         self._seen()
-        return self.gram * (2.0 / self.tokens)
+        return (self.gram * (2.0 / self.tokens)).to(self.gram_dtype)
+
+    def all_reduce(self) -> None:
+        """Combine the statistics of every data-parallel rank (no-op in one process)."""
+        from .distributed import all_reduce, rank_and_world
+        if rank_and_world()[1] == 1:
+            return
+        if self.keep_rows:
+            raise CalibrationError("kept calibration rows (static observers, DuQuant, SmoothQuant's "
+                                   "alpha search) are not gathered across ranks; run those passes "
+                                   "in one process")
+        if self.channel_absmax is None:
+            raise CalibrationError(f"{self.name or 'a linear'} saw no calibration tokens on rank "
+                                   f"{rank_and_world()[0]}: use at least as many calibration "
+                                   f"batches as ranks")
+        self.tokens = int(all_reduce(torch.tensor(float(self.tokens))).item())
+        self.channel_absmax = all_reduce(self.channel_absmax, "max")
+        self.sum_abs = all_reduce(self.sum_abs)
+        self.lo = float(all_reduce(torch.tensor(self.lo), "min"))
+        self.hi = float(all_reduce(torch.tensor(self.hi), "max"))
+        if self.gram is not None:
+            self.gram = all_reduce(self.gram)
 
     def rescale(self, s: torch.Tensor) -> None:
         """Become the statistics of X·diag(1/s) (after a smoothing scale was folded)."""
@@ -166,11 +187,20 @@ def collect_input_stats(g, calib, nodes=None, batch_size: int = 8, include_head:
     finally:
         for h in hooks:
             h.remove()
+    for st in stats.values():
+        if st.tokens:
+            st.all_reduce()
     missing = [t for t, st in stats.items() if st.tokens == 0]
     if missing:
         raise CalibrationError(f"calibration batches never reached {missing[:5]}; is the "
                                f"calibration set empty?")
     return stats
+
+
+def all_reduce_stats(stats) -> None:
+    """After a staged run over this rank's batches: combine every InputStats over the ranks."""
+    for st in stats:
+        st.all_reduce()
 
 
 def watch_regions(regions, **opts) -> tuple[dict, dict]:

@@ -73,12 +73,20 @@ def cmd_quantize(args) -> int:
     pipe = resolve_pipeline(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
     device = resolve_device(args.device)
+    from qpass.calibration.distributed import init_from_env, rank_and_world, shard
+    parallel = init_from_env(device)                     # under torchrun: one rank of several
     if streams(args.model):
+        if parallel:
+            raise PipelineError("streaming a checkpoint directory runs in one process for now; "
+                                "drop torchrun, or load a model that fits in memory")
         return _quantize_streaming(args, pipe, device)
     model = load_model(args.model, device=device, dtype=args.dtype)
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
-    out = pipe.run(model, calib, progress=not args.quiet, seed=args.seed)
+    out = pipe.run(model, shard(calib), progress=not args.quiet and rank_and_world()[0] == 0,
+                   seed=args.seed)
+    if rank_and_world()[0] != 0:
+        return 0                                         # every rank agrees; rank 0 writes
     path = out.save(args.out)
     console = Console(stderr=True)
     if not args.quiet:
