@@ -18,6 +18,7 @@ calibration) and every completed stage's shard and cache by sha256; anything tha
 match is recomputed. The shards are assembled into a compiled checkpoint at the end."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,32 @@ class StageRecord:
     results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
     modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
     kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on `device` (CUDA: mem_get_info; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _written(path: Path, write) -> None:
+    """Run write(); a full disk becomes one error that says the run can resume."""
+    try:
+        write()
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(f"the disk is full while writing {path.name}: free space on "
+                                  f"{path.parent} and rerun the same command; it resumes after "
+                                  f"the last complete stage") from None
+        raise
 
 
 def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
@@ -107,11 +134,24 @@ class StreamingRun:
     def stage_modules(stage) -> list[str]:
         return list(dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module"))
 
+    def check_memory(self, g, stage) -> None:
+        """One clear error, before reading, when the device cannot hold this stage: its
+        weights in the compute dtype, twice (the pass's working copy and the quantized one)."""
+        size = torch.finfo(self.dtype or torch.float32).bits // 8
+        need = 2 * size * sum(p.numel() for t in self.stage_modules(stage)
+                              for p in g.gm.get_submodule(t).parameters(recurse=False))
+        free = available_bytes(self.device)
+        if free is not None and need > free:
+            raise PipelineError(f"{stage.name} needs about {need / 2**30:.1f} GiB on {self.device}, "
+                                f"but only {free / 2**30:.1f} GiB are free; free memory, use a "
+                                f"smaller --dtype, or another device")
+
     def materialize(self, g, stage) -> None:
         """Read the stage's parameters from the shards onto the device (float32 by default)."""
         from safetensors import safe_open
 
         from qpass.models.loading import read_tensor
+        self.check_memory(g, stage)
         by_file: dict[Path, list[tuple[Any, str, str]]] = {}
         for target in self.stage_modules(stage):
             mod = g.gm.get_submodule(target)
@@ -219,9 +259,10 @@ class StreamingRun:
                     runner.run_stage(stage, cache, collect=nxt)
                 shard = self.work / f"stage-{stage.index:05d}.safetensors"
                 tensors, kinds = self.stage_tensors(g, stage)
-                save_file(tensors, str(shard), metadata={"format": "qpass-stage"})
+                _written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
+                tensors = None                            # the shard's buffers go before the next stage
                 cache_file = self.work / f"cache-{stage.index:05d}.pt"
-                torch.save([v for v in nxt], cache_file)
+                _written(cache_file, lambda: torch.save([v for v in nxt], cache_file))
                 records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
                                            cache_file.name, sha256_file(cache_file), results,
                                            self.module_entries(g, stage), kinds))

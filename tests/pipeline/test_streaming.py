@@ -96,3 +96,30 @@ def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
         str(hf_dir), out=tmp_path / "once", progress=False)
     a, b = _tensors(tmp_path / "r"), _tensors(once)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monkeypatch):
+    import errno
+
+    from qpass.pipeline import streaming
+    pipe = lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym")  # noqa: E731
+    calls = {"n": 0}
+    import safetensors.torch as st
+
+    def full(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 3:                       # the third stage's shard hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return st_save(tensors, path, metadata=metadata)
+    st_save = st.save_file
+    monkeypatch.setattr(st, "save_file", full)
+    with pytest.raises(qpass.CheckpointError, match="disk is full .*resumes after the last"):
+        pipe().run(str(hf_dir), out=tmp_path / "o", progress=False)
+    monkeypatch.setattr(st, "save_file", st_save)
+    progress = json.loads((tmp_path / ".o.qpass-stream" / "progress.json").read_text())
+    assert len(progress["stages"]) == 2                       # what was written is kept
+    path = pipe().run(str(hf_dir), out=tmp_path / "o", progress=False)   # resumes and finishes
+    assert qpass.load_compiled(path) is not None
+    monkeypatch.setattr(streaming, "available_bytes", lambda device: 1024)
+    with pytest.raises(qpass.PipelineError, match=r"prefix needs about .* GiB on cpu, but only"):
+        pipe().run(str(hf_dir), out=tmp_path / "p", progress=False)
