@@ -8,6 +8,9 @@ the meta device. Weight tensors arrive in the canonical layouts of docs/FORMATS.
            (symmetric: implicit 2^(b−1))
   w_int8   int8 (N, K) signed codes u − 128 (W8A8)
 `backend` pins a backend by name ("auto": highest-priority available one that supports the call).
+`act_grid` / `grid` is the symmetric per-token activation grid of qpass.specs ("full": s =
+2·absmax/(2^b−1), the default; "restricted": s = absmax/(2^(b−1)−1), checkpoints saved before
+grids existed); kernels take it as their last argument.
 """
 from __future__ import annotations
 
@@ -52,59 +55,60 @@ def _(x, qweight, scales, zeros, bits, group_size, bias=None, backend="auto"):
 
 @torch.library.custom_op("qpass::linear_w8a8", mutates_args=())
 def linear_w8a8(x: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
-                backend: str = "auto") -> Tensor:
+                backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Per-channel int8 weights × per-token dynamic int8 activations, int32 accumulation,
     fused rescale (+ bias)."""
-    fn = _kernel("linear_w8a8", x, backend, K=x.shape[-1], N=w_int8.shape[0])
-    return fn(x, w_int8, w_scales, bias)
+    fn = _kernel("linear_w8a8", x, backend, K=x.shape[-1], N=w_int8.shape[0], act_grid=act_grid)
+    return fn(x, w_int8, w_scales, bias, act_grid)
 
 
 @linear_w8a8.register_fake
-def _(x, w_int8, w_scales, bias=None, backend="auto"):
+def _(x, w_int8, w_scales, bias=None, backend="auto", act_grid="full"):
     return x.new_empty(_out_shape(x, w_int8.shape[0]))
 
 
 @torch.library.custom_op("qpass::linear_w4a8", mutates_args=())
 def linear_w4a8(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
-                group_size: int = 0, backend: str = "auto") -> Tensor:
+                group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights (packed) × per-token dynamic int8 activations; w_scales (N, 1)
     or (N, K/group_size) with int32 sums flushed per group."""
     fn = _kernel("linear_w4a8", x, backend, group_size=group_size, K=x.shape[-1],
-                 N=qweight.shape[0])
-    return fn(x, qweight, w_scales, bias, group_size)
+                 N=qweight.shape[0], act_grid=act_grid)
+    return fn(x, qweight, w_scales, bias, group_size, act_grid)
 
 
 @linear_w4a8.register_fake
-def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto"):
+def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="full"):
     return x.new_empty(_out_shape(x, qweight.shape[0]))
 
 
 @torch.library.custom_op("qpass::linear_w4a4", mutates_args=())
 def linear_w4a4(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
-                group_size: int = 0, backend: str = "auto") -> Tensor:
+                group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights × per-token dynamic int4 activations (codes in int8 containers)."""
     fn = _kernel("linear_w4a4", x, backend, group_size=group_size, K=x.shape[-1],
-                 N=qweight.shape[0])
-    return fn(x, qweight, w_scales, bias, group_size)
+                 N=qweight.shape[0], act_grid=act_grid)
+    return fn(x, qweight, w_scales, bias, group_size, act_grid)
 
 
 @linear_w4a4.register_fake
-def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto"):
+def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="full"):
     return x.new_empty(_out_shape(x, qweight.shape[0]))
 
 
 # ----- activation ops ----------------------------------------------------------------------
 @torch.library.custom_op("qpass::quant_per_token", mutates_args=())
 def quant_per_token(x: Tensor, bits: int, hadamard: bool = False, signs: Optional[Tensor] = None,
-                    backend: str = "auto") -> tuple[Tensor, Tensor]:
+                    backend: str = "auto", grid: str = "full") -> tuple[Tensor, Tensor]:
     """Symmetric dynamic per-token codes (int8, x's shape) and scales (fp32, (..., 1)),
     optionally after the online Hadamard transform (x·signs) @ Hᵀ/√n, fused."""
-    fn = _kernel("quant_per_token", x, backend, bits=bits, hadamard=hadamard, n=x.shape[-1])
-    return fn(x, bits, hadamard, signs)
+    fn = _kernel("quant_per_token", x, backend, bits=bits, hadamard=hadamard, n=x.shape[-1],
+                 grid=grid)
+    return fn(x, bits, hadamard, signs, grid)
 
 
 @quant_per_token.register_fake
-def _(x, bits, hadamard=False, signs=None, backend="auto"):
+def _(x, bits, hadamard=False, signs=None, backend="auto", grid="full"):
     return (x.new_empty(x.shape, dtype=torch.int8),
             x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
 

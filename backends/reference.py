@@ -30,31 +30,34 @@ def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     return F.linear(x.to(torch.float32), w, b).to(x.dtype)
 
 
-def linear_w8a8(x, w_int8, w_scales, bias):
-    return int_linear(x, w_int8, w_scales, bias, 8, 0)
+def linear_w8a8(x, w_int8, w_scales, bias, act_grid="full"):
+    return int_linear(x, w_int8, w_scales, bias, 8, 0, act_grid)
 
 
-def linear_w4a8(x, qweight, w_scales, bias, group_size):
-    return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 8, group_size)
+def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
+    return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 8, group_size,
+                      act_grid)
 
 
-def linear_w4a4(x, qweight, w_scales, bias, group_size):
-    return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 4, group_size)
+def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
+    return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 4, group_size,
+                      act_grid)
 
 
 def hadamard_op(x, signs):
     return hadamard.transform(x, signs=signs)
 
 
-def quant_per_token(x, bits, use_hadamard, signs):
+def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     if use_hadamard:
         x = hadamard.transform(x.to(torch.float32), signs=signs)
-    return formats.quantize_per_token(x, bits)
+    return formats.quantize_per_token(x, bits, grid)
 
 
 def quantize_rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (last dim) symmetric int8 codes and fp32 scales, as for activations."""
-    return formats.quantize_per_token(t, 8)
+    """Per-row (last dim) symmetric int8 codes and fp32 scales for int8 attention: the
+    restricted grid (absmax/127), which the attention kernels have always used."""
+    return formats.quantize_per_token(t, 8, "restricted")
 
 
 def attention(q, k, v, key_mask, causal, int8):

@@ -2,9 +2,11 @@
 
 Columns are quantized one at a time along K; each column's rounding error is spread over the
 not-yet-quantized columns through the upper Cholesky factor of H⁻¹ (optimal brain surgeon
-update). Updates are lazy: inside a block of `block_size` columns they touch only the block,
-and the accumulated error reaches the rest of W in one matmul per block — the same result as
-the column-by-column textbook algorithm, with far less memory traffic.
+update). Updates are lazy at two levels: a column's rank-1 update touches only its sub-block
+of SUB_BLOCK columns, a sub-block's errors reach the rest of its block in one matmul, and a
+block's (`block_size`) errors reach the rest of W in one matmul — the same result as the
+column-by-column textbook algorithm, with far less memory traffic. Codes are written once per
+column as they are decided and packed once at the end (no re-quantization of the result).
 
 Group parameters: without act-order a group's scale/zero come from the partly-updated weights
 when the walk reaches the group's first column (GPTQ's default). With act-order the walk is
@@ -19,7 +21,7 @@ import contextlib
 import torch
 
 from qpass.errors import CalibrationError, SpecError
-from qpass.formats import QuantizedWeight, compute_qparams, quantize
+from qpass.formats import QuantizedWeight, compute_qparams
 from qpass.specs import QuantSpec
 
 MAX_ESCALATIONS = 6        # damping 1% -> 10% -> ... of mean diag(H), then give up
@@ -54,21 +56,18 @@ def _params_for_columns(Wcols: torch.Tensor, spec: QuantSpec) -> tuple[torch.Ten
         s, z = compute_qparams(Wcols, spec)
         return s.expand(Wcols.shape[0], 1), z.expand(Wcols.shape[0], 1)
     row_spec = QuantSpec(spec.bits, spec.symmetric, "channel", clip_ratio=spec.clip_ratio,
-                         observer=spec.observer)
+                         observer=spec.observer, grid=spec.grid)
     return compute_qparams(Wcols, row_spec)
 
 
-def _fake_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, levels: int) -> torch.Tensor:
-    """Dequantized column: (clamp(round(w/s) + z) - z)·s, the formats convention."""
-    u = (torch.round(w / s) + z).clamp(0, levels - 1)
-    return (u - z) * s
-
-
 @contextlib.contextmanager
-def _one_cpu_thread():
+def _one_cpu_thread(device: torch.device):
     """The per-column work is many tiny memory-bound ops: on CPU, thread fan-out costs more
     than it saves (10-100x on a loaded machine), so run it on one thread."""
     n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
     torch.set_num_threads(1)
     try:
         yield
@@ -76,14 +75,29 @@ def _one_cpu_thread():
         torch.set_num_threads(n)
 
 
-def _group_now(WT, W1, E1, U, i1: int, i2: int, i: int, gs: int) -> torch.Tensor:
-    """(N, gs) weights of the group starting at column i1+i, as the column-by-column algorithm
-    sees them: in-block columns are current; later columns get the block's pending update."""
-    col = i1 + i
+SUB_BLOCK = 32     # columns per rank-1 slab inside a block; the rest of the block by one GEMM
+
+
+def _group_now(WT, U, E, i1: int, i2: int, col: int, gs: int) -> torch.Tensor:
+    """(N, gs) weights of the group starting at `col` (inside block [i1, i2)) as the
+    column-by-column algorithm sees them: in-block rows of WT are current at a sub-block start;
+    later rows get the block's pending update from the errors E of columns i1..col-1."""
     tail = WT[i2:i2 + max(0, gs - (i2 - col))]
-    if i > 0 and tail.shape[0]:
-        tail = tail - U[i1:col, i2:i2 + tail.shape[0]].t() @ E1[:i]
-    return torch.cat([W1[i:], tail], dim=0)[:gs].t()
+    if col > i1 and tail.shape[0]:
+        tail = tail - U[i1:col, i2:i2 + tail.shape[0]].t() @ E[:col - i1]
+    return torch.cat([WT[col:i2], tail], dim=0)[:gs].t()
+
+
+def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
+    """[j1, j2) column ranges covering [i1, i2); a dynamic group's first column always starts
+    one, so its parameters are taken after every earlier in-block update has landed."""
+    j1 = i1
+    while j1 < i2:
+        j2 = min(j1 + SUB_BLOCK, i2)
+        if dynamic_groups:
+            j2 = min(j2, (j1 // gs + 1) * gs)      # the next group start after j1
+        yield j1, j2
+        j1 = j2
 
 
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
@@ -106,74 +120,88 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     N, K = W.shape
     spec.check_shape(K)
     out_dtype, dt = W.dtype, _compute_dtype(W)
-    W = W.detach().to(dt).clone()
     H = H.detach().to(dt).clone()
+    # One check of the (K²) input before the solve: a NaN/Inf in H would otherwise only show up
+    # as a failed factorisation or as NaN weights.
     if not torch.isfinite(H).all():
         raise CalibrationError("the Hessian has NaN/Inf entries: calibration activations "
                                "overflowed")
     # Dead inputs never influence the output: zero their weights and make H invertible there.
     dead = torch.diagonal(H) == 0
+    n_dead = int(dead.sum())
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
 
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else K
     forced = bool(act_order and grouped and not static_groups)
-    static = grouped and (static_groups or act_order)
+    dynamic_groups = grouped and not (static_groups or act_order)
     n_groups = K // gs if grouped else 1
+    W = W.detach().to(dt)
+    if n_dead:
+        W = W.clone()
+        W[:, dead] = 0.0
     scale = torch.empty(N, n_groups, dtype=torch.float32, device=W.device)
     zero = torch.empty(N, n_groups, dtype=torch.int32, device=W.device)
-    if static or not grouped:
+    if not dynamic_groups:
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(n_groups):
-            cols = W[:, g * gs:(g + 1) * gs]
-            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(cols, spec)
-
+            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(W[:, g * gs:(g + 1) * gs], spec)
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else None
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
     U, damp_used, escalations = inverse_cholesky(H, damp)
+    del H
 
-    # Work on Wᵀ (K, N): a column of W is then a contiguous row, and the rank-1 update is addr_.
+    # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row.
     WT = W.t().contiguous()
-    QT = torch.zeros_like(WT)
-    losses = torch.zeros(N, dtype=dt, device=W.device)
-    col_group = ((perm if perm is not None else torch.arange(K, device=W.device)) // gs).tolist()
+    del W
+    QT = torch.empty_like(WT)                                    # dequantized columns
+    CT = torch.empty(K, N, dtype=torch.uint8, device=WT.device)  # their codes, packed once
+    E = torch.empty(min(block_size, K), N, dtype=dt, device=WT.device)
+    tmp = torch.empty(N, dtype=dt, device=WT.device)
+    col_group = ((perm if perm is not None else torch.arange(K, device=WT.device)) // gs).tolist()
     scale_t, zero_t = scale.t().to(dt).contiguous(), zero.t().to(dt).contiguous()
-    for i1 in range(0, K, block_size):
-        i2 = min(i1 + block_size, K)
-        W1 = WT[i1:i2].clone()
-        E1 = torch.zeros_like(W1)
-        with _one_cpu_thread():
-            for i in range(i2 - i1):
-                col = i1 + i
-                if grouped and not static and col % gs == 0:
-                    g = col // gs
-                    sg, zg = _params_for_columns(_group_now(WT, W1, E1, U, i1, i2, i, gs), spec)
+    diag = torch.diagonal(U).tolist()
+    top = float(spec.levels - 1)
+    loss = torch.zeros((), dtype=torch.float64, device=WT.device)
+    with _one_cpu_thread(WT.device):
+        for i1 in range(0, K, block_size):
+            i2 = min(i1 + block_size, K)
+            E1 = E[:i2 - i1]
+            for j1, j2 in _sub_blocks(i1, i2, gs, dynamic_groups):
+                if dynamic_groups and j1 % gs == 0:
+                    g = j1 // gs
+                    sg, zg = _params_for_columns(_group_now(WT, U, E1, i1, i2, j1, gs), spec)
                     scale[:, g:g + 1], zero[:, g:g + 1] = sg, zg
                     scale_t[g], zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)
-                g = col_group[col] if grouped else 0
-                w, d = W1[i], U[col, col]
-                q = _fake_column(w, scale_t[g], zero_t[g], spec.levels)
-                QT[col] = q
-                err = (w - q) / d
-                losses.addcmul_(err, err, value=0.5)
-                W1[i:].addr_(U[col, col:i2], err, alpha=-1)
-                E1[i] = err
-        WT[i2:] -= U[i1:i2, i2:].t() @ E1      # the block's errors reach the rest in one matmul
-    Q = QT.t()
-
+                for col in range(j1, j2):
+                    g = col_group[col]
+                    s, z, w, e = scale_t[g], zero_t[g], WT[col], E1[col - i1]
+                    # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention
+                    torch.div(w, s, out=tmp).round_().add_(z).clamp_(0.0, top)
+                    CT[col].copy_(tmp)
+                    q = torch.sub(tmp, z, out=QT[col]).mul_(s)
+                    torch.sub(w, q, out=e).div_(diag[col])
+                    if col + 1 < j2:
+                        WT[col + 1:j2].addr_(U[col, col + 1:j2], e, alpha=-1)
+                if j2 < i2:     # the sub-block's errors reach the rest of the block at once
+                    WT[j2:i2].addmm_(U[j1:j2, j2:i2].t(), E1[j1 - i1:j2 - i1], alpha=-1)
+            if i2 < K:          # ... and the block's errors the rest of W, in one matmul
+                WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1)
+            flat = E1.reshape(-1)
+            loss += torch.dot(flat, flat).double()      # GPTQ's objective Σ err²/2, err = (w−q)/d
+    del WT
+    Q, codes = QT.t(), CT.t()
     if perm is not None:
-        Q = Q[:, torch.argsort(perm)]
+        inv = torch.argsort(perm)
+        Q, codes = Q[:, inv], codes[:, inv]
     if not grouped:
         scale, zero = scale[:, :1], zero[:, :1]
         if spec.granularity == "tensor":
             scale, zero = scale[:1], zero[:1]
-    codes = quantize(Q, spec, scale, zero)      # Q sits on the grid: these are its exact codes
-    qweight = QuantizedWeight.from_codes(codes, scale, zero, spec)
+    qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, spec)
     info = {"qweight": qweight, "damp_used": damp_used, "escalations": escalations,
-            "loss": float(losses.sum()), "dead": int(dead.sum()),
-            "static_groups_forced": forced}
+            "loss": float(loss) * 0.5, "dead": n_dead, "static_groups_forced": forced}
     return Q.to(out_dtype), info
 
 

@@ -72,7 +72,7 @@ class ObserveActivations(SchemedPass):
         if self.observer is None:
             return spec
         return QuantSpec(spec.bits, spec.symmetric, spec.granularity, spec.group_size,
-                         spec.dynamic, spec.clip_ratio, self.observer)
+                         spec.dynamic, spec.clip_ratio, self.observer, spec.grid)
 
     def __repr__(self) -> str:
         return f"ObserveActivations({str(self.scheme.act)!r})"

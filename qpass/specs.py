@@ -3,10 +3,16 @@
 `QuantSpec` describes one tensor's integer format (`int4:g128:sym`); `Scheme` says which spec
 applies to the weights, activations and attention of every node, with per-node overrides.
 Both validate at construction so a typo fails before any compute, with a message that says
-what would have been valid. The arithmetic lives in qpass/formats.py.
+what would have been valid. The arithmetic lives in qpass/formats/.
+
+Symmetric grid (DESIGN §4): "full" (the default) is the convention of GPTQ, llm-compressor and
+compressed-tensors, s = 2·absmax/(2^b − 1), codes in [−2^(b−1), 2^(b−1) − 1], all 2^b levels
+used; "restricted" (`:restricted`) is s = absmax/(2^(b−1) − 1), one level unused. Spec strings
+saved by qpass before the grid existed mean the restricted grid (`legacy_grid`).
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import numbers
 from dataclasses import dataclass, field
@@ -15,8 +21,9 @@ from .errors import SpecError
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
+GRIDS = ("full", "restricted")
 _SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<ratio>]"
-              "[:minmax|percentile|mse]")
+              "[:minmax|percentile|mse][:full|restricted]")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class QuantSpec:
     dynamic: bool = False
     clip_ratio: float = 1.0
     observer: str = "minmax"
+    grid: str = "full"
 
     def __post_init__(self):
         bits = self.bits
@@ -39,7 +47,8 @@ class QuantSpec:
                             f"codes), got {bits!r}")
         object.__setattr__(self, "bits", int(bits))
         if self.bits == 1 and self.symmetric:
-            # 2^(b-1)-1 = 0 levels on the positive side: the symmetric scale would be absmax/0.
+            # codes -1 and 0 only: the restricted scale would be absmax/0 and the full-range one
+            # rounds every weight in [-absmax, absmax] to 0.
             raise SpecError("symmetric int1 has no positive level (codes -1 and 0 only); "
                             "use 'int1:asym' or at least 2 bits")
         if self.granularity not in GRANULARITIES:
@@ -69,6 +78,12 @@ class QuantSpec:
         object.__setattr__(self, "clip_ratio", clip)
         if self.observer not in OBSERVERS:
             raise SpecError(f"unknown observer {self.observer!r}; valid: {', '.join(OBSERVERS)}")
+        if self.grid not in GRIDS:
+            raise SpecError(f"unknown grid {self.grid!r}; valid: {', '.join(GRIDS)}")
+        if self.grid == "restricted" and not self.symmetric:
+            raise SpecError("':restricted' is a symmetric grid (absmax/(2^(b-1)-1)); an "
+                            "asymmetric spec always spans its range with 2^b-1 steps, drop "
+                            "one of 'asym' / 'restricted'")
 
     # ----- code range -------------------------------------------------------------------------
     @property
@@ -83,6 +98,15 @@ class QuantSpec:
     @property
     def levels(self) -> int:
         return 1 << self.bits
+
+    @property
+    def sym_divisor(self) -> float:
+        """absmax / scale of a symmetric spec: (2^b − 1)/2 on the full grid (±absmax land on
+        −2^(b−1) and, clipped, 2^(b−1) − 1), 2^(b−1) − 1 on the restricted one. Exact in
+        float32, so absmax / divisor is the same correctly rounded number everywhere."""
+        if self.grid == "full":
+            return ((1 << self.bits) - 1) / 2
+        return float((1 << (self.bits - 1)) - 1)
 
     @property
     def is_activation_only(self) -> bool:
@@ -129,6 +153,8 @@ class QuantSpec:
                     raise SpecError(f"bad clip token {tok!r} in {s!r}; write e.g. 'clip0.9'") from None
             elif tok in OBSERVERS:
                 key, val = "observer", tok
+            elif tok in GRIDS:
+                key, val = "grid", tok
             else:
                 raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
             _set(kw, key, val, s)
@@ -149,7 +175,18 @@ class QuantSpec:
             parts.append(f"clip{self.clip_ratio!r}")
         if self.observer != "minmax":
             parts.append(self.observer)
+        if self.grid != "full":
+            parts.append(self.grid)
         return ":".join(parts)
+
+
+def legacy_grid(spec) -> QuantSpec:
+    """The meaning of a spec string saved before grids existed (checkpoint format version 1):
+    symmetric specs then always used the restricted grid."""
+    spec = QuantSpec.parse(spec)
+    if spec.symmetric and spec.grid != "restricted":
+        return dataclasses.replace(spec, grid="restricted")
+    return spec
 
 
 def _set(kw: dict, key: str, val, s: str) -> None:

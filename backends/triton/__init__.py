@@ -25,30 +25,30 @@ def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     return y.reshape(*x.shape[:-1], -1)
 
 
-def _int_linear(x, w, w_scales, bias, act_bits, w_bits, group_size=0):
+def _int_linear(x, w, w_scales, bias, act_bits, w_bits, group_size=0, act_grid="full"):
     from .gemm_int import int_gemm
     from .quant import quant_rows
-    xq, xs = quant_rows(_rows(x), act_bits)
+    xq, xs = quant_rows(_rows(x), act_bits, act_grid)
     y = int_gemm(xq, xs, w.contiguous(), w_scales, bias, x.dtype, w_bits, group_size)
     return y.reshape(*x.shape[:-1], -1)
 
 
-def linear_w8a8(x, w_int8, w_scales, bias):
-    return _int_linear(x, w_int8, w_scales, bias, 8, 8)
+def linear_w8a8(x, w_int8, w_scales, bias, act_grid="full"):
+    return _int_linear(x, w_int8, w_scales, bias, 8, 8, 0, act_grid)
 
 
-def linear_w4a8(x, qweight, w_scales, bias, group_size):
-    return _int_linear(x, qweight, w_scales, bias, 8, 4, group_size)
+def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
+    return _int_linear(x, qweight, w_scales, bias, 8, 4, group_size, act_grid)
 
 
-def linear_w4a4(x, qweight, w_scales, bias, group_size):
-    return _int_linear(x, qweight, w_scales, bias, 4, 4, group_size)
+def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
+    return _int_linear(x, qweight, w_scales, bias, 4, 4, group_size, act_grid)
 
 
-def quant_per_token(x, bits, use_hadamard, signs):
+def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     from .quant import hadamard_rows, quant_rows
     x2 = _rows(x)
-    q, s = hadamard_rows(x2, signs, bits) if use_hadamard else quant_rows(x2, bits)
+    q, s = hadamard_rows(x2, signs, bits, grid) if use_hadamard else quant_rows(x2, bits, grid)
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
 
 

@@ -2,7 +2,8 @@
 
 quant: one program per BLOCK_M rows; pass 1 takes |x|max over K in chunks, pass 2 writes
 q = rint(x / s) (round half to even by the 1.5·2^23 trick, IEEE division) clamped to the
-signed range, with s = max(absmax / qmax, FLOOR) — the formats.quantize_per_token rule.
+signed range, with s = max(absmax / DIV, FLOOR) — the formats.quantize_per_token rule, DIV the
+grid's QuantSpec.sym_divisor ((2^b−1)/2 full, 2^(b−1)−1 restricted; exact in fp32).
 
 hadamard: for n = A·B (powers of two, 16 ≤ A, B ≤ 128) the Sylvester matrix factors as
 H_n = H_A ⊗ H_B, so a row viewed as an (A, B) matrix X maps to H_A · X · H_Bᵀ: two small
@@ -14,6 +15,8 @@ import math
 
 import torch
 
+from qpass.specs import QuantSpec
+
 from ._common import ROUND_MAGIC, SCALE_FLOOR, hadamard_split, tl, triton
 
 
@@ -24,7 +27,8 @@ def _rint(v):
 
 @triton.jit
 def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
-                  QMAX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                  QMAX: tl.constexpr, DIV: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
     mask_m = rm < M
@@ -34,7 +38,7 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
         x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
                     mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-    s = tl.maximum(tl.math.div_rn(amax, QMAX * 1.0), SCALE_FLOOR)
+    s = tl.maximum(tl.math.div_rn(amax, DIV), SCALE_FLOOR)
     tl.store(s_ptr + rm, s, mask=mask_m)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
@@ -48,7 +52,7 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
 @triton.jit
 def _hadamard_kernel(x_ptr, sg_ptr, ha_ptr, hb_ptr, out_ptr, s_ptr, inv_sqrt_n, stride_xm,
                      stride_om, A: tl.constexpr, B: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                     QUANT: tl.constexpr, QMAX: tl.constexpr):
+                     QUANT: tl.constexpr, QMAX: tl.constexpr, DIV: tl.constexpr):
     row = tl.program_id(0)
     ra, rb = tl.arange(0, A), tl.arange(0, B)
     idx = ra[:, None] * B + rb[None, :]
@@ -61,7 +65,7 @@ def _hadamard_kernel(x_ptr, sg_ptr, ha_ptr, hb_ptr, out_ptr, s_ptr, inv_sqrt_n, 
     y = tl.dot(y, hbt, input_precision="ieee") * inv_sqrt_n
     if QUANT:
         amax = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
-        s = tl.maximum(tl.math.div_rn(amax, QMAX * 1.0), SCALE_FLOOR)
+        s = tl.maximum(tl.math.div_rn(amax, DIV), SCALE_FLOOR)
         tl.store(s_ptr + row, s)
         q = tl.minimum(tl.maximum(_rint(tl.math.div_rn(y, s)), -QMAX - 1.0), QMAX * 1.0)
         tl.store(out_ptr + row * stride_om + idx, q.to(tl.int8))
@@ -82,19 +86,24 @@ def _sylvester(m: int, device) -> torch.Tensor:
     return _H_CACHE[key]
 
 
-def quant_rows(x2: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _divisor(bits: int, grid: str) -> float:
+    return QuantSpec(bits, granularity="token", grid=grid).sym_divisor
+
+
+def quant_rows(x2: torch.Tensor, bits: int, grid: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
     M, K = x2.shape
     q = torch.empty((M, K), device=x2.device, dtype=torch.int8)
     s = torch.empty((M, 1), device=x2.device, dtype=torch.float32)
     block_m = 4
     block_k = min(1024, triton.next_power_of_2(max(K, 16)))
     _quant_kernel[(triton.cdiv(M, block_m),)](x2, q, s, M, K, x2.stride(0), q.stride(0),
-                                              QMAX=(1 << (bits - 1)) - 1, BLOCK_M=block_m,
+                                              QMAX=(1 << (bits - 1)) - 1,
+                                              DIV=_divisor(bits, grid), BLOCK_M=block_m,
                                               BLOCK_K=block_k, num_warps=4)
     return q, s
 
 
-def hadamard_rows(x2: torch.Tensor, signs, quant_bits: int | None):
+def hadamard_rows(x2: torch.Tensor, signs, quant_bits: int | None, grid: str = "full"):
     """Transform (and optionally quantize) each row of x2 (M, n)."""
     M, n = x2.shape
     a, b = hadamard_split(n)
@@ -109,5 +118,6 @@ def hadamard_rows(x2: torch.Tensor, signs, quant_bits: int | None):
                                1.0 / math.sqrt(n), x2.stride(0), out.stride(0), A=a, B=b,
                                HAS_SIGNS=signs is not None, QUANT=quant_bits is not None,
                                QMAX=(1 << ((quant_bits or 8) - 1)) - 1,
+                               DIV=_divisor(quant_bits or 8, grid),
                                num_warps=4 if n <= 4096 else 8)
     return out if quant_bits is None else (out, s)

@@ -3,8 +3,9 @@
 The one owner of the code convention (docs/FORMATS.md): passes produce codes with it and
 backends consume them with it, so the two can never disagree. Summary for a weight W (N, K),
 quantized along K, b bits:
-  symmetric   s = clip*absmax / (2^(b-1)-1), q = clamp(round(w/s), -2^(b-1), 2^(b-1)-1),
-              stored u = q + 2^(b-1), implicit zero z = 2^(b-1)
+  symmetric   s = clip*absmax / d, q = clamp(round(w/s), -2^(b-1), 2^(b-1)-1),
+              stored u = q + 2^(b-1), implicit zero z = 2^(b-1); d = spec.sym_divisor:
+              (2^b-1)/2 on the full grid (default), 2^(b-1)-1 on the restricted one
   asymmetric  lo = clip*min(min w, 0), hi = clip*max(max w, 0), s = (hi-lo)/(2^b-1),
               z = clamp(round(-lo/s), 0, 2^b-1), u = clamp(round(w/s) + z, 0, 2^b-1)
   both        w ~ (u - z) * s; round half to even (torch.round); scales float32, zeros int32.
@@ -12,6 +13,7 @@ quantized along K, b bits:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +59,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec
     lo = torch.clamp(lo.to(dt), max=0.0) * spec.clip_ratio   # 0 must be representable
     hi = torch.clamp(hi.to(dt), min=0.0) * spec.clip_ratio
     if spec.symmetric:
-        scale = torch.maximum(hi, -lo) / spec.qmax
+        scale = torch.maximum(hi, -lo) / spec.sym_divisor
         scale = scale.to(torch.float32).clamp(min=SCALE_FLOOR)
         zero = torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
     else:
@@ -149,15 +151,17 @@ def fake_quantize(x: torch.Tensor, spec, scale: torch.Tensor | None = None,
     return dequantize(quantize(x, spec, scale, zero), scale, zero, spec, dtype=x.dtype)
 
 
-def quantize_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_per_token(x: torch.Tensor, bits: int = 8, grid: str = "full"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric dynamic per-token activation quantization: signed q (int8, x's shape) and
-    scale (float32, x.shape[:-1] + (1,)); s = absmax/(2^(b-1)-1), x ~ q * s."""
-    spec = QuantSpec(bits, granularity="token", dynamic=True)
+    scale (float32, x.shape[:-1] + (1,)); s = absmax/d with d = QuantSpec.sym_divisor of
+    `grid` ((2^b-1)/2 full, 2^(b-1)-1 restricted), x ~ q * s."""
+    spec = QuantSpec(bits, granularity="token", dynamic=True, grid=grid)
     xf = x.detach().to(_compute_dtype(x))
     amax = xf.abs().amax(dim=-1, keepdim=True)
     # Divide by a same-device tensor, not a Python scalar: torch turns scalar division into a
     # multiplication by the reciprocal on some devices (1 ulp off), while kernels divide exactly.
-    s = (amax / torch.full_like(amax, spec.qmax)).to(torch.float32).clamp(min=SCALE_FLOOR)
+    s = (amax / torch.full_like(amax, spec.sym_divisor)).to(torch.float32).clamp(min=SCALE_FLOOR)
     q = torch.round(xf / s.to(xf.dtype)).clamp(spec.qmin, spec.qmax).to(torch.int8)
     return q, s
 
@@ -191,6 +195,15 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         raise SpecError(f"a code exceeds {bits} bits (max {int(codes.max())})")
     K = codes.shape[-1]
     pad = (-K) % 32
+    if 8 % bits == 0 and sys.byteorder == "little":
+        # 1/2/4/8 bits: no code crosses a byte and the stream's bytes are the int32 words' bytes
+        # in memory order, so OR the codes of each byte together and view the bytes as int32.
+        per = 8 // bits
+        c = torch.nn.functional.pad(codes, (0, pad)).reshape(*codes.shape[:-1], -1, per)
+        byte = c[..., 0].clone()
+        for j in range(1, per):
+            byte |= c[..., j] << (bits * j)
+        return byte.contiguous().view(torch.int32)
     c = torch.nn.functional.pad(codes.to(torch.int64), (0, pad)).reshape(*codes.shape[:-1], -1, 32)
     offsets = bits * torch.arange(32, dtype=torch.int64, device=codes.device)
     words = []

@@ -80,10 +80,11 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int) -> torch.Tensor:
-    """Per-token dynamic activations × signed weights with the shared epilogue."""
+def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int,
+               act_grid: str = "full") -> torch.Tensor:
+    """Per-token dynamic activations (on `act_grid`) × signed weights with the shared epilogue."""
     N, K = w_int8.shape
-    xq, xs = quantize_per_token(_rows(x), act_bits)
+    xq, xs = quantize_per_token(_rows(x), act_bits, act_grid)
     sw = w_scales.to(torch.float32).reshape(N, -1)
     G = sw.shape[1]
     if G == 1:
@@ -101,9 +102,9 @@ def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int) -> tor
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 
-def integer_linear(x, qw, bias, act_bits: int) -> torch.Tensor:
+def integer_linear(x, qw, bias, act_bits: int, act_grid: str = "full") -> torch.Tensor:
     """The integer-exact W·A product for a symmetric `QuantizedWeight` (any bits, per-channel
-    or per-group) with per-token dynamic activations of `act_bits`."""
+    or per-group) with per-token dynamic activations of `act_bits` on `act_grid`."""
     w_int = to_signed(qw.codes(), qw.spec.bits)
     group = qw.spec.group_size if qw.spec.granularity == "group" else 0
-    return int_linear(x, w_int, qw.scale, bias, act_bits, group)
+    return int_linear(x, w_int, qw.scale, bias, act_bits, group, act_grid)

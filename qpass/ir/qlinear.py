@@ -71,7 +71,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._integer_emulation(x):
-            return integer_linear(x, self.quantized_weight(), self.bias, self.act_spec.bits)
+            return integer_linear(x, self.quantized_weight(), self.bias, self.act_spec.bits,
+                                  self.act_spec.grid)
         if self.act_spec is not None:
             x = fake_quantize(x, self.act_spec, self.act_scale, self.act_zero)
         w = self.dequantized_weight(x.dtype if x.dtype == torch.float64 else torch.float32)

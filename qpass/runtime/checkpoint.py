@@ -28,7 +28,11 @@ from qpass.errors import CheckpointError
 from qpass.runtime.graph_io import build_graph_module, graph_to_json
 
 FORMAT = "qpass-compiled"
-VERSION = 1
+# 2: symmetric spec strings mean the full-range grid unless marked ':restricted' (DESIGN §4).
+#    Version-1 manifests predate grids; their symmetric specs are read as restricted.
+VERSION = 2
+GRID_VERSION = 2
+_SPEC_KWARGS = ("weight_spec", "act_spec")
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -198,6 +202,32 @@ def read_manifest(directory) -> dict:
     return manifest
 
 
+def _read_specs_as_restricted(manifest: dict) -> None:
+    """Give the spec strings of a pre-grid manifest their saved meaning (restricted symmetric
+    grid), in the module kwargs the graph is rebuilt from and in the per-node `specs` table,
+    so that an old checkpoint computes exactly what it computed when it was written."""
+    from qpass.errors import SpecError
+    from qpass.specs import legacy_grid
+
+    def fix(s):
+        if not isinstance(s, str):
+            return s
+        try:
+            return str(legacy_grid(s))
+        except SpecError as e:
+            raise CheckpointError(f"bad spec {s!r} in a version-1 manifest: {e}") from None
+    for ms in manifest["graph"].get("modules", {}).values():
+        kw = ms.get("kwargs", {})
+        for key in _SPEC_KWARGS:
+            if key in kw:
+                kw[key] = fix(kw[key])
+    for entry in (manifest.get("specs") or {}).values():
+        if isinstance(entry, dict):
+            for key in ("weight", "act"):
+                if key in entry:
+                    entry[key] = fix(entry[key])
+
+
 def load(directory) -> tuple:
     """(graph module, model config, tokenizer, manifest) read from `directory` after verifying
     every file's sha256; qpass.runtime.compiled.load_compiled wraps them."""
@@ -227,6 +257,8 @@ def load(directory) -> tuple:
         if dup:
             raise CheckpointError(f"{w} repeats tensors of an earlier shard: {dup[:3]}")
         tensors.update(part)
+    if manifest.get("version", 0) < GRID_VERSION:
+        _read_specs_as_restricted(manifest)
     gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"])
     try:
         config = ModelConfig.from_dict(manifest["config"])

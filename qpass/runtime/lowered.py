@@ -112,10 +112,11 @@ class LoweredLinear(nn.Module):
         if self.kind == "w4a16":
             return ops.linear_w4a16(x, self.qweight, self.scales, self.zeros, self.bits,
                                     self.group_size or self.in_features, self.bias, self.backend)
+        grid = self.act_spec.grid if self.act_spec is not None else "full"
         if self.kind == "w8a8":
-            return ops.linear_w8a8(x, self.qweight, self.scales, self.bias, self.backend)
+            return ops.linear_w8a8(x, self.qweight, self.scales, self.bias, self.backend, grid)
         op = ops.linear_w4a8 if self.kind == "w4a8" else ops.linear_w4a4
-        return op(x, self.qweight, self.scales, self.bias, self.group_size, self.backend)
+        return op(x, self.qweight, self.scales, self.bias, self.group_size, self.backend, grid)
 
     def weight_nbytes(self) -> int:
         """Stored weight bytes: packed codes + scales (+ zeros); the bias is not a weight."""

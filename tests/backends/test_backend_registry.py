@@ -16,7 +16,7 @@ PLUGIN = textwrap.dedent('''
 
     CALLS = []
 
-    def linear_w8a8(x, w_int8, w_scales, bias):
+    def linear_w8a8(x, w_int8, w_scales, bias, act_grid):
         CALLS.append("fast")
         return torch.zeros(*x.shape[:-1], w_int8.shape[0], dtype=x.dtype)
 

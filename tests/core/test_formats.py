@@ -13,9 +13,12 @@ TINY = float(np.finfo(np.float32).tiny)
 
 
 # ----- independent reference (plain numpy, one group at a time) -------------------------------
-def ref_quantize(w, bits, symmetric, group):
+def ref_quantize(w, bits, symmetric, group, grid="full", div=np.float32):
     """Codes u, scales, zeros, dequantized weights of w (N, K) per docs/FORMATS.md, in float64
-    with the scale rounded to float32 storage. np.rint rounds half to even, like torch.round."""
+    with the scale rounded to float32 storage. np.rint rounds half to even, like torch.round.
+    Symmetric step: 2·absmax/(2^b − 1) (full grid) or absmax/(2^(b−1) − 1) (restricted).
+    w/s is an IEEE division in `div` (float32 for float32 weights, as qpass computes it): on
+    the full grid ±absmax/s is a .5 tie by design, which only the same division resolves alike."""
     w = np.asarray(w, dtype=np.float64)
     N, K = w.shape
     gs = K if group is None else group
@@ -29,29 +32,30 @@ def ref_quantize(w, bits, symmetric, group):
         for gi in range(G):
             seg = w[n, gi * gs:(gi + 1) * gs]
             if symmetric:
-                s = np.float32(np.abs(seg).max() / (2 ** (bits - 1) - 1))
+                amax = np.abs(seg).max()
+                s = np.float32(2 * amax / L if grid == "full" else amax / (2 ** (bits - 1) - 1))
                 s = max(float(s), TINY)
                 z = 2 ** (bits - 1)
-                q = np.clip(np.rint(seg / s), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+                q = np.clip(np.rint(seg.astype(div) / div(s)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
                 codes = q + z
             else:
                 lo, hi = min(seg.min(), 0.0), max(seg.max(), 0.0)
                 s = max(float(np.float32((hi - lo) / L)), TINY)
                 z = int(np.clip(np.rint(-lo / s), 0, L))
-                codes = np.clip(np.rint(seg / s) + z, 0, L)
+                codes = np.clip(np.rint(seg.astype(div) / div(s)) + z, 0, L)
             u[n, gi * gs:(gi + 1) * gs] = codes
             s_out[n, gi], z_out[n, gi] = s, z
             deq[n, gi * gs:(gi + 1) * gs] = ((codes - z) * s).astype(np.float32)
     return u, s_out, z_out, deq
 
 
-def remove_ties(w, bits, symmetric, group):
+def remove_ties(w, bits, symmetric, group, grid="full"):
     """Zero the entries whose w/s is within 1e-3 of a .5 tie (float32 vs float64 division could
     round them differently). Group extremes are kept, so scales and zeros do not change."""
     w = w.copy()
     N, K = w.shape
     gs = K if group is None else group
-    _, s, _, _ = ref_quantize(w, bits, symmetric, group)
+    _, s, _, _ = ref_quantize(w, bits, symmetric, group, grid)
     t = w.astype(np.float64) / np.repeat(s.astype(np.float64), gs, axis=1)
     frac = np.abs(t - np.floor(t) - 0.5)
     seg = w.reshape(N, K // gs, gs)
@@ -69,13 +73,14 @@ def weight(N, K, seed):
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("symmetric, grid", [(True, "full"), (True, "restricted"), (False, "full")])
 @pytest.mark.parametrize("group", [None, 32, 64, 128])
-def test_rtn_matches_float64_reference(bits, symmetric, group):
+def test_rtn_matches_float64_reference(bits, symmetric, grid, group):
     gran = f"g{group}" if group else "channel"
-    spec = QuantSpec.parse(f"int{bits}:{gran}:{'sym' if symmetric else 'asym'}")
-    w = remove_ties(weight(8, 256, seed=bits * 10 + (group or 0)), bits, symmetric, group)
-    u_ref, s_ref, z_ref, deq_ref = ref_quantize(w, bits, symmetric, group)
+    spec = QuantSpec.parse(f"int{bits}:{gran}:{'sym' if symmetric else 'asym'}"
+                           + (":restricted" if grid == "restricted" else ""))
+    w = remove_ties(weight(8, 256, seed=bits * 10 + (group or 0)), bits, symmetric, group, grid)
+    u_ref, s_ref, z_ref, deq_ref = ref_quantize(w, bits, symmetric, group, grid)
 
     scale, zero = F.compute_qparams(torch.from_numpy(w), spec)
     assert scale.dtype == torch.float32 and zero.dtype == torch.int32
@@ -92,9 +97,50 @@ def test_rtn_matches_float64_reference(bits, symmetric, group):
     np.testing.assert_array_equal(F.fake_quantize(torch.from_numpy(w), spec).numpy(), deq_ref)
 
 
+@settings(max_examples=80, deadline=None)
+@given(bits=st.integers(2, 8), group=st.sampled_from([None, 8, 32]), N=st.integers(1, 6),
+       seed=st.integers(0, 2 ** 31 - 1), tail=st.floats(1.0, 6.0))
+def test_full_grid_against_float64_definition(bits, group, N, seed, tail):
+    """The full-range symmetric grid as the peers define it, computed here without qpass:
+    s = fp32(2·absmax/(2^b − 1)) (absmax/scale in float64), q = clamp(rint(w/s)) in
+    [−2^(b−1), 2^(b−1) − 1] with IEEE float32 division; every weight within s/2 of its value
+    (up to float32 rounding of s); +absmax on the highest code (clipped from 2^(b−1)), −absmax
+    on the lowest (or the next, where fp32 rounding of s puts absmax/s just under the tie)."""
+    K = 64
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_t(tail, (N, K)) * rng.uniform(1e-3, 10.0, (N, 1))).astype(np.float32)
+    gs = group or K
+    spec = QuantSpec.parse(f"int{bits}:{f'g{group}' if group else 'channel'}:sym")
+    qw = F.QuantizedWeight.from_float(torch.from_numpy(w), spec)
+    seg = w.reshape(N, K // gs, gs).astype(np.float64)
+    amax = np.abs(seg).max(-1)
+    s_ref = np.maximum((2.0 * amax / (2 ** bits - 1)).astype(np.float32), np.float32(TINY))
+    np.testing.assert_array_equal(qw.scale.numpy(), s_ref)
+    s32 = np.repeat(s_ref, gs, axis=1)
+    q_ref = np.clip(np.rint(w / s32), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    codes = qw.codes().numpy().astype(np.int64)
+    np.testing.assert_array_equal(codes, q_ref + 2 ** (bits - 1))
+    deq = qw.dequantize().numpy()
+    np.testing.assert_array_equal(deq, (q_ref * s32).astype(np.float32))
+    assert (np.abs(w.astype(np.float64) - deq) <= s32.astype(np.float64) * 0.5 * (1 + 1e-4)).all()
+    idx = np.abs(seg).argmax(-1)
+    ext = np.take_along_axis(seg, idx[..., None], -1)[..., 0]
+    ext_codes = np.take_along_axis(codes.reshape(N, K // gs, gs), idx[..., None], -1)[..., 0]
+    live = amax > 0
+    assert (ext_codes[live & (ext < 0)] <= 1).all()
+    assert (ext_codes[live & (ext > 0)] == 2 ** bits - 1).all()
+
+
+def test_restricted_grid_leaves_the_lowest_code_unused():
+    w = torch.randn(16, 128, generator=torch.Generator().manual_seed(3))
+    full = F.QuantizedWeight.from_float(w, "int4:g32:sym").codes()
+    restricted = F.QuantizedWeight.from_float(w, "int4:g32:sym:restricted").codes()
+    assert int(restricted.min()) >= 1 and int(full.min()) == 0 and int(full.max()) == 15
+
+
 def test_tensor_granularity_and_float64_input():
     w = remove_ties(weight(4, 64, seed=7).reshape(1, 256), 4, True, None).reshape(4, 64)
-    u_ref, s_ref, _, deq_ref = ref_quantize(w.reshape(1, 256), 4, True, None)
+    u_ref, s_ref, _, deq_ref = ref_quantize(w.reshape(1, 256), 4, True, None, div=np.float64)
     spec = QuantSpec.parse("int4:tensor")
     scale, zero = F.compute_qparams(torch.from_numpy(w).double(), spec)
     assert tuple(scale.shape) == (1, 1) and float(scale) == float(s_ref[0, 0])
@@ -105,10 +151,16 @@ def test_tensor_granularity_and_float64_input():
 
 
 def test_round_half_to_even():
-    spec = QuantSpec.parse("int4:tensor")
+    spec = QuantSpec.parse("int4:tensor:restricted")
     w = torch.tensor([[7.0, 2.5, 3.5, -2.5, 0.5, -0.5]])   # absmax 7 -> scale exactly 1
     codes = F.quantize(w, spec, *F.compute_qparams(w, spec))
     assert (codes.to(torch.int64) - 8).tolist() == [[7, 2, 4, -2, 0, 0]]
+    # full grid: absmax 7.5 -> scale 2·7.5/15 = 1; -absmax lands on -8, +absmax clips to 7
+    w = torch.tensor([[7.5, 2.5, 3.5, -2.5, 0.5, -0.5, -7.5]])
+    spec = QuantSpec.parse("int4:tensor")
+    scale, zero = F.compute_qparams(w, spec)
+    assert float(scale) == 1.0
+    assert (F.quantize(w, spec, scale, zero).to(torch.int64) - 8).tolist() == [[7, 2, 4, -2, 0, 0, -8]]
 
 
 @pytest.mark.parametrize("spec", ["int4:g32:sym", "int4:g32:asym", "int8:channel", "int3:tensor:asym"])
@@ -126,22 +178,24 @@ def test_group_not_dividing_k_raises():
         F.compute_qparams(torch.randn(4, 100), "int4:g128")
 
 
-def test_per_token_activations():
+@pytest.mark.parametrize("grid", ["full", "restricted"])
+def test_per_token_activations(grid):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 48, generator=g) * torch.rand(2, 5, 1, generator=g) * 3
     x[0, 1] = 0.0
     for bits in (4, 8):
-        q, s = F.quantize_per_token(x, bits)
+        q, s = F.quantize_per_token(x, bits, grid)
         assert q.dtype == torch.int8 and s.dtype == torch.float32 and s.shape == (2, 5, 1)
         x64 = x.double().numpy()
-        s_ref = np.maximum((np.abs(x64).max(-1, keepdims=True) / (2 ** (bits - 1) - 1))
-                           .astype(np.float32), TINY)
-        q_ref = np.clip(np.rint(x64 / s_ref), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        amax = np.abs(x64).max(-1, keepdims=True)
+        step = amax * 2 / (2 ** bits - 1) if grid == "full" else amax / (2 ** (bits - 1) - 1)
+        s_ref = np.maximum(step.astype(np.float32), TINY)
+        # IEEE float32 division, as for weights: the row extremes are ties on the full grid
+        q_ref = np.clip(np.rint(x.numpy() / s_ref), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         np.testing.assert_array_equal(s.numpy(), s_ref)
-        assert np.abs(q.numpy() - q_ref).max() <= 1   # float32 vs float64 at ties only
-        assert (q.numpy() != q_ref).mean() < 1e-3
+        np.testing.assert_array_equal(q.numpy(), q_ref)
         # the same codes as the generic path with a token spec, seen as signed
-        spec = QuantSpec(bits, granularity="token")
+        spec = QuantSpec(bits, granularity="token", grid=grid)
         u = F.quantize(x, spec, *F.compute_qparams(x, spec))
         assert torch.equal(F.to_signed(u, bits), q)
         fq = F.fake_quantize(x, spec)

@@ -15,9 +15,10 @@ from qpass.ir.qlinear import QuantLinear
 from qpass.passes.gptq import quantize_weight, reconstruction_error
 
 
-def textbook_gptq(W, H, bits, group, symmetric=True, damp=0.01):
+def textbook_gptq(W, H, bits, group, symmetric=True, damp=0.01, grid="full"):
     """Column-by-column GPTQ in float64, every update applied at once (no lazy blocks).
-    Group parameters from the current weights at each group's first column."""
+    Group parameters from the current weights at each group's first column. Symmetric step:
+    2·absmax/(2^b − 1) on the full grid, absmax/(2^(b−1) − 1) on the restricted one."""
     W, H = W.double().clone(), H.double().clone()
     N, K = W.shape
     dead = H.diag() == 0
@@ -32,7 +33,8 @@ def textbook_gptq(W, H, bits, group, symmetric=True, damp=0.01):
             g = W[:, i:i + group]
             lo, hi = g.min(1).values.clamp(max=0), g.max(1).values.clamp(min=0)
             if symmetric:
-                s = (torch.maximum(hi, -lo) / (2 ** (bits - 1) - 1)).float().double()
+                step = 2 / (2 ** bits - 1) if grid == "full" else 1 / (2 ** (bits - 1) - 1)
+                s = (torch.maximum(hi, -lo) * step).float().double()
                 z = torch.full_like(s, 2 ** (bits - 1))
             else:
                 s = ((hi - lo) / (levels - 1)).float().double()
@@ -59,15 +61,19 @@ def rtn(W, spec):
 
 @pytest.mark.parametrize("spec, bits, group, sym, block", [
     ("int4:g32:sym", 4, 32, True, 64),            # groups inside lazy blocks
+    ("int4:g32:sym:restricted", 4, 32, True, 64),  # the old grid, still available
     ("int3:g64:asym", 3, 64, False, 48),          # group boundaries inside a block
+    ("int3:g16:sym", 3, 16, True, 48),            # groups cut the 32-column sub-blocks
     ("int4:channel", 4, 128, True, 32),            # one group = the whole row
+    ("int2:channel:restricted", 2, 128, True, 128),
 ])
 def test_equals_textbook_gptq(spec, bits, group, sym, block):
     X = correlated_inputs(128, 400, seed=1)
     W = torch.randn(24, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     H = 2 * X.T @ X / X.shape[0]
     Wq, info = quantize_weight(W, H, spec, block_size=block)
-    ref = textbook_gptq(W, H, bits, group, sym)
+    ref = textbook_gptq(W, H, bits, group, sym,
+                        grid="restricted" if spec.endswith("restricted") else "full")
     assert (Wq - ref).abs().max() < 1e-6
     assert torch.allclose(info["qweight"].dequantize(torch.float64), Wq, atol=1e-6)
     e, e_ref = reconstruction_error(W, Wq, H), reconstruction_error(W, ref, H)
