@@ -35,14 +35,17 @@ def inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float,
     """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), multiplying λ by 10
     while H + λI is not positive definite. Returns (factor, relative damping used, escalations)."""
     mean_diag = torch.diagonal(H).mean().clamp(min=torch.finfo(H.dtype).tiny)
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     rel = float(damp)
     for escalation in range(MAX_ESCALATIONS + 1):
-        L, info = torch.linalg.cholesky_ex(H + rel * mean_diag * eye)
+        Hd = H.clone()
+        Hd.diagonal().add_(rel * mean_diag)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info2) == 0 and torch.isfinite(U).all():
+            U, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            # u_jj² = a_jj − Σ_{k<j} u_kj²: a NaN/Inf anywhere in column j of U shows on its
+            # diagonal, so the K diagonal entries stand for all K² (no full scan in the solve).
+            if int(info2) == 0 and torch.isfinite(torch.diagonal(U)).all():
                 return U, rel, escalation
         rel *= 10.0
     raise CalibrationError(f"the Hessian is not positive definite even with damping "
@@ -163,6 +166,9 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     scale_t, zero_t = scale.t().to(dt).contiguous(), zero.t().to(dt).contiguous()
     diag = torch.diagonal(U).tolist()
     top = float(spec.levels - 1)
+    # row views made once: indexing a tensor per column costs more than the column's arithmetic
+    w_rows, q_rows, c_rows = WT.unbind(0), QT.unbind(0), CT.unbind(0)
+    u_rows, e_rows, s_rows, z_rows = U.unbind(0), E.unbind(0), scale_t.unbind(0), zero_t.unbind(0)
     loss = torch.zeros((), dtype=torch.float64, device=WT.device)
     with _one_cpu_thread(WT.device):
         for i1 in range(0, K, block_size):
@@ -176,14 +182,14 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
                     scale_t[g], zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)
                 for col in range(j1, j2):
                     g = col_group[col]
-                    s, z, w, e = scale_t[g], zero_t[g], WT[col], E1[col - i1]
+                    s, z, w, e = s_rows[g], z_rows[g], w_rows[col], e_rows[col - i1]
                     # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention
                     torch.div(w, s, out=tmp).round_().add_(z).clamp_(0.0, top)
-                    CT[col].copy_(tmp)
-                    q = torch.sub(tmp, z, out=QT[col]).mul_(s)
+                    c_rows[col].copy_(tmp)
+                    q = torch.sub(tmp, z, out=q_rows[col]).mul_(s)
                     torch.sub(w, q, out=e).div_(diag[col])
                     if col + 1 < j2:
-                        WT[col + 1:j2].addr_(U[col, col + 1:j2], e, alpha=-1)
+                        WT[col + 1:j2].addr_(u_rows[col][col + 1:j2], e, alpha=-1)
                 if j2 < i2:     # the sub-block's errors reach the rest of the block at once
                     WT[j2:i2].addmm_(U[j1:j2, j2:i2].t(), E1[j1 - i1:j2 - i1], alpha=-1)
             if i2 < K:          # ... and the block's errors the rest of W, in one matmul

@@ -50,24 +50,30 @@ def test_integer_linears_bit_exact_vs_reference():
     x, w, bias = torch.randn(21, 64), torch.randn(48, 64), torch.randn(48)
     q8 = formats.QuantizedWeight.from_float(w, "int8:channel")
     w8 = formats.to_signed(q8.codes(), 8)
-    assert torch.equal(ops.linear_w8a8(x, w8, q8.scale, bias, "triton"),
-                       ops.linear_w8a8(x, w8, q8.scale, bias, "reference"))
-    for spec, gs in (("int4:channel", 0), ("int4:g32:sym", 32)):
+    for grid in ("full", "restricted"):
+        assert torch.equal(ops.linear_w8a8(x, w8, q8.scale, bias, "triton", grid),
+                           ops.linear_w8a8(x, w8, q8.scale, bias, "reference", grid))
+    for spec, gs in (("int4:channel", 0), ("int4:g32:sym", 32), ("int4:g32:sym:restricted", 32)):
         q4 = formats.QuantizedWeight.from_float(w, spec)
         for op in (ops.linear_w4a8, ops.linear_w4a4):
-            t = op(x, q4.packed, q4.scale, bias, gs, "triton")
-            r = op(x, q4.packed, q4.scale, None if bias is None else bias, gs, "reference")
-            assert torch.equal(t, r), (spec, op)
+            for grid in ("full", "restricted"):
+                t = op(x, q4.packed, q4.scale, bias, gs, "triton", grid)
+                r = op(x, q4.packed, q4.scale, bias, gs, "reference", grid)
+                assert torch.equal(t, r), (spec, op, grid)
 
 
 def test_quant_per_token_bit_exact_including_ties():
     x = torch.randn(7, 64)
     x[0, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])   # exact .5 ties: round half to even
     x[1] = 0.0                                         # all-zero row: scale floor
+    x[2, :2] = torch.tensor([-7.5, 7.5])               # full grid at 4 bits: s = 1, ±absmax ties
     for bits in (8, 4):
-        qt, st = ops.quant_per_token(x, bits, False, None, "triton")
-        qr, sr = ops.quant_per_token(x, bits, False, None, "reference")
-        assert torch.equal(qt, qr) and torch.equal(st, sr)
+        for grid in ("full", "restricted"):
+            qt, st = ops.quant_per_token(x, bits, False, None, "triton", grid)
+            qr, sr = ops.quant_per_token(x, bits, False, None, "reference", grid)
+            assert torch.equal(qt, qr) and torch.equal(st, sr), (bits, grid)
+    q, s = ops.quant_per_token(x, 4, False, None, "triton", "full")
+    assert float(s[2]) == 1.0 and q[2, :2].tolist() == [-8, 7]
 
 
 def test_hadamard_and_fused_quant():

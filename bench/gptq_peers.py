@@ -1,0 +1,186 @@
+"""GPTQ side by side: qpass, llm-compressor and GPTQModel on the same W and H, in one process.
+
+Each method gets the identical float32 weight W (N, K) and Hessian H = 2·XᵀX/n; every run is
+timed on one CPU thread (torch.set_num_threads(1)), repetitions alternate between methods and
+the median is kept. Error is tr((W − Q) H (W − Q)ᵀ) in float64, and also divided by the error
+of RTN on the same grid (qpass's full-range W4 g128 symmetric grid, which is the peers' grid).
+Peers that are not installed (`pip install -e .[bench]`) are skipped with a line saying so.
+
+Cases: heavy-tailed random layers 4096×4096 and 12288×4096 (Student-t weights, correlated
+inputs with outlier channels, 2048 tokens), and real tiny-llada layers with Hessians from
+diffusion-masked calibration. Prints one JSON object; `time_ratio` and `error_ratio` are
+qpass / peer (≤ 1.0: qpass is at least as fast / as accurate), each peer against the qpass
+configuration with its semantics (`compared_with`): llm-compressor takes group scales from the
+weight before the solve (qpass static_groups=True), GPTQModel with group-aware reordering off
+takes them as the walk reaches each group (qpass's default)."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from qpass.formats import QuantizedWeight
+from qpass.passes.gptq import quantize_weight
+
+BITS, GROUP = 4, 128
+SPEC = f"int{BITS}:g{GROUP}:sym"
+
+
+# ----- the methods: each maps (W, H) -> dequantized Q (float32, W's shape) --------------------
+def run_qpass(W, H):
+    """qpass's default: group parameters taken when the walk reaches each group (GPTQ's)."""
+    return quantize_weight(W, H, SPEC, block_size=128)[0]
+
+
+def run_qpass_static(W, H):
+    """Group parameters from the weight before the solve: llm-compressor's semantics."""
+    return quantize_weight(W, H, SPEC, block_size=128, static_groups=True)[0]
+
+
+def _llmcompressor():
+    """llm-compressor's single-layer solver with its own observer's group scales (minmax on the
+    weight before GPTQ, as its GPTQModifier does)."""
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight as lc_quantize
+
+    args = QuantizationArgs(num_bits=BITS, type="int", symmetric=True, strategy="group",
+                            group_size=GROUP)
+
+    def run(W, H):
+        g = W.reshape(W.shape[0], -1, GROUP)
+        scale, zero = calculate_qparams(g.amin(-1), g.amax(-1), args)
+        Q, _, _ = lc_quantize(W.clone()[None], H.clone()[None], scale[None], zero[None], None,
+                              args, blocksize=128, percdamp=0.01)
+        return Q[0]
+    return run
+
+
+def _gptqmodel():
+    """GPTQModel's GPTQ on a Linear holding W, with H handed over as its accumulated Hessian.
+    Its default group-aware reordering (act_group_aware) is switched off: that is act-order, a
+    different algorithm (compare it with qpass act_order=True, see docs/RESULTS.md)."""
+    import torch.nn as nn
+    from gptqmodel.quantization.config import QuantizeConfig
+    from gptqmodel.quantization.gptq import GPTQ
+
+    cfg = QuantizeConfig(bits=BITS, group_size=GROUP, sym=True, desc_act=False, damp_percent=0.01,
+                         act_group_aware=False)
+
+    def run(W, H):
+        lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+        lin.weight.data.copy_(W)
+        gq = GPTQ(lin, cfg)
+        gq.fallback = None
+        gq.quantizer.configure(perchannel=True)          # as its GPTQ processor sets it up
+        gq.H, gq.nsamples = H.clone(), 2048
+        return gq.quantize(blocksize=128)[0].reshape(W.shape).float()
+    return run
+
+
+# peer -> (factory, the qpass method with the same semantics)
+PEERS = {"llm-compressor": (_llmcompressor, "qpass-static"), "gptqmodel": (_gptqmodel, "qpass")}
+
+
+# ----- inputs -----------------------------------------------------------------------------------
+def heavy_tailed(N: int, K: int, tokens: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)                                              # StudentT draws globally
+    W = (torch.distributions.StudentT(4.0).sample((N, K)) / K ** 0.5).float()
+    mix = torch.eye(K) + torch.randn(K, K, generator=g) / K ** 0.5      # correlated channels
+    X = torch.randn(tokens, K, generator=g) @ mix
+    X[:, torch.randperm(K, generator=g)[:8]] *= 20.0                   # outlier channels
+    return W, 2.0 * X.t() @ X / tokens
+
+
+def tiny_llada_layers(names=("blocks.0.q_proj", "blocks.1.down_proj")):
+    """(name, W, H) of real tiny-llada linears; H from diffusion-masked calibration batches."""
+    import qpass
+    from qpass.calibration import CalibrationSet
+    from qpass.data import calibration_texts
+    model = qpass.models.load("tiny-llada")
+    calib = CalibrationSet.from_texts(calibration_texts(), model.tokenizer, n=32, seq_len=256,
+                                      masking="diffusion", seed=0)
+    mods = dict(model.named_modules())
+    sums, hooks = {}, []
+    for name in names:
+        def hook(m, inp, out, name=name):
+            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
+            s, n = sums.get(name, (0.0, 0))
+            sums[name] = (s + x.t() @ x, n + x.shape[0])
+        hooks.append(mods[name].register_forward_hook(hook))
+    with torch.no_grad():
+        for (ids,) in calib.batches(8):
+            model(ids)
+    for h in hooks:
+        h.remove()
+    return [(n, mods[n].weight.detach().float(), (2.0 * s / c).float()) for n, (s, c) in sums.items()]
+
+
+# ----- measurement ------------------------------------------------------------------------------
+def hessian_error(W, Q, H) -> float:
+    D = (W.double() - Q.double())
+    return float(((D @ H.double()) * D).sum())
+
+
+def compare(W, H, methods: dict, pairs: dict, reps: int) -> dict:
+    times = {m: [] for m in methods}
+    errors = {}
+    for _ in range(reps):                       # alternate methods inside every repetition
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            Q = fn(W, H)
+            times[name].append(time.perf_counter() - t0)
+            errors[name] = hessian_error(W, Q, H)
+    rtn = hessian_error(W, QuantizedWeight.from_float(W, SPEC).dequantize(), H)
+    sec = {m: statistics.median(t) for m, t in times.items()}
+    row = {"seconds": {m: round(s, 3) for m, s in sec.items()}, "error": errors,
+           "error_vs_rtn": {m: e / rtn for m, e in errors.items()}, "rtn_error": rtn}
+    row["time_ratio"] = {p: round(sec[q] / sec[p], 4) for p, q in pairs.items()}
+    row["error_ratio"] = {p: errors[q] / errors[p] for p, q in pairs.items()}
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3, help="alternating repetitions (median)")
+    ap.add_argument("--shapes", default="4096x4096,12288x4096", help="N x K random layers")
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--no-tiny", action="store_true", help="skip the tiny-llada layers")
+    ap.add_argument("--quick", action="store_true", help="one 1024x1024 layer (make bench)")
+    args = ap.parse_args()
+    if args.quick:
+        args.shapes = "1024x1024"
+    torch.set_num_threads(1)
+    methods, pairs, skipped = {"qpass": run_qpass, "qpass-static": run_qpass_static}, {}, {}
+    for name, (make, twin) in PEERS.items():
+        try:
+            methods[name] = make()
+            pairs[name] = twin
+        except ImportError as e:
+            skipped[name] = f"not installed ({e}); pip install -e .[bench]"
+            print(f"skipping {name}: {skipped[name]}", file=sys.stderr)
+    cases = []
+    for shape in filter(None, args.shapes.split(",")):
+        N, K = (int(v) for v in shape.lower().split("x"))
+        W, H = heavy_tailed(N, K, args.tokens)
+        cases.append({"case": f"heavy-tailed {N}x{K}", **compare(W, H, methods, pairs, args.reps)})
+        del W, H
+    if not args.no_tiny:
+        for name, W, H in tiny_llada_layers():
+            cases.append({"case": f"tiny-llada {name} {tuple(W.shape)}",
+                          **compare(W, H, methods, pairs, args.reps)})
+    ok = all(r <= 1.0 for c in cases for r in c["time_ratio"].values()) and \
+        all(r <= 1.0 + 1e-4 for c in cases for r in c["error_ratio"].values())
+    print(json.dumps({"bench": "gptq_peers", "spec": SPEC, "threads": 1, "reps": args.reps,
+                      "tokens": args.tokens, "compared_with": pairs, "skipped": skipped,
+                      "cases": cases,
+                      "qpass_at_least_as_fast_and_accurate": ok}))
+
+
+if __name__ == "__main__":
+    main()
