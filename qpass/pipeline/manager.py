@@ -61,7 +61,7 @@ class Pipeline:
         """The pipeline a compiled checkpoint was made with, rebuilt from its manifest (every
         pass from its versioned config); run it on the same model and calibration data to
         reproduce the checkpoint bit for bit."""
-        from qpass.runtime.checkpoint import read_manifest
+        from qpass.runtime.checkpoint import GRID_VERSION, read_manifest
         manifest = read_manifest(directory)
         entries = manifest.get("pipeline")
         if not isinstance(entries, list):
@@ -78,6 +78,12 @@ class Pipeline:
                                     f"were versioned; this checkpoint loads and runs, but its "
                                     f"pipeline cannot be rebuilt exactly")
             passes.append(PASSES[name].from_config(config))
+        if manifest.get("version", 0) < GRID_VERSION:
+            raise PipelineError(f"{directory} was saved before the full-range symmetric grid "
+                                f"became the default (checkpoint version "
+                                f"{manifest.get('version')}): it loads and runs as saved, but "
+                                f"its recorded specs meant the restricted grid; rebuild the "
+                                f"pipeline by hand with ':restricted' specs to reproduce it")
         scheme = manifest.get("pipeline_scheme")
         return cls(passes, scheme=None if scheme is None else Scheme.from_dict(scheme), **kw)
 

@@ -10,16 +10,19 @@ from qpass import passes as P
 from qpass.ir.qlinear import QuantLinear
 
 
-def reference_rtn(w: torch.Tensor, bits: int, symmetric: bool, group: int | None):
+def reference_rtn(w: torch.Tensor, bits: int, symmetric: bool, group: int | None,
+                  grid: str = "full"):
     """(unsigned codes, dequantized weight) by the documented convention, in float64.
+    Symmetric step 2·absmax/(2^b − 1) on the full grid, absmax/(2^(b−1) − 1) on the restricted.
     QuantLinear rounds the float32 weight (its packed form has float32 scales), so the input is
     taken through float32 first."""
     N, K = w.shape
     g = group or K
     x = w.float().double().reshape(N, K // g, g)
     if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        s = (x.abs().amax(-1, keepdim=True) / qmax).float().double()   # stored as float32
+        amax = x.abs().amax(-1, keepdim=True)
+        step = amax * 2 / (2 ** bits - 1) if grid == "full" else amax / (2 ** (bits - 1) - 1)
+        s = step.float().double()                                      # stored as float32
         s = s.clamp(min=torch.finfo(torch.float32).tiny)
         z = torch.full_like(s, 2 ** (bits - 1))
     else:
@@ -34,7 +37,9 @@ def reference_rtn(w: torch.Tensor, bits: int, symmetric: bool, group: int | None
     return u.reshape(N, K).to(torch.uint8), deq.reshape(N, K).double()
 
 
-CASES = list(itertools.product(range(2, 9), [True, False], [None, 32]))
+CASES = [(b, sym, grp, grid) for b, sym, grp in itertools.product(range(2, 9), [True, False],
+                                                                  [None, 32])
+         for grid in (("full", "restricted") if sym else ("full",))]
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +47,10 @@ def fp_model():
     return qpass.models.load("tiny-llada-random").double()
 
 
-@pytest.mark.parametrize("bits,symmetric,group", CASES)
-def test_rtn_matches_reference(fp_model, bits, symmetric, group):
+@pytest.mark.parametrize("bits,symmetric,group,grid", CASES)
+def test_rtn_matches_reference(fp_model, bits, symmetric, group, grid):
     spec = f"int{bits}:" + (f"g{group}" if group else "channel") + (":sym" if symmetric else ":asym")
+    spec += ":restricted" if grid == "restricted" else ""
     g = qpass.capture(fp_model)            # a private graph; the fp model's weights are the input
     fp_weights = {n.target: g.module(n).weight.detach().clone() for n in g.linears()}
     P.RTN(spec).run(g, qpass.PassContext())
@@ -52,7 +58,7 @@ def test_rtn_matches_reference(fp_model, bits, symmetric, group):
     assert len(quantized) == 7 * fp_model.config.n_layers            # every linear but the head
     for n in quantized:
         q = g.module(n)
-        codes, deq = reference_rtn(fp_weights[n.target], bits, symmetric, group)
+        codes, deq = reference_rtn(fp_weights[n.target], bits, symmetric, group, grid)
         assert torch.equal(q.quantized_weight().codes(), codes), n.target
         torch.testing.assert_close(q.dequantized_weight(torch.float64), deq, rtol=0, atol=0)
 
