@@ -176,6 +176,8 @@ def main() -> None:
                           **compare(W, H, methods, pairs, args.reps)})
     ok = all(r <= 1.0 for c in cases for r in c["time_ratio"].values()) and \
         all(r <= 1.0 + 1e-4 for c in cases for r in c["error_ratio"].values())
+    if not pairs:
+        ok = None                                   # no peer installed: nothing was compared
     print(json.dumps({"bench": "gptq_peers", "spec": SPEC, "threads": 1, "reps": args.reps,
                       "tokens": args.tokens, "compared_with": pairs, "skipped": skipped,
                       "cases": cases,

@@ -44,8 +44,9 @@ def _f32(v: float) -> float:
 
 
 def ref_scale(x, bits, observer):
-    """Symmetric per-tensor scale by min-max, the 99.9th percentile of |x|, or MSE grid search."""
-    qmax, a = 2 ** (bits - 1) - 1, x.abs().flatten()
+    """Symmetric per-tensor scale by min-max, the 99.9th percentile of |x|, or MSE grid search,
+    on the full grid: absmax maps to (2^b − 1)/2 steps."""
+    qmax, a = (2 ** bits - 1) / 2, x.abs().flatten()
     if observer == "minmax":
         return _f32(a.max().item() / qmax)
     if observer == "percentile":
@@ -91,7 +92,7 @@ def test_dynamic_per_token_fake_quantizes_each_row():
     q, lin = g.gm.get_submodule(name), model.get_submodule(name)
     assert q.act_scale is None and str(q.act_spec) == "int4:token:dyn"
     x = torch.randn(3, 7, lin.in_features, dtype=torch.float64)
-    s = x.abs().amax(-1, keepdim=True).float().double() / 7
+    s = (x.abs().amax(-1, keepdim=True) * 2 / 15).float().double()     # full grid, fp32 scale
     with torch.no_grad():
         ref = F.linear(_fq(x, s, 8, 16), lin.weight)
         # the format dequantizes in float32, hence float32-level agreement

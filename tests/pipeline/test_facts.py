@@ -115,3 +115,23 @@ def test_from_manifest_reproduces_the_checkpoint_bit_for_bit(name, tmp_path):
 def test_from_manifest_of_an_unversioned_checkpoint_says_so():
     with pytest.raises(qpass.PipelineError, match="before pass configs were versioned"):
         qpass.Pipeline.from_manifest(Path(__file__).parents[1] / "fixtures/ckpt_v1/llada_w4a16_rtn")
+
+
+def test_from_manifest_of_a_pre_grid_checkpoint_says_so(tmp_path):
+    """A version-1 manifest with versioned pass configs: its specs meant the restricted grid,
+    so rebuilding it with today's (full-grid) parsing would not reproduce it."""
+    from qpass.runtime.checkpoint import MANIFEST, SUMS, sha256
+    model = _model()
+    calib = CalibrationSet.from_ids(torch.arange(3000) % 90, mask_id=96, n=4, seq_len=24, seed=2)
+    out = tmp_path / "ck"
+    qpass.Pipeline([P.RTN("int4:g32:sym")]).run(model, calib, progress=False).save(out)
+    m = json.loads((out / MANIFEST).read_text())
+    m["version"] = 1
+    (out / MANIFEST).write_text(json.dumps(m))
+    (out / SUMS).write_text(f"{sha256(out / MANIFEST)}  {MANIFEST}\n")
+    with pytest.raises(qpass.PipelineError, match="restricted grid"):
+        qpass.Pipeline.from_manifest(out)
+    loaded = qpass.load_compiled(out)            # still loads, its specs read as restricted
+    specs = [str(m.weight_spec) for _, m in loaded.gm.named_modules()
+             if getattr(m, "weight_spec", None) is not None]
+    assert specs and all(s == "int4:g32:sym:restricted" for s in specs)
