@@ -37,9 +37,7 @@ def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | No
         if not isinstance(m, nn.Linear):
             continue
         role = node.meta.get("qpass", {}).get("role")
-        w, a, reason = scheme.spec_for(node.target, role)
-        if w is not None:
-            w.check_shape(m.in_features, node.target)
+        w, a, reason = scheme.specs_for(node.target, role, m.in_features)   # group fitted to K
         out.append((node, m, w, a, reason))
     return out
 

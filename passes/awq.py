@@ -135,12 +135,14 @@ class AWQ(SchemedPass):
         return f"AWQ({self.scheme.name!r}, n_grid={self.n_grid}, clip={self.clip})"
 
     def _spec(self, node: fx.Node) -> QuantSpec | None:
-        return self.scheme.spec_for(str(node.target), role(node))[0]
+        """The weight spec the rounding pass will use (group size fitted to the layer's K)."""
+        return self.scheme.specs_for(str(node.target), role(node), self._k[str(node.target)])[0]
 
     def run(self, g, ctx: PassContext) -> PassResult:
         calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
         if self.scheme.weight is None:
             raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
+        self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
         all_pairs = smoothing_regions(g)
         pairs = [p for p in all_pairs if p.exact]
         skipped = [p for p in all_pairs if not p.exact]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import SpecError
 
@@ -224,6 +224,7 @@ class Scheme:
     attn: QuantSpec | None = None
     overrides: tuple = ()
     keep_roles: frozenset = field(default_factory=lambda: frozenset({"head", "embed"}))
+    strict_groups: bool = False     # refuse (SpecError) instead of fitting a group size to K
 
     def __post_init__(self):
         object.__setattr__(self, "weight", _spec_or_none(self.weight))
@@ -294,18 +295,42 @@ class Scheme:
         weight, act = SCHEMES[base]
         return cls(name=key, weight=weight, act=act, attn=kv)
 
+    def fit_weight(self, spec: QuantSpec | None, K: int, name: str = "",
+                   reason: str = "") -> tuple[QuantSpec | None, str]:
+        """`spec` made to fit a layer with K inputs, and the reason to report: a group size
+        that does not divide K falls back to the largest divisor of K below it that is a
+        multiple of 32 (one packed run, what the kernels take), else to per-channel scales;
+        with strict_groups it is a SpecError instead."""
+        if spec is None or spec.granularity != "group" or K % spec.group_size == 0:
+            return spec, reason
+        if self.strict_groups:
+            spec.check_shape(K, name)                    # raises, naming the layer
+        fits = [d for d in range(32, spec.group_size, 32) if K % d == 0]
+        fitted = replace(spec, group_size=fits[-1]) if fits else \
+            replace(spec, granularity="channel", group_size=None)
+        return fitted, (f"{reason}; group size {spec.group_size} does not divide K={K}: "
+                        f"{fitted} instead (fallback)")
+
+    def specs_for(self, name: str, role: str | None, K: int
+                  ) -> tuple[QuantSpec | None, QuantSpec | None, str]:
+        """spec_for with the weight spec fitted to the layer's K (fit_weight)."""
+        w, a, reason = self.spec_for(name, role)
+        w, reason = self.fit_weight(w, K, name, reason)
+        return w, a, reason
+
     def to_dict(self) -> dict:
         s = lambda spec: None if spec is None else str(spec)  # noqa: E731
         return {"name": self.name, "weight": s(self.weight), "act": s(self.act),
                 "attn": s(self.attn), "overrides": [[p, s(v)] for p, v in self.overrides],
-                "keep_roles": sorted(self.keep_roles)}
+                "keep_roles": sorted(self.keep_roles), "strict_groups": self.strict_groups}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
         try:
             return cls(name=d["name"], weight=d["weight"], act=d.get("act"), attn=d.get("attn"),
                        overrides=tuple(tuple(o) for o in d.get("overrides", ())),
-                       keep_roles=frozenset(d.get("keep_roles", ("head", "embed"))))
+                       keep_roles=frozenset(d.get("keep_roles", ("head", "embed"))),
+                       strict_groups=bool(d.get("strict_groups", False)))
         except (KeyError, TypeError) as e:
             raise SpecError(f"scheme dict needs 'name' and 'weight' keys: {e}") from None
 

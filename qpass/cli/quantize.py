@@ -40,6 +40,9 @@ def add_quantize_command(sub) -> None:
     add_calibration_args(p, n=128)
     add_device_args(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict-groups", action="store_true",
+                   help="refuse a layer whose K the scheme's group size does not divide, instead "
+                        "of fitting the group (largest divisor, a multiple of 32) or per-channel")
     p.add_argument("--allow-uncovered", action="store_true",
                    help="accept linears that no rule quantizes or keeps")
     p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
@@ -72,6 +75,8 @@ def cmd_quantize(args) -> int:
     check_target(args.out)
     pipe = resolve_pipeline(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
+    if args.strict_groups:
+        pipe.strict_groups()
     device = resolve_device(args.device)
     from qpass.calibration.distributed import init_from_env, rank_and_world, shard
     parallel = init_from_env(device)                     # under torchrun: one rank of several

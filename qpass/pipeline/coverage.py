@@ -37,20 +37,20 @@ def coverage(g, scheme=None, planned: bool = True) -> list[CoverageRow]:
             rows.append(CoverageRow(node.target, role, "uncovered", None, None,
                                     "no quantizing pass or scheme covers it"))
             continue
-        w, a, reason = scheme.spec_for(node.target, role)
+        try:
+            w, a, reason = scheme.specs_for(node.target, role, int(m.in_features))
+        except SpecError as e:                           # strict_groups: the group does not fit
+            w, a, _ = scheme.spec_for(node.target, role)
+            rows.append(CoverageRow(node.target, role, "uncovered", _s(w), _s(a), str(e)))
+            continue
         if w is None and a is None:
             rows.append(CoverageRow(node.target, role, "kept", None, None, reason))
         elif not planned:
             rows.append(CoverageRow(node.target, role, "uncovered", _s(w), _s(a),
                                     f"{reason} asks for it, but no pass quantized it"))
         else:
-            try:
-                if w is not None:
-                    w.check_shape(int(m.in_features), node.target)
-                rows.append(CoverageRow(node.target, role, "quantized", _s(w), _s(a),
-                                        f"planned: {reason}"))
-            except SpecError as e:
-                rows.append(CoverageRow(node.target, role, "uncovered", _s(w), _s(a), str(e)))
+            rows.append(CoverageRow(node.target, role, "quantized", _s(w), _s(a),
+                                    f"planned: {reason}"))
     return rows
 
 

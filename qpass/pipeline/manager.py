@@ -87,6 +87,18 @@ class Pipeline:
         scheme = manifest.get("pipeline_scheme")
         return cls(passes, scheme=None if scheme is None else Scheme.from_dict(scheme), **kw)
 
+    def strict_groups(self) -> "Pipeline":
+        """Make every scheme of this pipeline refuse (SpecError) a group size that does not
+        divide a layer's K, instead of fitting it (Scheme.fit_weight)."""
+        from dataclasses import replace
+        for p in self.passes:
+            for attr in ("scheme", "spec_or_scheme"):
+                if isinstance(getattr(p, attr, None), Scheme):
+                    setattr(p, attr, replace(getattr(p, attr), strict_groups=True))
+        if self.scheme_given is not None:
+            self.scheme_given = replace(self.scheme_given, strict_groups=True)
+        return self
+
     @classmethod
     def auto_order(cls, passes: Sequence[Pass], **kw) -> "Pipeline":
         """A pipeline of `passes` sorted by their facts (stable w.r.t. the given order)."""
