@@ -42,7 +42,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_inspect_after_diff_names_changes(capsys):
     from qpass.cli import main
-    assert main(["inspect", "tiny-llada-random", "--pipeline", "w4a16-rtn", "--after", "FuseNorms",
+    assert main(["inspect", "tiny-llada-random", "--pipeline", "w4a4-rtn", "--after", "FuseNorms",
                  "--diff"]) == 0
     out = capsys.readouterr().out
     assert "weightless" in out and "fused_norm" in out

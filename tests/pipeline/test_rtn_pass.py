@@ -71,11 +71,16 @@ def test_rtn_scheme_forms_and_facts():
 
 
 def test_group_not_dividing_k_names_layer_and_changes_nothing():
+    """strict_groups refuses before anything changes; by default the group is fitted (g32)."""
+    from dataclasses import replace
     g = qpass.capture(qpass.models.load("tiny-llada-random"))
+    strict = replace(qpass.Scheme.parse("int4:g48"), strict_groups=True)
     with pytest.raises(qpass.SpecError) as e:
-        P.RTN("int4:g48").run(g, qpass.PassContext())
+        P.RTN(strict).run(g, qpass.PassContext())
     assert "layer 'blocks.0." in str(e.value)
     assert not any(isinstance(m, QuantLinear) for m in g.gm.modules())
+    P.RTN("int4:g48").run(g, qpass.PassContext())
+    assert g.gm.get_submodule("blocks.0.q_proj").weight_spec.group_size == 32
 
 
 def test_w4a4_fake_quantizes_activations_per_token():
