@@ -180,8 +180,11 @@ class StreamingRun:
         return {t: module_entry(g.gm.get_submodule(t)) for t in self.stage_modules(stage)}
 
     def free(self, g, stage) -> None:
+        """Back to meta: the graph's modules and the built model's (which still holds the
+        float module a pass replaced in the graph, with the weights read into it)."""
         for target in self.stage_modules(stage):
             g.gm.get_submodule(target).to("meta")
+            self.model.get_submodule(target).to("meta")
 
     # ---- resume ---------------------------------------------------------------------------
     def _load_progress(self, key: str) -> list[StageRecord]:
