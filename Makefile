@@ -10,7 +10,7 @@ PIP     := $(PY) -m pip install -q --disable-pip-version-check
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PIP) "$(TORCH)"
-	$(PIP) -e ".[dev,plot,data]"
+	$(PIP) -e ".[dev,plot,data,eval]"
 	touch $(STAMP)
 
 demo: $(STAMP)

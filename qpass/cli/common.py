@@ -7,9 +7,6 @@ a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`ll
 (inspect, planned coverage) accept."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from qpass.errors import CalibrationError, PipelineError
 
 
@@ -20,14 +17,8 @@ def is_structure_only(name: str) -> bool:
 
 
 def is_compiled_dir(name_or_dir) -> bool:
-    from qpass.runtime.checkpoint import FORMAT, MANIFEST
-    p = Path(name_or_dir) / MANIFEST
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
+    from qpass.runtime.loading import is_compiled_dir as compiled
+    return compiled(name_or_dir)
 
 
 def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False):
@@ -42,11 +33,8 @@ def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False)
             raise PipelineError(f"{name_or_dir!r} is a structure-only config (no weights); pass an "
                                 f"HF checkpoint directory of the model instead")
         return load(str(name_or_dir), device="meta")
-    if is_compiled_dir(name_or_dir):
-        from qpass.runtime import load_compiled
-        model = load_compiled(name_or_dir)
-        return model.to(device) if device else model
-    return load(str(name_or_dir), device=device or "cpu", dtype=dt)
+    from qpass.runtime.loading import load_any
+    return load_any(name_or_dir, device=device, dtype=dt)
 
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")

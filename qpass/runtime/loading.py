@@ -1,0 +1,31 @@
+"""The one model-loading rule, below the CLI so that qpass.eval (lm-eval adapter, study) uses
+it too: a compiled checkpoint dir (qpass's manifest.json) → load_compiled; anything else (a zoo
+name or an HF checkpoint dir) → qpass.models.load."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def is_compiled_dir(name_or_dir) -> bool:
+    from .checkpoint import FORMAT, MANIFEST
+    p = Path(str(name_or_dir)) / MANIFEST
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def load_any(name_or_dir, device=None, dtype=None):
+    """FP model or compiled denoiser named by `name_or_dir`, on `device` (default cpu)."""
+    import torch
+
+    from ..models import load
+    if is_compiled_dir(name_or_dir):
+        from .compiled import load_compiled
+        model = load_compiled(name_or_dir)
+        return model.to(device) if device else model
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return load(str(name_or_dir), device=device or "cpu", dtype=dt)
