@@ -146,3 +146,39 @@ def test_lm_eval_command_line_runs_qpass_on_a_local_task(tiny, tasks_dir, tmp_pa
     own = [family_choice(tiny, encode_text(tok, r["context"]), [encode_text(tok, c) for c in r["choices"]],
                          mc_num=2, batch_size=2, seed=0)[0] == r["label"] for r in cloze_rows(3, seed=0)]
     assert acc == pytest.approx(sum(own) / 3, abs=1e-12)
+
+
+class _CharTok:
+    """A character tokenizer for the fixtures' small random vocabularies (ids 0..89)."""
+    eos_token_id = None
+
+    def encode(self, text):
+        return [ord(c) % 90 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(48 + int(i) % 40) for i in ids)
+
+
+@pytest.mark.parametrize("name,family", [("llada_w4a4_quarot", "llada"),
+                                         ("dream_w8a8_lowered", "dream")])
+def test_lowered_checkpoints_run_through_the_adapter(name, family):
+    from pathlib import Path
+    from qpass.eval.family_likelihood import family_loglikelihood
+    m = qpass.load_compiled(Path(__file__).parent.parent / "fixtures" / "ckpt_v1" / name)
+    m.tokenizer = _CharTok()
+    lm = QpassLM(model=m, mc_num=4, batch_size=4, gen_length=4, steps=4, block_length=4)
+    assert lm.family == family
+    (ll, _), = lm.loglikelihood([SimpleNamespace(args=("1+2=", "3"))])
+    assert ll == family_loglikelihood(m, [49, 43, 50, 61], [51], mc_num=4, batch_size=4)
+    texts = lm.generate_until([SimpleNamespace(args=(p, {"until": ["9"]})) for p in ("12", "345")])
+    assert len(texts) == 2 and all("9" not in t for t in texts)
+
+
+def test_compiled_checkpoint_dir_loads_by_pretrained(tiny, tmp_path):
+    out = qpass.presets.get("w8a8-rtn").run(qpass.models.load("tiny-llada"), None)
+    out.save(tmp_path / "w8a8")
+    lm = QpassLM(pretrained=str(tmp_path / "w8a8"), mc_num=2, batch_size=2)
+    assert type(lm.model).__name__ == "CompiledDenoiser" and lm.tokenizer is not None
+    (ll, _), = lm.loglikelihood([SimpleNamespace(args=("To be or not to", " be"))])
+    ids = encode_text(lm.tokenizer, "To be or not to"), encode_text(lm.tokenizer, " be")
+    assert ll == family_choice(out, *ids[:1], [ids[1]], mc_num=2, batch_size=2)[1][0]
