@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_command(sub)
     from qpass.cli.eval import add_eval_command
     add_eval_command(sub)
+    from qpass.cli.study import add_study_command
+    add_study_command(sub)
     from qpass.cli.generate import add_generate_command
     add_generate_command(sub)
     from qpass.cli.demo import add_demo_command

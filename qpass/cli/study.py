@@ -1,0 +1,58 @@
+"""`qpass study CONFIG`: the paper's grid (models × pipelines × tasks × seeds) from one file,
+cached by content hash so that a rerun computes only what is new (qpass.eval.study)."""
+from __future__ import annotations
+
+import argparse
+
+EXAMPLE = """example:
+  qpass study studies/paper.toml                 # tiny zoo, CPU
+  qpass study studies/paper.toml --out runs/paper --no-plots
+  qpass study studies/paper-8b.toml --model llada-8b=/ckpt/LLaDA-8B-Base --model dream-7b=/ckpt/Dream-7B"""
+
+
+def add_study_command(sub) -> None:
+    p = sub.add_parser("study", help="run a models × pipelines × tasks × seeds grid (cached)",
+                       description="Quantize every model with every pipeline, evaluate every task "
+                                   "with every seed; results and checkpoints are cached by "
+                                   "content hash, so a rerun or an interrupted study resumes.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG", help="study file (.toml, or .yaml with PyYAML)")
+    p.add_argument("--out", default=None, help="output folder (default: the config's study.out)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="set the path of the config's model NAME (e.g. a local checkpoint)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=cmd_study)
+
+
+def _override_paths(cfg, pairs) -> None:
+    from qpass.errors import QpassError
+    names = {m["name"]: m for m in cfg.models}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or name not in names:
+            raise QpassError(f"--model {pair!r}: give NAME=PATH with NAME one of {sorted(names)}")
+        names[name]["path"] = path
+
+
+def cmd_study(args) -> int:
+    from rich.console import Console
+
+    from qpass import presets
+    from qpass.eval.study import check_out_dir, read_config, run_study
+    from qpass.eval.study_report import rich_table, summarize, write_outputs
+
+    from .common import build_calibration
+    cfg = read_config(args.config, out=args.out)
+    _override_paths(cfg, args.model)
+    check_out_dir(cfg.out)   # before any compute
+    console = Console(stderr=True)
+    rows = run_study(cfg, presets.get,
+                     lambda pipe, model, seed, n, seq_len: build_calibration(pipe, model, n,
+                                                                             seq_len, seed),
+                     log=lambda msg: console.print(msg, style="dim"))
+    files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots)
+    Console().print(rich_table(summarize(rows), f"qpass study: {cfg.name}"))
+    n_cached = sum(r["cached"] for r in rows)
+    console.print(f"{len(rows)} results ({n_cached} from the cache); wrote "
+                  + ", ".join(str(p) for p in files.values()))
+    return 0

@@ -1,0 +1,240 @@
+"""`qpass study`: models × pipelines × tasks × seeds from one config, cached by content hash.
+
+A cell (model, pipeline, seed) is quantized once; its checkpoint is saved under
+OUT/cache/models/<key>/ and each (cell, task) result under OUT/cache/results/<key>.json, both
+written atomically (temporary name, then rename) the moment they are computed. A key hashes
+everything the result depends on: the model (its files' names, sizes and first MiB, its
+config.json in full), the pipeline (every pass's versioned config and the scheme), the
+calibration settings, the evaluation settings, the seed and the code version (hash of qpass's
+own source files). A rerun therefore computes only what is new, and an interrupted study
+resumes where it stopped. Pipelines and calibration are resolved by callables that the CLI
+passes in (presets and the calibration builder live above this layer).
+
+Config (TOML; YAML too when PyYAML is installed):
+    [study]  name, out, seeds = [0]
+    [[models]]  name, path              (zoo name, HF checkpoint dir or compiled dir)
+    [grid]   pipelines = ["fp", "w4a16-rtn", ...]   ("fp" = the unquantized model)
+             tasks = ["general", "math", "code"]    (qpass task names)
+    [eval]  limit and TaskSettings fields     [calibration]  n, seq_len"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import QpassError
+from ..runtime.loading import load_any
+from .runner import evaluate
+from .tasks import TaskSettings, get_task
+
+FP = "fp"
+MARKER = "qpass-study.json"   # written in OUT; an OUT without it that is not empty is refused
+_CODE_DIRS = ("qpass", "passes", "backends")
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    out: Path
+    models: list[dict]
+    pipelines: list[str]
+    tasks: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=lambda: {"n": 32, "seq_len": 256})
+
+
+def read_config(path, out: str | None = None) -> StudyConfig:
+    """Parse and validate a study file (every mistake is one QpassError naming the field)."""
+    p = Path(path)
+    if not p.is_file():
+        raise QpassError(f"study config {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise QpassError("YAML study configs need PyYAML (pip install pyyaml); or use TOML") from None
+        data = yaml.safe_load(text) or {}
+    elif p.suffix == ".toml":
+        import tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise QpassError(f"{p}: {e}") from None
+    else:
+        raise QpassError(f"{p}: a study config is a .toml or .yaml file")
+    study = data.get("study", {})
+    data = {**data, **data.get("grid", {})}
+    models = data.get("models")
+    if not isinstance(models, list) or not models or not all(
+            isinstance(m, dict) and "path" in m for m in models):
+        raise QpassError(f"{p}: give at least one [[models]] table with a 'path'")
+    for key in ("pipelines", "tasks"):
+        if not isinstance(data.get(key), list) or not data[key]:
+            raise QpassError(f"{p}: '{key}' must be a non-empty list")
+    for t in data["tasks"]:
+        get_task(t)  # unknown task names fail before any compute
+    known = {f for f in TaskSettings.__dataclass_fields__} | {"limit"}
+    unknown = sorted(set(data.get("eval", {})) - known)
+    if unknown:
+        raise QpassError(f"{p}: unknown [eval] settings {unknown}; known: {sorted(known)}")
+    seeds = study.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise QpassError(f"{p}: study.seeds must be a list of integers")
+    return StudyConfig(name=str(study.get("name", p.stem)),
+                       out=Path(out or study.get("out", f"study-{p.stem}")),
+                       models=[{"name": str(m.get("name", m["path"])), "path": str(m["path"])}
+                               for m in models],
+                       pipelines=[str(x) for x in data["pipelines"]],
+                       tasks=[str(x) for x in data["tasks"]], seeds=seeds,
+                       eval=dict(data.get("eval", {})),
+                       calibration={"n": 32, "seq_len": 256, **data.get("calibration", {})})
+
+
+# ---- content hashes ---------------------------------------------------------------------------
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def code_version() -> str:
+    """Hash of qpass's own source files: a code change invalidates every cached result."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for d in _CODE_DIRS:
+        for f in sorted((root / d).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def model_identity(path: str) -> dict:
+    """What a model's results depend on: for a directory its files (names, sizes, first MiB,
+    config/manifest in full); for a zoo name the zoo's files likewise."""
+    from ..models.loading import ZOO_DIR
+    d = Path(path) if Path(path).is_dir() else ZOO_DIR / path
+    if not d.is_dir():
+        return {"name": path}
+    files = {}
+    for f in sorted(d.rglob("*")):
+        if f.is_file() and "eval" not in f.relative_to(d).parts:
+            with f.open("rb") as fh:
+                head = fh.read(1 << 20)
+            files[str(f.relative_to(d))] = [f.stat().st_size, hashlib.sha256(head).hexdigest()]
+    return {"name": path, "files": files}
+
+
+def pipeline_identity(pipe) -> dict:
+    if pipe is None:
+        return {"pipeline": FP}
+    scheme = pipe.scheme()
+    return {"passes": [[p.name, p.config()] for p in pipe.passes],
+            "scheme": scheme.to_dict() if hasattr(scheme, "to_dict") else repr(scheme)}
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def check_out_dir(out: Path) -> None:
+    """OUT is new, empty, or a study's own folder (never write into someone else's)."""
+    if out.exists() and not out.is_dir():
+        raise QpassError(f"study output {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise QpassError(f"study output {out} exists and was not written by qpass study; "
+                         "choose a new or empty directory")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def bits_of(pipeline_name: str, pipe) -> tuple[int, int]:
+    """(weight bits, activation bits) of a pipeline; 16 for what stays in high precision."""
+    if pipe is None:
+        return 16, 16
+    s = pipe.scheme()
+    w = getattr(getattr(s, "weight", None), "bits", 16)
+    a = getattr(getattr(s, "act", None), "bits", 16)
+    return int(w), int(a)
+
+
+def run_study(cfg: StudyConfig, resolve_pipeline: Callable, calibrate: Callable,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or serve from the cache) every cell; returns one row per (model, pipeline, seed,
+    task) with its metrics, `cached` telling whether it was served from the cache."""
+    check_out_dir(cfg.out)
+    (cfg.out / "cache" / "models").mkdir(parents=True, exist_ok=True)
+    (cfg.out / "cache" / "results").mkdir(parents=True, exist_ok=True)
+    _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
+    pipes = {name: (None if name == FP else resolve_pipeline(name)) for name in cfg.pipelines}
+    version, rows = code_version(), []
+    eval_settings = dict(cfg.eval)
+    limit = eval_settings.pop("limit", None)
+    for m in cfg.models:
+        ident = model_identity(m["path"])
+        for pname, pipe in pipes.items():
+            for seed in cfg.seeds:
+                cell = {"model": ident, "pipeline": pipeline_identity(pipe), "seed": seed,
+                        "calibration": None if pipe is None else cfg.calibration, "code": version}
+                rows += _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit,
+                                  calibrate, log)
+    return rows
+
+
+def _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, calibrate, log):
+    keys = {t: _digest({**cell, "task": t, "eval": eval_settings, "limit": limit})
+            for t in cfg.tasks}
+    cached = {t: cfg.out / "cache" / "results" / f"{k}.json" for t, k in keys.items()}
+    todo = [t for t in cfg.tasks if not cached[t].is_file()]
+    model = None
+    if todo:
+        model, qseconds = _quantized(cfg, m, pname, pipe, seed, cell, calibrate, log)
+    rows = []
+    for t in cfg.tasks:
+        if t in todo:
+            t0 = time.perf_counter()
+            res = evaluate(model, tasks=[t], limit=limit, seed=seed, **eval_settings)
+            metrics = res["tasks"][t]
+            entry = {"metrics": {k: v for k, v in metrics.items() if k != "example"},
+                     "eval_seconds": round(time.perf_counter() - t0, 3),
+                     "quantize_seconds": qseconds}
+            _write_atomic(cached[t], json.dumps(entry, indent=1) + "\n")
+            log(f"computed {m['name']} {pname} seed={seed} {t}")
+            was_cached = False
+        else:
+            entry, was_cached = json.loads(cached[t].read_text()), True
+        w, a = bits_of(pname, pipe)
+        rows.append({"model": m["name"], "pipeline": pname, "method": method_of(pname),
+                     "w_bits": w, "a_bits": a, "seed": seed, "task": t,
+                     "category": get_task(t).category, "cached": was_cached,
+                     **entry["metrics"], "quantize_seconds": entry["quantize_seconds"],
+                     "eval_seconds": entry["eval_seconds"]})
+    return rows
+
+
+def method_of(pipeline_name: str) -> str:
+    return FP if pipeline_name == FP else pipeline_name.split("-", 1)[-1]
+
+
+def _quantized(cfg, m, pname, pipe, seed, cell, calibrate, log):
+    """The cell's model: FP as loaded, or the quantized checkpoint (from the cache if there)."""
+    from ..runtime.compiled import load_compiled
+    model = load_any(m["path"])
+    if pipe is None:
+        return model, 0.0
+    ckpt = cfg.out / "cache" / "models" / _digest(cell)
+    if (ckpt / "manifest.json").is_file():
+        return load_compiled(ckpt), 0.0
+    t0 = time.perf_counter()
+    calib = calibrate(pipe, model, seed, **cfg.calibration)
+    out = pipe.run(model, calib, verify=False, progress=False, seed=seed)
+    seconds = round(time.perf_counter() - t0, 3)
+    out.save(ckpt)
+    log(f"quantized {m['name']} {pname} seed={seed} in {seconds:.1f}s")
+    return out, seconds

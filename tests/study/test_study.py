@@ -1,0 +1,86 @@
+"""`qpass study` on a 2×2 grid (pipelines × tasks): outputs written, the second run served
+entirely from the cache, a grown grid computes only the new cells, foreign folders refused."""
+import json
+
+import pytest
+
+from qpass.cli.main import main
+from qpass.errors import QpassError
+from qpass.eval import study as study_mod
+
+CONFIG = """
+[study]
+name = "grid2x2"
+seeds = [0]
+
+[grid]
+pipelines = {pipelines}
+tasks = ["math", "code"]
+
+[[models]]
+name = "tiny"
+path = "tiny-llada"
+
+[eval]
+limit = 4
+math_items = 4
+text_bytes = 1024
+seq_len = 128
+n_mc = 2
+
+[calibration]
+n = 4
+seq_len = 64
+"""
+
+
+def _write(tmp_path, pipelines):
+    p = tmp_path / "grid.toml"
+    p.write_text(CONFIG.format(pipelines=json.dumps(pipelines)))
+    return p
+
+
+def test_second_run_is_served_from_the_cache(tmp_path, monkeypatch, capsys):
+    cfg, out = _write(tmp_path, ["fp", "w4a16-rtn"]), tmp_path / "out"
+    assert main(["study", str(cfg), "--out", str(out)]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert len(first["rows"]) == 4 and not any(r["cached"] for r in first["rows"])
+    for name in ("results.csv", "results.md", "accuracy_vs_bits.png", "drop_vs_fp.png"):
+        assert (out / name).stat().st_size > 0
+    fp_code = [s for s in first["summary"] if s["pipeline"] == "fp" and s["task"] == "code"][0]
+    assert fp_code["drop_vs_fp_pct"] == 0.0 and 0.5 < fp_code["value"] < 8
+
+    def no_compute(*a, **k):
+        raise AssertionError("the cache should have served this")
+    monkeypatch.setattr(study_mod, "evaluate", no_compute)
+    monkeypatch.setattr(study_mod, "_quantized", no_compute)
+    assert main(["study", str(cfg), "--out", str(out), "--no-plots"]) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert all(r["cached"] for r in second["rows"])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "cached"} for r in rows]  # noqa: E731
+    assert strip(second["rows"]) == strip(first["rows"])
+    assert "4 results (4 from the cache)" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_grown_grid_computes_only_the_new_cells(tmp_path):
+    out = tmp_path / "out"
+    assert main(["study", str(_write(tmp_path, ["fp"])), "--out", str(out), "--no-plots"]) == 0
+    assert main(["study", str(_write(tmp_path, ["fp", "w8a8-rtn"])), "--out", str(out),
+                 "--no-plots"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {(r["pipeline"], r["cached"]) for r in rows} == {("fp", True), ("w8a8-rtn", False)}
+
+
+def test_foreign_output_folder_and_bad_configs_are_refused(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    cfg = _write(tmp_path, ["fp"])
+    with pytest.raises(QpassError, match="not written by qpass study"):
+        study_mod.run_study(study_mod.read_config(cfg, out=str(foreign)), None, None)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.format(pipelines='["fp"]').replace('"math", "code"', '"maths"'))
+    with pytest.raises(QpassError, match="unknown task"):
+        study_mod.read_config(bad)
+    assert main(["study", str(tmp_path / "missing.toml")]) == 2
