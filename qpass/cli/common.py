@@ -7,6 +7,8 @@ a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`ll
 (inspect, planned coverage) accept."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from qpass.errors import CalibrationError, PipelineError
 
 
