@@ -7,13 +7,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import kvcache
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               key_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
     """Scaled dot-product attention on (B, H, L, D) tensors; k/v may have fewer heads (GQA).
 
     `key_mask` is an optional (B, L) bool tensor, True for real tokens (left padding = False).
-    Bidirectional unless `causal`."""
+    Bidirectional unless `causal`. Inside a K/V cache window (qpass.kvcache) q holds the
+    window's rows and k/v/key_mask come back from the cache over the whole sequence."""
+    cache = kvcache.active()
+    if cache is not None:
+        (k, v), key_mask = cache.attend((k, v), key_mask, causal)
     n_rep = q.shape[1] // k.shape[1]
     if n_rep > 1:
         k = k.repeat_interleave(n_rep, dim=1)
@@ -29,9 +35,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on (B, H, L, D) with cos/sin tables of shape (≥L, D); fp32 at least."""
+    """Rotate-half RoPE on (B, H, L, D) with cos/sin tables of shape (≥L, D); fp32 at least.
+    Row i has position i, or offset + i inside a K/V cache window."""
     L = x.shape[-2]
-    cos, sin = cos[:L], sin[:L]
+    start = kvcache.position_offset()      # a cache window starts at an absolute position
+    cos, sin = cos[start:start + L], sin[start:start + L]
     dtype = x.dtype
     xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
     half = xf.shape[-1] // 2

@@ -1,4 +1,5 @@
-"""Flash-attention forward for (B, H, L, D): bidirectional by default, optional causal mask,
+"""Flash-attention forward for (B, H, L, D) queries over (B, H_kv, L_k, D) keys (L_k > L in a
+K/V-cache window): bidirectional by default, optional causal mask,
 key padding mask, GQA (a query head h reads kv head h // (H / H_kv)), optional int8 Q·Kᵀ.
 
 One program per (query block, batch·head) streams key/value blocks with the online softmax
@@ -32,7 +33,7 @@ def _q8(t):
 
 @triton.autotune(configs=configs(_FULL, _TINY), key=["L_BUCKET", "D", "INT8", "CAUSAL"])
 @triton.jit
-def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, L_BUCKET, H, n_rep, sm_scale_log2,
+def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, LK, L_BUCKET, H, n_rep, sm_scale_log2,
                  sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sob, soh, sol, smb,
                  D: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
                  INT8: tl.constexpr, IEEE: tl.constexpr,
@@ -50,12 +51,12 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, L_BUCKET, H, n_rep, sm
     m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, D), tl.float32)
-    hi = L
-    if CAUSAL:
-        hi = tl.minimum(L, (pid_m + 1) * BLOCK_M)
+    hi = LK
+    if CAUSAL:   # causal implies L == LK (a cached window is bidirectional)
+        hi = tl.minimum(LK, (pid_m + 1) * BLOCK_M)
     for n0 in range(0, hi, BLOCK_N):
         rn = n0 + rn0
-        valid = rn < L
+        valid = rn < LK
         k = tl.load(k_ptr + b * skb + hk * skh + rn[:, None] * skl + rd[None, :],
                     mask=valid[:, None], other=0.0)
         if INT8:
@@ -67,7 +68,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, L_BUCKET, H, n_rep, sm
         else:
             s = tl.dot(q, tl.trans(k))
         if HAS_MASK:
-            valid = valid & (tl.load(mask_ptr + b * smb + rn, mask=rn < L, other=0) != 0)
+            valid = valid & (tl.load(mask_ptr + b * smb + rn, mask=rn < LK, other=0) != 0)
         keep = valid[None, :]
         if CAUSAL:
             keep = keep & (rn[None, :] <= rm[:, None])
@@ -90,13 +91,13 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, L_BUCKET, H, n_rep, sm
 
 def flash_attention(q, k, v, key_mask, causal: bool, int8: bool) -> torch.Tensor:
     B, H, L, D = q.shape
-    n_rep = H // k.shape[1]
+    n_rep, LK = H // k.shape[1], k.shape[2]     # LK > L: a K/V-cache window of L query rows
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty_like(q)
     mask = key_mask.to(torch.int8).contiguous() if key_mask is not None else q
     from .gemm_int import m_bucket
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)
-    _attn_kernel[grid](q, k, v, mask, out, L, m_bucket(L), H, n_rep,
+    _attn_kernel[grid](q, k, v, mask, out, L, LK, m_bucket(max(L, LK)), H, n_rep,
                        (1.0 / math.sqrt(D)) * 1.4426950408889634,
                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                        k.stride(2), v.stride(0), v.stride(1), v.stride(2), out.stride(0),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from qpass import kvcache
 from qpass.backends import ops as _kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
 from qpass.specs import QuantSpec
 
@@ -130,7 +131,11 @@ class LoweredLinear(nn.Module):
 
 def attention(q, k, v, key_mask=None, causal: bool = False, int8: bool = False,
               backend: str = "auto"):
-    """Graph target for lowered attention (role "attention"): torch.ops.qpass.attention."""
+    """Graph target for lowered attention (role "attention"): torch.ops.qpass.attention.
+    Inside a K/V cache window k/v/key_mask come from the cache (qpass.kvcache)."""
+    cache = kvcache.active()
+    if cache is not None:
+        (k, v), key_mask = cache.attend((k, v), key_mask, causal)
     return torch.ops.qpass.attention(q, k, v, key_mask, causal, int8, backend)
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ..errors import QpassError
+from .cache import CACHES, StepStats
 from .common import batch_prompts, decode_text, encode_text, special_ids
 from .dream import ALGS, generate_dream
 from .llada import REMASKING, generate_llada, transfer_schedule
@@ -27,12 +28,10 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
     """Run `generate_llada` or `generate_dream` (keyword arguments pass through).
 
     "auto" chooses Dream when `model.config.logit_shift` is true (LLaDA when there is no config).
-    Dream has no blocks: a `block_length` given to it is rejected."""
+    Both take cache="none"|"prefix"|"dual", threshold=, refresh_every= (qpass.sampling.cache);
+    Dream takes block_length= too (default: one block, as Dream v0)."""
     which = resolve_sampler(model, sampler)
     if which == "dream":
-        if "block_length" in kw:
-            raise QpassError("the Dream sampler has no block_length; drop it or pass "
-                             "sampler='llada'")
         return generate_dream(model, prompt_ids, **kw)
     return generate_llada(model, prompt_ids, **kw)
 
@@ -59,4 +58,4 @@ def decode_generated(out, prompt_ids, tokenizer, stop_at_eos: bool = True) -> li
 
 __all__ = ["generate", "generate_llada", "generate_dream", "resolve_sampler", "transfer_schedule",
            "special_ids", "batch_prompts", "encode_text", "decode_text", "prompt_width",
-           "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS"]
+           "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS", "CACHES", "StepStats"]

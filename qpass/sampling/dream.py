@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QpassError
-from .common import (denoise, forbid_mask, make_generator, special_ids, start_canvas,
-                     step_progress)
+from .cache import BlockForward, StepStats, check_policy, threshold_commit
+from .common import forbid_mask, make_generator, special_ids, start_canvas, step_progress
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -66,55 +66,90 @@ def generate_dream(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                    alg: str = "origin", temperature: float = 0.0, top_p: float | None = None,
                    top_k: int | None = None, eps: float = 1e-3, alg_temp: float | None = None,
                    mask_id: int | None = None, pad_id: int | None = None,
-                   attention_mask=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                   attention_mask=None, seed: int = 0, progress: bool = False,
+                   block_length: int | None = None, cache: str = "none",
+                   threshold: float | None = None, refresh_every: int | None = None,
+                   stats: StepStats | None = None) -> torch.Tensor:
     """Generate `gen_length` tokens after each prompt; returns (B, Lp + gen_length) ids.
 
     Prompts as in `generate_llada` (tensor + optional attention_mask, or a list of 1-D
     prompts, left-padded). `model` returns logits already aligned (see the module docstring).
     Randomness (origin's reveal coin flips, sampling at temperature > 0, alg_temp selection)
-    comes from a local generator seeded with `seed`. The mask id is never proposed."""
+    comes from a local generator seeded with `seed`. The mask id is never proposed.
+    block_length (Fast-dLLM's Dream variant; None = one block, Dream v0): blocks are generated
+    left to right, each with steps / n_blocks steps of its own schedule from t = 1 to eps.
+    cache / refresh_every / threshold / stats as in `generate_llada` (qpass.sampling.cache);
+    threshold decoding ranks by the top-1 probability whatever `alg` is."""
     if alg not in ALGS:
         raise QpassError(f"alg must be one of {ALGS}, got '{alg}'")
     if gen_length <= 0 or steps <= 0:
         raise QpassError("gen_length and steps must be positive")
     if not 0 < eps < 1:
         raise QpassError(f"eps must be in (0, 1), got {eps}")
+    check_policy(cache, threshold, refresh_every)
+    block_length = gen_length if block_length is None else int(block_length)
+    if block_length <= 0 or gen_length % block_length:
+        raise QpassError(f"block_length {block_length} must be positive and divide gen_length "
+                         f"{gen_length}")
+    n_blocks = gen_length // block_length
+    if threshold is None and steps % n_blocks:
+        raise QpassError(f"steps {steps} cannot be split evenly over {n_blocks} blocks; use a "
+                         f"multiple of {n_blocks}")
     ids = special_ids(model, mask_id=mask_id, pad_id=pad_id)
     x, prompt, prompt_mask, key_mask, device = start_canvas(model, prompt_ids, gen_length,
                                                             attention_mask, ids)
     B, Lp = prompt.shape
     gen = make_generator(seed, device)
-    timesteps = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
+    spb = steps // n_blocks
+    timesteps = torch.linspace(1.0, eps, spb + 1, dtype=torch.float64).tolist()
+    stats = stats if stats is not None else StepStats()
+    fwd = BlockForward(model, cache, refresh_every, logit_shift=True, stats=stats)
 
-    with step_progress(steps, progress, f"dream/{alg}") as advance:
-        for i in range(steps):
-            masked = x[:, Lp:] == ids.mask
-            if not bool(masked.any()):
-                break
-            logits = forbid_mask(denoise(model, x, key_mask)[:, Lp:], ids.mask)
-            t, s = timesteps[i], timesteps[i + 1]
-            last = i == steps - 1
-            if alg == "origin":
-                p_reveal = 1.0 if last else 1.0 - s / t
-                flips = torch.rand(masked.shape, generator=gen, device=device, dtype=torch.float64)
-                tokens, _ = propose(logits, temperature, top_p, top_k, gen)
-                commit = masked & (flips < p_reveal)
-            else:
-                tokens, conf = propose(logits, temperature, top_p, top_k, gen, confidence=alg)
-                conf = conf.to(torch.float64).masked_fill(~masked, float("-inf"))
-                # Rows share one count: every row starts with gen_length masks and loses the
-                # same number per step, so the batch average is each row's own count.
-                n_masked = masked.sum().item() / B
-                k = int(n_masked) if last else int(n_masked * (1.0 - s / t))
-                commit = torch.zeros_like(masked)
-                if k > 0:
-                    if alg_temp:
-                        weights = F.softmax(conf / alg_temp, dim=-1)
-                        chosen = torch.multinomial(weights, k, generator=gen)
-                    else:
-                        chosen = torch.topk(conf, k, dim=-1).indices
-                    commit.scatter_(1, chosen, True)
-                    commit &= masked
-            x[:, Lp:] = torch.where(commit, tokens, x[:, Lp:])
-            advance()
+    total = n_blocks * (block_length if threshold is not None else spb)
+    with step_progress(total, progress, f"dream/{alg}") as advance:
+        for blk in range(n_blocks):
+            lo, hi = Lp + blk * block_length, Lp + (blk + 1) * block_length
+            i = 0
+            while threshold is not None or i < spb:
+                masked = x[:, lo:hi] == ids.mask
+                if not bool(masked.any()):
+                    break
+                logits = forbid_mask(fwd.logits(x, key_mask, lo, hi, i), ids.mask)
+                if threshold is not None:
+                    tokens, conf = propose(logits, temperature, top_p, top_k, gen)
+                    commit = threshold_commit(conf.to(torch.float64), masked, threshold)
+                else:
+                    tokens, commit = _select(logits, masked, alg, timesteps[i], timesteps[i + 1],
+                                             i == spb - 1, temperature, top_p, top_k, alg_temp,
+                                             gen, B)
+                x[:, lo:hi] = torch.where(commit, tokens, x[:, lo:hi])
+                stats.steps += 1
+                stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min()))
+                i += 1
+                advance()
     return x
+
+
+def _select(logits, masked, alg, t, s, last, temperature, top_p, top_k, alg_temp, gen, B):
+    """(proposed tokens, positions to commit) of one step of Dream's schedule from t to s."""
+    if alg == "origin":
+        p_reveal = 1.0 if last else 1.0 - s / t
+        flips = torch.rand(masked.shape, generator=gen, device=masked.device, dtype=torch.float64)
+        tokens, _ = propose(logits, temperature, top_p, top_k, gen)
+        return tokens, masked & (flips < p_reveal)
+    tokens, conf = propose(logits, temperature, top_p, top_k, gen, confidence=alg)
+    conf = conf.to(torch.float64).masked_fill(~masked, float("-inf"))
+    # Rows share one count: every row starts with the same number of masks and loses the
+    # same number per step, so the batch average is each row's own count.
+    n_masked = masked.sum().item() / B
+    k = int(n_masked) if last else int(n_masked * (1.0 - s / t))
+    commit = torch.zeros_like(masked)
+    if k > 0:
+        if alg_temp:
+            weights = F.softmax(conf / alg_temp, dim=-1)
+            chosen = torch.multinomial(weights, k, generator=gen)
+        else:
+            chosen = torch.topk(conf, k, dim=-1).indices
+        commit.scatter_(1, chosen, True)
+        commit &= masked
+    return tokens, commit

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QpassError
-from .common import (denoise, forbid_mask, make_generator, special_ids, start_canvas,
-                     step_progress, top_k_per_row)
+from .cache import BlockForward, StepStats, check_policy, threshold_commit
+from .common import forbid_mask, make_generator, special_ids, start_canvas, step_progress, top_k_per_row
 
 REMASKING = ("low_confidence", "random")
 
@@ -37,14 +37,14 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, gen: torch.Generator
     return (logits - temperature * torch.log(-torch.log(u))).argmax(dim=-1)
 
 
-def _guided_logits(model, x, key_mask, prompt_real, mask_id, cfg_scale):
+def _guided_logits(fwd: BlockForward, x, key_mask, prompt_real, mask_id, cfg_scale, lo, hi, i):
     if cfg_scale <= 0:
-        return denoise(model, x, key_mask)
+        return fwd.logits(x, key_mask, lo, hi, i)
     # Unconditional pass: the prompt is masked (padding stays padding).
     un_x = x.clone()
     un_x[:, :prompt_real.shape[1]][prompt_real] = mask_id
     both_mask = None if key_mask is None else torch.cat([key_mask, key_mask])
-    cond, uncond = denoise(model, torch.cat([x, un_x]), both_mask).chunk(2)
+    cond, uncond = fwd.logits(torch.cat([x, un_x]), both_mask, lo, hi, i).chunk(2)
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
@@ -62,7 +62,10 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                    remasking: str = "low_confidence", cfg_scale: float = 0.0,
                    mask_id: int | None = None, eos_id: int | None = None,
                    pad_id: int | None = None, stop_at_eos: bool = False,
-                   attention_mask=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                   attention_mask=None, seed: int = 0, progress: bool = False,
+                   cache: str = "none", threshold: float | None = None,
+                   refresh_every: int | None = None, stats: StepStats | None = None
+                   ) -> torch.Tensor:
     """Generate `gen_length` tokens after each prompt; returns (B, Lp + gen_length) ids.
 
     prompt_ids: (B, Lp) / (Lp,) tensor (with an optional (B, Lp) `attention_mask`, True = real
@@ -80,7 +83,16 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     temperature 0 with low_confidence remasking is deterministic.
     The mask id itself is never proposed (see common.forbid_mask).
     Works on a Dream-style (logit-shift) denoiser too: logits are used as the model returns
-    them, with position i predicting token i."""
+    them, with position i predicting token i.
+    cache "prefix" / "dual" (qpass.sampling.cache, Fast-dLLM): the first step of each block
+    (and every `refresh_every` steps) is a full forward that refreshes the K/V cache; the
+    other steps recompute only block + suffix (prefix) or the block (dual). threshold: each
+    step commits every masked position of the block whose confidence reaches it (at least
+    one), `steps` is then unused; needs low_confidence remasking. `stats` (a StepStats) is
+    filled with the forward passes and rows computed."""
+    check_policy(cache, threshold, refresh_every)
+    if threshold is not None and remasking != "low_confidence":
+        raise QpassError("threshold decoding ranks by confidence: use remasking='low_confidence'")
     if remasking not in REMASKING:
         raise QpassError(f"remasking must be one of {REMASKING}, got '{remasking}'")
     if gen_length <= 0 or block_length <= 0 or steps <= 0:
@@ -89,7 +101,7 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
         raise QpassError(f"gen_length {gen_length} is not a multiple of block_length "
                          f"{block_length}; choose block_length dividing gen_length")
     n_blocks = gen_length // block_length
-    if steps % n_blocks:
+    if threshold is None and steps % n_blocks:
         raise QpassError(f"steps {steps} cannot be split evenly over {n_blocks} blocks "
                          f"(gen_length {gen_length} / block_length {block_length}); use a "
                          f"multiple of {n_blocks}")
@@ -104,25 +116,39 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     prompt_real = prompt_mask if prompt_mask is not None else torch.ones_like(prompt, dtype=torch.bool)
     gen = make_generator(seed, device)
     steps_per_block = steps // n_blocks
+    stats = stats if stats is not None else StepStats()
+    fwd = BlockForward(model, cache, refresh_every, stats=stats)
 
-    with step_progress(steps, progress, "llada") as advance:
+    total = n_blocks * (block_length if threshold is not None else steps_per_block)
+    with step_progress(total, progress, "llada") as advance:
         for b in range(n_blocks):
             lo, hi = Lp + b * block_length, Lp + (b + 1) * block_length
             schedule = transfer_schedule((x[:, lo:hi] == ids.mask).sum(dim=1), steps_per_block)
-            for i in range(steps_per_block):
-                # Only the current block can be committed, so only its logits are needed.
-                logits = _guided_logits(model, x, key_mask, prompt_real, ids.mask, cfg_scale)[:, lo:hi]
-                logits = forbid_mask(logits, ids.mask)
+            i = 0
+            while True:
                 masked = x[:, lo:hi] == ids.mask
+                if threshold is None and i == steps_per_block or \
+                        threshold is not None and not bool(masked.any()):
+                    break
+                # Only the current block can be committed, so only its logits are needed.
+                logits = _guided_logits(fwd, x, key_mask, prompt_real, ids.mask, cfg_scale, lo, hi, i)
+                logits = forbid_mask(logits, ids.mask)
                 x0 = gumbel_argmax(logits, temperature, gen)
                 if remasking == "low_confidence":
                     probs = F.softmax(logits.to(torch.float64), dim=-1)
                     conf = probs.gather(-1, x0[..., None]).squeeze(-1)
                 else:
                     conf = torch.rand(x0.shape, generator=gen, device=device, dtype=torch.float64)
-                conf = conf.masked_fill(~masked, float("-inf"))
-                commit = top_k_per_row(conf, schedule[:, i]) & masked
+                if threshold is None:
+                    conf = conf.masked_fill(~masked, float("-inf"))
+                    commit = top_k_per_row(conf, schedule[:, i]) & masked
+                else:
+                    commit = threshold_commit(conf, masked, threshold)
                 x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+                stats.steps += 1
+                stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min())
+                                                if bool(masked.any()) else 0)
+                i += 1
                 advance()
                 if stop_at_eos and bool(_eos_done(x[:, Lp:], ids.mask, ids.eos).all()):
                     tail = x[:, Lp:]

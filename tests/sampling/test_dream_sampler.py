@@ -82,6 +82,7 @@ def test_tiny_dream_model_end_to_end():
 def test_dream_rejects_bad_arguments(recording):
     with pytest.raises(QpassError, match="alg"):
         generate_dream(recording(), torch.tensor([[1]]), gen_length=4, steps=4, alg="greedy")
+    # Dream takes blocks now (Fast-dLLM's variant); one that does not divide gen_length is refused
     with pytest.raises(QpassError, match="block_length"):
         generate(recording(), torch.tensor([[1]]), sampler="dream", gen_length=4, steps=4,
-                 block_length=4)
+                 block_length=3)
