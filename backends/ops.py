@@ -14,24 +14,38 @@ grids existed); kernels take it as their last argument.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 _cache: dict = {}
+_calls: Counter = Counter()
 
 
 def _kernel(op: str, t: Tensor, backend: str, **spec):
     """Registry lookup, cached per (op, device, dtype, spec, backend); the cache is dropped
-    whenever the registry changes (see qpass.backends.registry.register)."""
+    whenever the registry changes (see qpass.backends.registry.register). Every call is
+    tallied per (op, backend that ran it, device) for `kernel_calls()`."""
     from qpass.backends import registry
     key = (op, t.device.type, t.dtype, tuple(sorted(spec.items())), backend, registry.generation())
-    fn = _cache.get(key)
-    if fn is None:
-        fn = registry.kernel(op, t.device, spec, t.dtype, prefer=backend)
-        _cache[key] = fn
-    return fn
+    hit = _cache.get(key)
+    if hit is None:
+        chosen = registry.select(op, t.device, spec, t.dtype, prefer=backend)
+        hit = _cache[key] = (chosen.kernels[op], chosen.name)
+    _calls[(op, hit[1], t.device.type)] += 1
+    return hit[0]
+
+
+def kernel_calls() -> dict[tuple[str, str, str], int]:
+    """{(op, backend, device type): calls} of the lowered ops run since the last reset: what
+    actually ran, as opposed to what a binding predicted."""
+    return dict(_calls)
+
+
+def reset_kernel_calls() -> None:
+    _calls.clear()
 
 
 def _out_shape(x: Tensor, n: int) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 
 from qpass import ops
-from qpass.runtime import lowered
+from qpass.runtime import binding, lowered
 from qpass.backends import registry
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
@@ -28,17 +28,6 @@ def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:
     """Which integer op runs this QuantLinear, or (None, why not)."""
     return lowered.kernel_kind(q.weight_spec, q.act_spec,
                                static_act=getattr(q, "act_scale", None) is not None)
-
-
-def _linear_spec(m: lowered.LoweredLinear) -> tuple[str, dict]:
-    """(op name, spec dict) exactly as LoweredLinear.forward hands them to the registry."""
-    K, N = m.in_features, m.out_features
-    if m.kind == "w4a16":
-        return "linear_w4a16", dict(bits=m.bits, group_size=m.group_size or K,
-                                    asym=m.zeros is not None, K=K, N=N)
-    if m.kind == "w8a8":
-        return "linear_w8a8", dict(K=K, N=N)
-    return f"linear_{m.kind}", dict(group_size=m.group_size, K=K, N=N)
 
 
 def _last_dim(node) -> int | None:
@@ -69,13 +58,15 @@ class Lower(Pass):
         res = PassResult()
         chosen: dict[str, str] = {}
         fallbacks: list[dict] = []
+        kernels: list[dict] = []        # per node: the kernel chosen and why (the manifest keeps it)
 
         def choose(node_name: str, op: str, spec: dict) -> None:
-            b, skipped = registry.explain(op, device, spec, dtype, self.backend)
-            chosen[node_name] = b.name if b is not None else "none"
+            row, skipped = binding.choose(node_name, op, spec, device, dtype, self.backend)
+            chosen[node_name] = row["backend"]
+            kernels.append(row)
             for name, why in skipped:
                 fallbacks.append({"node": node_name, "op": op, "skipped": name,
-                                  "chosen": chosen[node_name], "reason": why})
+                                  "chosen": row["backend"], "reason": why})
 
         kept = 0
         for node in list(g.graph.nodes):
@@ -85,10 +76,12 @@ class Lower(Pass):
                 if kind is None:
                     kept += 1
                     res.notes.append(f"{node.target}: kept simulated ({why})")
+                    kernels.append({"node": node.name, "op": None, "backend": "simulated",
+                                    "why": why})
                     continue
                 m = lowered.LoweredLinear.from_quant_linear(q, kind, self.backend)
                 _set_submodule(g.gm, node.target, m)
-                op, spec = _linear_spec(m)
+                op, spec = binding.linear_request(m)
                 choose(node.name, op, spec)
                 node.meta.setdefault("qpass", {}).update(lowered=op, backend=chosen[node.name])
                 res.nodes_changed.append(node.name)
@@ -101,7 +94,8 @@ class Lower(Pass):
             counts[name] = counts.get(name, 0) + 1
         res.metrics.update(lowered=len(res.nodes_changed), kept_simulated=kept,
                            device=str(device), dtype=str(dtype).replace("torch.", ""),
-                           backends=chosen, backend_counts=counts, fallbacks=fallbacks)
+                           backends=chosen, backend_counts=counts, fallbacks=fallbacks,
+                           kernels=kernels)
         seen = set()
         for f in fallbacks:
             key = (f["op"], f["skipped"], f["reason"])

@@ -1,13 +1,19 @@
-"""`qpass generate MODEL_OR_DIR --prompt TEXT`: diffusion sampling from the command line."""
+"""`qpass generate MODEL_OR_DIR --prompt TEXT`: diffusion sampling from the command line.
+
+After the text, one line on stderr says what ran: the lowered kernels per op and backend (or
+that none did: an FP or simulated model), forward passes (NFE) and tokens/s."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from qpass.errors import QpassError
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
-  qpass generate ./w4 --prompt 'ROMEO:' --gen-length 64 --temperature 0.7 --seed 3"""
+  qpass generate ./w4 --prompt 'ROMEO:' --gen-length 64 --temperature 0.7 --seed 3
+  qpass generate ./w4a4 --device cpu --prompt 'ROMEO:' --gen-length 256 --cache prefix --threshold 0.9"""
 
 
 def add_generate_command(sub) -> None:
@@ -19,32 +25,62 @@ def add_generate_command(sub) -> None:
                    help="prompt text (repeat for a batch)")
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--block-length", type=int, default=None,
+                   help="LLaDA: default 32; Dream: default one block over the whole generation")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=("low_confidence", "random"))
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--sampler", default="auto", choices=("auto", "llada", "dream"))
+    p.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
+                   help="Fast-dLLM K/V cache: prefix reuses the committed prefix within a block, "
+                        "dual also the suffix (default none)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="parallel decoding: commit every position at least this confident")
+    p.add_argument("--refresh-every", type=int, default=None,
+                   help="full forward every N steps within a block (default: block starts only)")
+    p.add_argument("--device", default=None, help="run on this device (e.g. cpu, cuda); a "
+                   "lowered checkpoint binds that device's kernels")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+
+def kernel_report(calls: dict) -> str:
+    """'linear_w4a4 ×84 on reference (cpu), ...' from qpass.backends.ops.kernel_calls()."""
+    if not calls:
+        return "ran no lowered kernels (FP or simulated model)"
+    parts = [f"{op} ×{n} on {backend} ({dev})" for (op, backend, dev), n in sorted(calls.items())]
+    return "ran lowered kernels: " + ", ".join(parts)
 
 
 def cmd_generate(args) -> int:
     import torch
 
+    from qpass.backends import ops
+    from qpass.sampling import StepStats, generate, resolve_sampler
+
     from .common import load_model
-    from qpass.sampling import generate
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise QpassError(f"{args.model} carries no tokenizer; generate from token ids in Python")
     prompts = [torch.tensor(tok.encode(p)) for p in args.prompt]
-    kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature, seed=args.seed)
-    from qpass.sampling import resolve_sampler
+    stats = StepStats()
+    kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature,
+              seed=args.seed, cache=args.cache, threshold=args.threshold,
+              refresh_every=args.refresh_every, stats=stats)
     if resolve_sampler(model, args.sampler) == "llada":
-        kw.update(block_length=args.block_length, remasking=args.remasking, cfg_scale=args.cfg_scale)
+        kw.update(remasking=args.remasking, cfg_scale=args.cfg_scale,
+                  block_length=args.block_length or 32)
+    elif args.block_length is not None:
+        kw.update(block_length=args.block_length)
+    ops.reset_kernel_calls()
+    t0 = time.perf_counter()
     out = generate(model, prompts if len(prompts) > 1 else prompts[0][None], sampler=args.sampler, **kw)
+    secs = time.perf_counter() - t0
     width = out.shape[1] - args.gen_length
     for p, row in zip(args.prompt, out):
         print(p + tok.decode(row[width:].tolist()))
         print("-" * 40)
+    print(f"{kernel_report(ops.kernel_calls())}; {stats.nfe} forward passes, "
+          f"{out.shape[0] * args.gen_length / secs:.1f} tokens/s", file=sys.stderr)
     return 0

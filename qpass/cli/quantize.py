@@ -14,8 +14,10 @@ QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
   qpass quantize ./my-llada-checkpoint --pipeline w4a16-gptq --out w4/ --calib data.jsonl
   qpass quantize tiny-llada --pipeline my_recipe.py --out mine/ --device cpu
+  qpass quantize tiny-llada --pipeline w4a4-quarot --out w4a4/ --backend none   # stay simulated
 pipelines: a preset (`qpass.presets.names()`: w4a16-rtn, w4a16-gptq, w4a4-quarot, ...) or a
-Python recipe file that defines `pipeline`"""
+Python recipe file that defines `pipeline`; the output is lowered to kernel ops unless
+--backend none"""
 
 
 def _positive(s: str) -> int:
@@ -45,6 +47,9 @@ def add_quantize_command(sub) -> None:
                         "of fitting the group (largest divisor, a multiple of 32) or per-channel")
     p.add_argument("--allow-uncovered", action="store_true",
                    help="accept linears that no rule quantizes or keeps")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="lower to kernel ops (default auto: the best backend per device at run "
+                        "time; reference/triton: pin one; none: keep the simulated model)")
     p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
     p.set_defaults(func=cmd_quantize)
 
@@ -57,6 +62,20 @@ def add_calibration_args(p, n: int, seq_len: int = 512) -> None:
     p.add_argument("--seq-len", type=_positive, default=seq_len, help="calibration window length")
     p.add_argument("--masking", choices=("diffusion", "none"), default="diffusion",
                    help="mask calibration windows as the denoiser sees them (default) or not")
+
+
+BACKEND_CHOICES = ("auto", "reference", "triton", "none")
+
+
+def with_lowering(pipe, backend: str):
+    """The pipeline, ending in Lower(backend) unless backend is "none" or it lowers already."""
+    from qpass import passes
+    from qpass.pipeline import Pipeline
+    if backend == "none" or any(getattr(p, "is_lowering", False) for p in pipe.passes):
+        return pipe
+    return Pipeline(pipe.passes + [passes.Lower(backend=backend)], scheme=pipe.scheme_given,
+                    verify=pipe.verify, allow_uncovered=pipe.allow_uncovered,
+                    initial_facts=pipe.initial_facts)
 
 
 def add_inspect_pipeline_args(p) -> None:
@@ -85,6 +104,7 @@ def cmd_quantize(args) -> int:
             raise PipelineError("streaming a checkpoint directory runs in one process for now; "
                                 "drop torchrun, or load a model that fits in memory")
         return _quantize_streaming(args, pipe, device)
+    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6)
     model = load_model(args.model, device=device, dtype=args.dtype)
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
@@ -100,6 +120,10 @@ def cmd_quantize(args) -> int:
     console.print(f"saved {path} ({len(out.quantized_linears())} quantized linears; linear "
                   f"weights {nb['linear'] / 2**20:.2f} MiB, total {nb['total'] / 2**20:.2f} MiB)",
                   soft_wrap=True)
+    from qpass.runtime import binding
+    rows = out.bind_kernels()
+    console.print("kernels here: " + (binding.summary(rows) if rows else
+                                      "none (simulated model, --backend none)"), soft_wrap=True)
     return 0
 
 

@@ -40,6 +40,7 @@ class CompiledDenoiser(nn.Module):
             report = Report.from_dict(self.manifest["report"])
             report.attach_specs(self.specs())
         self.report = report
+        self.kernels: list[dict] | None = None     # set by load_compiled (binding rows)
 
     @classmethod
     def from_run(cls, g, pipeline, report: Report) -> "CompiledDenoiser":
@@ -93,6 +94,16 @@ class CompiledDenoiser(nn.Module):
         return [n.target for n in self.gm.graph.nodes if n.op == "call_module"
                 and is_quantized_module(self.gm.get_submodule(n.target))]
 
+    def bind_kernels(self, device=None) -> list[dict]:
+        """Per lowered node, the kernel the registry picks on `device` (default: where the
+        model's tensors are) for the model's dtype, and why (qpass.runtime.binding)."""
+        from qpass.runtime import binding
+        ts = [t for t in list(self.gm.parameters()) + list(self.gm.buffers()) if t.is_floating_point()]
+        dev = device if device is not None else (ts[0].device if ts else torch.device("cpu"))
+        dtype = ts[0].dtype if ts else torch.float32
+        head_dim = getattr(self.config, "head_dim", None)
+        return binding.bind(self.gm, dev, dtype, head_dim)
+
     def save(self, directory) -> Path:
         return checkpoint.save(self, directory)
 
@@ -101,6 +112,14 @@ class CompiledDenoiser(nn.Module):
         return f"pipeline={names}, model={getattr(self.config, 'name', None)}"
 
 
-def load_compiled(directory) -> CompiledDenoiser:
-    """Load a directory written by CompiledDenoiser.save (hashes verified, no pickle)."""
-    return CompiledDenoiser(*checkpoint.load(directory))
+def load_compiled(directory, device=None) -> CompiledDenoiser:
+    """Load a directory written by CompiledDenoiser.save (hashes verified, no pickle).
+
+    device: move the model there and bind its lowered nodes to that device's kernels; the
+    checkpoint is device-neutral (canonical layouts, "auto" backends), so one saved on a CPU
+    runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why."""
+    model = CompiledDenoiser(*checkpoint.load(directory))
+    if device is not None:
+        model = model.to(device)
+    model.kernels = model.bind_kernels()
+    return model

@@ -25,7 +25,6 @@ def load_any(name_or_dir, device=None, dtype=None):
     from ..models import load
     if is_compiled_dir(name_or_dir):
         from .compiled import load_compiled
-        model = load_compiled(name_or_dir)
-        return model.to(device) if device else model
+        return load_compiled(name_or_dir, device=device)   # binds that device's kernels
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return load(str(name_or_dir), device=device or "cpu", dtype=dt)
