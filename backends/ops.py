@@ -152,3 +152,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
 def _(q, k, v, key_mask=None, causal=False, int8=False, backend="auto"):
     return torch.empty_like(q)
 
+
+
+@torch.library.custom_op("qpass::attention_kv", mutates_args=())
+def attention_kv(q: Tensor, k_codes: Tensor, k_scales: Tensor, v_codes: Tensor, v_scales: Tensor,
+                 key_mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Bidirectional attention of float q (B, H, L, D) over quantized K/V: int8 containers of
+    int8/int4 codes (B, H_kv, L_k, D) with per-head per-token fp32 scales (B, H_kv, L_k, 1);
+    integer Q·Kᵀ and P·V as qpass.formats.attention defines them."""
+    fn = _kernel("attention_kv", q, backend, D=q.shape[-1])
+    return fn(q, k_codes, k_scales, v_codes, v_scales, key_mask)
+
+
+@attention_kv.register_fake
+def _(q, k_codes, k_scales, v_codes, v_scales, key_mask=None, backend="auto"):
+    return torch.empty_like(q)

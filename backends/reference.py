@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from qpass import formats, hadamard
+from qpass.formats.attention import kv_attention
 from qpass.formats.integer import dequant_weight, int_linear, int_matmul, signed_weight
 
 from .base import Backend
@@ -112,7 +113,7 @@ class ReferenceBackend(Backend):
     kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
                "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
                "quant_per_token": quant_per_token, "hadamard": hadamard_op,
-               "attention": attention}
+               "attention": attention, "attention_kv": kv_attention}
 
     def available(self):
         return True, "pure torch"

@@ -20,7 +20,7 @@ from .base import Backend
 
 ENTRY_POINT_GROUP = "qpass.backends"
 OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "quant_per_token",
-       "hadamard", "attention")       # the qpass:: ops of backends/ops.py
+       "hadamard", "attention", "attention_kv")       # the qpass:: ops of backends/ops.py
 
 
 @dataclass

@@ -21,6 +21,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from qpass import ops
+from qpass.errors import SpecError
+from qpass.formats import KV_BITS
 from qpass.pipeline.pass_base import Fact, SchemedPass
 from qpass.specs import QuantSpec, Scheme
 
@@ -82,3 +85,28 @@ def replace_linear(g, node: fx.Node, new_module: nn.Module, reason: str | None =
             hasattr(new_module, "dequantized_weight"):
         meta["weight_sqnr_db"] = weight_sqnr_db(old_w, new_module.dequantized_weight(torch.float64))
     set_submodule(g.gm, node.target, new_module)
+
+
+def mark_attention(g, scheme) -> list[str]:
+    """Give every attention node the scheme's K/V bits (a `kv8` / `kv4` suffix): the node then
+    quantizes K/V per head per token and runs integer Q·Kᵀ and P·V (qpass.ops.attention's
+    kv_bits; Lower maps it to qpass::attention_kv). Returns the nodes marked."""
+    scheme = Scheme.parse(scheme)
+    marked = []
+    for node in g.graph.nodes:
+        if node.op != "call_function" or node.target is not ops.attention:
+            continue
+        _, spec, _ = scheme.spec_for(str(node.name), "attention")
+        if spec is None:
+            continue
+        if not (spec.symmetric and spec.granularity == "token" and spec.bits in KV_BITS):
+            raise SpecError(f"attention spec {spec} is not supported: K/V are quantized "
+                            f"symmetric per token with bits in {KV_BITS} (scheme suffix kv8/kv4)")
+        causal = node.args[4] if len(node.args) > 4 else node.kwargs.get("causal", False)
+        if causal:
+            raise SpecError(f"{node.name}: quantized K/V attention serves bidirectional "
+                            f"denoisers, this one is causal; drop the kv suffix")
+        node.kwargs = {**node.kwargs, "kv_bits": spec.bits}
+        node.meta.setdefault("qpass", {})["attn_spec"] = str(spec)
+        marked.append(node.name)
+    return marked

@@ -25,7 +25,7 @@ from qpass.calibration.sequential import SequentialRunner
 from qpass.calibration.stats import all_reduce_stats, watch_regions
 
 from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error
-from ._quantize_common import WeightRounding, quantize_targets, replace_linear
+from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
 
 __all__ = ["GPTQ", "quantize_weight", "reconstruction_error", "inverse_cholesky"]
 
@@ -98,7 +98,10 @@ class GPTQ(WeightRounding):
     def _finish(self, res: PassResult, kept: int) -> PassResult:
         layers = res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
-        res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept)
+        marked = mark_attention(g, self.scheme)              # kv8/kv4: after the solve
+        res.nodes_changed += marked
+        res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept,
+                           kv_quantized_attention=len(marked))
         self._todo, self._pending, self._res = {}, [], None
         return res
 

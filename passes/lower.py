@@ -4,7 +4,8 @@
   `qpass::linear_w4a16` (weight-only, any bits), `linear_w8a8`, `linear_w4a8` or `linear_w4a4`
   (symmetric weights × dynamic symmetric per-token activations); others stay simulated, noted;
 * attention nodes (`qpass.ops.attention`) call `qpass::attention`, in int8 Q·Kᵀ mode only when
-  the scheme quantizes attention (node meta `attn_spec`, or `attention_int8=True`);
+  asked (node meta `attn_spec`, or `attention_int8=True`); nodes a `kv<bits>` scheme marked
+  (kwarg kv_bits) call `qpass::attention_kv` over per-token quantized K/V;
 * online Hadamards (role "hadamard": Rotate's `online_hadamard` calls or modules with
   `qpass_role = "hadamard"`) call `qpass::hadamard`.
 For each node the backend the registry would pick on the model's device and dtype is recorded
@@ -110,6 +111,7 @@ class Lower(Pass):
         q, k, v = args[:3]
         key_mask = args[3] if len(args) > 3 else kw.get("key_mask")
         causal = args[4] if len(args) > 4 else kw.get("causal", False)
+        kv_bits = int(args[5] if len(args) > 5 else kw.get("kv_bits", 0))
         meta = node.meta.setdefault("qpass", {})
         int8 = self.attention_int8
         if int8 is None:
@@ -117,9 +119,13 @@ class Lower(Pass):
             int8 = spec is not None and str(spec).startswith("int8")
         node.target = lowered.attention
         node.args = (q, k, v, key_mask, causal)
-        node.kwargs = {"int8": bool(int8), "backend": self.backend}
-        choose(node.name, "attention", dict(D=_last_dim(q), int8=bool(int8),
-                                            causal=bool(causal)))
+        if kv_bits:    # quantized K/V (kv8/kv4): integer Q·Kᵀ and P·V on qpass::attention_kv
+            node.kwargs = {"int8": False, "backend": self.backend, "kv_bits": kv_bits}
+            choose(node.name, "attention_kv", dict(D=_last_dim(q)))
+        else:
+            node.kwargs = {"int8": bool(int8), "backend": self.backend}
+            choose(node.name, "attention", dict(D=_last_dim(q), int8=bool(int8),
+                                                causal=bool(causal)))
         meta.update(lowered="attention", backend=None)
         res.nodes_changed.append(node.name)
 

@@ -12,7 +12,7 @@ from qpass.errors import PipelineError
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import PassContext, PassResult
 
-from ._quantize_common import WeightRounding, quantize_targets, replace_linear
+from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
 
 
 @dataclass(eq=False, repr=False)
@@ -45,6 +45,8 @@ class RTN(WeightRounding):
             res.nodes_changed.append(node.name)
             ctx.advance(task)
         kept = [t for t in targets if t[2] is None and t[3] is None]
-        res.metrics.update(quantized=len(todo), kept=len(kept))
+        marked = mark_attention(g, self.scheme)
+        res.nodes_changed += marked
+        res.metrics.update(quantized=len(todo), kept=len(kept), kv_quantized_attention=len(marked))
         res.notes += [f"{t[0].target}: {t[4]}" for t in kept]
         return res

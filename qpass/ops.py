@@ -8,16 +8,31 @@ import torch
 import torch.nn.functional as F
 
 from . import kvcache
+from .errors import QpassError
+from .formats.attention import kv_attention, quantize_kv
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              key_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+              key_mask: torch.Tensor | None = None, causal: bool = False,
+              kv_bits: int = 0) -> torch.Tensor:
     """Scaled dot-product attention on (B, H, L, D) tensors; k/v may have fewer heads (GQA).
 
     `key_mask` is an optional (B, L) bool tensor, True for real tokens (left padding = False).
     Bidirectional unless `causal`. Inside a K/V cache window (qpass.kvcache) q holds the
-    window's rows and k/v/key_mask come back from the cache over the whole sequence."""
+    window's rows and k/v/key_mask come back from the cache over the whole sequence.
+    kv_bits (4 or 8; set by a `kv<bits>` scheme): K/V are quantized per head per token (the
+    cache then holds codes and scales) and Q·Kᵀ, P·V are integer products
+    (qpass.formats.attention); bidirectional only."""
     cache = kvcache.active()
+    if kv_bits:
+        if causal:
+            raise QpassError("quantized K/V attention (kv_bits) serves bidirectional denoisers; "
+                             "this attention is causal: drop the kv suffix of the scheme")
+        kc, ks = quantize_kv(k, kv_bits)
+        vc, vs = quantize_kv(v, kv_bits)
+        if cache is not None:
+            (kc, ks, vc, vs), key_mask = cache.attend((kc, ks, vc, vs), key_mask)
+        return kv_attention(q, kc, ks, vc, vs, key_mask)
     if cache is not None:
         (k, v), key_mask = cache.attend((k, v), key_mask, causal)
     n_rep = q.shape[1] // k.shape[1]

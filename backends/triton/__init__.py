@@ -62,13 +62,18 @@ def attention(q, k, v, key_mask, causal, int8):
     return flash_attention(q, k, v, key_mask, causal, int8)
 
 
+def attention_kv(q, k_codes, k_scales, v_codes, v_scales, key_mask):
+    from .attention_kv import kv_attention
+    return kv_attention(q, k_codes, k_scales, v_codes, v_scales, key_mask)
+
+
 class TritonBackend(Backend):
     name = "triton"
     priority = 10
     kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
                "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
                "quant_per_token": quant_per_token, "hadamard": hadamard_op,
-               "attention": attention}
+               "attention": attention, "attention_kv": attention_kv}
 
     def available(self):
         if not HAVE_TRITON:
@@ -113,7 +118,7 @@ def _shape_reason(op: str, spec: dict) -> str | None:
         n = spec.get("n")
         if n is not None and hadamard_split(n) is None:
             return f"Hadamard size {n} is not 2^k with 256 <= n <= 16384"
-    if op == "attention":
+    if op in ("attention", "attention_kv"):
         D = spec.get("D")
         if D is not None and (D & (D - 1) or not 16 <= D <= 256):
             return f"head dim {D} is not a power of two in [16, 256]"

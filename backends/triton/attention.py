@@ -31,6 +31,18 @@ def _q8(t):
     return tl.minimum(tl.maximum(q, -128.0), 127.0).to(tl.int8), s
 
 
+@triton.jit
+def _q_tile(q_ptr, sqb, sqh, sql, L, H, n_rep, D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's (batch, head, kv head, query rows, head-dim range, Q tile)."""
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, D)
+    q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sql + rd[None, :],
+                mask=(rm < L)[:, None], other=0.0)
+    return b, h, h // n_rep, rm, rd, q
+
+
 @triton.autotune(configs=configs(_FULL, _TINY), key=["L_BUCKET", "D", "INT8", "CAUSAL"])
 @triton.jit
 def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, LK, L_BUCKET, H, n_rep, sm_scale_log2,
@@ -38,14 +50,9 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, LK, L_BUCKET, H, n_rep
                  D: tl.constexpr, HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr,
                  INT8: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m, bh = tl.program_id(0), tl.program_id(1)
-    b, h = bh // H, bh % H
-    hk = h // n_rep
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rd = tl.arange(0, D)
+    pid_m = tl.program_id(0)
+    b, h, hk, rm, rd, q = _q_tile(q_ptr, sqb, sqh, sql, L, H, n_rep, D, BLOCK_M)
     rn0 = tl.arange(0, BLOCK_N)
-    q = tl.load(q_ptr + b * sqb + h * sqh + rm[:, None] * sql + rd[None, :],
-                mask=(rm < L)[:, None], other=0.0)
     if INT8:
         q8, sq = _q8(q.to(tl.float32))
     m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)

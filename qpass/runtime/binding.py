@@ -45,9 +45,13 @@ def requests(gm: fx.GraphModule, head_dim: int | None = None) -> list[tuple[str,
         elif node.op == "call_function" and node.target is lowered.attention:
             tm = getattr(node.args[0], "meta", {}).get("tensor_meta")
             D = int(tm.shape[-1]) if tm is not None else head_dim
+            backend = _kw(node, "backend", 6, "auto")
+            if _kw(node, "kv_bits", 7, 0):
+                out.append((node.name, "attention_kv", dict(D=D), backend))
+                continue
             spec = dict(D=D, int8=bool(_kw(node, "int8", 5, False)),
                         causal=bool(_kw(node, "causal", 4, False)))
-            out.append((node.name, "attention", spec, _kw(node, "backend", 6, "auto")))
+            out.append((node.name, "attention", spec, backend))
         elif node.op == "call_function" and node.target is lowered.hadamard:
             tm = getattr(node.args[0], "meta", {}).get("tensor_meta")
             spec = dict(n=int(tm.shape[-1])) if tm is not None else {}

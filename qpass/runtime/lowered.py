@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from qpass import kvcache
+from qpass.errors import QpassError
 from qpass.backends import ops as _kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
 from qpass.specs import QuantSpec
 
@@ -130,13 +131,25 @@ class LoweredLinear(nn.Module):
 
 
 def attention(q, k, v, key_mask=None, causal: bool = False, int8: bool = False,
-              backend: str = "auto"):
-    """Graph target for lowered attention (role "attention"): torch.ops.qpass.attention.
-    Inside a K/V cache window k/v/key_mask come from the cache (qpass.kvcache)."""
+              backend: str = "auto", kv_bits: int = 0):
+    """Graph target for lowered attention (role "attention"): torch.ops.qpass.attention, or
+    with kv_bits (a `kv<bits>` scheme) K/V quantized per head per token by
+    qpass::quant_per_token and qpass::attention_kv (integer Q·Kᵀ and P·V).
+    Inside a K/V cache window the key side comes from the cache (qpass.kvcache), which then
+    holds the codes and scales."""
     cache = kvcache.active()
+    ops = torch.ops.qpass
+    if kv_bits:
+        if causal:
+            raise QpassError("quantized K/V attention (kv_bits) serves bidirectional denoisers")
+        kc, ks = ops.quant_per_token(k, kv_bits, False, None, backend)
+        vc, vs = ops.quant_per_token(v, kv_bits, False, None, backend)
+        if cache is not None:
+            (kc, ks, vc, vs), key_mask = cache.attend((kc, ks, vc, vs), key_mask)
+        return ops.attention_kv(q, kc, ks, vc, vs, key_mask, backend)
     if cache is not None:
         (k, v), key_mask = cache.attend((k, v), key_mask, causal)
-    return torch.ops.qpass.attention(q, k, v, key_mask, causal, int8, backend)
+    return ops.attention(q, k, v, key_mask, causal, int8, backend)
 
 
 attention.qpass_role = "attention"

@@ -102,3 +102,36 @@ def test_attention_vs_float64(causal):
     t8 = ops.attention(q, k, v, km, causal, True, "triton")
     r8 = ops.attention(q, k, v, km, causal, True, "reference")
     assert rel(t8, r8) < 1e-5 and rel(t8, ref) < 3e-2
+
+
+def _window_qkv(seed, pad_row):
+    """Queries of a 9-row cache window over 30 keys (GQA 4/2 heads), some keys padded."""
+    torch.manual_seed(seed)
+    q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 30, 16), torch.randn(2, 2, 30, 16)
+    km = torch.ones(2, 30, dtype=torch.bool)
+    km[pad_row, :5] = False
+    return q, k, v, km
+
+
+def test_attention_over_a_cache_window():
+    """L_q < L_k: the query rows of a K/V-cache window against the whole sequence."""
+    q, k, v, km = _window_qkv(4, 1)
+    ref = ops.attention(q.double(), k.double(), v.double(), km, False, False, "reference")
+    assert rel(ops.attention(q, k, v, km, False, False, "triton"), ref) < 1e-5
+    assert rel(ops.attention(q, k, v, None, False, False, "triton"),
+               ops.attention(q.double(), k.double(), v.double(), None, False, False,
+                             "reference")) < 1e-5
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_kv_attention_vs_reference(bits):
+    q, k, v, km = _window_qkv(5, 0)
+    kc, ks = ops.quant_per_token(k, bits, False, None, "triton")
+    vc, vs = ops.quant_per_token(v, bits, False, None, "triton")
+    rc, rs = formats.quantize_kv(k, bits)
+    assert torch.equal(kc, rc) and torch.equal(ks, rs)     # the cache codes are the same
+    got = ops.attention_kv(q, kc, ks, vc, vs, km, "triton")
+    want = ops.attention_kv(q, kc, ks, vc, vs, km, "reference")
+    assert rel(got, want) < 1e-4
+    exact = ops.attention(q.double(), k.double(), v.double(), km, False, False, "reference")
+    assert rel(got, exact) < (3e-2 if bits == 8 else 2.5e-1)
