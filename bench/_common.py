@@ -24,6 +24,22 @@ def cpu_time(fn, repeat: int = 7, warmup: int = 2) -> float:
     return statistics.median(ts)
 
 
+def machine() -> str:
+    """CPU model, cores and torch threads, for the JSON of CPU benchmarks."""
+    import os
+    import platform
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), " \
+           f"torch {torch.__version__}"
+
+
 def gpu_ms(fn) -> float:
     """Median milliseconds of fn() on the GPU (CUDA events via triton.testing.do_bench)."""
     from triton.testing import do_bench

@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
+import os
+import sys
 import time
 
 import torch
@@ -35,6 +36,9 @@ from qpass import passes as P
 from qpass.eval.tasks import TaskContext, TaskSettings, leading_number, math_problems
 from qpass.sampling import StepStats, generate_llada
 from qpass.sampling.common import decode_text
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine  # noqa: E402
 
 POLICIES = [("none", None), ("none", 0.9), ("prefix", None), ("prefix", 0.9), ("dual", None),
             ("dual", 0.9)]
@@ -67,6 +71,8 @@ def run(model, prompts, cache, threshold, **kw):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fp32", help="comma list of fp32, w4a16, w8a8 (lowered)")
+    ap.add_argument("--policies", default=",".join(f"{c}:{t or 'none'}" for c, t in POLICIES),
+                    help="policies run for fp32 (cache:threshold|none)")
     ap.add_argument("--lowered-policies", default="prefix:0.9,dual:0.9",
                     help="policies run for the lowered models (cache:threshold|none)")
     ap.add_argument("--items", type=int, default=50, help="math problems for exact match")
@@ -90,11 +96,14 @@ def main() -> None:
     newline = tok.encode("\n")[0]
     kw = dict(gen_length=args.gen_length, steps=args.gen_length, block_length=args.block_length)
 
-    lowered = []
-    for item in args.lowered_policies.split(","):
-        cache, _, th = item.partition(":")
-        lowered.append((cache, float(th) if th and th != "none" else None))
-    configs = [("fp32", c, t) for c, t in POLICIES] if "fp32" in models else []
+    def policies(text):
+        out = []
+        for item in text.split(","):
+            cache, _, th = item.partition(":")
+            out.append((cache, float(th) if th and th != "none" else None))
+        return out
+    lowered = policies(args.lowered_policies)
+    configs = [("fp32", c, t) for c, t in policies(args.policies)] if "fp32" in models else []
     configs += [(n, c, t) for n in names if n != "fp32" for c, t in lowered]
     if ("fp32", "none", None) not in configs:
         configs.insert(0, ("fp32", "none", None))
@@ -136,8 +145,7 @@ def main() -> None:
 
     print(json.dumps({
         "bench": "generate_speed", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="minutes"), "machine": f"{platform.machine()} {platform.processor() or ''}"
-        f" {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+            timespec="minutes"), "machine": machine(),
         "model": "tiny-llada", "sampler": "llada low_confidence, temperature 0",
         "gen_length": args.gen_length, "block_length": args.block_length,
         "steps": args.gen_length, "shots": args.shots,

@@ -14,6 +14,6 @@ def test_triton_kernels_under_the_interpreter():
     cases = Path(__file__).with_name("triton_cases.py")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(cases)], env=env, capture_output=True, text=True, timeout=240,
+                           str(cases)], env=env, capture_output=True, text=True, timeout=900,
                           cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -11,6 +11,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
                 allow_module_level=True)
 
+import qpass  # noqa: E402
 import qpass.backends.ops  # noqa: E402,F401
 from qpass import formats, hadamard  # noqa: E402
 from qpass.backends import registry  # noqa: E402
@@ -135,3 +136,42 @@ def test_quantized_kv_attention_vs_reference(bits):
     assert rel(got, want) < 1e-4
     exact = ops.attention(q.double(), k.double(), v.double(), km, False, False, "reference")
     assert rel(got, exact) < (3e-2 if bits == 8 else 2.5e-1)
+
+
+SAVE_SCRIPT = """
+import sys, torch, qpass
+from qpass import passes as P
+from qpass.models import Denoiser, init_weights, tiny_llada
+m = init_weights(Denoiser(tiny_llada()), seed=7).eval()
+c = qpass.Pipeline([P.RTN('w8a8kv8'), P.Lower()]).run(m, progress=False)
+c.save(sys.argv[1])
+x = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    torch.save({'x': x, 'logits': c(x)}, sys.argv[2])
+"""
+
+
+def test_checkpoint_saved_on_reference_rebinds_to_triton(tmp_path):
+    """Saved where only the reference backend runs (no interpreter, no CUDA), loaded here
+    where Triton runs: load_compiled(device=) binds Triton kernels, same logits."""
+    import json
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    d, ref = tmp_path / "ckpt", tmp_path / "ref.pt"
+    subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(d), str(ref)], env=env, check=True,
+                   timeout=300)
+    saved = json.loads((d / "manifest.json").read_text())
+    lower = [p for p in saved["report"]["passes"] if p["name"] == "Lower"][0]
+    assert {r["backend"] for r in lower["metrics"]["kernels"]} == {"reference"}
+    m = qpass.load_compiled(d, device="cpu")
+    bound = {r["op"]: r["backend"] for r in m.kernels}
+    assert bound == {"linear_w8a8": "triton", "attention_kv": "triton"}
+    qpass.backends.ops.reset_kernel_calls()
+    want = torch.load(ref)
+    with torch.no_grad():
+        got = m(want["x"])
+    ran = {(op, b) for op, b, _ in qpass.backends.ops.kernel_calls()}
+    assert ran == {("linear_w8a8", "triton"), ("attention_kv", "triton"),
+                   ("quant_per_token", "triton")}
+    assert rel(got, want["logits"]) < 1e-4
