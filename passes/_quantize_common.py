@@ -53,7 +53,8 @@ class WeightRounding(SchemedPass):
     provides = frozenset({Fact.WEIGHTS_QUANTIZED})
 
     def scheme_provides(self) -> frozenset:
-        facts = {Fact.WEIGHTS_QUANTIZED}
+        # a scheme without a weight spec (e.g. K/V quantization only) rounds no weight
+        facts = {Fact.WEIGHTS_QUANTIZED} if self.scheme.weight is not None else set()
         if self.scheme.act is not None:
             facts.add(Fact.ACTS_QUANTIZED)
         return frozenset(facts)
