@@ -1,37 +1,40 @@
-"""A GraphModule as JSON + tensors, rebuilt without pickle (docs/FORMATS.md "Compiled
-checkpoint").
+"""A GraphModule as JSON + tensors, rebuilt without pickle and without naming Python callables
+(docs/FORMATS.md "Compiled checkpoint", "Graph vocabulary", "Threat model").
 
-The graph is a list of nodes (op, name, target, args, kwargs); call_function targets are
-written as qualified names and resolved on load only from an allow-list (operator, builtins
-getattr, public torch / torch.nn.functional functions, qpass.ops, torch.ops.qpass, and
-functions registered with `register_function`) — never by importing an arbitrary path. Leaf
-modules are (class name from the registry, constructor kwargs); their tensors come from
-safetensors. Other developers add classes and functions with `register_module_class` /
-`register_function` (re-exported by qpass.runtime.compiled)."""
+The graph is a list of nodes (op, name, target, args, kwargs). Computing nodes name an entry of
+the closed vocabulary in qpass.runtime.graph_vocab, whose argument types are checked on load;
+get_attr names a stored tensor, call_module a stored module, and module classes come from a
+registry of qpass's own classes (plus those a plugin registers in this process). Nothing is
+imported, looked up by attribute or executed on behalf of the file, and every name that torch.fx
+writes into the generated forward is checked to be a plain identifier first."""
 from __future__ import annotations
 
-import importlib
-import operator
-from typing import Any, Callable
+import inspect
+import math
+import re
+from typing import Callable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from qpass import ops
 from qpass.errors import CheckpointError
+from qpass.runtime import graph_vocab as vocab
 
 _MODULE_CLASSES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {}
-_FUNCTIONS: dict[str, Callable] = {}
-_NAMESPACES = {"operator": operator, "torch": torch, "torch.nn.functional": F, "qpass.ops": ops}
+_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,99}\Z|_[A-Za-z0-9][A-Za-z0-9_]{0,99}\Z")
+_SPEC_STR = re.compile(r"[A-Za-z0-9_:.\-]{0,64}\Z")
+_DTYPES = {n: getattr(torch, n) for n in ("float32", "float16", "bfloat16", "float64", "int8",
+                                           "uint8", "int16", "int32", "int64", "bool")}
+_DEVICE = re.compile(r"(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?\Z")
+_MAX_DEPTH = 6
 
 
 def register_module_class(cls: type, init_kwargs: Callable[[nn.Module], dict] | None = None,
                           name: str | None = None) -> type:
-    """Allow `cls` in compiled checkpoints. `init_kwargs(module) -> dict` (JSON values) gives
-    the constructor arguments that rebuild it (shapes only: tensors are loaded afterwards);
-    default: the module's own `qpass_init_kwargs()` method. Usable as a decorator."""
+    """Allow `cls` in compiled checkpoints. `init_kwargs(module) -> dict` (JSON scalars or
+    lists of them) gives the constructor arguments that rebuild it (shapes only: tensors are
+    loaded afterwards); default: the module's own `qpass_init_kwargs()`. Usable as a decorator."""
     if init_kwargs is None:
         if not hasattr(cls, "qpass_init_kwargs"):
             raise TypeError(f"{cls.__name__}: give init_kwargs= or define qpass_init_kwargs()")
@@ -41,8 +44,9 @@ def register_module_class(cls: type, init_kwargs: Callable[[nn.Module], dict] | 
 
 
 def register_function(fn: Callable, name: str | None = None) -> Callable:
-    """Allow `fn` as a call_function target in compiled checkpoints. Usable as a decorator."""
-    _FUNCTIONS[name or f"{fn.__module__}.{fn.__qualname__}"] = fn
+    """Add a plugin's `fn` to the graph vocabulary (its arguments typed "plain": graph values,
+    None, numbers, bools, short identifiers). Usable as a decorator."""
+    vocab.register_plugin_function(fn, name or f"{fn.__module__}.{fn.__qualname__}")
     return fn
 
 
@@ -54,7 +58,7 @@ def _register_builtins() -> None:
     if _builtins_done:
         return
     _builtins_done = True
-    from qpass.runtime import lowered, online
+    from qpass.runtime import lowered
     from qpass.ir.qlinear import QuantLinear
     from qpass.models.denoiser import RMSNorm
     register_module_class(nn.Linear, lambda m: {"in_features": m.in_features, "out_features":
@@ -71,63 +75,6 @@ def _register_builtins() -> None:
         "weight_spec": None if m.weight_spec is None else str(m.weight_spec),
         "act_spec": None if m.act_spec is None else str(m.act_spec), "bias": m.bias is not None})
     register_module_class(lowered.LoweredLinear)
-    # stable on-disk names (checkpoints written before the runtime/ move use them too)
-    register_function(lowered.attention, "qpass.lowered.attention")
-    register_function(lowered.hadamard, "qpass.lowered.hadamard")
-    register_function(online.online_hadamard, "qpass.online.online_hadamard")
-    register_function(online.channel_transform, "qpass.online.channel_transform")
-    register_function(getattr, "builtins.getattr")
-
-
-# ----- function names ------------------------------------------------------------------------
-def function_name(fn) -> str:
-    for key, f in _FUNCTIONS.items():
-        if f is fn:
-            return key
-    if isinstance(fn, torch._ops.OpOverload):
-        return f"torch.ops.{fn.namespace}.{fn._opname}.{fn._overloadname}"
-    if isinstance(fn, torch._ops.OpOverloadPacket):
-        return f"torch.ops.{fn._qualified_op_name.replace('::', '.')}"
-    name = getattr(fn, "__name__", None)
-    for ns_name, ns in _NAMESPACES.items():
-        if name and not name.startswith("_") and getattr(ns, name, None) is fn:
-            return f"{ns_name}.{name}"
-    raise CheckpointError(f"graph calls {fn!r}, which is not allow-listed for compiled checkpoints; "
-                          f"register it with qpass.runtime.compiled.register_function")
-
-
-def _import_qpass_module(dotted: str) -> None:
-    """Import qpass's own module `dotted` (never anything outside the qpass package), so that
-    the registrations it makes at import time exist when a checkpoint is loaded in a fresh
-    process. The name must still be registered afterwards to be used."""
-    if not dotted.startswith("qpass.") or not all(p.isidentifier() for p in dotted.split(".")):
-        return
-    try:
-        importlib.import_module(dotted)
-    except ImportError:
-        pass
-
-
-def resolve_function(key: str) -> Callable:
-    if key not in _FUNCTIONS and key.startswith("qpass."):
-        _import_qpass_module(key.rpartition(".")[0])
-    if key in _FUNCTIONS:
-        return _FUNCTIONS[key]
-    if key.startswith("torch.ops.qpass."):
-        obj: Any = torch.ops.qpass
-        for part in key.split(".")[3:]:
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return obj
-    ns_name, _, name = key.rpartition(".")
-    ns = _NAMESPACES.get(ns_name)
-    fn = getattr(ns, name, None) if ns is not None and not name.startswith("_") else None
-    if not callable(fn):
-        raise CheckpointError(f"graph function {key!r} is not allow-listed; the checkpoint needs "
-                              f"a qpass version (or plugin) that registers it")
-    return fn
 
 
 # ----- values --------------------------------------------------------------------------------
@@ -153,44 +100,67 @@ def encode(x):
     raise CheckpointError(f"cannot store graph argument {x!r} ({type(x).__name__}) in a checkpoint")
 
 
-def decode(x, env: dict[str, fx.Node]):
-    if isinstance(x, list):
-        return [decode(v, env) for v in x]
-    if not isinstance(x, dict):
+def decode(x, env: dict[str, fx.Node], depth: int = 0):
+    """The value `x` encodes; a CheckpointError for anything but the encodings above."""
+    if depth > _MAX_DEPTH:
+        raise CheckpointError("graph argument nested too deeply")
+    if x is None or isinstance(x, (bool, int, str)):
         return x
-    if "node" in x:
-        if x["node"] not in env:
-            raise CheckpointError(f"graph refers to unknown node {x['node']!r}")
-        return env[x["node"]]
-    if "tuple" in x:
-        return tuple(decode(v, env) for v in x["tuple"])
-    if "dict" in x:
-        return {k: decode(v, env) for k, v in x["dict"]}
-    if "slice" in x:
-        return slice(*(decode(v, env) for v in x["slice"]))
-    if "ellipsis" in x:
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise CheckpointError(f"non-finite literal {x!r} in graph")
+        return x
+    if isinstance(x, list):
+        return [decode(v, env, depth + 1) for v in x]
+    if not isinstance(x, dict) or len(x) != 1:
+        raise CheckpointError(f"unknown encoded value {x!r:.80}")
+    (tag, v), = x.items()
+    if tag == "node":
+        if not isinstance(v, str) or v not in env:
+            raise CheckpointError(f"graph refers to unknown node {v!r:.80} (or to a later one)")
+        return env[v]
+    if tag == "tuple" and isinstance(v, list):
+        return tuple(decode(e, env, depth + 1) for e in v)
+    if tag == "slice" and isinstance(v, list) and len(v) == 3:
+        return slice(*(decode(e, env, depth + 1) for e in v))
+    if tag == "ellipsis" and v is True:
         return Ellipsis
-    if "dtype" in x:
-        dt = getattr(torch, x["dtype"], None)
-        if not isinstance(dt, torch.dtype):
-            raise CheckpointError(f"unknown dtype {x['dtype']!r} in graph")
-        return dt
-    if "device" in x:
-        return torch.device(x["device"])
-    raise CheckpointError(f"unknown encoded value {x!r}")
+    if tag == "dtype" and v in _DTYPES:
+        return _DTYPES[v]
+    if tag == "device" and isinstance(v, str) and _DEVICE.match(v):
+        return torch.device(v)
+    raise CheckpointError(f"unknown encoded value {x!r:.80}")
+
+
+def _decode_kwargs(x, env, where: str) -> dict:
+    if not (isinstance(x, dict) and list(x) == ["dict"] and isinstance(x["dict"], list)):
+        raise CheckpointError(f"node {where!r}: kwargs must be {{'dict': [[name, value], ...]}}")
+    out = {}
+    for item in x["dict"]:
+        if not (isinstance(item, list) and len(item) == 2 and vocab.is_identifier(item[0])):
+            raise CheckpointError(f"node {where!r}: bad keyword entry {item!r:.80}")
+        out[item[0]] = decode(item[1], env, 1)
+    return out
 
 
 # ----- graph and modules ---------------------------------------------------------------------
+_NODE_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
+
+
 def graph_to_json(gm: fx.GraphModule) -> dict:
-    """{"nodes": [...], "modules": {target: {"class", "kwargs"}}}."""
+    """{"vocabulary": N, "nodes": [...], "modules": {target: {"class", "kwargs", ...}}}; a
+    node outside the vocabulary or an unregistered module class is a CheckpointError now,
+    not an unloadable checkpoint later."""
+    _register_builtins()
+    by_cls = {cls: name for name, (cls, _) in _MODULE_CLASSES.items()}
     nodes, modules = [], {}
     for n in gm.graph.nodes:
-        target = function_name(n.target) if n.op == "call_function" else n.target
+        target = vocab.name_of(n) if n.op in ("call_function", "call_method") else n.target
         nodes.append({"op": n.op, "name": n.name, "target": target, "args": encode(n.args),
                       "kwargs": encode(dict(n.kwargs))})
         if n.op == "call_module" and n.target not in modules:
             modules[n.target] = module_entry(gm.get_submodule(n.target), n.target)
-    return {"nodes": nodes, "modules": modules}
+    return {"vocabulary": vocab.VOCAB_VERSION, "nodes": nodes, "modules": modules}
 
 
 def module_entry(m: nn.Module, target: str = "") -> dict:
@@ -210,70 +180,156 @@ def module_entry(m: nn.Module, target: str = "") -> dict:
             "none_buffers": none_buffers}
 
 
-def _set_path(root: nn.Module, path: str, module: nn.Module) -> None:
-    owner, name = _owner(root, path)
-    owner.add_module(name, module)
+_MODULE_ATTRS = frozenset(dir(nn.Module()))
+
+
+def _check_path(path, what: str) -> list[str]:
+    """A dotted module/tensor path of plain names that shadow no nn.Module attribute."""
+    parts = path.split(".") if isinstance(path, str) and len(path) <= 400 else None
+    if not parts or not all(_PATH_PART.match(p) and p not in _MODULE_ATTRS for p in parts):
+        raise CheckpointError(f"{what} {path!r:.120}: not a plain dotted name of a module or "
+                              f"tensor")
+    return parts
 
 
 def _owner(root: nn.Module, path: str) -> tuple[nn.Module, str]:
     parts = path.split(".")
     cur = root
     for p in parts[:-1]:
-        if not hasattr(cur, p):
+        if p not in cur._modules:
             cur.add_module(p, nn.Module())
-        cur = getattr(cur, p)
+        cur = cur._modules[p]
     return cur, parts[-1]
+
+
+def _check_kwargs(path: str, cls: type, kwargs) -> dict:
+    """Constructor arguments: names the constructor has, values JSON scalars / int lists."""
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"module {path!r}: kwargs must be an object")
+    params = inspect.signature(cls.__init__).parameters
+    for k, v in kwargs.items():
+        if k not in params or k in ("self", "device", "dtype"):
+            raise CheckpointError(f"module {path!r}: {cls.__name__} takes no argument {k!r}")
+        ok = (v is None or isinstance(v, bool) or (isinstance(v, int) and abs(v) < 2 ** 40)
+              or (isinstance(v, float) and math.isfinite(v))
+              or (isinstance(v, str) and _SPEC_STR.match(v))
+              or (isinstance(v, list) and len(v) <= 8 and all(isinstance(e, int) for e in v)))
+        if not ok:
+            raise CheckpointError(f"module {path!r}: argument {k}={v!r:.60} is not a plain value")
+    return kwargs
+
+
+def _build_modules(spec_modules, tensors, tensor_kinds) -> nn.Module:
+    root = nn.Module()
+    if not isinstance(spec_modules, dict) or not isinstance(tensor_kinds, dict):
+        raise CheckpointError("graph 'modules' and manifest 'tensors' must be objects")
+    for path, ms in spec_modules.items():
+        _check_path(path, "module")
+        cls_name = ms.get("class") if isinstance(ms, dict) else None
+        if cls_name not in _MODULE_CLASSES:
+            raise CheckpointError(f"module {path!r} has class {cls_name!r:.60}, which is not "
+                                  f"registered; import the package that registers it")
+        cls = _MODULE_CLASSES[cls_name][0]
+        with torch.device("meta"):
+            mod = cls(**_check_kwargs(path, cls, ms.get("kwargs", {})))
+        for b in ms.get("none_buffers", []):
+            if not vocab.is_identifier(b) or hasattr(mod, b) and b not in mod._buffers:
+                raise CheckpointError(f"module {path!r}: {cls_name} has no buffer {b!r:.60}")
+            mod.register_buffer(b, None)
+        owner, name = _owner(root, path)
+        owner.add_module(name, mod)
+    for name, info in tensor_kinds.items():
+        _check_path(name, "tensor")
+        if not isinstance(info, dict) or info.get("kind") not in ("param", "buffer"):
+            raise CheckpointError(f"tensor {name!r}: kind must be 'param' or 'buffer'")
+        owner, attr = _owner(root, name)
+        src = info.get("alias_of") or name
+        if src not in tensors:
+            raise CheckpointError(f"tensor {src!r:.80} is missing from model.safetensors")
+        t = tensors[src]
+        if info["kind"] == "param":
+            if info.get("alias_of"):
+                a_owner, a_attr = _owner(root, _check_path(src, "tensor") and src)
+                t = getattr(a_owner, a_attr, None)
+                if not isinstance(t, nn.Parameter):
+                    raise CheckpointError(f"tensor {name!r} aliases {src!r}, which is no parameter "
+                                          f"stored before it")
+                setattr(owner, attr, t)
+            else:
+                setattr(owner, attr, nn.Parameter(t, requires_grad=bool(info.get("requires_grad"))
+                                                  and t.is_floating_point()))
+        else:
+            if attr in owner._parameters:
+                del owner._parameters[attr]
+            owner.register_buffer(attr, t, persistent=bool(info.get("persistent", True)))
+    for name, t in list(root.named_parameters()) + list(root.named_buffers()):
+        if t.device.type == "meta":
+            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
+    return root
+
+
+def _build_graph(nodes, modules: dict, tensor_names: set) -> fx.Graph:
+    if not isinstance(nodes, list) or not nodes:
+        raise CheckpointError("graph 'nodes' must be a non-empty list")
+    table = vocab.vocabulary()
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for i, nd in enumerate(nodes):
+        if not isinstance(nd, dict) or set(nd) != {"op", "name", "target", "args", "kwargs"}:
+            raise CheckpointError(f"graph node #{i} must have exactly op, name, target, args, kwargs")
+        op, name, target = nd["op"], nd["name"], nd["target"]
+        if not vocab.is_identifier(name) or name in env:
+            raise CheckpointError(f"graph node #{i}: name {name!r:.80} is not a fresh identifier")
+        if op not in _NODE_OPS:
+            raise CheckpointError(f"node {name!r}: unknown op {op!r:.40}")
+        if (op == "output") != (i == len(nodes) - 1):
+            raise CheckpointError(f"node {name!r}: the output node must be the last, and only it")
+        if not (isinstance(nd["args"], dict) and list(nd["args"]) == ["tuple"]):
+            raise CheckpointError(f"node {name!r}: args must be {{'tuple': [...]}}")
+        args, kwargs = decode(nd["args"], env), _decode_kwargs(nd["kwargs"], env, name)
+        if op == "placeholder":
+            # fx writes the target into the forward's signature and its default after '='
+            if not vocab.is_identifier(target) or kwargs or len(args) > 1 or \
+                    any(a is not None and not isinstance(a, (bool, int, float)) for a in args):
+                raise CheckpointError(f"node {name!r}: placeholder {target!r:.80} must be an "
+                                      f"identifier with at most a literal default")
+        elif op == "get_attr":
+            if target not in tensor_names or args or kwargs:
+                raise CheckpointError(f"node {name!r}: get_attr {target!r:.80} names no stored tensor")
+        elif op == "call_module":
+            if target not in modules:
+                raise CheckpointError(f"node {name!r}: module {target!r:.80} is not in the checkpoint")
+            if kwargs or not all(isinstance(a, fx.Node) for a in args):
+                raise CheckpointError(f"node {name!r}: a module takes graph values only")
+        elif op == "output":
+            if kwargs or len(args) != 1 or not isinstance(args[0], fx.Node):
+                raise CheckpointError(f"node {name!r}: output must return one graph value")
+        else:
+            spec = table.get(target) if isinstance(target, str) else None
+            if spec is None or spec.op != op:
+                raise CheckpointError(f"node {name!r}: {op} {target!r:.80} is not in the checkpoint "
+                                      f"vocabulary (version {vocab.VOCAB_VERSION})")
+            vocab.check_args(name, spec, args, kwargs)
+            target = spec.target
+        env[name] = graph.create_node(op, target, args, kwargs, name=name)
+        if env[name].name != name:
+            raise CheckpointError(f"node {name!r}: name clashes with a generated name")
+    return graph
 
 
 def build_graph_module(spec: dict, tensors: dict[str, torch.Tensor], tensor_kinds: dict) -> fx.GraphModule:
     """Rebuild the GraphModule from graph_to_json output, the tensors and their kinds
-    ({name: {"kind": "param"|"buffer", "alias_of": name|None, ...}})."""
+    ({name: {"kind": "param"|"buffer", "alias_of": name|None, ...}}), validating every node,
+    module and tensor name first (CheckpointError naming the first one that is not allowed)."""
     _register_builtins()
+    if not isinstance(spec, dict):
+        raise CheckpointError("manifest 'graph' must be an object")
+    if spec.get("vocabulary", vocab.VOCAB_VERSION) != vocab.VOCAB_VERSION:
+        raise CheckpointError(f"graph vocabulary version {spec.get('vocabulary')!r} is not "
+                              f"{vocab.VOCAB_VERSION}; use the qpass version that wrote it")
     try:
-        root = nn.Module()
-        for path, ms in spec["modules"].items():
-            if ms["class"] not in _MODULE_CLASSES:
-                _import_qpass_module(str(ms.get("module", "")))
-            if ms["class"] not in _MODULE_CLASSES:
-                raise CheckpointError(f"module {path!r} has class {ms['class']!r}, which is not "
-                                      f"registered; import the package that registers it")
-            cls = _MODULE_CLASSES[ms["class"]][0]
-            with torch.device("meta"):
-                mod = cls(**ms["kwargs"])
-            for b in ms.get("none_buffers", []):
-                mod.register_buffer(b, None)
-            _set_path(root, path, mod)
-        for name, info in tensor_kinds.items():
-            owner, attr = _owner(root, name)
-            src = info.get("alias_of") or name
-            if src not in tensors:
-                raise CheckpointError(f"tensor {src!r} is missing from model.safetensors")
-            t = tensors[src]
-            if info["kind"] == "param":
-                if info.get("alias_of"):
-                    a_owner, a_attr = _owner(root, src)
-                    setattr(owner, attr, getattr(a_owner, a_attr))
-                else:
-                    setattr(owner, attr, nn.Parameter(t, requires_grad=info.get("requires_grad", False)))
-            else:
-                if attr in owner._parameters:
-                    del owner._parameters[attr]
-                owner.register_buffer(attr, t, persistent=info.get("persistent", True))
-        for name, t in list(root.named_parameters()) + list(root.named_buffers()):
-            if t.device.type == "meta":
-                raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
-        graph = fx.Graph()
-        env: dict[str, fx.Node] = {}
-        for nd in spec["nodes"]:
-            op = nd["op"]
-            target = resolve_function(nd["target"]) if op == "call_function" else nd["target"]
-            if op in ("call_method", "get_attr", "call_module") and \
-                    (not isinstance(target, str) or target.startswith("__") and target.endswith("__")
-                     and target != "__getitem__"):
-                raise CheckpointError(f"node {nd['name']!r}: bad target {target!r}")
-            node = graph.create_node(op, target, decode(nd["args"], env), decode(nd["kwargs"], env),
-                                     name=nd["name"])
-            env[nd["name"]] = node
+        root = _build_modules(spec.get("modules"), tensors, tensor_kinds)
+        graph = _build_graph(spec.get("nodes"), spec["modules"], set(tensor_kinds))
         graph.lint()
         return fx.GraphModule(root, graph, "CompiledGraph")
     except CheckpointError:
