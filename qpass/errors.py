@@ -36,3 +36,8 @@ class HadamardError(QpassError, ValueError):
 
 class BackendError(QpassError):
     """No backend can run an op, or a backend failed to load."""
+
+
+class OutputPathError(QpassError):
+    """An output path (--out, --json, --png) cannot be written, or would overwrite something
+    qpass did not write; raised before any compute."""

@@ -52,8 +52,11 @@ def run_eval_command(args) -> int:
     from rich.console import Console
 
     from qpass.eval.runner import evaluate, print_results
+    from qpass.runtime.output import check_output_file
     if args.limit is not None and args.limit < 1:
         raise QpassError("--limit must be >= 1")
+    if args.json_out:
+        check_output_file(args.json_out, "--json")      # before any compute (DESIGN §9)
     settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))
                 if v is not None}
     model = load_model(args.model, device=args.device, dtype=args.dtype)

@@ -24,6 +24,9 @@ def cmd_outliers(args) -> int:
     from qpass import presets
     from qpass.pipeline.pass_base import Fact
     from qpass.inspect.outliers import outlier_table, render_outliers
+    if getattr(args, "png", None):
+        from qpass.runtime.output import check_output_file
+        check_output_file(args.png, "--png")            # before any compute (DESIGN §9)
     if not args.pipeline:
         raise PipelineError("--outliers needs --pipeline P, e.g. --pipeline w4a4-quarot")
     pipe = presets.get(args.pipeline)

@@ -90,8 +90,8 @@ def add_inspect_pipeline_args(p) -> None:
 def cmd_quantize(args) -> int:
     from rich.console import Console
 
-    from qpass.runtime.checkpoint import check_target
-    check_target(args.out)
+    from qpass.runtime.output import check_free_space, check_output_dir
+    check_output_dir(args.out, "--out")                 # before anything slow (DESIGN §9)
     pipe = resolve_pipeline(args.pipeline)
     pipe.allow_uncovered = args.allow_uncovered
     if args.strict_groups:
@@ -106,6 +106,9 @@ def cmd_quantize(args) -> int:
         return _quantize_streaming(args, pipe, device)
     pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6)
     model = load_model(args.model, device=device, dtype=args.dtype)
+    # the compiled checkpoint is at most the float model's size (+ manifest, tokenizer)
+    fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space(args.out, int(fp_bytes * 1.1) + (8 << 20), "--out")
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
     out = pipe.run(model, shard(calib), progress=not args.quiet and rank_and_world()[0] == 0,

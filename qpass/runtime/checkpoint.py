@@ -9,15 +9,21 @@ Layout of DIR (docs/FORMATS.md "Compiled checkpoint"):
   <tokenizer files>   whatever the tokenizer writes (qpass byte tokenizer: qpass_tokenizer.json)
   SHA256SUMS          sha256 of manifest.json ("<hex>  manifest.json")
 
-save() writes everything into a temporary sibling directory, fsyncs it, then renames it over
-DIR; the previous save stays intact until that rename, and any exception before it leaves DIR
-as it was. load() checks every hash before reading a tensor and raises CheckpointError for a
-missing, truncated or modified file and for missing keys."""
+save() writes everything into a temporary sibling directory `.DIR.qpass-tmp-PID-HEX`, fsyncs it,
+then swaps it with DIR in one renameat2(RENAME_EXCHANGE) (a plain rename when DIR is absent), so
+at every instant DIR holds the old or the new complete checkpoint; temporaries of dead processes
+are removed by the next save next to them. A DIR that holds anything qpass did not write (no
+format marker, or files its manifest does not list) is refused, never replaced. load() checks
+every hash before reading a tensor and raises CheckpointError for a missing, truncated or
+modified file and for missing keys."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -76,14 +82,96 @@ def _tensors(gm) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     return store, kinds
 
 
+def qpass_files(directory: Path) -> set[str] | None:
+    """Names of the files a qpass checkpoint in `directory` wrote (None: not one, by its format
+    marker: a manifest.json of format qpass-compiled next to SHA256SUMS)."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            not (directory / SUMS).is_file() or not isinstance(manifest.get("files"), dict):
+        return None
+    return set(manifest["files"]) | {MANIFEST, SUMS}
+
+
 def check_target(directory) -> Path:
-    """Raise CheckpointError unless `directory` is absent, empty, or an earlier compiled save
-    (so an unrelated directory is never replaced). Callers check before long work."""
+    """Raise CheckpointError unless `directory` is absent, empty, or a qpass compiled checkpoint
+    holding nothing but what that save wrote (so user files are never replaced). Callers check
+    before long work (qpass.runtime.output.check_output_dir does this and more)."""
     out = Path(directory).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).exists())):
-        raise CheckpointError(f"{out} exists and is not a qpass compiled checkpoint; choose another "
-                              f"output directory (nothing was written)")
+    if not out.exists() and not out.is_symlink():
+        return out
+    if out.is_symlink() or not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory; choose another output "
+                              f"directory (nothing was written)")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return out
+    ours = qpass_files(out)
+    if ours is None:
+        raise CheckpointError(f"{out} exists and is not a qpass compiled checkpoint (no qpass "
+                              f"format marker); choose another output directory (nothing was "
+                              f"written)")
+    foreign = sorted(entries - ours)
+    if foreign:
+        raise CheckpointError(f"{out} is a qpass checkpoint but also holds {', '.join(foreign[:5])}"
+                              f"{' …' if len(foreign) > 5 else ''}, which qpass did not write; move "
+                              f"them or choose another output directory (nothing was written)")
     return out
+
+
+_RENAME_EXCHANGE = 2
+_active: set[str] = set()          # temporaries this process is writing right now
+
+
+def exchange_paths(a: Path, b: Path) -> None:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); OSError where
+    the kernel or filesystem cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(a))
+
+
+def _stale_temporaries(out: Path) -> list[Path]:
+    pat = re.compile(rf"\.{re.escape(out.name)}\.(qpass-tmp-(\d+)-[0-9a-f]{{8}}|(tmp|old)-[0-9a-f]{{8}})\Z")
+    stale = []
+    for p in out.parent.iterdir() if out.parent.is_dir() else ():
+        m = pat.match(p.name)
+        if not m or str(p) in _active or not p.is_dir() or p.is_symlink():
+            continue
+        pid = int(m.group(2)) if m.group(2) else None     # older qpass: .NAME.tmp-/.old-HEX
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue                                  # its writer is still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        stale.append(p)
+    return stale
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    try:
+        exchange_paths(tmp, out)                          # tmp now holds the old checkpoint
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise
+        # no atomic swap on this filesystem: two renames (docs/FORMATS.md names the window)
+        old = out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        os.rename(old, tmp)
 
 
 def save(compiled, directory) -> Path:
@@ -91,7 +179,10 @@ def save(compiled, directory) -> Path:
     from safetensors.torch import save_file
     out = check_target(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    for p in _stale_temporaries(out):
+        shutil.rmtree(p, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _active.add(str(tmp))
     tmp.mkdir()
     try:
         store, kinds = _tensors(compiled.gm)
@@ -111,17 +202,11 @@ def save(compiled, directory) -> Path:
         for p in tmp.iterdir():
             _fsync(p)
         _fsync(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
+        _move_into_place(tmp, out)
         _fsync(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)            # the half-written or the old save
+        _active.discard(str(tmp))
     return out
 
 

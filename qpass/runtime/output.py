@@ -1,0 +1,83 @@
+"""Output paths checked before any compute (DESIGN §6, §9): a command that would fail to write
+its result after an hour of GPTQ fails in its first second instead, with one line that names
+the flag, the path and what to do.
+
+check_output_dir: a checkpoint directory (--out): not under /proc, /sys or /dev, no existing
+  path component is a file, the nearest existing ancestor accepts a new file (a probe file is
+  created and removed: this catches read-only mounts, permissions and full inode tables), and
+  the target itself is absent, empty or a qpass checkpoint holding only what qpass wrote.
+check_output_file: a result file (--json, --png): the same, and the path is not a directory and
+  not a file of a qpass checkpoint.
+check_free_space: enough free bytes on the target's filesystem for an estimated size."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from qpass.errors import CheckpointError, OutputPathError
+from qpass.runtime import checkpoint
+
+_PSEUDO_FS = ("/proc", "/sys", "/dev")
+
+
+def _nearest_existing(path: Path, flag: str) -> Path:
+    """The deepest existing ancestor of `path`; every existing component must be a directory."""
+    cur = path
+    while not cur.exists():
+        cur = cur.parent
+    if not cur.is_dir():
+        raise OutputPathError(f"{flag} {path}: {cur} is a file, not a directory; choose a path "
+                              f"whose parents are directories")
+    return cur
+
+
+def _check_writable_place(path: Path, flag: str) -> None:
+    real = Path(os.path.realpath(path))
+    for top in _PSEUDO_FS:
+        if real == Path(top) or Path(top) in real.parents:
+            raise OutputPathError(f"{flag} {path}: {top} is a kernel pseudo-filesystem, not a "
+                                  f"place for outputs; choose a directory on a real disk")
+    anc = _nearest_existing(path.parent if path.exists() else path, flag)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qpass-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputPathError(f"{flag} {path}: cannot create files in {anc} ({e.strerror}); "
+                              f"choose a writable location") from None
+
+
+def check_output_dir(path, flag: str = "--out") -> Path:
+    out = Path(path).absolute()
+    _check_writable_place(out, flag)
+    try:
+        checkpoint.check_target(out)
+    except CheckpointError as e:
+        raise OutputPathError(f"{flag}: {e}") from None
+    return out
+
+
+def check_output_file(path, flag: str = "--json") -> Path:
+    out = Path(path).absolute()
+    if out.is_dir():
+        raise OutputPathError(f"{flag} {out}: is a directory; give a file name, e.g. "
+                              f"{out / 'results.json'}")
+    if out.exists() and not out.is_file():
+        raise OutputPathError(f"{flag} {out}: exists and is not a regular file")
+    ours = checkpoint.qpass_files(out.parent)
+    if ours is not None and out.name in ours:
+        raise OutputPathError(f"{flag} {out}: is part of the qpass checkpoint in {out.parent}; "
+                              f"write results elsewhere (e.g. {out.parent / 'eval' / 'results.json'})")
+    _check_writable_place(out, flag)
+    return out
+
+
+def check_free_space(path, need_bytes: int, flag: str = "--out") -> None:
+    anc = _nearest_existing(Path(path).absolute(), flag)
+    free = shutil.disk_usage(anc).free
+    if free < need_bytes:
+        raise OutputPathError(f"{flag} {path}: the output needs about {need_bytes / 2**20:.0f} MiB "
+                              f"but {anc} has {free / 2**20:.0f} MiB free; free space or choose "
+                              f"another disk")
