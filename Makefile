@@ -7,7 +7,15 @@ PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+# The code-task sandbox (qpass/eval/code_exec.py) needs bubblewrap; its tests run for real.
+SANDBOX := /usr/bin/bwrap
+
+$(SANDBOX):
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y -q bubblewrap >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null); \
+	else echo "note: install bubblewrap (sudo apt-get install bubblewrap): code tasks refuse to run without it"; fi
+
+$(STAMP): pyproject.toml | $(SANDBOX)
 	python3 -m venv .venv
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[dev,plot,data,eval]"

@@ -36,6 +36,9 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-mc", type=int, default=None, help="ELBO masking draws per chunk")
     p.add_argument("--text-bytes", type=int, default=None, help="held-out bytes for bits/byte")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--unsafe-code-exec", action="store_true",
+                   help="where no sandbox exists (no bubblewrap / namespaces), run generated "
+                        "code anyway with rlimits only; never on untrusted models")
     p.set_defaults(func=run_eval_command)
     return p
 
@@ -59,6 +62,8 @@ def run_eval_command(args) -> int:
         check_output_file(args.json_out, "--json")      # before any compute (DESIGN §9)
     settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))
                 if v is not None}
+    if args.unsafe_code_exec:
+        settings["unsafe_code_exec"] = True
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     results = evaluate(model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                        limit=args.limit, seed=args.seed, data_dir=_data_dir(args),

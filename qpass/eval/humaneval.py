@@ -26,10 +26,11 @@ def truncate_completion(text: str) -> str:
     return text[:cut]
 
 
-def check_humaneval(problem: dict, completion: str, timeout: float = 5.0) -> tuple[bool, str]:
+def check_humaneval(problem: dict, completion: str, timeout: float = 5.0,
+                    unsafe: bool = False) -> tuple[bool, str]:
     program = problem["prompt"] + completion
     test = problem["test"] + f"\n\ncheck({problem['entry_point']})\n"
-    return run_candidate(program, test, timeout=timeout)
+    return run_candidate(program, test, timeout=timeout, unsafe=unsafe)
 
 
 @register("humaneval", "code", "HumanEval pass@1 (greedy generation + sandboxed unit tests)")
@@ -47,5 +48,6 @@ def humaneval_task(model, ctx: TaskContext) -> dict:
         prompt = encode_text(ctx.tokenizer, p["prompt"])
         out = generate(model, [prompt], **kw)
         text = decode_text(ctx.tokenizer, generated_ids(out, [prompt])[0])
-        passed += int(check_humaneval(p, truncate_completion(text))[0])
+        passed += int(check_humaneval(p, truncate_completion(text),
+                                      unsafe=ctx.settings.unsafe_code_exec)[0])
     return {"pass@1": passed / max(len(problems), 1), "n": len(problems)}

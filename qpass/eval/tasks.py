@@ -44,6 +44,7 @@ class TaskSettings:
     gen_length: int = 4
     steps: int = 4
     block_length: int = 4
+    unsafe_code_exec: bool = False   # run code tasks without the sandbox where none exists
 
 
 @dataclass
