@@ -207,8 +207,10 @@ def _check_kwargs(path: str, cls: type, kwargs) -> dict:
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"module {path!r}: kwargs must be an object")
     params = inspect.signature(cls.__init__).parameters
+    open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())   # the class checks them
     for k, v in kwargs.items():
-        if k not in params or k in ("self", "device", "dtype"):
+        if (k not in params and not (open_kw and vocab.is_identifier(k))) or \
+                k in ("self", "device", "dtype"):
             raise CheckpointError(f"module {path!r}: {cls.__name__} takes no argument {k!r}")
         ok = (v is None or isinstance(v, bool) or (isinstance(v, int) and abs(v) < 2 ** 40)
               or (isinstance(v, float) and math.isfinite(v))
