@@ -152,7 +152,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else None
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
-    U, damp_used, escalations = inverse_cholesky(H, damp)
+    with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
+        U, damp_used, escalations = inverse_cholesky(H, damp)
     del H
 
     # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row.
