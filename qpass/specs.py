@@ -158,6 +158,10 @@ class QuantSpec:
             else:
                 raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
             _set(kw, key, val, s)
+        if kw.get("granularity") == "token" and kw.get("dynamic") is False:
+            raise SpecError(f"{s!r}: per-token scales are computed at run time, so 'token' is "
+                            f"always dynamic; write 'int{kw['bits']}:token:dyn', or 'tensor' / "
+                            f"'channel' for static scales")
         return cls(**kw)
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qpass.errors import QpassError
 
+from .args import positive_int, seed
 from .common import load_model
 
 EXAMPLE = """example:
@@ -24,17 +25,17 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL_OR_DIR", help="zoo name (tiny-llada) or directory")
     p.add_argument("--tasks", default="general,math,code",
                    help="comma-separated task names (default: general,math,code)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="cap on items per task (questions, problems, text chunks)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", dest="json_out", metavar="PATH", default=None,
                    help="also write the results as JSON")
     p.add_argument("--data-dir", default=None,
                    help="held-out data folder (default: MODEL_DIR/eval, then the zoo's)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
-    p.add_argument("--n-mc", type=int, default=None, help="ELBO masking draws per chunk")
-    p.add_argument("--text-bytes", type=int, default=None, help="held-out bytes for bits/byte")
+    p.add_argument("--n-mc", type=positive_int, default=None, help="ELBO masking draws per chunk")
+    p.add_argument("--text-bytes", type=positive_int, default=None, help="held-out bytes for bits/byte")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--unsafe-code-exec", action="store_true",
                    help="where no sandbox exists (no bubblewrap / namespaces), run generated "
@@ -45,6 +46,8 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
 
 def _data_dir(args) -> Path | None:
     if args.data_dir:
+        if not Path(args.data_dir).is_dir():      # never fall back to other data silently
+            raise QpassError(f"--data-dir {args.data_dir}: no such directory")
         return Path(args.data_dir)
     candidate = Path(args.model) / "eval"
     return candidate if candidate.is_dir() else None
@@ -60,13 +63,14 @@ def run_eval_command(args) -> int:
         raise QpassError("--limit must be >= 1")
     if args.json_out:
         check_output_file(args.json_out, "--json")      # before any compute (DESIGN §9)
+    data_dir = _data_dir(args)
     settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))
                 if v is not None}
     if args.unsafe_code_exec:
         settings["unsafe_code_exec"] = True
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     results = evaluate(model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
-                       limit=args.limit, seed=args.seed, data_dir=_data_dir(args),
+                       limit=args.limit, seed=args.seed, data_dir=data_dir,
                        progress=args.progress, **settings)
     results["model"] = str(args.model)
     print_results(results, Console())

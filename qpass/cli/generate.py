@@ -10,6 +10,8 @@ import time
 
 from qpass.errors import QpassError
 
+from .args import nonneg_float, positive_int, seed
+
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
   qpass generate ./w4 --prompt 'ROMEO:' --gen-length 64 --temperature 0.7 --seed 3
@@ -23,13 +25,13 @@ def add_generate_command(sub) -> None:
     p.add_argument("model", metavar="MODEL_OR_DIR")
     p.add_argument("--prompt", required=True, action="append",
                    help="prompt text (repeat for a batch)")
-    p.add_argument("--gen-length", type=int, default=64)
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--block-length", type=int, default=None,
+    p.add_argument("--gen-length", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=64)
+    p.add_argument("--block-length", type=positive_int, default=None,
                    help="LLaDA: default 32; Dream: default one block over the whole generation")
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=nonneg_float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=("low_confidence", "random"))
-    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=nonneg_float, default=0.0)
     p.add_argument("--sampler", default="auto", choices=("auto", "llada", "dream"))
     p.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
                    help="Fast-dLLM K/V cache: prefix reuses the committed prefix within a block, "
@@ -40,7 +42,7 @@ def add_generate_command(sub) -> None:
                    help="full forward every N steps within a block (default: block starts only)")
     p.add_argument("--device", default=None, help="run on this device (e.g. cpu, cuda); a "
                    "lowered checkpoint binds that device's kernels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=cmd_generate)
 
 
@@ -59,7 +61,20 @@ def cmd_generate(args) -> int:
     from qpass.sampling import StepStats, generate, resolve_sampler
 
     from .common import load_model
+    for p in args.prompt:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise QpassError("--prompt is not valid UTF-8 text; pass text in the terminal's "
+                             "UTF-8 encoding") from None
+    if args.steps > args.gen_length:
+        raise QpassError(f"--steps {args.steps} exceeds --gen-length {args.gen_length}: each step "
+                         f"commits at least one token; use --steps <= --gen-length")
     model = load_model(args.model, device=args.device)
+    room = model.config.max_seq_len - args.gen_length
+    if room < 1:
+        raise QpassError(f"--gen-length {args.gen_length} leaves no room for the prompt in the "
+                         f"model's {model.config.max_seq_len} positions")
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise QpassError(f"{args.model} carries no tokenizer; generate from token ids in Python")

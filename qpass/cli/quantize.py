@@ -7,6 +7,7 @@ import json
 
 from qpass.errors import PipelineError
 
+from .args import positive_int as _positive, seed as _seed
 from .common import (add_device_args, build_calibration, is_compiled_dir, is_zoo_model,
                      load_model, resolve_device, resolve_pipeline)
 
@@ -20,16 +21,6 @@ Python recipe file that defines `pipeline`; the output is lowered to kernel ops 
 --backend none"""
 
 
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        v = 0
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
 def add_quantize_command(sub) -> None:
     p = sub.add_parser("quantize", help="run a named pipeline and save the compiled model",
                        description="Load MODEL (zoo name or HF checkpoint dir), run pipeline P "
@@ -41,7 +32,7 @@ def add_quantize_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     add_calibration_args(p, n=128)
     add_device_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--strict-groups", action="store_true",
                    help="refuse a layer whose K the scheme's group size does not divide, instead "
                         "of fitting the group (largest divisor, a multiple of 32) or per-channel")

@@ -29,11 +29,36 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         from ..errors import CheckpointError
+        self._check_fields(CheckpointError)
         if self.d_model % self.n_heads:
             raise CheckpointError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise CheckpointError(
                 f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads} (GQA needs it)")
+
+    def _check_fields(self, err) -> None:
+        """Types and ranges, so a bad config.json is one clear error, not a crash later."""
+        import math
+        for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "vocab_size",
+                  "max_seq_len"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise err(f"model config field {f} must be a positive integer, got {v!r}")
+        for f in ("mask_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                                  or not 0 <= v < self.vocab_size):
+                raise err(f"model config field {f} must be a token id in [0, {self.vocab_size}), "
+                          f"got {v!r}")
+        for f in ("rope_theta", "norm_eps"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise err(f"model config field {f} must be a positive number, got {v!r}")
+        for f in ("qkv_bias", "tie_embeddings", "causal", "logit_shift"):
+            if not isinstance(getattr(self, f), bool):
+                raise err(f"model config field {f} must be true or false, got "
+                          f"{getattr(self, f)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -48,11 +48,30 @@ def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0)
     raise CheckpointError(f"'{key}' is neither a known model ({known}) nor a checkpoint directory")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; CheckpointError naming the file and line when it is not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
+                              f"{e.colno}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
 def _tensor_files(path: Path) -> dict[str, Path]:
     """checkpoint tensor name -> safetensors file holding it (single file or sharded index)."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) and "/" not in f and not f.startswith(".")
+                for f in weight_map.values()):
+            raise CheckpointError(f"{index} needs a 'weight_map' of tensor name -> shard file "
+                                  f"name in {path}")
         return {k: path / f for k, f in weight_map.items()}
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -60,9 +79,22 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     from safetensors import safe_open
     out = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as fh:
-            out.update({k: f for k in fh.keys()})
+        out.update({k: f for k in _open_safetensors(f, safe_open, lambda fh: list(fh.keys()))})
     return out
+
+
+def _open_safetensors(f: Path, safe_open, read):
+    """read(handle) on an open safetensors file; CheckpointError naming a corrupt one."""
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            return read(fh)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f} is missing (listed by the checkpoint's index)") from None
+    except Exception as e:   # safetensors raises its own SafetensorError / OSError types
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{f} is not a readable safetensors file ({e}); re-download or "
+                              f"re-save it") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoiser:
@@ -82,9 +114,12 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     if not cfg_file.exists():
         raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
     try:
-        return config_from_hf(json.loads(cfg_file.read_text()))
+        return config_from_hf(read_json(cfg_file))
     except KeyError as e:
         raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{cfg_file} has a config value of the wrong type or range: "
+                              f"{e}") from None
 
 
 def tensor_sources(path: str | os.PathLike, cfg: ModelConfig) -> dict[str, tuple[Path, str]]:
@@ -109,6 +144,9 @@ def read_tensor(handle, key: str, want_shape, device, dtype) -> torch.Tensor:
                               f"config expects {tuple(want_shape)}")
     if not t.is_floating_point():
         raise CheckpointError(f"'{key}' has dtype {t.dtype}; expected floating point")
+    if not torch.isfinite(t).all():     # named here, before any pass sees it
+        raise CheckpointError(f"'{key}' holds NaN or Inf values; the checkpoint is damaged "
+                              f"(re-download it)")
     return t.to(device=device, dtype=dtype or torch.float32)
 
 
@@ -135,10 +173,13 @@ def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtyp
     by_file: dict[Path, list[str]] = {}
     for k in expected:
         by_file.setdefault(files[k], []).append(k)
-    for f, keys in by_file.items():
-        with safe_open(str(f), framework="pt") as fh:
+    def read(keys):
+        def run(fh):
             for k in keys:
                 state[expected[k]] = read_tensor(fh, k, params[expected[k]].shape, dev, dtype)
+        return run
+    for f, keys in by_file.items():
+        _open_safetensors(f, safe_open, read(keys))
     if cfg.tie_embeddings:
         state["head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=False, assign=True)

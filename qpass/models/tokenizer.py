@@ -37,8 +37,14 @@ class ByteTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "ByteTokenizer":
-        data = json.loads(Path(directory, TOKENIZER_FILE).read_text())
-        return cls(data["specials"], data["vocab_size"])
+        from qpass.errors import CheckpointError
+        path = Path(directory, TOKENIZER_FILE)
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["specials"], data["vocab_size"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path} is not a qpass tokenizer file ({type(e).__name__}: "
+                                  f"{e}); re-save the checkpoint") from None
 
 
 def load_tokenizer(directory: str | Path):
@@ -47,10 +53,19 @@ def load_tokenizer(directory: str | Path):
     if (directory / TOKENIZER_FILE).exists():
         return ByteTokenizer.load(directory)
     if (directory / "tokenizer.json").exists() or (directory / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from qpass.errors import CheckpointError
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()        # its warnings are noise next to our one line
         try:
-            from transformers import AutoTokenizer
             return AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
                                                  trust_remote_code=False)
-        except Exception:  # a broken tokenizer must not block loading weights
-            return None
+        except Exception as e:  # transformers raises many types; a broken file is not "none"
+            why = " ".join(str(e).split())[:200]
+            raise CheckpointError(f"the tokenizer files in {directory} cannot be loaded "
+                                  f"({type(e).__name__}: {why}); fix or remove them") from None
+        finally:
+            hf_logging.set_verbosity(level)
     return None

@@ -186,6 +186,7 @@ class Pipeline:
                                    f"calib=qpass.calibration.CalibrationSet.from_texts(...)")
         verify = self.verify if verify is None else verify
         g, probe = self.prepare(model_or_qgraph, probe, dtype, seed)
+        _check_finite(g.gm)
         passes = self.passes
         report = Report()
         ctx = PassContext(calib=calib, probe=probe, seed=seed, scheme=self.scheme_given)
@@ -268,3 +269,12 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                     console=Console(stderr=True), transient=False)
+
+
+def _check_finite(gm) -> None:
+    """NaN/Inf weights are named before any pass, not blamed on the first pass they reach."""
+    import torch
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            raise CalibrationError(f"tensor {name!r} of the model holds NaN or Inf values; fix the "
+                                   f"weights before quantizing (nothing was run)")

@@ -1,0 +1,38 @@
+"""Argument types the commands share: a bad value is argparse's one-line usage error (exit 2)
+before anything loads."""
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SEED = 2 ** 63 - 1      # torch.manual_seed's range
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {s!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**63 - 1], got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
