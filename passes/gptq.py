@@ -63,7 +63,7 @@ class GPTQ(WeightRounding):
         runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
         for item in self._pending:                              # sequential=False: replace now
             self._replace(g, *item)
-        return self._finish(res, kept)
+        return self._finish(g, res, kept)
 
     def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
         """Stage-wise form (streaming): this stage's linears, Hessians from the cached inputs
@@ -74,7 +74,7 @@ class GPTQ(WeightRounding):
         nodes = set(stage.nodes)
         res, kept = self._begin(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
         self._stage(g, stage, runner, cache)
-        return self._finish(res, kept)
+        return self._finish(g, res, kept)
 
     def _begin(self, g, ctx: PassContext, targets) -> tuple[PassResult, int]:
         if ctx.calib is None:
@@ -95,7 +95,7 @@ class GPTQ(WeightRounding):
                 res.nodes_changed.append(node.name)
         return res, kept
 
-    def _finish(self, res: PassResult, kept: int) -> PassResult:
+    def _finish(self, g, res: PassResult, kept: int) -> PassResult:
         layers = res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
         marked = mark_attention(g, self.scheme)              # kv8/kv4: after the solve

@@ -152,7 +152,6 @@ def graph_to_json(gm: fx.GraphModule) -> dict:
     node outside the vocabulary or an unregistered module class is a CheckpointError now,
     not an unloadable checkpoint later."""
     _register_builtins()
-    by_cls = {cls: name for name, (cls, _) in _MODULE_CLASSES.items()}
     nodes, modules = [], {}
     for n in gm.graph.nodes:
         target = vocab.name_of(n) if n.op in ("call_function", "call_method") else n.target
