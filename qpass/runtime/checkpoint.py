@@ -174,36 +174,44 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         os.rename(old, tmp)
 
 
-def save(compiled, directory) -> Path:
-    """Write `compiled` (a CompiledDenoiser) to `directory` atomically."""
-    from safetensors.torch import save_file
-    out = check_target(directory)
+def _new_temporary(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in _stale_temporaries(out):
         shutil.rmtree(p, ignore_errors=True)
     tmp = out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     _active.add(str(tmp))
     tmp.mkdir()
+    return tmp
+
+
+def _finish(tmp: Path, out: Path, tokenizer, manifest: dict) -> None:
+    """Tokenizer, manifest (with every file's hash), SHA256SUMS, fsync, then the atomic swap."""
+    if tokenizer is not None:
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(tmp))
+        elif hasattr(tokenizer, "save"):
+            tokenizer.save(tmp)
+    manifest = dict(manifest, files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
+    for p in tmp.iterdir():
+        _fsync(p)
+    _fsync(tmp)
+    _move_into_place(tmp, out)
+    _fsync(out.parent)
+
+
+def save(compiled, directory) -> Path:
+    """Write `compiled` (a CompiledDenoiser) to `directory` atomically."""
+    from safetensors.torch import save_file
+    out = check_target(directory)
+    tmp = _new_temporary(out)
     try:
         store, kinds = _tensors(compiled.gm)
         save_file(store, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        tok = compiled.tokenizer
-        if tok is not None:
-            if hasattr(tok, "save_pretrained"):
-                tok.save_pretrained(str(tmp))
-            elif hasattr(tok, "save"):
-                tok.save(tmp)
-        manifest = dict(compiled.manifest)
-        manifest.update(format=FORMAT, version=VERSION, graph=graph_to_json(compiled.gm),
-                        tensors=kinds,
-                        files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
-        for p in tmp.iterdir():
-            _fsync(p)
-        _fsync(tmp)
-        _move_into_place(tmp, out)
-        _fsync(out.parent)
+        manifest = dict(compiled.manifest, format=FORMAT, version=VERSION,
+                        graph=graph_to_json(compiled.gm), tensors=kinds)
+        _finish(tmp, out, compiled.tokenizer, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)            # the half-written or the old save
         _active.discard(str(tmp))
@@ -213,42 +221,24 @@ def save(compiled, directory) -> Path:
 def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
     """Assemble a streamed run (qpass/pipeline/streaming.py) into a compiled checkpoint at
     `out`, atomically as save() does: the stage shards are moved in (no copy) and listed under
-    manifest `weights`; `manifest` already holds graph, tensors and the rest."""
+    manifest `weights`; `manifest` already holds graph, tensors and the rest. If anything
+    fails, the shards go back to the work directory, so the run stays resumable."""
     out = check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = _new_temporary(out)
     moved = []
     try:
         for p in shards:
             os.replace(p, tmp / p.name)
             moved.append((tmp / p.name, p))
-        if tokenizer is not None:
-            if hasattr(tokenizer, "save_pretrained"):
-                tokenizer.save_pretrained(str(tmp))
-            elif hasattr(tokenizer, "save"):
-                tokenizer.save(tmp)
-        manifest = dict(manifest, format=FORMAT, version=VERSION, weights=[p.name for p in shards],
-                        files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
-        for p in tmp.iterdir():
-            _fsync(p)
-        _fsync(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        _fsync(out.parent)
-    except BaseException:
-        for now, before in moved:            # the shards go back: the run stays resumable
+        _finish(tmp, out, tokenizer, dict(manifest, format=FORMAT, version=VERSION,
+                                          weights=[p.name for p in shards]))
+        moved = []
+    finally:
+        for now, before in moved:
             if now.exists():
                 os.replace(now, before)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _active.discard(str(tmp))
     return out
 
 
