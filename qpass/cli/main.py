@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(sub)
     from qpass.cli.demo import add_demo_command
     add_demo_command(sub)
+    from qpass.cli.export import add_export_command
+    add_export_command(sub)
     p = sub.add_parser("backends", help="list kernel backends, whether they run here and why not",
                        epilog="example:\n  qpass backends --format json",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

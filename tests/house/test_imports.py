@@ -15,7 +15,7 @@ LAYERS = {
     "qpass.calibration": 3, "qpass.runtime": 3,
     "qpass.pipeline": 4,
     "qpass.passes": 5, "qpass.sampling": 5, "qpass.eval": 5, "qpass.inspect": 5,
-    "qpass.cli": 6, "qpass.presets": 6,
+    "qpass.cli": 6, "qpass.presets": 6, "qpass.interop": 6,
 }
 FACE = "qpass"     # qpass/__init__.py re-exports the public names of every layer
 

@@ -1,0 +1,108 @@
+"""What an exporter reads from a compiled checkpoint: per linear its unsigned codes (N, K),
+float32 scales (N, G), group size and bias; every other tensor (embeddings, norms, head) in
+float; all under the model's original HF names (qpass.models.naming.key_map)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qpass.errors import CheckpointError
+from qpass.formats import unpack
+from qpass.models.naming import config_to_hf, key_map
+from qpass.ir.qlinear import is_quantized_module
+from qpass.runtime.lowered import LoweredLinear
+from qpass.specs import QuantSpec
+
+# call_function targets of a plain (un-rotated, un-smoothed) denoiser graph after Lower: an
+# exported HF model computes exactly this and nothing else.
+_ONLINE_OPS = ("hadamard", "online", "smooth", "rotate")
+# Buffers the HF model recomputes from its config (rotary tables).
+_DERIVED = ("rope_cos", "rope_sin")
+
+
+@dataclass
+class QLinear:
+    hf_name: str                   # "model.layers.0.self_attn.q_proj" (no ".weight")
+    codes: torch.Tensor            # uint8 (N, K), unsigned, zero point 2^(b-1) (symmetric)
+    scales: torch.Tensor           # float32 (N, G)
+    spec: QuantSpec
+    act_spec: QuantSpec | None
+    group_size: int                # K when one group per row
+    bias: torch.Tensor | None
+
+
+@dataclass
+class ExportSource:
+    config: object                 # qpass.models.config.ModelConfig
+    hf_config: dict
+    linears: list[QLinear] = field(default_factory=list)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)   # HF name -> float tensor
+    tokenizer: object = None
+
+
+def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, int]:
+    """(unsigned codes (N, K), float32 scales (N, G), spec, group size) of a quantized linear,
+    a QuantLinear (packed per qpass.formats) or a LoweredLinear (repacked for its kernel)."""
+    N, K = m.out_features, m.in_features
+    if isinstance(m, LoweredLinear):
+        if m.qweight.dtype == torch.int8:         # w8a8 kernels hold signed codes u - 128
+            codes = (m.qweight.to(torch.int16) + 128).to(torch.uint8)
+        else:
+            codes = unpack(m.qweight, m.bits, K)
+        return codes, m.scales.float(), m.weight_spec, m.group_size or K
+    qw = m.quantized_weight() if hasattr(m, "quantized_weight") else None
+    if qw is None:
+        raise CheckpointError(f"linear {name!r} keeps float weights but quantizes activations "
+                              f"({m.act_spec}); no export format represents that")
+    spec = qw.spec
+    g = spec.group_size if spec.granularity == "group" else K
+    return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g
+
+
+def _check_plain_graph(gm) -> None:
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            name = getattr(n.target, "__name__", str(n.target)).lower()
+            if any(k in name for k in _ONLINE_OPS):
+                raise CheckpointError(
+                    f"the compiled graph applies {name} at run time (a rotation or smoothing "
+                    f"pass); an exported HF model has no place for it, so the export would "
+                    f"compute something else. Export a checkpoint quantized without "
+                    f"Rotate/DuQuant/online ops (e.g. w4a16-gptq, w8a8-rtn)")
+
+
+def read_source(compiled) -> ExportSource:
+    """ExportSource of a CompiledDenoiser; CheckpointError if its graph or names do not map
+    onto the HF model's tensors one to one."""
+    cfg = compiled.config
+    gm = compiled.gm
+    _check_plain_graph(gm)
+    to_hf = {dst: src for src, dst in key_map(cfg).items()}
+    src = ExportSource(cfg, config_to_hf(cfg), tokenizer=compiled.tokenizer)
+    owned: list[str] = []      # state-dict prefixes of the quantized linears
+    for name, m in gm.named_modules():
+        if not is_quantized_module(m):
+            continue
+        hf = to_hf.get(name + ".weight")
+        if hf is None:
+            raise CheckpointError(f"quantized linear {name!r} has no tensor in the "
+                                  f"{cfg.family} HF naming; it cannot be exported")
+        codes, scales, spec, g = _weight_parts(name, m)
+        bias = getattr(m, "bias", None)
+        src.linears.append(QLinear(hf[: -len(".weight")], codes, scales, spec, m.act_spec, g,
+                                   None if bias is None else bias.detach().float()))
+        owned.append(name + ".")
+    for name, t in gm.state_dict().items():
+        if name in _DERIVED or any(name.startswith(p) for p in owned):
+            continue
+        hf = to_hf.get(name)
+        if hf is None:
+            raise CheckpointError(f"tensor {name!r} of the compiled graph has no place in the "
+                                  f"{cfg.family} HF naming; it cannot be exported")
+        src.dense[hf] = t.detach().float()
+    have = set(src.dense) | {q.hf_name + ".weight" for q in src.linears}
+    missing = sorted(set(to_hf.values()) - have - {q.hf_name + ".bias" for q in src.linears})
+    if missing:
+        raise CheckpointError(f"the compiled graph lacks HF tensors {missing[:3]}")
+    return src
