@@ -26,7 +26,8 @@ def add_generate_command(sub) -> None:
     p.add_argument("--prompt", required=True, action="append",
                    help="prompt text (repeat for a batch)")
     p.add_argument("--gen-length", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default: --gen-length, one token per step)")
     p.add_argument("--block-length", type=positive_int, default=None,
                    help="LLaDA: default 32; Dream: default one block over the whole generation")
     p.add_argument("--temperature", type=nonneg_float, default=0.0)
@@ -67,6 +68,8 @@ def cmd_generate(args) -> int:
         except UnicodeEncodeError:
             raise QpassError("--prompt is not valid UTF-8 text; pass text in the terminal's "
                              "UTF-8 encoding") from None
+    if args.steps is None:
+        args.steps = args.gen_length
     if args.steps > args.gen_length:
         raise QpassError(f"--steps {args.steps} exceeds --gen-length {args.gen_length}: each step "
                          f"commits at least one token; use --steps <= --gen-length")

@@ -3,7 +3,7 @@ the simulated graph, the reference backend and (up to float rounding of exp and 
 the Triton kernel compute.
 
 K and V are quantized per head per token (symmetric over the head dim, `quantize_kv`), which
-is also the layout the K/V cache stores. With Q quantized per token to int8:
+is also the layout the K/V cache stores. With Q quantized per token to int8 (restricted grid, absmax/127, like int8 attention):
   S_ij = s_q,i · s_k,j · Σ_d q_id k_jd                    exact integer Q·Kᵀ (int32 range)
   e_ij = exp(S_ij/√D − max_j S_ij/√D),   l_i = Σ_j e_ij    the softmax, unnormalised
   p_ij = round(e_ij · s_v,j / s_p),  s_p = max_j s_v,j / 127  P with V's per-token scales
@@ -57,7 +57,8 @@ def kv_attention(q: torch.Tensor, kc: torch.Tensor, ks: torch.Tensor, vc: torch.
     sp = v_code_scale(vs, key_mask)
     if rep > 1:
         kc, ks, vc, vs, sp = (t.repeat_interleave(rep, dim=1) for t in (kc, ks, vc, vs, sp))
-    q8, sq = quantize_per_token(q.to(torch.float32), 8)
+    # Q on the restricted int8 grid (absmax/127), as in every attention kernel (qpass::attention)
+    q8, sq = quantize_per_token(q.to(torch.float32), 8, "restricted")
     acc = _exact_bmm(q8.to(torch.float32), kc.to(torch.float32).transpose(-1, -2))
     s = acc.to(torch.float32) * sq * ks.transpose(-1, -2) * (1.0 / math.sqrt(D))
     if key_mask is not None:

@@ -275,6 +275,7 @@ def _build_graph(nodes, modules: dict, tensor_names: set) -> fx.Graph:
     table = vocab.vocabulary()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
+    params: list[tuple[str, bool]] = []      # (name, has default) of the forward's signature
     for i, nd in enumerate(nodes):
         if not isinstance(nd, dict) or set(nd) != {"op", "name", "target", "args", "kwargs"}:
             raise CheckpointError(f"graph node #{i} must have exactly op, name, target, args, kwargs")
@@ -294,6 +295,13 @@ def _build_graph(nodes, modules: dict, tensor_names: set) -> fx.Graph:
                     any(a is not None and not isinstance(a, (bool, int, float)) for a in args):
                 raise CheckpointError(f"node {name!r}: placeholder {target!r:.80} must be an "
                                       f"identifier with at most a literal default")
+            # the signature must be valid Python: leading, unique, defaults last
+            if len(params) != i or target in {p for p, _ in params} or \
+                    (not args and any(d for _, d in params)):
+                raise CheckpointError(f"node {name!r}: placeholder {target!r:.80} must come "
+                                      f"before every other node, once, and without a default "
+                                      f"only before every placeholder that has one")
+            params.append((target, bool(args)))
         elif op == "get_attr":
             if target not in tensor_names or args or kwargs:
                 raise CheckpointError(f"node {name!r}: get_attr {target!r:.80} names no stored tensor")
@@ -335,5 +343,5 @@ def build_graph_module(spec: dict, tensors: dict[str, torch.Tensor], tensor_kind
         return fx.GraphModule(root, graph, "CompiledGraph")
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, SyntaxError) as e:
         raise CheckpointError(f"cannot rebuild the compiled graph: {type(e).__name__}: {e}") from None

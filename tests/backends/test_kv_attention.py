@@ -26,7 +26,7 @@ def brute_force(q, kc, ks, vc, vs, key_mask):
             hk = h // rep
             vis = key_mask[b] if key_mask is not None else torch.ones(kc.shape[2], dtype=torch.bool)
             sp = (vs[b, hk, :, 0] * vis).max() / 127.0
-            q8, sq = quantize_per_token(q[b, h], 8)
+            q8, sq = quantize_per_token(q[b, h], 8, "restricted")   # Q: int8 attention grid
             acc = q8.long() @ kc[b, hk].long().T                     # exact in int64
             s = acc.to(torch.float32) * sq * ks[b, hk, :, 0][None, :] * (1.0 / math.sqrt(D))
             s = s.masked_fill(~vis[None, :], float("-inf"))
