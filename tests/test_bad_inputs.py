@@ -98,6 +98,9 @@ CLI_CASES = [
     ("missing --data-dir", ["eval", "tiny-llada", "--data-dir", "{tmp}/nope"], "--data-dir"),
     ("--out under /proc", ["quantize", "tiny-llada", "--pipeline", "w8a8-rtn", "--out",
                            "/proc/qpass"], "pseudo-filesystem"),
+    ("--seq-len above the model's positions", ["quantize", "tiny-llada", "--pipeline",
+                                                "w4a16-gptq", "--out", "{tmp}/o", "--seq-len",
+                                                "5000"], "1024 positions"),
     ("--out is a user folder", ["quantize", "tiny-llada", "--pipeline", "w8a8-rtn", "--out",
                                 "{tmp}/user"], "not a qpass"),
 ]

@@ -93,14 +93,24 @@ def is_zoo_model(name) -> bool:
     return str(name) in zoo_names() or str(name).startswith("tiny-")
 
 
-def build_calibration(pipeline, model, n: int, seq_len: int, seed: int = 0, path=None,
+DEFAULT_CALIB_SEQ_LEN = 512
+
+
+def build_calibration(pipeline, model, n: int, seq_len: int | None, seed: int = 0, path=None,
                       masking: str = "diffusion", model_name=None):
     """A CalibrationSet for `pipeline` (None when no pass calibrates): from the user's data at
     `path` (qpass.calibration.texts) or, for the embedded zoo models only, from the embedded
     corpora. A real checkpoint with a calibrating pipeline and no `path` is an error: it must
-    not be calibrated silently on Shakespeare and arithmetic."""
+    not be calibrated silently on Shakespeare and arithmetic. `seq_len` None: 512 or the
+    model's maximum when shorter; longer than the maximum is an error, not a silent clamp."""
     if not any(p.needs_calibration for p in pipeline.passes):
         return None
+    limit = model.config.max_seq_len
+    if seq_len is None:
+        seq_len = min(DEFAULT_CALIB_SEQ_LEN, limit)
+    elif seq_len > limit:
+        raise CalibrationError(f"--seq-len {seq_len} exceeds the model's {limit} positions; "
+                               f"use --seq-len {limit} or less")
     from qpass.calibration import CalibrationSet
     from qpass.calibration.texts import read_texts
     from qpass.data.sources import calibration_texts
@@ -118,6 +128,6 @@ def build_calibration(pipeline, model, n: int, seq_len: int, seed: int = 0, path
                                f"(.txt, .jsonl with a \"text\" field, a folder of them, or a saved "
                                f"Hugging Face dataset)")
     return CalibrationSet.from_texts(texts, model.tokenizer, n=n,
-                                     seq_len=min(seq_len, model.config.max_seq_len), seed=seed,
+                                     seq_len=seq_len, seed=seed,
                                      masking=masking, vocab_size=model.config.vocab_size,
                                      mask_id=model.config.mask_token_id)

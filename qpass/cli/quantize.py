@@ -45,12 +45,14 @@ def add_quantize_command(sub) -> None:
     p.set_defaults(func=cmd_quantize)
 
 
-def add_calibration_args(p, n: int, seq_len: int = 512) -> None:
+def add_calibration_args(p, n: int) -> None:
     p.add_argument("--calib", metavar="PATH", default=None,
                    help="calibration data: .txt, .jsonl (\"text\" field), a folder of them, or a "
                         "saved HF dataset (default for zoo models: the embedded corpora)")
     p.add_argument("--calib-n", type=_positive, default=n, help=f"calibration windows (default {n})")
-    p.add_argument("--seq-len", type=_positive, default=seq_len, help="calibration window length")
+    p.add_argument("--seq-len", type=_positive, default=None,
+                   help="calibration window length (default 512, or the model's maximum when "
+                        "shorter; a longer value is an error)")
     p.add_argument("--masking", choices=("diffusion", "none"), default="diffusion",
                    help="mask calibration windows as the denoiser sees them (default) or not")
 
