@@ -54,20 +54,23 @@ def output_error(W: torch.Tensor, W_new: torch.Tensor, gram: torch.Tensor) -> fl
     return float(((D @ gram) * D).sum())
 
 
-def awq_scale_search(X_mean: torch.Tensor, gram: torch.Tensor, weights: list[torch.Tensor],
+def awq_scale_search(X_mean: torch.Tensor, gram, weights: list[torch.Tensor],
                      specs: list[QuantSpec | None], n_grid: int) -> tuple[torch.Tensor, float, list[float]]:
     """(best s, best α, errors per α) for one pair: weights (N_c, K) of the consumers, their
-    weight specs (None = kept in high precision), Σ of the shared input."""
+    weight specs (None = kept in high precision), Σ of the shared input — or one Σ per consumer
+    (MoE experts each see only the tokens routed to them)."""
+    grams = list(gram) if isinstance(gram, (list, tuple)) else [gram] * len(weights)
     errors, best = [], (math.inf, None, 0.0)
     for i in range(n_grid):
         alpha = i / n_grid
         s = X_mean.double().clamp(min=1e-4) ** alpha
         s = s / (s.max() * s.min()).sqrt()
         err = 0.0
-        for W, spec in zip(weights, specs):
+        for W, spec, G in zip(weights, specs, grams):
+            if spec is None:
+                continue                                     # kept in high precision: no error
             W64 = W.double()
-            Wq = W64 if spec is None else fake_quantize(W64 * s[None, :], spec) / s[None, :]
-            err += output_error(W64, Wq, gram)
+            err += output_error(W64, fake_quantize(W64 * s[None, :], spec) / s[None, :], G)
         errors.append(err)
         if err < best[0]:
             best = (err, s, alpha)
@@ -150,17 +153,20 @@ class AWQ(SchemedPass):
         res = PassResult(notes=[f"skipped {p.label}: {p.reason}" for p in skipped])
         res.metrics.update(pairs=[], clipped=[])
 
-        regions = region_of(input_regions(g))
+        regions = region_of(input_regions(g, include_head=True))
 
         def per_block(stage, runner, cache):
             in_stage = set(stage.nodes)
             linears = [n for n in stage.linears if role(n) == "linear"]
-            stats, watch = watch_regions([regions[n] for n in linears], gram=True,
+            stage_pairs = [p for p in pairs if p.producer in in_stage]
+            watched = {regions[n].tensor: regions[n] for n in linears + [c for p in stage_pairs
+                                                                         for c in p.consumers]}
+            stats, watch = watch_regions(list(watched.values()), gram=True,
                                          gram_device=torch.device("cpu"))
             runner.run_stage(stage, cache, watch=watch)
             all_reduce_stats(stats.values())
-            for p in (p for p in pairs if p.producer in in_stage):
-                self._smooth_pair(g, p, stats[regions[p.consumers[0]].tensor], res)
+            for p in stage_pairs:
+                self._smooth_pair(g, p, [stats[regions[c].tensor] for c in p.consumers], res)
             if self.clip:
                 for n in linears:
                     if n not in qk and self._spec(n) is not None and \
@@ -174,16 +180,21 @@ class AWQ(SchemedPass):
                            skipped_pairs=record_skipped(all_pairs, "AWQ"))
         return res
 
-    def _smooth_pair(self, g, p: Region, st: InputStats, res: PassResult) -> None:
+    def _smooth_pair(self, g, p: Region, per_consumer: list[InputStats], res: PassResult) -> None:
+        """per_consumer: each consumer's input statistics — one object for plain groups; MoE
+        experts each read their routed rows, the router (the first) all tokens."""
         specs = [self._spec(c) for c in p.consumers]
         if all(s is None for s in specs):
             res.notes.append(f"{p.label}: no consumer is quantized by {self.scheme.name}; not scaled")
             return
+        st = max(per_consumer, key=lambda x: x.tokens)      # the producer's whole output
         weights = [g.module(c).weight.detach() for c in p.consumers]
-        s, alpha, errors = awq_scale_search(st.mean_abs, st.gram, weights, specs, self.n_grid)
+        s, alpha, errors = awq_scale_search(st.mean_abs, [x.gram for x in per_consumer], weights,
+                                            specs, self.n_grid)
         ratio_before = channel_ratio(st.channel_absmax)
         fold_scale(g, p, s)
-        st.rescale(s)
+        for x in {id(x): x for x in per_consumer}.values():
+            x.rescale(s)
         rec = record_folded(p, s, "AWQ", alpha=alpha, ratio_before=ratio_before,
                             ratio_after=channel_ratio(st.channel_absmax), error_rtn=errors[0],
                             error_awq=min(errors))

@@ -61,7 +61,7 @@ class FuseNorms(Pass):
                 res.notes.append(f"skipped {norm_node.target}: {why}")
                 continue
             mods = [g.module(n) for n in linears]
-            if not all(type(m) is nn.Linear for m in mods):
+            if not all(isinstance(m, nn.Linear) for m in mods):       # a MoE Router is one
                 res.notes.append(f"skipped {norm_node.target}: a consumer is not a float nn.Linear")
                 continue
             for lin_node, lin in zip(linears, mods):

@@ -118,7 +118,10 @@ class GPTQ(WeightRounding):
         for round_nodes in rounds:
             sums = self._collect(g, stage, runner, cache, round_nodes, regions)
             for n in round_nodes:
-                hess = sums[regions[n].tensor].hessian()
+                st = sums[regions[n].tensor]
+                # an MoE expert no calibration token was routed to has no Hessian: RTN
+                hess = st.hessian() if st.tokens else None
+                n.meta.setdefault("qpass", {})["calib_tokens"] = st.tokens
                 item = (n, hess)
                 if self.sequential:
                     self._replace(g, *item)
@@ -140,6 +143,14 @@ class GPTQ(WeightRounding):
     def _replace(self, g, node, hess) -> None:
         _, wspec, aspec, reason = self._todo[node.target]
         lin = g.module(node)
+        if hess is None:
+            replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec),
+                           reason=f"{reason} (RTN: no calibration token reached it)")
+            self._res.metrics.setdefault("rtn_fallback", []).append(node.target)
+            self._res.notes.append(f"{node.target}: no calibration token was routed to it; "
+                                   f"rounded to nearest (calibrate on more data to cover it)")
+            self._res.nodes_changed.append(node.name)
+            return
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,
@@ -150,7 +161,7 @@ class GPTQ(WeightRounding):
         replace_linear(g, node, new, reason=f"{reason} (GPTQ)")
         stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info["damp_used"],
                  "escalations": info["escalations"], "dead_inputs": info["dead"],
-                 "loss": info["loss"]}
+                 "loss": info["loss"], "tokens": node.meta["qpass"].get("calib_tokens")}
         node.meta.setdefault("qpass", {})["gptq"] = stats
         self._res.metrics.setdefault("layers", {})[node.target] = stats
         self._res.nodes_changed.append(node.name)

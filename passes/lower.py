@@ -113,6 +113,14 @@ class Lower(Pass):
         causal = args[4] if len(args) > 4 else kw.get("causal", False)
         kv_bits = int(args[5] if len(args) > 5 else kw.get("kv_bits", 0))
         meta = node.meta.setdefault("qpass", {})
+        if args[6] if len(args) > 6 else kw.get("block_size", 0):
+            # block diffusion's block-causal mask has no attention kernel yet: the node keeps
+            # running qpass.ops.attention (SDPA with the mask), said once in the report
+            meta.update(lowered=None, backend=None)
+            note = "block-causal attention (block diffusion) kept on qpass.ops.attention: no kernel"
+            if note not in res.notes:
+                res.notes.append(note)
+            return
         int8 = self.attention_int8
         if int8 is None:
             spec = meta.get("attn_spec")

@@ -21,7 +21,9 @@ import torch.fx as fx
 from qpass import hadamard
 from qpass.errors import PipelineError
 from qpass.ir.regions import norm_regions
-from qpass.ir.structure import role, through_transparent_back, through_transparent_forward
+from qpass.ir.roles import reads_metadata_only
+from qpass.ir.structure import (branch_writers, role, through_transparent_back,
+                                through_transparent_forward)
 from qpass.runtime.online import online_hadamard
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
 
@@ -47,13 +49,6 @@ def _orthonormal_hadamard(n: int, device) -> torch.Tensor:
 
 def _tag(node: fx.Node, **kv) -> None:
     node.meta.setdefault("qpass", {}).setdefault("rotate", {}).update(kv)
-
-
-def _reads_metadata_only(n: fx.Node) -> bool:
-    """x.shape / x.size() / x.dtype: unaffected by an orthogonal rotation of the values."""
-    if n.op == "call_function" and n.target is getattr:
-        return n.args[1] in ("shape", "dtype", "device", "ndim")
-    return n.op == "call_method" and n.target in ("size", "dim")
 
 
 def _norm_is_weightless(mod) -> bool:
@@ -103,7 +98,7 @@ class Rotate(Pass):
         writers: list[fx.Node] = []
         for s in stream:
             for u in through_transparent_forward(s):
-                if u in stream_set or _reads_metadata_only(u):
+                if u in stream_set or reads_metadata_only(u):
                     continue
                 if u in norms:
                     region = norms[u]
@@ -125,12 +120,11 @@ class Rotate(Pass):
             branch = [x for x in a.args if isinstance(x, fx.Node) and x not in stream_set]
             if len(prev) != 1 or len(branch) != 1:
                 raise PipelineError(f"Rotate: residual add {a.name} does not look like stream + branch")
-            w = through_transparent_back(branch[0])
-            if role(w) != "linear" or len(through_transparent_forward(w)) != 1:
-                raise PipelineError(
-                    f"Rotate: the branch feeding residual add {a.name} does not end in a linear "
-                    f"used only there (found {w.name}, role {role(w)})")
-            writers.append(w)
+            found, problem = branch_writers(branch[0])
+            if problem:
+                raise PipelineError(f"Rotate: the branch feeding residual add {a.name} is not a "
+                                    f"sum of linear outputs: {problem}")
+            writers.extend(found)
         return stream, embeds, readers, writers
 
     # ---- run ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Functions that capture keeps as single graph nodes (DESIGN §2): attention and RoPE.
+"""Functions that capture keeps as single graph nodes (DESIGN §2): attention, RoPE and the
+row ops of mixture-of-experts routing.
 
 The tracer in qpass.capture autowraps these, so attention is one `call_function` node that
 passes can quantize or lowering can replace as a unit."""
@@ -14,7 +15,7 @@ from .formats.attention import kv_attention, quantize_kv
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               key_mask: torch.Tensor | None = None, causal: bool = False,
-              kv_bits: int = 0) -> torch.Tensor:
+              kv_bits: int = 0, block_size: int = 0) -> torch.Tensor:
     """Scaled dot-product attention on (B, H, L, D) tensors; k/v may have fewer heads (GQA).
 
     `key_mask` is an optional (B, L) bool tensor, True for real tokens (left padding = False).
@@ -22,8 +23,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     window's rows and k/v/key_mask come back from the cache over the whole sequence.
     kv_bits (4 or 8; set by a `kv<bits>` scheme): K/V are quantized per head per token (the
     cache then holds codes and scales) and Q·Kᵀ, P·V are integer products
-    (qpass.formats.attention); bidirectional only."""
+    (qpass.formats.attention); bidirectional only.
+    block_size > 0 (block diffusion, SDAR): position i sees position j iff
+    j // block_size <= i // block_size — causal between blocks, bidirectional inside."""
     cache = kvcache.active()
+    if block_size:
+        if kv_bits or cache is not None:
+            raise QpassError("block-causal attention (block diffusion) runs without a K/V cache "
+                             "and without kv<bits> schemes; use cache='none' and drop the suffix")
+        return _block_causal(q, k, v, key_mask, block_size)
     if kv_bits:
         if causal:
             raise QpassError("quantized K/V attention (kv_bits) serves bidirectional denoisers; "
@@ -49,6 +57,56 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
+def block_causal_mask(L: int, block_size: int, device=None) -> torch.Tensor:
+    """(L, L) bool: query i may attend key j (same or an earlier block)."""
+    blk = torch.arange(L, device=device) // block_size
+    return blk[None, :] <= blk[:, None]
+
+
+def _block_causal(q, k, v, key_mask, block_size: int) -> torch.Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    mask = block_causal_mask(q.shape[2], block_size, q.device)[None, None]
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :].to(torch.bool)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def route_topk(logits: torch.Tensor, k: int, normalize: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoE routing: (expert ids (T, k) long, weights (T, k) in logits' dtype) from a softmax over
+    the router's logits (fp32), the top k kept and, when `normalize`, rescaled to sum to one."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    w, idx = torch.topk(probs, k, dim=-1)
+    if normalize:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return idx, w.to(logits.dtype)
+
+
+def expert_tokens(idx: torch.Tensor, weights: torch.Tensor, expert: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (n,) long, weights (n, 1)) of the tokens routed to `expert`, in token order."""
+    hit = idx == expert
+    if hit.is_meta:          # structure only (shapes on meta): which rows is data, say all
+        rows = torch.arange(hit.shape[0], device=hit.device)
+    else:
+        rows = hit.any(dim=-1).nonzero().reshape(-1)
+    w = (weights * hit.to(weights.dtype)).sum(dim=-1)
+    return rows, w.index_select(0, rows).unsqueeze(-1)
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x[rows] for a (T, d) x: row selection, the channel dim untouched."""
+    return x.index_select(0, rows)
+
+
+def scatter_rows(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """out with y's rows added at `rows` (out is not modified)."""
+    return out.index_add(0, rows, y)
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE on (B, H, L, D) with cos/sin tables of shape (≥L, D); fp32 at least.
     Row i has position i, or offset + i inside a K/V cache window."""
@@ -72,4 +130,4 @@ def rope_tables(head_dim: int, max_len: int, theta: float,
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-WRAPPED_FUNCTIONS = (attention, rope)
+WRAPPED_FUNCTIONS = (attention, rope, route_topk, expert_tokens, gather_rows, scatter_rows)

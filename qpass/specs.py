@@ -219,7 +219,8 @@ class Scheme:
     fnmatch glob on the node/module name, or `role:<glob>` on the node's role. None keeps the
     node in high precision; a spec replaces its weight spec (its activations keep the scheme's
     act spec). The LAST matching override wins, so later entries refine earlier ones; any
-    override beats the `keep_roles` default (head and embeddings stay high precision).
+    override beats the `keep_roles` default (head, embeddings and MoE routers stay high
+    precision).
     """
 
     name: str
@@ -227,7 +228,7 @@ class Scheme:
     act: QuantSpec | None = None
     attn: QuantSpec | None = None
     overrides: tuple = ()
-    keep_roles: frozenset = field(default_factory=lambda: frozenset({"head", "embed"}))
+    keep_roles: frozenset = field(default_factory=lambda: frozenset({"head", "embed", "router"}))
     strict_groups: bool = False     # refuse (SpecError) instead of fitting a group size to K
 
     def __post_init__(self):

@@ -70,6 +70,8 @@ class InputStats:
             if self.want_gram:       # accumulated in float64: sums regrouped over data-parallel
                 dev = self.gram_device if self.gram_device is not None else x.device   # ranks agree
                 self.gram = torch.zeros(k, k, dtype=torch.float64, device=dev)
+        if x.shape[0] == 0:           # an MoE expert no token of this batch was routed to
+            return
         xa = x.abs()
         self.channel_absmax = torch.maximum(self.channel_absmax, xa.amax(0).double().cpu())
         self.sum_abs += xa.double().sum(0).cpu()

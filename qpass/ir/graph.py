@@ -8,7 +8,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .capture import trace
-from .roles import function_role, module_role
+from .roles import HIGH_PRECISION_LINEAR_ROLES, function_role, module_role
 from .regions import norm_regions, smoothing_regions
 from .structure import (ActPair, BlockInfo, VOPair, discover_blocks, pairs_through_activation,
                         qk_of, role, v_to_o)
@@ -74,7 +74,10 @@ class QGraph:
         return [n for n in self.gm.graph.nodes if not roles or role(n) in roles]
 
     def linears(self, include_head: bool = True) -> list[fx.Node]:
-        return self.nodes("linear", "head") if include_head else self.nodes("linear")
+        """Linear nodes; include_head adds the head and MoE routers (kept high precision by
+        default, still linears for folds and coverage)."""
+        return self.nodes("linear", *HIGH_PRECISION_LINEAR_ROLES) if include_head \
+            else self.nodes("linear")
 
     def blocks(self) -> list[BlockInfo]:
         return self._blocks

@@ -82,7 +82,7 @@ def region_of(regions: list[Region]) -> dict[fx.Node, Region]:
 
 
 def is_float_linear(g, n: fx.Node) -> bool:
-    return n.op == "call_module" and type(g.module(n)) is nn.Linear
+    return n.op == "call_module" and isinstance(g.module(n), nn.Linear)   # MoE Router too
 
 
 def _consumer_problem(g, consumers: list[fx.Node]) -> str | None:

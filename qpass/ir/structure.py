@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from .roles import function_role, is_add, is_transparent
+from .roles import (HIGH_PRECISION_LINEAR_ROLES, function_role, is_add, is_transparent,
+                    reads_metadata_only)
 
 
 def role(n: fx.Node) -> str | None:
@@ -100,6 +101,43 @@ def discover_blocks(graph: fx.Graph) -> list[BlockInfo]:
     return blocks
 
 
+def _per_row(n) -> bool:
+    """A value whose last dim is 1 (a per-token weight): scaling rows commutes with any map of
+    the channels."""
+    tm = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+    return tm is not None and hasattr(tm, "shape") and len(tm.shape) > 0 and tm.shape[-1] == 1
+
+
+def branch_writers(value: fx.Node) -> tuple[list[fx.Node], str | None]:
+    """The linears whose outputs make up a residual branch's value, when that value is a
+    channel-linear combination of them: views, sums, per-row scaling and row scatters into
+    zeros (an MoE's weighted experts). Each such linear must be read only there.
+    ([linears], None), or ([], why not)."""
+    from ..ops import scatter_rows
+    out, todo, seen = [], [value], set()
+    while todo:
+        n = through_transparent_back(todo.pop())
+        if n in seen:
+            continue
+        seen.add(n)
+        if role(n) == "linear":
+            if len(through_transparent_forward(n)) != 1:
+                return [], f"{n.target} is also read elsewhere"
+            out.append(n)
+        elif is_add(n):
+            todo.extend(a for a in n.args[:2] if isinstance(a, fx.Node))
+        elif n.op == "call_function" and n.target is scatter_rows:
+            todo.extend([n.args[0], n.args[2]])
+        elif n.op == "call_function" and function_role(n.target) == "mul" and \
+                any(_per_row(a) for a in n.args[:2]):
+            todo.extend(a for a in n.args[:2] if isinstance(a, fx.Node) and not _per_row(a))
+        elif reads_metadata_only(n) and n.op == "call_function":
+            continue                                    # zeros_like: the zero start of a sum
+        else:
+            return [], f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)}) lies on it"
+    return out, None if out else "no linear writes it"
+
+
 def linear_input(n: fx.Node) -> fx.Node:
     return through_transparent_back(first_arg_node(n))
 
@@ -107,8 +145,8 @@ def linear_input(n: fx.Node) -> fx.Node:
 def norm_consumers(norm: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
     """(linears fed by the norm through transparent ops, any other consumers)."""
     users = through_transparent_forward(norm)
-    lin = [u for u in users if role(u) in ("linear", "head")]
-    return lin, [u for u in users if u not in lin]
+    lin = [u for u in users if role(u) in ("linear", *HIGH_PRECISION_LINEAR_ROLES)]
+    return lin, [u for u in users if u not in lin and not reads_metadata_only(u)]
 
 
 @dataclass

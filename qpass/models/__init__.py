@@ -1,9 +1,10 @@
 """The dLLM family qpass quantizes: configs, the traceable Denoiser and checkpoint loaders."""
-from .config import NAMED_CONFIGS, ModelConfig, dream_7b, llada_8b, tiny_dream, tiny_llada, tiny_llama
+from .config import (NAMED_CONFIGS, ModelConfig, dream_7b, llada_8b, tiny_dream, tiny_llada,
+                     tiny_llama, tiny_moe, tiny_sdar)
 from .denoiser import Block, Denoiser, RMSNorm, init_weights
 from .loading import build, load, load_checkpoint, save_checkpoint, zoo_names
 from .tokenizer import ByteTokenizer
 
 __all__ = ["ModelConfig", "NAMED_CONFIGS", "Denoiser", "Block", "RMSNorm", "build", "load",
            "load_checkpoint", "save_checkpoint", "zoo_names", "init_weights", "ByteTokenizer",
-           "llada_8b", "dream_7b", "tiny_llada", "tiny_dream", "tiny_llama"]
+           "llada_8b", "dream_7b", "tiny_llada", "tiny_dream", "tiny_llama", "tiny_moe", "tiny_sdar"]

@@ -26,6 +26,17 @@ class ModelConfig:
     family: str = "llada"         # naming used when saving: llada | dream | llama
     name: str = "custom"
     extra: dict = field(default_factory=dict)
+    # Mixture of experts (LLaDA-MoE, LLaDA2): n_experts > 0 replaces the MLP of every block from
+    # `first_dense_layers` on by a router + top-k experts (+ optional shared experts).
+    n_experts: int = 0
+    n_experts_per_tok: int = 0
+    moe_hidden: int = 0            # each expert's MLP width
+    n_shared_experts: int = 0      # always-on experts, one MLP of width n · moe_hidden
+    norm_topk_prob: bool = True    # renormalise the top-k routing weights to sum to one
+    first_dense_layers: int = 0
+    # Block diffusion (SDAR): causal between blocks of this many positions, bidirectional inside.
+    attn_block_size: int = 0
+    qk_norm: bool = False          # RMSNorm on each head's q and k before RoPE (Qwen3, SDAR)
 
     def __post_init__(self) -> None:
         from ..errors import CheckpointError
@@ -55,10 +66,27 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or v <= 0:
                 raise err(f"model config field {f} must be a positive number, got {v!r}")
-        for f in ("qkv_bias", "tie_embeddings", "causal", "logit_shift"):
+        for f in ("n_experts", "n_experts_per_tok", "moe_hidden", "n_shared_experts",
+                  "first_dense_layers", "attn_block_size"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise err(f"model config field {f} must be a non-negative integer, got {v!r}")
+        if self.n_experts and not (1 <= self.n_experts_per_tok <= self.n_experts
+                                   and self.moe_hidden > 0):
+            raise err(f"an MoE config needs 1 <= n_experts_per_tok <= n_experts "
+                      f"({self.n_experts}) and moe_hidden > 0, got n_experts_per_tok="
+                      f"{self.n_experts_per_tok}, moe_hidden={self.moe_hidden}")
+        if self.attn_block_size and (self.causal or self.logit_shift):
+            raise err("attn_block_size (block diffusion) is its own attention pattern: it cannot "
+                      "be combined with causal or logit_shift")
+        for f in ("qkv_bias", "tie_embeddings", "causal", "logit_shift", "norm_topk_prob",
+                  "qk_norm"):
             if not isinstance(getattr(self, f), bool):
                 raise err(f"model config field {f} must be true or false, got "
                           f"{getattr(self, f)!r}")
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.n_experts > 0 and i >= self.first_dense_layers
 
     @property
     def head_dim(self) -> int:
@@ -111,9 +139,67 @@ def tiny_llama() -> ModelConfig:
                        causal=True, family="llama", name="tiny-llama-random")
 
 
+# Structure-only configs of the wider dLLM families (random weights; use device="meta" to
+# inspect them). Sizes follow the published configs; special token ids left out (None) where
+# they are not known here: a real checkpoint's config.json supplies them.
+def llada_moe_7b() -> ModelConfig:
+    """LLaDA-MoE-7B-A1B: 16 layers of 64 experts (8 active), no shared expert, qk norms."""
+    return ModelConfig(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=16, mlp_hidden=8192,
+                       vocab_size=157184, rope_theta=50000.0, n_experts=64, n_experts_per_tok=8, moe_hidden=1024,
+                       norm_topk_prob=False, qk_norm=True, max_seq_len=8192, family="llada",
+                       name="llada-moe-7b")
+
+
+def llada2_mini() -> ModelConfig:
+    """LLaDA2.0-mini (16B total, 1.4B active): a dense first layer, then 256 experts (8 active)
+    and one shared expert per layer, GQA 16/4, qk norms."""
+    return ModelConfig(d_model=2048, n_layers=20, n_heads=16, n_kv_heads=4, mlp_hidden=5120,
+                       vocab_size=157184, rope_theta=600000.0, n_experts=256, n_experts_per_tok=8, moe_hidden=512,
+                       n_shared_experts=1, first_dense_layers=1, qk_norm=True,
+                       max_seq_len=8192, family="llada", name="llada2-mini")
+
+
+def sdar_8b() -> ModelConfig:
+    """SDAR-8B (block diffusion on the Qwen3-8B layout): blocks of 4 positions, qk norms."""
+    return ModelConfig(d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8, mlp_hidden=12288,
+                       vocab_size=151936, eos_token_id=151645,
+                       rope_theta=1e6, norm_eps=1e-6, qk_norm=True, attn_block_size=4,
+                       max_seq_len=32768, family="llama", name="sdar-8b")
+
+
+def diffucoder_7b() -> ModelConfig:
+    """DiffuCoder-7B (Qwen2.5-Coder-7B layout, Dream's shifted logits)."""
+    return ModelConfig(d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, mlp_hidden=18944,
+                       vocab_size=152064, mask_token_id=151666, eos_token_id=151643,
+                       pad_token_id=151643, rope_theta=1e6, norm_eps=1e-6, qkv_bias=True,
+                       logit_shift=True, family="dream", name="diffucoder-7b")
+
+
+def tiny_moe() -> ModelConfig:
+    """Tiny random MoE for tests: 4 experts (2 active), a shared expert, a dense first layer."""
+    return ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128,
+                       vocab_size=97, mask_token_id=96, eos_token_id=95, rope_theta=10000.0,
+                       n_experts=4, n_experts_per_tok=2, moe_hidden=32, n_shared_experts=1,
+                       first_dense_layers=1, qk_norm=True, family="llada",
+                       name="tiny-moe-random")
+
+
+def tiny_sdar() -> ModelConfig:
+    """Tiny random block-diffusion model for tests: blocks of 4 positions."""
+    return ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=128,
+                       vocab_size=97, mask_token_id=96, eos_token_id=95, rope_theta=10000.0,
+                       qk_norm=True, attn_block_size=4, family="llama", name="tiny-sdar-random")
+
+
 NAMED_CONFIGS = {
     "llada-8b": llada_8b,
     "dream-7b": dream_7b,
+    "llada-moe-7b": llada_moe_7b,
+    "llada2-mini": llada2_mini,
+    "sdar-8b": sdar_8b,
+    "diffucoder-7b": diffucoder_7b,
+    "tiny-moe-random": tiny_moe,
+    "tiny-sdar-random": tiny_sdar,
     "tiny-llada-random": tiny_llada,
     "tiny-dream-random": tiny_dream,
     "tiny-llama-random": tiny_llama,

@@ -1,9 +1,10 @@
 """The one fx-traceable transformer family behind every supported denoiser.
 
-Pre-norm RMSNorm, rotate-half RoPE, SwiGLU MLP, MHA/GQA with optional qkv bias, tied or untied
-head; bidirectional by default (dLLM denoisers), `causal` for autoregressive models; optional
-Dream-style logit shift. Module names are generic labels (`blocks.N.q_proj`); passes never rely
-on them — structure is discovered from the traced graph."""
+Pre-norm RMSNorm, rotate-half RoPE, SwiGLU MLP (or a mixture of experts, qpass.models.moe),
+MHA/GQA with optional qkv bias and per-head q/k norms, tied or untied head; bidirectional by
+default (dLLM denoisers), `causal` for autoregressive models, block-causal for block diffusion
+(`attn_block_size`); optional Dream-style logit shift. Module names are generic labels
+(`blocks.N.q_proj`); passes never rely on them — structure is discovered from the traced graph."""
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from ..ops import attention, rope, rope_tables  # plain names: the tracer autowraps them as single nodes
 from .config import ModelConfig
+from .moe import MoE
 
 
 class RMSNorm(nn.Module):
@@ -28,20 +30,25 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         d, hd = cfg.d_model, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
-        self.causal = cfg.causal
+        self.causal, self.block_size = cfg.causal, cfg.attn_block_size
         self.attn_norm = RMSNorm(d, cfg.norm_eps)
         self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(hd, cfg.norm_eps), RMSNorm(hd, cfg.norm_eps)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
-        self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-        self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-        self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
+        if cfg.is_moe_layer(index):
+            self.moe = MoE(cfg)
+        else:
+            self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
+            self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
+            self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
 
     def forward(self, x, cos, sin, key_mask):
         B, L = x.shape[0], x.shape[1]
@@ -49,12 +56,19 @@ class Block(nn.Module):
         q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         q = rope(q, cos, sin)
         k = rope(k, cos, sin)
-        a = attention(q, k, v, key_mask, self.causal)
+        if self.block_size:
+            a = attention(q, k, v, key_mask, self.causal, block_size=self.block_size)
+        else:
+            a = attention(q, k, v, key_mask, self.causal)
         a = a.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)
         x = x + self.o_proj(a)
         h = self.mlp_norm(x)
+        if hasattr(self, "moe"):
+            return x + self.moe(h)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
@@ -65,7 +79,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -61,8 +61,11 @@ def _register_builtins() -> None:
     from qpass.runtime import lowered
     from qpass.ir.qlinear import QuantLinear
     from qpass.models.denoiser import RMSNorm
-    register_module_class(nn.Linear, lambda m: {"in_features": m.in_features, "out_features":
-                                                m.out_features, "bias": m.bias is not None})
+    from qpass.models.moe import Router
+    linear_kwargs = lambda m: {"in_features": m.in_features, "out_features": m.out_features,  # noqa: E731
+                               "bias": m.bias is not None}
+    register_module_class(nn.Linear, linear_kwargs)
+    register_module_class(Router, linear_kwargs)
     register_module_class(nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings,
                                                    "embedding_dim": m.embedding_dim,
                                                    "padding_idx": m.padding_idx})

@@ -3,16 +3,18 @@
     ids = qpass.sampling.generate(model, prompt_ids, gen_length=64, steps=64, block_length=32)
     texts = qpass.sampling.decode_generated(ids, prompt_ids, tokenizer)
 
-`generate` picks Dream's sampler for logit-shift models and LLaDA's otherwise."""
+`generate` picks the block-diffusion sampler for block-causal models (config.attn_block_size),
+Dream's for logit-shift models and LLaDA's otherwise."""
 from __future__ import annotations
 
 from ..errors import QpassError
+from .block import block_size_of, generate_block_diffusion
 from .cache import CACHES, StepStats
 from .common import batch_prompts, decode_text, encode_text, special_ids
 from .dream import ALGS, generate_dream
 from .llada import REMASKING, generate_llada, transfer_schedule
 
-SAMPLERS = ("auto", "llada", "dream")
+SAMPLERS = ("auto", "llada", "dream", "block")
 
 
 def resolve_sampler(model, sampler: str = "auto") -> str:
@@ -21,6 +23,8 @@ def resolve_sampler(model, sampler: str = "auto") -> str:
     if sampler != "auto":
         return sampler
     cfg = getattr(model, "config", None)
+    if block_size_of(model):
+        return "block"
     return "dream" if getattr(cfg, "logit_shift", False) else "llada"
 
 
@@ -29,8 +33,11 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
 
     "auto" chooses Dream when `model.config.logit_shift` is true (LLaDA when there is no config).
     Both take cache="none"|"prefix"|"dual", threshold=, refresh_every= (qpass.sampling.cache);
-    Dream takes block_length= too (default: one block, as Dream v0)."""
+    Dream takes block_length= too (default: one block, as Dream v0). "block"
+    (generate_block_diffusion) takes steps_per_block= and threshold=."""
     which = resolve_sampler(model, sampler)
+    if which == "block":
+        return generate_block_diffusion(model, prompt_ids, **kw)
     if which == "dream":
         return generate_dream(model, prompt_ids, **kw)
     return generate_llada(model, prompt_ids, **kw)
@@ -56,6 +63,6 @@ def decode_generated(out, prompt_ids, tokenizer, stop_at_eos: bool = True) -> li
     return [decode_text(tokenizer, r) for r in generated_ids(out, prompt_ids, eos)]
 
 
-__all__ = ["generate", "generate_llada", "generate_dream", "resolve_sampler", "transfer_schedule",
+__all__ = ["generate", "generate_llada", "generate_dream", "generate_block_diffusion", "resolve_sampler", "transfer_schedule",
            "special_ids", "batch_prompts", "encode_text", "decode_text", "prompt_width",
            "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS", "CACHES", "StepStats"]

@@ -37,6 +37,28 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, gen: torch.Generator
     return (logits - temperature * torch.log(-torch.log(u))).argmax(dim=-1)
 
 
+def commit_step(logits: torch.Tensor, cur: torch.Tensor, mask_id: int, temperature: float,
+                gen: torch.Generator, remasking: str, threshold: float | None,
+                k: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One denoising step on a block: (new block ids, committed positions). Proposes a token
+    per position, ranks the masked ones by confidence (softmax probability of the untempered
+    logits) or at random, commits the top k[b] of each row — or, with `threshold`, every one
+    at or above it (at least one)."""
+    masked = cur == mask_id
+    logits = forbid_mask(logits, mask_id)
+    x0 = gumbel_argmax(logits, temperature, gen)
+    if remasking == "low_confidence":
+        probs = F.softmax(logits.to(torch.float64), dim=-1)
+        conf = probs.gather(-1, x0[..., None]).squeeze(-1)
+    else:
+        conf = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=torch.float64)
+    if threshold is None:
+        commit = top_k_per_row(conf.masked_fill(~masked, float("-inf")), k) & masked
+    else:
+        commit = threshold_commit(conf, masked, threshold)
+    return torch.where(commit, x0, cur), commit
+
+
 def _guided_logits(fwd: BlockForward, x, key_mask, prompt_real, mask_id, cfg_scale, lo, hi, i):
     if cfg_scale <= 0:
         return fwd.logits(x, key_mask, lo, hi, i)
@@ -132,19 +154,9 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                     break
                 # Only the current block can be committed, so only its logits are needed.
                 logits = _guided_logits(fwd, x, key_mask, prompt_real, ids.mask, cfg_scale, lo, hi, i)
-                logits = forbid_mask(logits, ids.mask)
-                x0 = gumbel_argmax(logits, temperature, gen)
-                if remasking == "low_confidence":
-                    probs = F.softmax(logits.to(torch.float64), dim=-1)
-                    conf = probs.gather(-1, x0[..., None]).squeeze(-1)
-                else:
-                    conf = torch.rand(x0.shape, generator=gen, device=device, dtype=torch.float64)
-                if threshold is None:
-                    conf = conf.masked_fill(~masked, float("-inf"))
-                    commit = top_k_per_row(conf, schedule[:, i]) & masked
-                else:
-                    commit = threshold_commit(conf, masked, threshold)
-                x[:, lo:hi] = torch.where(commit, x0, x[:, lo:hi])
+                x[:, lo:hi], commit = commit_step(logits, x[:, lo:hi], ids.mask, temperature, gen,
+                                                  remasking, threshold,
+                                                  None if threshold is not None else schedule[:, i])
                 stats.steps += 1
                 stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min())
                                                 if bool(masked.any()) else 0)

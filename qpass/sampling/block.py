@@ -1,0 +1,88 @@
+"""Block-diffusion sampler (SDAR-style): for denoisers whose attention is causal between blocks
+of `attn_block_size` positions and bidirectional inside one.
+
+The answer is produced one attention block at a time, left to right. Because no position sees
+a later block, the canvas only reaches the end of the current block (later masked positions
+could not change anything, so they are not computed); inside the block, each step proposes a
+token for every masked position and commits the most confident ones (LLaDA's low-confidence
+remasking, or confidence-threshold parallel decoding). Blocks are aligned with the model's
+attention blocks over canvas positions, so the block holding the prompt's end is finished
+first."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import QpassError
+from .cache import StepStats
+from .common import denoise, make_generator, special_ids, start_canvas, step_progress
+from .llada import REMASKING, _eos_done, commit_step, transfer_schedule
+
+
+def block_size_of(model) -> int:
+    return int(getattr(getattr(model, "config", None), "attn_block_size", 0) or 0)
+
+
+@torch.no_grad()
+def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
+                             steps_per_block: int | None = None, temperature: float = 0.0,
+                             remasking: str = "low_confidence", threshold: float | None = None,
+                             mask_id: int | None = None, eos_id: int | None = None,
+                             pad_id: int | None = None, stop_at_eos: bool = False,
+                             attention_mask=None, seed: int = 0, progress: bool = False,
+                             stats: StepStats | None = None, block_size: int | None = None
+                             ) -> torch.Tensor:
+    """Generate `gen_length` tokens after each prompt; returns (B, Lp + gen_length) ids.
+
+    block_size: the model's `config.attn_block_size` unless given. steps_per_block: denoising
+    steps per full block (default: the block size, one token per step; a partial block takes
+    proportionally fewer, at least one). threshold: commit every masked position whose
+    confidence reaches it (at least one per step); steps_per_block is then unused. Prompts as
+    in generate_llada (left padding + attention_mask); deterministic at temperature 0."""
+    bs = block_size if block_size is not None else block_size_of(model)
+    if bs <= 0:
+        raise QpassError("block diffusion needs a block-causal denoiser: this model's config has "
+                         "no attn_block_size; use the LLaDA or Dream sampler")
+    if remasking not in REMASKING:
+        raise QpassError(f"remasking must be one of {REMASKING}, got '{remasking}'")
+    if threshold is not None and (remasking != "low_confidence" or not 0 < threshold <= 1):
+        raise QpassError("threshold decoding needs remasking='low_confidence' and a threshold "
+                         "in (0, 1]")
+    steps_per_block = bs if steps_per_block is None else steps_per_block
+    if gen_length <= 0 or steps_per_block <= 0 or temperature < 0:
+        raise QpassError("gen_length and steps_per_block must be positive, temperature >= 0")
+    ids = special_ids(model, mask_id=mask_id, pad_id=pad_id, eos_id=eos_id)
+    if stop_at_eos and ids.eos is None:
+        raise QpassError("stop_at_eos needs an EOS id: pass eos_id=")
+    x, prompt, _, key_mask, device = start_canvas(model, prompt_ids, gen_length,
+                                                  attention_mask, ids)
+    Lp, end = prompt.shape[1], prompt.shape[1] + gen_length
+    gen = make_generator(seed, device)
+    stats = stats if stats is not None else StepStats()
+    bounds = [(lo, min((lo // bs + 1) * bs, end)) for lo in _starts(Lp, end, bs)]
+    with step_progress(len(bounds), progress, "block diffusion") as advance:
+        for lo, hi in bounds:
+            steps = max(1, round(steps_per_block * (hi - lo) / bs))
+            masked = x[:, lo:hi] == ids.mask
+            schedule = transfer_schedule(masked.sum(dim=1), steps)
+            i = 0
+            while bool(masked.any()) and (threshold is not None or i < steps):
+                logits = denoise(model, x[:, :hi], None if key_mask is None else key_mask[:, :hi])
+                x[:, lo:hi], commit = commit_step(logits[:, lo:hi], x[:, lo:hi], ids.mask,
+                                                  temperature, gen, remasking, threshold,
+                                                  None if threshold is not None else schedule[:, i])
+                stats.nfe += 1
+                stats.rows += x.shape[0] * hi
+                stats.steps += 1
+                stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min()))
+                masked = x[:, lo:hi] == ids.mask
+                i += 1
+            advance()
+            if stop_at_eos and bool(_eos_done(x[:, Lp:hi], ids.mask, ids.eos).all()):
+                x[:, hi:] = ids.eos
+                return x
+    return x
+
+
+def _starts(Lp: int, end: int, bs: int) -> list[int]:
+    """Where each generated block starts: Lp, then every multiple of bs up to `end`."""
+    return [Lp] + list(range((Lp // bs + 1) * bs, end, bs))
