@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qpass.calibration.stats import InputStats, all_reduce_stats, collect_input_stats
-from qpass.errors import SpecError
+from qpass.errors import CalibrationError, SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
@@ -117,6 +117,10 @@ class ObserveActivations(SchemedPass):
         task = ctx.task("ObserveActivations", total=len(targets))
         for node, mod, aspec, reason in targets:
             st = stats[node.target]
+            if not st.tokens and not aspec.dynamic:
+                raise CalibrationError(f"{node.target}: no calibration token was routed to it, so "
+                                       f"its static activation scale cannot be observed; "
+                                       f"calibrate on more data or use dynamic activations")
             q = mod if isinstance(mod, QuantLinear) else None
             if q is None:
                 q = QuantLinear.from_linear(mod, None, aspec)
@@ -126,7 +130,8 @@ class ObserveActivations(SchemedPass):
                 dev = next(iter(list(q.buffers()) + list(q.parameters()))).device
                 q.act_scale, q.act_zero = scale.to(dev), zero.to(dev)
             replace_linear(g, node, q, reason=reason)
-            res.metrics.setdefault("act_stats", {})[node.target] = st.to_dict()
+            res.metrics.setdefault("act_stats", {})[node.target] = \
+                st.to_dict() if st.tokens else {"tokens": 0}
             res.nodes_changed.append(node.name)
             ctx.advance(task)
         res.metrics["observed"] = len(targets)

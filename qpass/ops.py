@@ -74,15 +74,29 @@ def _block_causal(q, k, v, key_mask, block_size: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def route_topk(logits: torch.Tensor, k: int, normalize: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MoE routing: (expert ids (T, k) long, weights (T, k) in logits' dtype) from a softmax over
-    the router's logits (fp32), the top k kept and, when `normalize`, rescaled to sum to one."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    w, idx = torch.topk(probs, k, dim=-1)
-    if normalize:
-        w = w / w.sum(dim=-1, keepdim=True)
-    return idx, w.to(logits.dtype)
+def route_topk(logits: torch.Tensor, k: int, normalize: bool = True, sigmoid: bool = False,
+               bias: torch.Tensor | None = None, n_group: int = 1, topk_group: int = 1,
+               scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoE routing: (expert ids (T, k) long, weights (T, k) in logits' dtype).
+
+    Scores are softmax(logits) (Mixtral, LLaDA-MoE) or sigmoid(logits) (LLaDA2 / BailingMoE
+    V2), in fp32. `bias` (per expert) shifts the scores used to choose, not the weights;
+    with n_group > 1 the experts form groups, each scored by its two best experts, and only
+    the best `topk_group` groups may be chosen. The k chosen scores are the weights,
+    rescaled to sum to one when `normalize` (and k > 1 for sigmoid scores), times `scale`."""
+    s = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), dim=-1)
+    choose = s if bias is None else s + bias.float()
+    if n_group > 1:
+        T, E = choose.shape
+        groups = choose.view(T, n_group, E // n_group).topk(min(2, E // n_group), dim=-1)[0].sum(-1)
+        keep = torch.zeros_like(groups).scatter_(1, groups.topk(topk_group, dim=-1)[1], 1.0)
+        keep = keep.unsqueeze(-1).expand(T, n_group, E // n_group).reshape(T, E)
+        choose = choose.masked_fill(keep == 0, float("-inf"))
+    idx = torch.topk(choose, k, dim=-1)[1]
+    w = s.gather(-1, idx)
+    if normalize and (k > 1 or not sigmoid):
+        w = w / (w.sum(dim=-1, keepdim=True) + (1e-20 if sigmoid else 0.0))
+    return idx, (w * scale).to(logits.dtype)
 
 
 def expert_tokens(idx: torch.Tensor, weights: torch.Tensor, expert: int
@@ -103,8 +117,9 @@ def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def scatter_rows(out: torch.Tensor, rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """out with y's rows added at `rows` (out is not modified)."""
-    return out.index_add(0, rows, y)
+    """out with y's rows added at `rows` (out is not modified), in out's dtype (an fp32 router's
+    weights make y fp32 in a bf16 model)."""
+    return out.index_add(0, rows, y.to(out.dtype))
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

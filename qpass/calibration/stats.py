@@ -192,7 +192,9 @@ def collect_input_stats(g, calib, nodes=None, batch_size: int = 8, include_head:
     for st in stats.values():
         if st.tokens:
             st.all_reduce()
-    missing = [t for t, st in stats.items() if st.tokens == 0]
+    # a linear the batches ran through with zero rows (an MoE expert no token was routed to)
+    # was reached; one whose hook never fired was not
+    missing = [t for t, st in stats.items() if st.channel_absmax is None]
     if missing:
         raise CalibrationError(f"calibration batches never reached {missing[:5]}; is the "
                                f"calibration set empty?")

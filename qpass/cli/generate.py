@@ -20,7 +20,8 @@ EXAMPLE = """examples:
 
 def add_generate_command(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a diffusion sampler",
-                       description="Generate from a prompt with LLaDA's (or Dream's) sampler.",
+                       description="Generate from a prompt with LLaDA's, Dream's or the "
+                                   "block-diffusion sampler.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL_OR_DIR")
     p.add_argument("--prompt", required=True, action="append",
@@ -33,7 +34,9 @@ def add_generate_command(sub) -> None:
     p.add_argument("--temperature", type=nonneg_float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=("low_confidence", "random"))
     p.add_argument("--cfg-scale", type=nonneg_float, default=0.0)
-    p.add_argument("--sampler", default="auto", choices=("auto", "llada", "dream"))
+    p.add_argument("--sampler", default="auto", choices=("auto", "llada", "dream", "block"),
+                   help="auto: block diffusion for block-causal models, Dream for shifted "
+                        "logits, else LLaDA")
     p.add_argument("--cache", default="none", choices=("none", "prefix", "dual"),
                    help="Fast-dLLM K/V cache: prefix reuses the committed prefix within a block, "
                         "dual also the suffix (default none)")
@@ -86,7 +89,13 @@ def cmd_generate(args) -> int:
     kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature,
               seed=args.seed, cache=args.cache, threshold=args.threshold,
               refresh_every=args.refresh_every, stats=stats)
-    if resolve_sampler(model, args.sampler) == "llada":
+    which = resolve_sampler(model, args.sampler)
+    if which == "block":
+        if args.block_length is not None:
+            raise QpassError("the block-diffusion sampler uses the model's attention blocks; "
+                             "drop --block-length")
+        kw.update(remasking=args.remasking)
+    elif which == "llada":
         kw.update(remasking=args.remasking, cfg_scale=args.cfg_scale,
                   block_length=args.block_length or 32)
     elif args.block_length is not None:

@@ -34,6 +34,12 @@ class ModelConfig:
     n_shared_experts: int = 0      # always-on experts, one MLP of width n · moe_hidden
     norm_topk_prob: bool = True    # renormalise the top-k routing weights to sum to one
     first_dense_layers: int = 0
+    router_sigmoid: bool = False   # LLaDA2: sigmoid scores (softmax otherwise)
+    router_bias: bool = False      # LLaDA2: a per-expert bias on the scores used to choose
+    router_fp32: bool = False      # router logits computed in fp32 whatever the model dtype
+    n_expert_groups: int = 1       # group-limited routing: experts in groups, the best
+    topk_groups: int = 1           #   topk_groups groups eligible
+    routed_scaling_factor: float = 1.0
     # Block diffusion (SDAR): causal between blocks of this many positions, bidirectional inside.
     attn_block_size: int = 0
     qk_norm: bool = False          # RMSNorm on each head's q and k before RoPE (Qwen3, SDAR)
@@ -67,7 +73,7 @@ class ModelConfig:
                     or v <= 0:
                 raise err(f"model config field {f} must be a positive number, got {v!r}")
         for f in ("n_experts", "n_experts_per_tok", "moe_hidden", "n_shared_experts",
-                  "first_dense_layers", "attn_block_size"):
+                  "first_dense_layers", "attn_block_size", "n_expert_groups", "topk_groups"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise err(f"model config field {f} must be a non-negative integer, got {v!r}")
@@ -76,11 +82,21 @@ class ModelConfig:
             raise err(f"an MoE config needs 1 <= n_experts_per_tok <= n_experts "
                       f"({self.n_experts}) and moe_hidden > 0, got n_experts_per_tok="
                       f"{self.n_experts_per_tok}, moe_hidden={self.moe_hidden}")
+        if self.n_experts and (not self.n_expert_groups or self.n_experts % self.n_expert_groups
+                               or not 1 <= self.topk_groups <= self.n_expert_groups):
+            raise err(f"group-limited routing needs n_expert_groups dividing n_experts "
+                      f"({self.n_experts}) and 1 <= topk_groups <= n_expert_groups, got "
+                      f"{self.n_expert_groups} / {self.topk_groups}")
+        if isinstance(self.routed_scaling_factor, bool) or \
+                not isinstance(self.routed_scaling_factor, (int, float)) or \
+                not math.isfinite(self.routed_scaling_factor) or self.routed_scaling_factor <= 0:
+            raise err(f"model config field routed_scaling_factor must be a positive number, got "
+                      f"{self.routed_scaling_factor!r}")
         if self.attn_block_size and (self.causal or self.logit_shift):
             raise err("attn_block_size (block diffusion) is its own attention pattern: it cannot "
                       "be combined with causal or logit_shift")
         for f in ("qkv_bias", "tie_embeddings", "causal", "logit_shift", "norm_topk_prob",
-                  "qk_norm"):
+                  "qk_norm", "router_sigmoid", "router_bias", "router_fp32"):
             if not isinstance(getattr(self, f), bool):
                 raise err(f"model config field {f} must be true or false, got "
                           f"{getattr(self, f)!r}")
@@ -152,10 +168,13 @@ def llada_moe_7b() -> ModelConfig:
 
 def llada2_mini() -> ModelConfig:
     """LLaDA2.0-mini (16B total, 1.4B active): a dense first layer, then 256 experts (8 active)
-    and one shared expert per layer, GQA 16/4, qk norms."""
+    and one shared expert per layer, GQA 16/4, qk norms; BailingMoE-V2 routing (sigmoid
+    scores, expert bias, 8 groups of which 4 eligible, scaled weights, fp32 router)."""
     return ModelConfig(d_model=2048, n_layers=20, n_heads=16, n_kv_heads=4, mlp_hidden=5120,
                        vocab_size=157184, rope_theta=600000.0, n_experts=256, n_experts_per_tok=8, moe_hidden=512,
                        n_shared_experts=1, first_dense_layers=1, qk_norm=True,
+                       router_sigmoid=True, router_bias=True, router_fp32=True,
+                       n_expert_groups=8, topk_groups=4, routed_scaling_factor=2.5,
                        max_seq_len=8192, family="llada", name="llada2-mini")
 
 

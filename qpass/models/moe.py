@@ -20,8 +20,22 @@ from .config import ModelConfig
 
 
 class Router(nn.Linear):
-    """The gate computing one logit per expert (role "router", see qpass.ir.roles)."""
+    """The gate computing one logit per expert (role "router", see qpass.ir.roles); with
+    `fp32`, in float32 whatever the model dtype; `expert_bias` (LLaDA2) shifts the choice."""
     qpass_role = "router"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 fp32: bool = False, expert_bias: bool = False, **kw):
+        super().__init__(in_features, out_features, bias=bias, **kw)
+        self.fp32 = fp32
+        if expert_bias:
+            self.register_buffer("expert_bias", torch.zeros(out_features, **kw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32:
+            b = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), b)
+        return super().forward(x)
 
 
 class Expert(nn.Module):
@@ -45,7 +59,10 @@ class MoE(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.top_k, self.normalize = cfg.n_experts_per_tok, cfg.norm_topk_prob
-        self.router = Router(d, cfg.n_experts, bias=False)
+        self.sigmoid, self.scale = cfg.router_sigmoid, float(cfg.routed_scaling_factor)
+        self.groups = (cfg.n_expert_groups, cfg.topk_groups)
+        self.router = Router(d, cfg.n_experts, bias=False, fp32=cfg.router_fp32,
+                             expert_bias=cfg.router_bias)
         self.experts = nn.ModuleList(Expert(d, cfg.moe_hidden) for _ in range(cfg.n_experts))
         self.shared = Expert(d, cfg.moe_hidden * cfg.n_shared_experts) \
             if cfg.n_shared_experts else None
@@ -53,7 +70,9 @@ class MoE(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, L, d = h.shape
         flat = h.reshape(B * L, d)
-        idx, weights = route_topk(self.router(flat), self.top_k, self.normalize)
+        bias = getattr(self.router, "expert_bias", None)
+        idx, weights = route_topk(self.router(flat), self.top_k, self.normalize, self.sigmoid,
+                                  bias, self.groups[0], self.groups[1], self.scale)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):     # unrolled by capture: one group each
             rows, w = expert_tokens(idx, weights, e)

@@ -76,7 +76,8 @@ def _builtin_ops() -> list[OpSpec]:
                                                 "kv_bits", "int"), 3,
             key_mask="value?", causal="bool", kv_bits="kv_bits", block_size="int"),
         # mixture-of-experts routing (qpass.models.moe) and its zero start
-        _fn("qpass.ops.route_topk", ops.route_topk, ("value", "int", "bool"), 2),
+        _fn("qpass.ops.route_topk", ops.route_topk,
+            ("value", "int", "bool", "bool", "value?", "int", "int", "number"), 2),
         _fn("qpass.ops.expert_tokens", ops.expert_tokens, ("value", "value", "int")),
         _fn("qpass.ops.gather_rows", ops.gather_rows, ("value", "value")),
         _fn("qpass.ops.scatter_rows", ops.scatter_rows, ("value", "value", "value")),
@@ -161,6 +162,7 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "int": lambda x: isinstance(x, int) and not isinstance(x, bool),
     "size": lambda x: isinstance(x, fx.Node) or (isinstance(x, int) and not isinstance(x, bool)),
     "bool": lambda x: isinstance(x, bool),
+    "number": _is_num,
     # K/V cache bits of a `kv<bits>` scheme: a closed set, not any int
     "kv_bits": lambda x: type(x) is int and x in (0, 4, 8),
     "index": _is_index,

@@ -34,7 +34,7 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
     "auto" chooses Dream when `model.config.logit_shift` is true (LLaDA when there is no config).
     Both take cache="none"|"prefix"|"dual", threshold=, refresh_every= (qpass.sampling.cache);
     Dream takes block_length= too (default: one block, as Dream v0). "block"
-    (generate_block_diffusion) takes steps_per_block= and threshold=."""
+    (generate_block_diffusion) takes steps= and threshold=, and no cache."""
     which = resolve_sampler(model, sampler)
     if which == "block":
         return generate_block_diffusion(model, prompt_ids, **kw)

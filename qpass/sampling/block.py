@@ -24,20 +24,25 @@ def block_size_of(model) -> int:
 
 @torch.no_grad()
 def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
-                             steps_per_block: int | None = None, temperature: float = 0.0,
+                             steps: int | None = None, temperature: float = 0.0,
                              remasking: str = "low_confidence", threshold: float | None = None,
                              mask_id: int | None = None, eos_id: int | None = None,
                              pad_id: int | None = None, stop_at_eos: bool = False,
                              attention_mask=None, seed: int = 0, progress: bool = False,
-                             stats: StepStats | None = None, block_size: int | None = None
+                             stats: StepStats | None = None, block_size: int | None = None,
+                             cache: str = "none", refresh_every: int | None = None
                              ) -> torch.Tensor:
     """Generate `gen_length` tokens after each prompt; returns (B, Lp + gen_length) ids.
 
-    block_size: the model's `config.attn_block_size` unless given. steps_per_block: denoising
-    steps per full block (default: the block size, one token per step; a partial block takes
-    proportionally fewer, at least one). threshold: commit every masked position whose
-    confidence reaches it (at least one per step); steps_per_block is then unused. Prompts as
-    in generate_llada (left padding + attention_mask); deterministic at temperature 0."""
+    block_size: the model's `config.attn_block_size` unless given. steps: denoising steps in
+    all (default gen_length, one token per step), shared by the blocks in proportion to their
+    length (at least one each). threshold: commit every masked position whose confidence
+    reaches it (at least one per step); steps is then unused. Prompts as in generate_llada
+    (left padding + attention_mask); deterministic at temperature 0. Finished blocks are
+    recomputed each step: cache must be "none" (an exact block cache is not built yet)."""
+    if cache != "none" or refresh_every is not None:
+        raise QpassError("the block-diffusion sampler recomputes finished blocks (no K/V cache "
+                         "yet): use cache='none' without refresh_every")
     bs = block_size if block_size is not None else block_size_of(model)
     if bs <= 0:
         raise QpassError("block diffusion needs a block-causal denoiser: this model's config has "
@@ -47,9 +52,9 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
     if threshold is not None and (remasking != "low_confidence" or not 0 < threshold <= 1):
         raise QpassError("threshold decoding needs remasking='low_confidence' and a threshold "
                          "in (0, 1]")
-    steps_per_block = bs if steps_per_block is None else steps_per_block
-    if gen_length <= 0 or steps_per_block <= 0 or temperature < 0:
-        raise QpassError("gen_length and steps_per_block must be positive, temperature >= 0")
+    steps = gen_length if steps is None else steps
+    if gen_length <= 0 or steps <= 0 or temperature < 0:
+        raise QpassError("gen_length and steps must be positive, temperature >= 0")
     ids = special_ids(model, mask_id=mask_id, pad_id=pad_id, eos_id=eos_id)
     if stop_at_eos and ids.eos is None:
         raise QpassError("stop_at_eos needs an EOS id: pass eos_id=")
@@ -61,11 +66,11 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
     bounds = [(lo, min((lo // bs + 1) * bs, end)) for lo in _starts(Lp, end, bs)]
     with step_progress(len(bounds), progress, "block diffusion") as advance:
         for lo, hi in bounds:
-            steps = max(1, round(steps_per_block * (hi - lo) / bs))
+            n_steps = max(1, round(steps * (hi - lo) / gen_length))
             masked = x[:, lo:hi] == ids.mask
-            schedule = transfer_schedule(masked.sum(dim=1), steps)
+            schedule = transfer_schedule(masked.sum(dim=1), n_steps)
             i = 0
-            while bool(masked.any()) and (threshold is not None or i < steps):
+            while bool(masked.any()) and (threshold is not None or i < n_steps):
                 logits = denoise(model, x[:, :hi], None if key_mask is None else key_mask[:, :hi])
                 x[:, lo:hi], commit = commit_step(logits[:, lo:hi], x[:, lo:hi], ids.mask,
                                                   temperature, gen, remasking, threshold,

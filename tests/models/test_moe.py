@@ -26,29 +26,53 @@ def _calib(cfg, n=4):
                                    seq_len=32)
 
 
+def _chosen(p: list[float], bias: list[float], k: int, n_group: int, topk_group: int) -> list[int]:
+    """Experts a token goes to: groups ranked by their two best biased scores, the best
+    topk_group groups eligible, then the k best biased scores among them."""
+    size = len(p) // n_group
+    c = [p[e] + bias[e] for e in range(len(p))]
+    group_score = [sum(sorted(c[g * size:(g + 1) * size])[-2:]) for g in range(n_group)]
+    groups = sorted(range(n_group), key=lambda g: -group_score[g])[:topk_group]
+    eligible = [e for e in range(len(p)) if e // size in groups]
+    return sorted(eligible, key=lambda e: -c[e])[:k]
+
+
 def reference_moe(moe, h: torch.Tensor) -> torch.Tensor:
-    """Token by token in float64: softmax over the router, top-k, renormalised, Σ weight ·
-    SwiGLU expert, plus the shared expert."""
+    """Token by token in float64: softmax (or sigmoid) scores of the router, the chosen top-k,
+    renormalised and scaled, Σ weight · SwiGLU expert, plus the shared expert."""
     W = lambda lin: lin.weight.double()                      # noqa: E731
     mlp = lambda e, x: W(e.down_proj) @ (F.silu(W(e.gate_proj) @ x) * (W(e.up_proj) @ x))  # noqa: E731
+    E = len(moe.experts)
+    bias = moe.router.expert_bias.tolist() if hasattr(moe.router, "expert_bias") else [0.0] * E
     out = torch.zeros(h.shape, dtype=torch.float64)
     for b in range(h.shape[0]):
         for t in range(h.shape[1]):
             x = h[b, t].double()
-            p = torch.softmax(W(moe.router) @ x, dim=0)
-            top = sorted(range(len(p)), key=lambda e: -float(p[e]))[:moe.top_k]
-            z = sum(float(p[e]) for e in top) if moe.normalize else 1.0
-            y = sum(float(p[e]) / z * mlp(moe.experts[e], x) for e in top)
+            logit = W(moe.router) @ x
+            p = (torch.sigmoid(logit) if moe.sigmoid else torch.softmax(logit, dim=0)).tolist()
+            top = _chosen(p, bias, moe.top_k, *moe.groups)
+            z = sum(p[e] for e in top) if moe.normalize and (moe.top_k > 1 or not moe.sigmoid) \
+                else 1.0
+            y = sum(p[e] / z * moe.scale * mlp(moe.experts[e], x) for e in top)
             if moe.shared is not None:
                 y = y + mlp(moe.shared, x)
             out[b, t] = y
     return out
 
 
-@pytest.mark.parametrize("normalize,shared", [(True, 1), (False, 0)])
-def test_moe_forward_equals_the_per_token_reference(normalize, shared):
-    m = _model(norm_topk_prob=normalize, n_shared_experts=shared)
+LLADA2_ROUTING = dict(n_experts=8, router_sigmoid=True, router_bias=True, router_fp32=True,
+                      n_expert_groups=4, topk_groups=2, routed_scaling_factor=2.5)
+
+
+@pytest.mark.parametrize("kw", [dict(norm_topk_prob=True), dict(norm_topk_prob=False,
+                                                                 n_shared_experts=0),
+                                LLADA2_ROUTING], ids=["softmax", "softmax-raw", "llada2"])
+def test_moe_forward_equals_the_per_token_reference(kw):
+    m = _model(**kw)
     moe = m.blocks[1].moe
+    if hasattr(moe.router, "expert_bias"):
+        with torch.no_grad():
+            moe.router.expert_bias.copy_(torch.linspace(-0.02, 0.03, 8))
     h = torch.randn(2, 7, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = moe(h).double()
@@ -115,9 +139,11 @@ def test_an_expert_no_token_reaches_is_rounded_to_nearest_with_a_note():
     assert torch.isfinite(c(X)).all()
 
 
-@pytest.mark.parametrize("pipeline", ["w8a8-smoothquant", "w4a16-awq", "w4a4-quarot"])
-def test_presets_run_on_moe_and_save_load_round_trip(tmp_path, pipeline):
-    m = _model()
+@pytest.mark.parametrize("pipeline,kw", [("w8a8-smoothquant", {}), ("w4a16-awq", {}),
+                                         ("w4a4-quarot", {}), ("w4a4-quarot", LLADA2_ROUTING)],
+                         ids=["smoothquant", "awq", "quarot", "quarot-llada2-routing"])
+def test_presets_run_on_moe_and_save_load_round_trip(tmp_path, pipeline, kw):
+    m = _model(**kw)
     c = qpass.presets.get(pipeline).run(m, _calib(m.config), progress=False)
     c.save(tmp_path / "ck")
     d = qpass.load_compiled(tmp_path / "ck")
