@@ -169,13 +169,16 @@ def llada_moe_7b() -> ModelConfig:
 def llada2_mini() -> ModelConfig:
     """LLaDA2.0-mini (16B total, 1.4B active): a dense first layer, then 256 experts (8 active)
     and one shared expert per layer, GQA 16/4, qk norms; BailingMoE-V2 routing (sigmoid
-    scores, expert bias, 8 groups of which 4 eligible, scaled weights, fp32 router)."""
+    scores, expert bias, 8 groups of which 4 eligible, scaled weights, fp32 router); block
+    diffusion with blocks of 32 (its generate builds that block-causal mask). Its RoPE turns
+    half of each head (partial_rotary_factor 0.5), which this config does not model."""
     return ModelConfig(d_model=2048, n_layers=20, n_heads=16, n_kv_heads=4, mlp_hidden=5120,
                        vocab_size=157184, rope_theta=600000.0, n_experts=256, n_experts_per_tok=8, moe_hidden=512,
                        n_shared_experts=1, first_dense_layers=1, qk_norm=True,
                        router_sigmoid=True, router_bias=True, router_fp32=True,
                        n_expert_groups=8, topk_groups=4, routed_scaling_factor=2.5,
-                       max_seq_len=8192, family="llada", name="llada2-mini")
+                       attn_block_size=32, max_seq_len=8192, family="llada",
+                       name="llada2-mini")
 
 
 def sdar_8b() -> ModelConfig:

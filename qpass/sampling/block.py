@@ -36,8 +36,10 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
 
     block_size: the model's `config.attn_block_size` unless given. steps: denoising steps in
     all (default gen_length, one token per step), shared by the blocks in proportion to their
-    length (at least one each). threshold: commit every masked position whose confidence
-    reaches it (at least one per step); steps is then unused. Prompts as in generate_llada
+    length (at least one each). threshold: each step commits every masked position whose
+    confidence exceeds it when they are at least the schedule's count for the step, else the
+    schedule's count of most confident ones (LLaDA2's rule; with the default steps the
+    schedule is one per step, so: all above the threshold, at least one). Prompts as in generate_llada
     (left padding + attention_mask); deterministic at temperature 0. Finished blocks are
     recomputed each step: cache must be "none" (an exact block cache is not built yet)."""
     if cache != "none" or refresh_every is not None:
@@ -72,9 +74,9 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
             i = 0
             while bool(masked.any()) and (threshold is not None or i < n_steps):
                 logits = denoise(model, x[:, :hi], None if key_mask is None else key_mask[:, :hi])
+                k = schedule[:, min(i, n_steps - 1)].clamp(min=1)
                 x[:, lo:hi], commit = commit_step(logits[:, lo:hi], x[:, lo:hi], ids.mask,
-                                                  temperature, gen, remasking, threshold,
-                                                  None if threshold is not None else schedule[:, i])
+                                                  temperature, gen, remasking, threshold, k)
                 stats.nfe += 1
                 stats.rows += x.shape[0] * hi
                 stats.steps += 1

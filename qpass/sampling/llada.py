@@ -43,7 +43,8 @@ def commit_step(logits: torch.Tensor, cur: torch.Tensor, mask_id: int, temperatu
     """One denoising step on a block: (new block ids, committed positions). Proposes a token
     per position, ranks the masked ones by confidence (softmax probability of the untempered
     logits) or at random, commits the top k[b] of each row — or, with `threshold`, every one
-    at or above it (at least one)."""
+    at or above it (at least one), or the top k[b] when fewer than k[b] reach it and k is
+    given (LLaDA2's rule)."""
     masked = cur == mask_id
     logits = forbid_mask(logits, mask_id)
     x0 = gumbel_argmax(logits, temperature, gen)
@@ -52,10 +53,14 @@ def commit_step(logits: torch.Tensor, cur: torch.Tensor, mask_id: int, temperatu
         conf = probs.gather(-1, x0[..., None]).squeeze(-1)
     else:
         conf = torch.rand(x0.shape, generator=gen, device=x0.device, dtype=torch.float64)
+    top = None if k is None else top_k_per_row(conf.masked_fill(~masked, float("-inf")), k) & masked
     if threshold is None:
-        commit = top_k_per_row(conf.masked_fill(~masked, float("-inf")), k) & masked
+        commit = top
     else:
         commit = threshold_commit(conf, masked, threshold)
+        if top is not None:   # too few above the threshold: the schedule's count instead
+            short = commit.sum(dim=1) < top.sum(dim=1)
+            commit = torch.where(short[:, None], top, commit)
     return torch.where(commit, x0, cur), commit
 
 

@@ -82,6 +82,17 @@ def test_threshold_decoding_commits_at_least_one_per_step():
     assert min(stats.committed_per_step) >= 1 and stats.nfe <= 12
 
 
+def test_threshold_falls_back_to_the_schedule_when_too_few_are_confident():
+    # LLaDA2's rule: threshold 1.0 is (almost) never exceeded, so each step commits the
+    # schedule's count: 12 tokens in 6 steps = 2 per step
+    m = _model()
+    stats = StepStats()
+    out = generate_block_diffusion(m, torch.tensor([[3, 4, 5, 6]]), gen_length=12, steps=6,
+                                   threshold=1.0, stats=stats)
+    assert not (out == m.config.mask_token_id).any()
+    assert stats.nfe == 6 and stats.committed_per_step == [2] * 6
+
+
 def test_exact_passes_verified_and_lowered_round_trip(tmp_path):
     m = _model()
     calib = CalibrationSet.from_ids(torch.arange(1024) % 90, mask_id=m.config.mask_token_id,
