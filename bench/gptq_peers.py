@@ -60,16 +60,17 @@ def _llmcompressor():
     return run
 
 
-def _gptqmodel():
+def _gptqmodel(desc_act: bool = False, act_group_aware: bool = False):
     """GPTQModel's GPTQ on a Linear holding W, with H handed over as its accumulated Hessian.
-    Its default group-aware reordering (act_group_aware) is switched off: that is act-order, a
-    different algorithm (compare it with qpass act_order=True, see docs/RESULTS.md)."""
+    By default its group-aware reordering (act_group_aware) is switched off, matching qpass's
+    plain walk; --act-order compares desc_act (act-order with g_idx) with qpass act_order=True
+    and act_group_aware with qpass act_order="group"."""
     import torch.nn as nn
     from gptqmodel.quantization.config import QuantizeConfig
     from gptqmodel.quantization.gptq import GPTQ
 
-    cfg = QuantizeConfig(bits=BITS, group_size=GROUP, sym=True, desc_act=False, damp_percent=0.01,
-                         act_group_aware=False)
+    cfg = QuantizeConfig(bits=BITS, group_size=GROUP, sym=True, desc_act=desc_act,
+                         damp_percent=0.01, act_group_aware=act_group_aware)
 
     def run(W, H):
         lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
@@ -82,8 +83,20 @@ def _gptqmodel():
     return run
 
 
+def run_qpass_act(W, H):
+    """Act-order; with groups, static group parameters (qpass's packed layout keeps K order)."""
+    return quantize_weight(W, H, SPEC, block_size=128, act_order=True)[0]
+
+
+def run_qpass_gar(W, H):
+    """Group-aware reordering: groups by importance, parameters as the walk reaches them."""
+    return quantize_weight(W, H, SPEC, block_size=128, act_order="group")[0]
+
+
 # peer -> (factory, the qpass method with the same semantics)
 PEERS = {"llm-compressor": (_llmcompressor, "qpass-static"), "gptqmodel": (_gptqmodel, "qpass")}
+ACT_ORDER_PEERS = {"gptqmodel-desc_act": (lambda: _gptqmodel(desc_act=True), "qpass-act"),
+                   "gptqmodel-gar": (lambda: _gptqmodel(act_group_aware=True), "qpass-gar")}
 
 
 # ----- inputs -----------------------------------------------------------------------------------
@@ -152,12 +165,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--no-tiny", action="store_true", help="skip the tiny-llada layers")
     ap.add_argument("--quick", action="store_true", help="one 1024x1024 layer (make bench)")
+    ap.add_argument("--act-order", action="store_true",
+                    help="also act-order (GPTQModel desc_act) and group-aware reordering")
+    ap.add_argument("--seeds", type=int, default=1, help="random layers per shape")
     args = ap.parse_args()
     if args.quick:
         args.shapes = "1024x1024"
     torch.set_num_threads(1)
     methods, pairs, skipped = {"qpass": run_qpass, "qpass-static": run_qpass_static}, {}, {}
-    for name, (make, twin) in PEERS.items():
+    peers = dict(PEERS)
+    if args.act_order:
+        methods.update({"qpass-act": run_qpass_act, "qpass-gar": run_qpass_gar})
+        peers.update(ACT_ORDER_PEERS)
+    for name, (make, twin) in peers.items():
         try:
             methods[name] = make()
             pairs[name] = twin
@@ -167,9 +187,11 @@ def main() -> None:
     cases = []
     for shape in filter(None, args.shapes.split(",")):
         N, K = (int(v) for v in shape.lower().split("x"))
-        W, H = heavy_tailed(N, K, args.tokens)
-        cases.append({"case": f"heavy-tailed {N}x{K}", **compare(W, H, methods, pairs, args.reps)})
-        del W, H
+        for seed in range(args.seeds):
+            W, H = heavy_tailed(N, K, args.tokens, seed=seed)
+            cases.append({"case": f"heavy-tailed {N}x{K} seed {seed}",
+                          **compare(W, H, methods, pairs, args.reps)})
+            del W, H
     if not args.no_tiny:
         for name, W, H in tiny_llada_layers():
             cases.append({"case": f"tiny-llada {name} {tuple(W.shape)}",

@@ -13,6 +13,12 @@ when the walk reaches the group's first column (GPTQ's default). With act-order 
 permuted, so groups would no longer be contiguous in K; qpass's packed layout stores groups
 along the ORIGINAL K order, hence act-order + groups always uses static groups (parameters from
 the original weights before any update), and `info["static_groups_forced"]` says so.
+
+act_order="group" is group-aware reordering (GAR, Gafni et al. 2025): the groups are walked in
+order of their most important column (largest diag H) and each group's columns in order of
+importance inside it. A group's columns stay together in the walk, so its parameters are taken
+when the walk reaches it, from the updated weights, as without act-order, and the packed layout
+is unchanged.
 """
 from __future__ import annotations
 
@@ -91,6 +97,21 @@ def _group_now(WT, U, E, i1: int, i2: int, col: int, gs: int) -> torch.Tensor:
     return torch.cat([WT[col:i2], tail], dim=0)[:gs].t()
 
 
+def walk_order(H: torch.Tensor, act_order, gs: int) -> torch.Tensor | None:
+    """The permutation of K the solve walks: None (K order), diag H descending (act-order), or
+    group-aware: groups by their largest diag H, columns by diag H inside each group."""
+    if not act_order:
+        return None
+    d = torch.diagonal(H)
+    if act_order != "group":
+        return torch.argsort(d, descending=True)
+    by_group = d.view(-1, gs)
+    inner = torch.argsort(by_group, dim=1, descending=True, stable=True)
+    groups = torch.argsort(by_group.amax(dim=1), descending=True, stable=True)
+    base = torch.arange(0, d.numel(), gs, device=d.device)[:, None]
+    return (inner + base)[groups].reshape(-1)
+
+
 def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
     """[j1, j2) column ranges covering [i1, i2); a dynamic group's first column always starts
     one, so its parameters are taken after every earlier in-block update has landed."""
@@ -104,15 +125,18 @@ def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
 
 
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
-                    act_order: bool = False, damp: float = 0.01, static_groups: bool = False
-                    ) -> tuple[torch.Tensor, dict]:
+                    act_order: bool | str = False, damp: float = 0.01,
+                    static_groups: bool = False) -> tuple[torch.Tensor, dict]:
     """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
 
     Returns (Wq, info): Wq the dequantized weight (W's shape and dtype); info has `qweight`
     (qpass.formats.QuantizedWeight, standard layout along the original K order), `damp_used`
     (relative to mean diag H), `escalations`, `loss` (Σ err²/d, GPTQ's objective), `dead`
-    (number of dead input channels), `static_groups_forced`."""
+    (number of dead input channels), `static_groups_forced`. act_order: False, True (diag H
+    descending) or "group" (group-aware reordering, see the module docstring)."""
     spec = QuantSpec.parse(spec)
+    if act_order not in (False, True, "group"):
+        raise SpecError(f"act_order must be False, True or 'group', got {act_order!r}")
     if spec.is_activation_only or spec.dynamic:
         raise SpecError(f"GPTQ quantizes weights; {spec} is an activation spec")
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
@@ -136,8 +160,9 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
 
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else K
-    forced = bool(act_order and grouped and not static_groups)
-    dynamic_groups = grouped and not (static_groups or act_order)
+    group_aware = act_order == "group" and grouped
+    forced = bool(act_order and grouped and not static_groups and not group_aware)
+    dynamic_groups = grouped and not static_groups and (not act_order or group_aware)
     n_groups = K // gs if grouped else 1
     W = W.detach().to(dt)
     if n_dead:
@@ -149,7 +174,7 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(n_groups):
             scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(W[:, g * gs:(g + 1) * gs], spec)
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else None
+    perm = walk_order(H, act_order if grouped else bool(act_order), gs)
     if perm is not None:
         W, H = W[:, perm], H[perm][:, perm]
     with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
@@ -177,7 +202,7 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
             E1 = E[:i2 - i1]
             for j1, j2 in _sub_blocks(i1, i2, gs, dynamic_groups):
                 if dynamic_groups and j1 % gs == 0:
-                    g = j1 // gs
+                    g = col_group[j1]              # the walk's j1-th column's group
                     sg, zg = _params_for_columns(_group_now(WT, U, E1, i1, i2, j1, gs), spec)
                     scale[:, g:g + 1], zero[:, g:g + 1] = sg, zg
                     scale_t[g], zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)

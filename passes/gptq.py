@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from qpass.errors import CalibrationError, PipelineError
+from qpass.errors import CalibrationError, PipelineError, SpecError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.ir.regions import input_regions, region_of
@@ -35,13 +35,14 @@ class GPTQ(WeightRounding):
     """GPTQ(scheme=None): a scheme name (`"w4a16g128"`, `"w4a8"`), a Scheme or a weight spec
     string; None reads the pipeline's.
     Weights get GPTQ; the scheme's (dynamic) activation spec is set on the QuantLinear as RTN
-    does. act_order + group specs use static groups (the packed layout keeps groups in the
-    original K order). sequential=False takes every Hessian from the float model instead of
+    does. act_order=True + group specs use static groups (the packed layout keeps groups in the
+    original K order); act_order="group" is group-aware reordering (groups walked by
+    importance, their parameters taken as the walk reaches them). sequential=False takes every Hessian from the float model instead of
     feeding quantized blocks forward. offload_dir keeps cached block inputs on disk."""
 
     scheme: Any = None
     block_size: int = 128
-    act_order: bool = False
+    act_order: bool | str = False      # False, True or "group"
     damp: float = 0.01
     static_groups: bool = False
     sequential: bool = True
@@ -77,6 +78,9 @@ class GPTQ(WeightRounding):
         return self._finish(g, res, kept)
 
     def _begin(self, g, ctx: PassContext, targets) -> tuple[PassResult, int]:
+        if self.act_order not in (False, True, "group"):
+            raise SpecError(f"GPTQ act_order must be False, True or 'group', got "
+                            f"{self.act_order!r}")
         if ctx.calib is None:
             raise CalibrationError("GPTQ needs calibration data: pass calib=qpass.calibration."
                                    "CalibrationSet.from_texts(texts, tokenizer)")

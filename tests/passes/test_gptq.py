@@ -80,6 +80,30 @@ def test_equals_textbook_gptq(spec, bits, group, sym, block):
     assert abs(e - e_ref) <= 1e-6 * max(e_ref, 1e-12)
 
 
+@pytest.mark.parametrize("spec, bits, group, sym", [("int4:g32:sym", 4, 32, True),
+                                                    ("int3:g64:asym", 3, 64, False)])
+def test_group_aware_reordering_is_textbook_gptq_on_the_permuted_problem(spec, bits, group, sym):
+    """act_order="group": groups ordered by their largest diag H, columns by diag H inside each
+    group; the result is the textbook GPTQ (dynamic groups) of the permuted W and H, permuted
+    back, with the packed codes in the original K order."""
+    torch.manual_seed(3)
+    K, N = 192, 24
+    X = correlated_inputs(K, 600, seed=4)
+    H = 2 * X.T @ X / X.shape[0]
+    W = torch.randn(N, K, dtype=torch.float64)
+    d = H.diag().view(-1, group)
+    inner = torch.stack([torch.argsort(r, descending=True) for r in d])
+    order = sorted(range(d.shape[0]), key=lambda gi: -float(d[gi].max()))
+    perm = torch.cat([inner[gi] + gi * group for gi in order])
+    assert sorted(perm.tolist()) == list(range(K))
+    want = torch.empty_like(W)
+    want[:, perm] = textbook_gptq(W[:, perm], H[perm][:, perm], bits, group, sym)
+    got, info = quantize_weight(W, H, spec, block_size=64, act_order="group")
+    assert not info["static_groups_forced"]
+    assert float((got - want).abs().max()) < 1e-9
+    assert torch.allclose(info["qweight"].dequantize(torch.float64), got, atol=1e-6)   # packed once, K order
+
+
 def test_reconstruction_error_matches_explicit_outputs():
     X = correlated_inputs(32, 100, seed=3)
     W = torch.randn(8, 32, dtype=torch.float64)
