@@ -136,13 +136,4 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out.to(dtype)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float,
-                dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
-    t = torch.arange(max_len, dtype=torch.float64, device=device)
-    freqs = torch.outer(t, inv)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
 WRAPPED_FUNCTIONS = (attention, rope, route_topk, expert_tokens, gather_rows, scatter_rows)

@@ -19,6 +19,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     qkv_bias: bool = False
+    o_bias: bool = False          # LLaMA attention_bias: o_proj has a bias too
+    mlp_bias: bool = False        # LLaMA mlp_bias: gate/up/down have biases
+    explicit_head_dim: int | None = None   # HF head_dim when it is not d_model // n_heads
+    rope_scaling: dict | None = None       # normalised rope type + parameters (qpass.models.rope)
     tie_embeddings: bool = False
     causal: bool = False          # False: bidirectional denoiser (LLaDA, Dream)
     logit_shift: bool = False     # Dream: position i-1 predicts token i
@@ -47,7 +51,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from ..errors import CheckpointError
         self._check_fields(CheckpointError)
-        if self.d_model % self.n_heads:
+        if self.explicit_head_dim is None and self.d_model % self.n_heads:
             raise CheckpointError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise CheckpointError(
@@ -61,6 +65,12 @@ class ModelConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise err(f"model config field {f} must be a positive integer, got {v!r}")
+        hd = self.explicit_head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd <= 0 or hd % 2):
+            raise err(f"model config field explicit_head_dim must be a positive even integer "
+                      f"or null, got {hd!r}")
+        from .rope import check_scaling
+        check_scaling(self.rope_scaling)
         for f in ("mask_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)
@@ -95,7 +105,7 @@ class ModelConfig:
         if self.attn_block_size and (self.causal or self.logit_shift):
             raise err("attn_block_size (block diffusion) is its own attention pattern: it cannot "
                       "be combined with causal or logit_shift")
-        for f in ("qkv_bias", "tie_embeddings", "causal", "logit_shift", "norm_topk_prob",
+        for f in ("qkv_bias", "o_bias", "mlp_bias", "tie_embeddings", "causal", "logit_shift", "norm_topk_prob",
                   "qk_norm", "router_sigmoid", "router_bias", "router_fp32"):
             if not isinstance(getattr(self, f), bool):
                 raise err(f"model config field {f} must be true or false, got "
@@ -106,7 +116,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.explicit_head_dim or self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import attention, rope, rope_tables  # plain names: the tracer autowraps them as single nodes
+from ..ops import attention, rope  # plain names: the tracer autowraps them as single nodes
 from .config import ModelConfig
 from .moe import MoE
+from .rope import rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -39,16 +40,16 @@ class Block(nn.Module):
         self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm, self.k_norm = RMSNorm(hd, cfg.norm_eps), RMSNorm(hd, cfg.norm_eps)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
         if cfg.is_moe_layer(index):
             self.moe = MoE(cfg)
         else:
-            self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-            self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-            self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
+            self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=cfg.mlp_bias)
+            self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=cfg.mlp_bias)
+            self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=cfg.mlp_bias)
 
     def forward(self, x, cos, sin, key_mask):
         B, L = x.shape[0], x.shape[1]
@@ -92,7 +93,7 @@ class Denoiser(nn.Module):
         # RoPE tables are derived, so they are non-persistent and rebuilt on the real device.
         tab_device = None if device.type == "meta" else device
         cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
-                                   self.config.rope_theta, device=tab_device)
+                               self.config.rope_theta, self.config.rope_scaling, device=tab_device)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
@@ -103,7 +104,8 @@ class Denoiser(nn.Module):
             self.rope_cos, self.rope_sin = self.rope_cos.float(), self.rope_sin.float()
         if self.rope_cos.dtype == torch.float64 and not self.rope_cos.is_meta:
             cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
-                                   self.config.rope_theta, torch.float64, self.rope_cos.device)
+                                   self.config.rope_theta, self.config.rope_scaling,
+                                   torch.float64, self.rope_cos.device)
             self.rope_cos, self.rope_sin = cos, sin
         return self
 

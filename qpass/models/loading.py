@@ -114,7 +114,7 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     if not cfg_file.exists():
         raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
     try:
-        return config_from_hf(read_json(cfg_file))
+        return config_from_hf(read_json(cfg_file), str(cfg_file))
     except KeyError as e:
         raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
     except (TypeError, ValueError, ZeroDivisionError) as e:

@@ -219,7 +219,7 @@ class StreamingRun:
 
         from qpass.calibration.sequential import BoundaryCache, SequentialRunner
         from qpass.ir import capture
-        from qpass.ops import rope_tables
+        from qpass.models.rope import rope_tables
         from qpass.pipeline.facts import ensure_provided
         from qpass.pipeline.verify import default_probe
         from qpass.pipeline.pass_base import PassContext
@@ -228,7 +228,7 @@ class StreamingRun:
         probe = default_probe(self.cfg.vocab_size, "meta", self.seed)
         g = capture(self.model, probe)
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta,
-                               device=self.device)
+                               self.cfg.rope_scaling, device=self.device)
         for name, value in (("rope_cos", cos), ("rope_sin", sin)):
             if hasattr(g.gm, name):
                 setattr(g.gm, name, value)
