@@ -127,7 +127,12 @@ def _example(model: nn.Module, example_inputs):
 
 def capture(model: nn.Module, example_inputs=None, shapes: bool = True) -> QGraph:
     """Trace `model` to a QGraph (raises CaptureError). With `shapes`, every node gets
-    `tensor_meta` from a forward on `example_inputs` (runs on the meta device for free)."""
+    `tensor_meta` from a forward on `example_inputs` (runs on the meta device for free).
+    A transformers model (LlamaForCausalLM, Qwen2ForCausalLM, LLaDA, Dream) is first mapped
+    onto the traceable family by qpass.models.from_hf (weights shared)."""
+    from qpass.models.from_hf import from_hf, is_transformers_model
+    if is_transformers_model(model):
+        model = from_hf(model)
     gm = trace(model)
     ex = _example(model, example_inputs)
     if shapes:

@@ -10,7 +10,7 @@ import torch
 from ..errors import CheckpointError
 from .config import NAMED_CONFIGS, ModelConfig
 from .denoiser import Denoiser, init_weights
-from .naming import config_from_hf, config_to_hf, key_map
+from .naming import config_from_hf, config_to_hf, key_map, key_mismatch
 from .tokenizer import load_tokenizer
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -151,16 +151,10 @@ def read_tensor(handle, key: str, want_shape, device, dtype) -> torch.Tensor:
 
 
 def _check_keys(path: Path, cfg: ModelConfig, files: dict, expected: dict) -> None:
-    missing = sorted(set(expected) - set(files))
-    unexpected = sorted(k for k in set(files) - set(expected)
-                        if not k.endswith(("rotary_emb.inv_freq", "attn_bias")))
-    if missing or unexpected:
-        msg = [f"checkpoint {path} does not match its config ({cfg.family} naming)"]
-        if missing:
-            msg.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            msg.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-        raise CheckpointError("; ".join(msg))
+    parts = key_mismatch(cfg, expected, files)
+    if parts:
+        raise CheckpointError("; ".join([f"checkpoint {path} does not match its config "
+                                         f"({cfg.family} naming)"] + parts))
 
 
 def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtype) -> None:

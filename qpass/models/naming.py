@@ -95,3 +95,20 @@ def _has_bias(c: ModelConfig, module: str) -> bool:
     if module == "o_proj":
         return c.o_bias
     return c.mlp_bias and module in ("gate_proj", "up_proj", "down_proj")
+
+
+def key_mismatch(c: ModelConfig, expected, have) -> list[str]:
+    """Message parts naming the missing and unexpected tensor names (empty when they match).
+    Derived buffers (RoPE inverse frequencies, attention biases) and a tied head's own copy
+    of the embedding are not unexpected."""
+    tied_heads = ("lm_head.weight", "model.transformer.ff_out.weight") if c.tie_embeddings else ()
+    missing = sorted(set(expected) - set(have))
+    unexpected = sorted(k for k in set(have) - set(expected)
+                        if not k.endswith(("rotary_emb.inv_freq", "attn_bias"))
+                        and k not in tied_heads)
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+    return parts

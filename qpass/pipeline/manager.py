@@ -139,7 +139,10 @@ class Pipeline:
             if dtype is not None:
                 g.gm.to(dtype)
         else:
+            from qpass.models.from_hf import from_hf, is_transformers_model
             model = model_or_qgraph
+            if is_transformers_model(model):
+                model = from_hf(model)     # shares weights; the deep copy below owns its own
             p = next(iter(model.parameters()), None)
             on_meta = p is not None and p.device.type == "meta"
             model = model if on_meta else copy.deepcopy(model)
