@@ -61,15 +61,16 @@ def _scorer(model, windows):
                               mask_id=model.config.mask_token_id).ppl
 
 
-def _grid_pipelines(group: int):
+def _grid_pipelines(group: int, methods: str):
     from qpass import Pipeline
     from qpass import passes as P
     spec = f"int4:g{group}:sym"
     rows = {}
     for grid in ("full", "restricted"):
         s = spec + (":restricted" if grid == "restricted" else "")
-        rows[f"rtn {s}"] = lambda s=s: Pipeline([P.RTN(s)])
-        for act_order in (False, True):
+        if "rtn" in methods:
+            rows[f"rtn {s}"] = lambda s=s: Pipeline([P.RTN(s)])
+        for act_order in ((False, True) if "gptq" in methods else ()):
             rows[f"gptq {s} act_order={act_order}"] = \
                 lambda s=s, a=act_order: Pipeline([P.GPTQ(s, act_order=a)])
     return rows
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", default=DEFAULT_PRESETS)
     ap.add_argument("--grid-study", action="store_true")
     ap.add_argument("--group", type=int, default=128, help="group size of the grid study")
+    ap.add_argument("--grid-methods", default="rtn,gptq", help="methods of the grid study")
     ap.add_argument("--n-calib", type=int, default=32)
     ap.add_argument("--calib-len", type=int, default=256)
     ap.add_argument("--n-eval", type=int, default=16)
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
         del hf
     jobs = {name: (lambda n=name: qpass.presets.get(n)) for name in a.presets.split(",") if name}
     if a.grid_study:
-        jobs.update(_grid_pipelines(a.group))
+        jobs.update(_grid_pipelines(a.group, a.grid_methods))
     for name, make in jobs.items():
         t0 = time.perf_counter()
         out = make().run(model, calib, progress=False)
