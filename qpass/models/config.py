@@ -105,7 +105,8 @@ class ModelConfig:
         if self.attn_block_size and (self.causal or self.logit_shift):
             raise err("attn_block_size (block diffusion) is its own attention pattern: it cannot "
                       "be combined with causal or logit_shift")
-        for f in ("qkv_bias", "o_bias", "mlp_bias", "tie_embeddings", "causal", "logit_shift", "norm_topk_prob",
+        for f in ("qkv_bias", "o_bias", "mlp_bias", "tie_embeddings", "causal", "logit_shift",
+                  "norm_topk_prob",
                   "qk_norm", "router_sigmoid", "router_bias", "router_fp32"):
             if not isinstance(getattr(self, f), bool):
                 raise err(f"model config field {f} must be true or false, got "
