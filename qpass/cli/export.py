@@ -1,4 +1,4 @@
-"""`qpass export DIR --format compressed-tensors|gptq --out OUT`: a compiled checkpoint
+"""`qpass export DIR --format compressed-tensors|gptq|gguf --out OUT`: a compiled checkpoint
 written in a format other engines load (docs/INTEROP.md), from its stored codes (nothing
 re-rounded)."""
 from __future__ import annotations
@@ -9,11 +9,13 @@ EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-gptq --out ./w4
   qpass export ./w4 --format gptq --out ./w4-gptq
   qpass export ./w4 --format gptq --scale-dtype float32 --out ./w4-gptq-fp32   # exact scales
-  qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers"""
+  qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers
+  qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4        # int4:g32:sym:f16scale
+  qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli"""
 
 # --scale-dtype when not given: what each format's engines read (GPTQ kernels take fp16
 # scales) or, where the format stores any float dtype, qpass's own float32 (exact).
-DEFAULT_SCALE_DTYPE = {"gptq": "float16", "compressed-tensors": "float32"}
+DEFAULT_SCALE_DTYPE = {"gptq": "float16", "compressed-tensors": "float32", "gguf": "float16"}
 
 
 def add_export_command(sub) -> None:
@@ -24,11 +26,12 @@ def add_export_command(sub) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--format", required=True, choices=tuple(DEFAULT_SCALE_DTYPE))
-    p.add_argument("--out", required=True, metavar="OUT", help="a new directory")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="a new directory (gguf: a new .gguf file)")
     p.add_argument("--scale-dtype", default=None, choices=("float16", "bfloat16", "float32"),
                    help="dtype of the scales (gptq: also of the float tensors). Default: "
                         "float16 for gptq (what GPTQ kernels read; scales rounded), float32 "
-                        "for compressed-tensors (qpass's scales exactly)")
+                        "for compressed-tensors (qpass's scales exactly); gguf: float16 only")
     p.set_defaults(func=cmd_export)
 
 
