@@ -74,10 +74,24 @@ def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, 
     return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g, zeros
 
 
+def _quantized_attention(n, name: str) -> bool:
+    """An attention node that quantizes Q·Kᵀ or K/V (a kv<bits> or attention spec)."""
+    if "attention" not in name:
+        return False
+    kv = n.kwargs.get("kv_bits", n.args[5] if len(n.args) > 5 else 0)
+    return bool(kv) or "attention_kv" in name or bool(n.kwargs.get("int8")) \
+        or n.meta.get("attn_spec") is not None
+
+
 def _check_plain_graph(gm) -> None:
     for n in gm.graph.nodes:
         if n.op == "call_function":
             name = getattr(n.target, "__name__", str(n.target)).lower()
+            if _quantized_attention(n, name):
+                raise CheckpointError(
+                    "the compiled graph quantizes attention (Q·Kᵀ or per-token K/V, a kv<bits> "
+                    "or attention spec); no export format carries that, so the engine would "
+                    "compute attention differently. Export a scheme without kv/attention bits")
             if any(k in name for k in _ONLINE_OPS):
                 raise CheckpointError(
                     f"the compiled graph applies {name} at run time (a rotation or smoothing "

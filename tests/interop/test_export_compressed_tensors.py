@@ -139,3 +139,11 @@ def test_static_activation_scales_refused(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="static tensor scales"):
         export_compressed_tensors(read_source(c), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_quantized_attention_refused(tiny, lower):
+    # kv8 quantizes K/V per token inside attention; no format carries it (all exporters share
+    # read_source, so none writes a model that would compute attention differently)
+    with pytest.raises(CheckpointError, match="quantizes attention"):
+        read_source(_run(tiny, "w4a16g128kv8", lower=lower))

@@ -134,3 +134,26 @@ def test_unrepresentable_schemes_refused(tiny, tmp_path, scheme, why):
     with pytest.raises(CheckpointError, match=why):
         export_gguf(read_source(c), tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def test_hf_bpe_tokenizer_metadata(tiny, tmp_path):
+    # an HF fast BPE tokenizer: its vocabulary in id order, merges as "a b", specials as
+    # control tokens, ids the tokenizer does not use as unused [PAD<i>] entries
+    from tokenizers import Tokenizer, models as tm, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tk = Tokenizer(tm.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(["hello world, hello qpass"] * 20, trainers.BpeTrainer(
+        vocab_size=262, special_tokens=["<|endoftext|>", "<|mdm_mask|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+    src = read_source(_rtn(tiny, "q4_0"))
+    src.tokenizer = fast
+    _, f = read(export_gguf(src, tmp_path / "t.gguf"))
+    tokens, types = f["tokenizer.ggml.tokens"], f["tokenizer.ggml.token_type"]
+    vocab = fast.get_vocab()
+    assert len(tokens) == 264 and all(tokens[i] == t for t, i in vocab.items())
+    assert tokens[263] == "[PAD263]" and types[263] == 5
+    assert types[vocab["<|endoftext|>"]] == 3 and types[vocab["el"]] == 1
+    assert f["tokenizer.ggml.merges"][0] == "e l" and f["tokenizer.ggml.eos_token_id"] == 0
+    assert "tokenizer.ggml.bos_token_id" not in f and f["tokenizer.ggml.add_bos_token"] is False
