@@ -1,6 +1,7 @@
 """GGUF export, read back with the gguf package's own GGUFReader and gguf.quants.dequantize and
 compared with qpass's dequantized weights exactly; q/k of LLaDA in the row order llama.cpp's
 converter gives them (its permute written here from its definition)."""
+import gguf          # the interop extra (make's bootstrap installs it)
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,6 @@ from qpass.interop import export_gguf, read_source
 from qpass.ir.qlinear import is_quantized_module
 from qpass.models.config import ModelConfig
 from qpass.specs import Scheme
-
-gguf = pytest.importorskip("gguf", reason="needs the interop extra")
 
 NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
