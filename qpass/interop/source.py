@@ -121,9 +121,12 @@ def read_source(compiled) -> ExportSource:
         src.linears.append(QLinear(hf[: -len(".weight")], codes, scales, spec, m.act_spec, g,
                                    None if bias is None else bias.detach().float(), zeros))
         owned.append(name + ".")
-    for name, t in gm.state_dict().items():
+    sd = gm.state_dict()
+    for name, t in sd.items():
         if name in _DERIVED or any(name.startswith(p) for p in owned):
             continue
+        if cfg.tie_embeddings and name == "head.weight" and torch.equal(t, sd["embed.weight"]):
+            continue        # a tied head is the embedding: HF checkpoints store it once
         hf = to_hf.get(name)
         if hf is None:
             raise CheckpointError(f"tensor {name!r} of the compiled graph has no place in the "
@@ -131,6 +134,10 @@ def read_source(compiled) -> ExportSource:
         src.dense[hf] = t.detach()
         if name.endswith(_LINEAR_WEIGHTS):
             src.kept_linears.append(hf[: -len(".weight")])
+    if cfg.tie_embeddings and cfg.family != "llada":
+        # transformers still builds an `lm_head` Linear (sharing the embedding): a format's
+        # "all Linear" target must not reach it
+        src.kept_linears.append("lm_head")
     have = set(src.dense) | {q.hf_name + ".weight" for q in src.linears}
     missing = sorted(set(to_hf.values()) - have - {q.hf_name + ".bias" for q in src.linears})
     if missing:
