@@ -81,7 +81,10 @@ def linear_tensors(q: QLinear, scheme: dict, scale_dtype: torch.dtype, dense_dty
         # qpass pads the stream to whole 32-code runs; the format keeps only the used words
         out["weight_packed"] = pack(q.codes, b)[:, :_packed_cols(K, b)].contiguous()
         out["weight_shape"] = torch.tensor([N, K], dtype=torch.int64)
-        if q.zeros is not None:
+        if q.zeros is not None and q.spec.granularity == "tensor":
+            # the format packs zero points of group/channel strategies only
+            out["weight_zero_point"] = (q.zeros[:1, 0] - half).to(torch.int8)
+        elif q.zeros is not None:
             z = q.zeros if q.spec.granularity == "group" else q.zeros[:, :1]
             out["weight_zero_point"] = (pack(z.t().to(torch.uint8).contiguous(), b)
                                         [:, :_packed_cols(N, b)].t().contiguous())
@@ -89,6 +92,8 @@ def linear_tensors(q: QLinear, scheme: dict, scale_dtype: torch.dtype, dense_dty
         out["weight"] = (q.codes.to(torch.int16) - half).to(torch.int8)
         if q.zeros is not None:
             z = q.zeros if q.spec.granularity == "group" else q.zeros[:, :1]
+            if q.spec.granularity == "tensor":
+                z = z[:1, 0]
             out["weight_zero_point"] = (z - half).to(torch.int8).contiguous()
     if q.bias is not None:
         out["bias"] = q.bias.to(dense_dtype)

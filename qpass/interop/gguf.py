@@ -28,6 +28,7 @@ from qpass.interop.gguf_file import (ARRAY, BOOL, F32, GGML_BF16, GGML_F16, GGML
                                      GGML_Q8_0, I32, STRING, U32, Tensor, Value, write_gguf)
 from qpass.interop.source import ExportSource, QLinear
 from qpass.models.naming import key_map
+from qpass.runtime.output import check_output_file
 
 ARCH = {"llada": "llada", "dream": "dream", "llama": "llama"}
 BLOCK = 32
@@ -224,7 +225,6 @@ def gguf_metadata(src: ExportSource, tensors: list[Tensor]) -> dict[str, Value]:
 
 def export_gguf(src: ExportSource, out, scale_dtype: str = "float16") -> Path:
     """Write `src` as one GGUF file OUT (a new file; nothing existing is replaced)."""
-    from qpass.runtime.output import check_output_file
     if scale_dtype != "float16":
         raise CheckpointError(f"--scale-dtype {scale_dtype}: GGUF Q4_0/Q8_0 block scales are "
                               f"float16 by definition; drop the option")

@@ -50,10 +50,13 @@ def dream():
     return models.load("tiny-dream-random")
 
 
-@pytest.mark.parametrize("scheme,fmt", [("w4a16g128", "pack-quantized"),
-                                        ("w8a8", "int-quantized"),
-                                        ("int4:g128:asym", "pack-quantized"),
-                                        ("int8:channel", "pack-quantized")])
+@pytest.mark.parametrize("scheme,fmt", [
+    ("w4a16g128", "pack-quantized"), ("w8a8", "int-quantized"),
+    ("int4:g128:asym", "pack-quantized"), ("int8:channel", "pack-quantized"),
+    ("int8:tensor:asym", "pack-quantized"),        # tensor zero point: stored unpacked
+    (Scheme("w8a8-asym", "int8:channel:asym", "int8:token:dyn"), "int-quantized"),
+    (Scheme("w8a8-tensor", "int8:tensor", "int8:token:dyn"), "int-quantized")],
+    ids=str)
 def test_round_trip_exact_llada(tiny, tmp_path, scheme, fmt):
     c = _run(tiny, scheme)
     out = export_compressed_tensors(read_source(c), tmp_path / "ct")

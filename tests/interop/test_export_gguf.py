@@ -156,3 +156,13 @@ def test_hf_bpe_tokenizer_metadata(tiny, tmp_path):
     assert types[vocab["<|endoftext|>"]] == 3 and types[vocab["el"]] == 1
     assert f["tokenizer.ggml.merges"][0] == "e l" and f["tokenizer.ggml.eos_token_id"] == 0
     assert "tokenizer.ggml.bos_token_id" not in f and f["tokenizer.ggml.add_bos_token"] is False
+
+
+def test_llama_gqa_tied(tmp_path):
+    # LLaMA layout: k rows reordered per KV head (4 heads, 2 KV heads), tied head -> no
+    # `output` tensor (llama.cpp then uses token_embd), causal attention
+    c = _rtn(models.load("tiny-llama-random"), "q8_0")
+    tensors, f = read(export_gguf(read_source(c), tmp_path / "l.gguf"))
+    assert check_weights(c, tensors, permute=True) == 2 * 7
+    assert "output.weight" not in tensors and f["general.architecture"] == "llama"
+    assert f["llama.attention.causal"] is True and "diffusion.shift_logits" not in f
