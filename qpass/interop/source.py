@@ -100,11 +100,29 @@ def _check_plain_graph(gm) -> None:
                     f"Rotate/DuQuant/online ops (e.g. w4a16-gptq, w8a8-rtn)")
 
 
+def _check_family(cfg) -> None:
+    """Only the layouts the exporters map tensor for tensor; anything else would be written as
+    a model that computes something different."""
+    extra = []
+    if getattr(cfg, "n_experts", 0):
+        extra.append("mixture-of-experts layers (LLaDA-MoE / LLaDA2)")
+    if getattr(cfg, "attn_block_size", 0):
+        extra.append(f"block-causal attention (blocks of {cfg.attn_block_size}, SDAR)")
+    if getattr(cfg, "qk_norm", False):
+        extra.append("q/k norms")
+    if extra:
+        raise CheckpointError(f"model {cfg.name!r} has {', '.join(extra)}; qpass's exporters "
+                              f"write the LLaDA, Dream and LLaMA layouts only, so no export "
+                              f"would compute this model. Keep the qpass checkpoint (qpass "
+                              f"generate / eval run it)")
+
+
 def read_source(compiled) -> ExportSource:
     """ExportSource of a CompiledDenoiser; CheckpointError if its graph or names do not map
     onto the HF model's tensors one to one."""
     cfg = compiled.config
     gm = compiled.gm
+    _check_family(cfg)
     _check_plain_graph(gm)
     to_hf = {dst: src for src, dst in key_map(cfg).items()}
     src = ExportSource(cfg, config_to_hf(cfg), tokenizer=compiled.tokenizer)
