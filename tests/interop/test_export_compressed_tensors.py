@@ -56,7 +56,7 @@ def dream():
     ("int8:tensor:asym", "pack-quantized"),        # tensor zero point: stored unpacked
     (Scheme("w8a8-asym", "int8:channel:asym", "int8:token:dyn"), "int-quantized"),
     (Scheme("w8a8-tensor", "int8:tensor", "int8:token:dyn"), "int-quantized")],
-    ids=str)
+    ids=lambda x: getattr(x, "name", x))    # stable across xdist workers (str(Scheme) is not)
 def test_round_trip_exact_llada(tiny, tmp_path, scheme, fmt):
     c = _run(tiny, scheme)
     out = export_compressed_tensors(read_source(c), tmp_path / "ct")
