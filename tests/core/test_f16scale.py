@@ -52,7 +52,7 @@ def test_asymmetric_zero_from_the_fp16_scale():
     np.testing.assert_array_equal(q.zero.numpy(), z.astype(np.int32))
 
 
-@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("act_order", [False, True, "group"])
 def test_gptq_keeps_fp16_scales(act_order):
     gen = torch.Generator().manual_seed(2)
     W = torch.randn(32, 64, generator=gen)
