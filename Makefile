@@ -18,7 +18,7 @@ $(SANDBOX):
 $(STAMP): pyproject.toml | $(SANDBOX)
 	python3 -m venv .venv
 	$(PIP) "$(TORCH)"
-	$(PIP) -e ".[dev,plot,data,eval]"
+	$(PIP) -e ".[dev,plot,data,eval,interop]"
 	touch $(STAMP)
 
 demo: $(STAMP)

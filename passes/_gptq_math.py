@@ -23,6 +23,7 @@ is unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -64,8 +65,8 @@ def _params_for_columns(Wcols: torch.Tensor, spec: QuantSpec) -> tuple[torch.Ten
     if spec.granularity == "tensor":
         s, z = compute_qparams(Wcols, spec)
         return s.expand(Wcols.shape[0], 1), z.expand(Wcols.shape[0], 1)
-    row_spec = QuantSpec(spec.bits, spec.symmetric, "channel", clip_ratio=spec.clip_ratio,
-                         observer=spec.observer, grid=spec.grid)
+    # the same spec (grid, observer, clip, scale dtype) with one group per row of the slab
+    row_spec = dataclasses.replace(spec, granularity="channel", group_size=None)
     return compute_qparams(Wcols, row_spec)
 
 

@@ -15,6 +15,7 @@ the per-linear input statistics (absmax, max/median ratio of per-channel absmax,
 channels) go to the report; they come from the one collector, qpass.calibration.stats."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,8 +72,7 @@ class ObserveActivations(SchemedPass):
     def _with_observer(self, spec: QuantSpec) -> QuantSpec:
         if self.observer is None:
             return spec
-        return QuantSpec(spec.bits, spec.symmetric, spec.granularity, spec.group_size,
-                         spec.dynamic, spec.clip_ratio, self.observer, spec.grid)
+        return dataclasses.replace(spec, observer=self.observer)
 
     def __repr__(self) -> str:
         return f"ObserveActivations({str(self.scheme.act)!r})"

@@ -70,6 +70,10 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     "w8a8-gptq": _gptq("w8a8", observe=True),
     "w4a8-gptq": _gptq("w4a8", observe=True),
     "w4a4-gptq": _gptq("w4a4", observe=True),
+    # GGUF-exact weights (qpass export --format gguf): Q4_0 / Q8_0 blocks with fp16 scales
+    "q4_0-rtn": _rtn("q4_0", fuse=False),
+    "q4_0-gptq": _gptq("q4_0", observe=False),
+    "q8_0-rtn": _rtn("q8_0", fuse=False),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
 

@@ -9,6 +9,10 @@ Symmetric grid (DESIGN §4): "full" (the default) is the convention of GPTQ, llm
 compressed-tensors, s = 2·absmax/(2^b − 1), codes in [−2^(b−1), 2^(b−1) − 1], all 2^b levels
 used; "restricted" (`:restricted`) is s = absmax/(2^(b−1) − 1), one level unused. Spec strings
 saved by qpass before the grid existed mean the restricted grid (`legacy_grid`).
+
+Scale dtype: scales are stored in float32; `:f16scale` makes every weight scale a float16
+number (the exact one rounded to fp16) before the codes are chosen with it, so formats that
+store fp16 scales (GGUF Q8_0/Q4_0) carry the weights without changing them.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ from .errors import SpecError
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
 GRIDS = ("full", "restricted")
+SCALE_DTYPES = {"float32": None, "float16": "f16scale"}     # dtype -> its spec token
 _SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<ratio>]"
-              "[:minmax|percentile|mse][:full|restricted]")
+              "[:minmax|percentile|mse][:full|restricted][:f16scale]")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class QuantSpec:
     clip_ratio: float = 1.0
     observer: str = "minmax"
     grid: str = "full"
+    scale_dtype: str = "float32"
 
     def __post_init__(self):
         bits = self.bits
@@ -80,6 +86,13 @@ class QuantSpec:
             raise SpecError(f"unknown observer {self.observer!r}; valid: {', '.join(OBSERVERS)}")
         if self.grid not in GRIDS:
             raise SpecError(f"unknown grid {self.grid!r}; valid: {', '.join(GRIDS)}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise SpecError(f"unknown scale dtype {self.scale_dtype!r}; valid: "
+                            f"{', '.join(SCALE_DTYPES)}")
+        if self.scale_dtype != "float32" and self.granularity == "token":
+            raise SpecError(f"':f16scale' rounds stored weight scales; per-token activation "
+                            f"scales are computed at run time in float32, drop it from "
+                            f"'int{self.bits}:token'")
         if self.grid == "restricted" and not self.symmetric:
             raise SpecError("':restricted' is a symmetric grid (absmax/(2^(b-1)-1)); an "
                             "asymmetric spec always spans its range with 2^b-1 steps, drop "
@@ -155,6 +168,8 @@ class QuantSpec:
                 key, val = "observer", tok
             elif tok in GRIDS:
                 key, val = "grid", tok
+            elif tok in SCALE_TOKENS:
+                key, val = "scale_dtype", SCALE_TOKENS[tok]
             else:
                 raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
             _set(kw, key, val, s)
@@ -181,7 +196,12 @@ class QuantSpec:
             parts.append(self.observer)
         if self.grid != "full":
             parts.append(self.grid)
+        if SCALE_DTYPES[self.scale_dtype]:
+            parts.append(SCALE_DTYPES[self.scale_dtype])
         return ":".join(parts)
+
+
+SCALE_TOKENS = {tok: dt for dt, tok in SCALE_DTYPES.items() if tok}
 
 
 def legacy_grid(spec) -> QuantSpec:
@@ -357,4 +377,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "w4a8": ("int4:channel", "int8:token:dyn"),
     "w4a8g128": ("int4:g128:sym", "int8:token:dyn"),
     "w4a4": ("int4:channel", "int4:token:dyn"),
+    # llama.cpp's block formats (GGUF export): 32-weight blocks, float16 scales chosen first
+    "q4_0": ("int4:g32:sym:f16scale", None),
+    "q8_0": ("int8:g32:sym:f16scale", None),
 }

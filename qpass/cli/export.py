@@ -1,5 +1,6 @@
-"""`qpass export DIR --format gptq --out OUT`: a compiled checkpoint written in a format other
-engines load (docs/INTEROP.md), from its stored codes (nothing re-rounded)."""
+"""`qpass export DIR --format compressed-tensors|gptq|gguf --out OUT`: a compiled checkpoint
+written in a format other engines load (docs/INTEROP.md), from its stored codes (nothing
+re-rounded)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,14 @@ import argparse
 EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-gptq --out ./w4
   qpass export ./w4 --format gptq --out ./w4-gptq
-  qpass export ./w4 --format gptq --scale-dtype float32 --out ./w4-gptq-fp32   # exact scales"""
+  qpass export ./w4 --format gptq --scale-dtype float32 --out ./w4-gptq-fp32   # exact scales
+  qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers
+  qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4        # int4:g32:sym:f16scale
+  qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli"""
+
+# --scale-dtype when not given: what each format's engines read (GPTQ kernels take fp16
+# scales) or, where the format stores any float dtype, qpass's own float32 (exact).
+DEFAULT_SCALE_DTYPE = {"gptq": "float16", "compressed-tensors": "float32", "gguf": "float16"}
 
 
 def add_export_command(sub) -> None:
@@ -17,11 +25,13 @@ def add_export_command(sub) -> None:
                                    "cannot represent is refused with the reason.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR")
-    p.add_argument("--format", required=True, choices=("gptq",))
-    p.add_argument("--out", required=True, metavar="OUT", help="a new directory")
-    p.add_argument("--scale-dtype", default="float16", choices=("float16", "float32"),
-                   help="dtype of scales and float tensors; float16 is what GPTQ kernels read "
-                        "(scales rounded to fp16), float32 keeps qpass's scales exactly")
+    p.add_argument("--format", required=True, choices=tuple(DEFAULT_SCALE_DTYPE))
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="a new directory (gguf: a new .gguf file)")
+    p.add_argument("--scale-dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="dtype of the scales (gptq: also of the float tensors). Default: "
+                        "float16 for gptq (what GPTQ kernels read; scales rounded), float32 "
+                        "for compressed-tensors (qpass's scales exactly); gguf: float16 only")
     p.set_defaults(func=cmd_export)
 
 
@@ -29,6 +39,7 @@ def cmd_export(args) -> int:
     from qpass.interop import FORMATS, read_source
     from qpass.runtime import load_compiled
     src = read_source(load_compiled(args.directory))
-    out = FORMATS[args.format](src, args.out, scale_dtype=args.scale_dtype)
+    scale_dtype = args.scale_dtype or DEFAULT_SCALE_DTYPE[args.format]
+    out = FORMATS[args.format](src, args.out, scale_dtype=scale_dtype)
     print(f"wrote {args.format} export to {out}")
     return 0

@@ -9,6 +9,8 @@ quantized along K, b bits:
   asymmetric  lo = clip*min(min w, 0), hi = clip*max(max w, 0), s = (hi-lo)/(2^b-1),
               z = clamp(round(-lo/s), 0, 2^b-1), u = clamp(round(w/s) + z, 0, 2^b-1)
   both        w ~ (u - z) * s; round half to even (torch.round); scales float32, zeros int32.
+  f16scale    s is rounded to the nearest float16 (kept as float32) before any code is chosen
+              with it, so fp16-scale formats (GGUF) hold the same weights.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..specs import QuantSpec
 
 # Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
 SCALE_FLOOR = torch.finfo(torch.float32).tiny
+F16_SCALE_FLOOR = 2.0 ** -24        # the smallest float16 (subnormal): the fp16 floor
 PERCENTILE = 0.999          # fraction of |x| kept by the "percentile" observer
 MSE_GRID = [1.0 - 0.025 * i for i in range(21)]  # range shrink factors tried by "mse"
 
@@ -59,13 +62,25 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec
     lo = torch.clamp(lo.to(dt), max=0.0) * spec.clip_ratio   # 0 must be representable
     hi = torch.clamp(hi.to(dt), min=0.0) * spec.clip_ratio
     if spec.symmetric:
-        scale = torch.maximum(hi, -lo) / spec.sym_divisor
-        scale = scale.to(torch.float32).clamp(min=SCALE_FLOOR)
+        scale = _stored_scale(torch.maximum(hi, -lo) / spec.sym_divisor, spec)
         zero = torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
     else:
-        scale = ((hi - lo) / (spec.levels - 1)).to(torch.float32).clamp(min=SCALE_FLOOR)
+        scale = _stored_scale((hi - lo) / (spec.levels - 1), spec)
         zero = torch.round(-lo / scale.to(dt)).clamp(0, spec.levels - 1).to(torch.int32)
     return scale, zero
+
+
+def _stored_scale(exact: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The float32 scale that is stored: the exact one rounded to float32, or to float16 under
+    ':f16scale' (never 0; a range past float16's largest number is a SpecError)."""
+    scale = exact.to(torch.float32)
+    if spec.scale_dtype != "float16":
+        return scale.clamp(min=SCALE_FLOOR)
+    half = scale.to(torch.float16)
+    if torch.isinf(half).any():
+        raise SpecError(f"{spec}: a weight range needs a scale above float16's largest number "
+                        f"(65504); drop ':f16scale' for this tensor")
+    return half.to(torch.float32).clamp(min=F16_SCALE_FLOOR)
 
 
 def _observe(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,6 +65,10 @@ def quantize_config(src: ExportSource) -> dict:
 def export_gptq(src: ExportSource, out, scale_dtype: str = "float16") -> Path:
     if not src.linears:
         raise CheckpointError("the checkpoint has no quantized linears; nothing to export as GPTQ")
+    if scale_dtype not in SCALE_DTYPES:
+        raise CheckpointError(f"--scale-dtype {scale_dtype!r}: GPTQ kernels read float16 scales "
+                              f"(float32 keeps qpass's exactly); choose one of "
+                              f"{', '.join(SCALE_DTYPES)}")
     dt = SCALE_DTYPES[scale_dtype]
     tensors = {}
     for q in src.linears:

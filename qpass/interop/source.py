@@ -1,6 +1,7 @@
 """What an exporter reads from a compiled checkpoint: per linear its unsigned codes (N, K),
-float32 scales (N, G), group size and bias; every other tensor (embeddings, norms, head) in
-float; all under the model's original HF names (qpass.models.naming.key_map)."""
+float32 scales (N, G), int32 zero points (N, G) when asymmetric, group size and bias; every
+other tensor (embeddings, norms, head) in the model's dtype; all under the model's original HF
+names (qpass.models.naming.key_map)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from qpass.specs import QuantSpec
 _ONLINE_OPS = ("hadamard", "online", "smooth", "rotate")
 # Buffers the HF model recomputes from its config (rotary tables).
 _DERIVED = ("rope_cos", "rope_sin")
+# Denoiser parameter names of linear weights (a float one is a linear the scheme kept).
+_LINEAR_WEIGHTS = ("_proj.weight", "head.weight")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class QLinear:
     act_spec: QuantSpec | None
     group_size: int                # K when one group per row
     bias: torch.Tensor | None
+    zeros: torch.Tensor | None = None   # int32 (N, G), unsigned like the codes; asymmetric only
 
 
 @dataclass
@@ -39,31 +43,55 @@ class ExportSource:
     linears: list[QLinear] = field(default_factory=list)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)   # HF name -> float tensor
     tokenizer: object = None
+    kept_linears: list[str] = field(default_factory=list)   # HF names of float linears (head…)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model's float dtype: that of its embedding (what exporters write dense tensors in)."""
+        return next(iter(self.dense.values())).dtype if self.dense else torch.float32
 
 
-def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, int]:
-    """(unsigned codes (N, K), float32 scales (N, G), spec, group size) of a quantized linear,
-    a QuantLinear (packed per qpass.formats) or a LoweredLinear (repacked for its kernel)."""
+def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, int,
+                                         torch.Tensor | None]:
+    """(unsigned codes (N, K), float32 scales (N, G), spec, group size, int32 zeros (N, G) or
+    None) of a quantized linear, a QuantLinear (packed per qpass.formats) or a LoweredLinear
+    (repacked for its kernel)."""
     N, K = m.out_features, m.in_features
     if isinstance(m, LoweredLinear):
         if m.qweight.dtype == torch.int8:         # w8a8 kernels hold signed codes u - 128
             codes = (m.qweight.to(torch.int16) + 128).to(torch.uint8)
         else:
             codes = unpack(m.qweight, m.bits, K)
-        return codes, m.scales.float(), m.weight_spec, m.group_size or K
+        zeros = None if m.zeros is None else m.zeros.to(torch.int32)
+        return codes, m.scales.float(), m.weight_spec, m.group_size or K, zeros
     qw = m.quantized_weight() if hasattr(m, "quantized_weight") else None
     if qw is None:
         raise CheckpointError(f"linear {name!r} keeps float weights but quantizes activations "
                               f"({m.act_spec}); no export format represents that")
     spec = qw.spec
     g = spec.group_size if spec.granularity == "group" else K
-    return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g
+    zeros = None if qw.zero is None else qw.zero.to(torch.int32).expand(N, -1).contiguous()
+    return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g, zeros
+
+
+def _quantized_attention(n, name: str) -> bool:
+    """An attention node that quantizes Q·Kᵀ or K/V (a kv<bits> or attention spec)."""
+    if "attention" not in name:
+        return False
+    kv = n.kwargs.get("kv_bits", n.args[5] if len(n.args) > 5 else 0)
+    return bool(kv) or "attention_kv" in name or bool(n.kwargs.get("int8")) \
+        or n.meta.get("attn_spec") is not None
 
 
 def _check_plain_graph(gm) -> None:
     for n in gm.graph.nodes:
         if n.op == "call_function":
             name = getattr(n.target, "__name__", str(n.target)).lower()
+            if _quantized_attention(n, name):
+                raise CheckpointError(
+                    "the compiled graph quantizes attention (Q·Kᵀ or per-token K/V, a kv<bits> "
+                    "or attention spec); no export format carries that, so the engine would "
+                    "compute attention differently. Export a scheme without kv/attention bits")
             if any(k in name for k in _ONLINE_OPS):
                 raise CheckpointError(
                     f"the compiled graph applies {name} at run time (a rotation or smoothing "
@@ -72,11 +100,29 @@ def _check_plain_graph(gm) -> None:
                     f"Rotate/DuQuant/online ops (e.g. w4a16-gptq, w8a8-rtn)")
 
 
+def _check_family(cfg) -> None:
+    """Only the layouts the exporters map tensor for tensor; anything else would be written as
+    a model that computes something different."""
+    extra = []
+    if getattr(cfg, "n_experts", 0):
+        extra.append("mixture-of-experts layers (LLaDA-MoE / LLaDA2)")
+    if getattr(cfg, "attn_block_size", 0):
+        extra.append(f"block-causal attention (blocks of {cfg.attn_block_size}, SDAR)")
+    if getattr(cfg, "qk_norm", False):
+        extra.append("q/k norms")
+    if extra:
+        raise CheckpointError(f"model {cfg.name!r} has {', '.join(extra)}; qpass's exporters "
+                              f"write the LLaDA, Dream and LLaMA layouts only, so no export "
+                              f"would compute this model. Keep the qpass checkpoint (qpass "
+                              f"generate / eval run it)")
+
+
 def read_source(compiled) -> ExportSource:
     """ExportSource of a CompiledDenoiser; CheckpointError if its graph or names do not map
     onto the HF model's tensors one to one."""
     cfg = compiled.config
     gm = compiled.gm
+    _check_family(cfg)
     _check_plain_graph(gm)
     to_hf = {dst: src for src, dst in key_map(cfg).items()}
     src = ExportSource(cfg, config_to_hf(cfg), tokenizer=compiled.tokenizer)
@@ -88,19 +134,28 @@ def read_source(compiled) -> ExportSource:
         if hf is None:
             raise CheckpointError(f"quantized linear {name!r} has no tensor in the "
                                   f"{cfg.family} HF naming; it cannot be exported")
-        codes, scales, spec, g = _weight_parts(name, m)
+        codes, scales, spec, g, zeros = _weight_parts(name, m)
         bias = getattr(m, "bias", None)
         src.linears.append(QLinear(hf[: -len(".weight")], codes, scales, spec, m.act_spec, g,
-                                   None if bias is None else bias.detach().float()))
+                                   None if bias is None else bias.detach().float(), zeros))
         owned.append(name + ".")
-    for name, t in gm.state_dict().items():
+    sd = gm.state_dict()
+    for name, t in sd.items():
         if name in _DERIVED or any(name.startswith(p) for p in owned):
             continue
+        if cfg.tie_embeddings and name == "head.weight" and torch.equal(t, sd["embed.weight"]):
+            continue        # a tied head is the embedding: HF checkpoints store it once
         hf = to_hf.get(name)
         if hf is None:
             raise CheckpointError(f"tensor {name!r} of the compiled graph has no place in the "
                                   f"{cfg.family} HF naming; it cannot be exported")
-        src.dense[hf] = t.detach().float()
+        src.dense[hf] = t.detach()
+        if name.endswith(_LINEAR_WEIGHTS):
+            src.kept_linears.append(hf[: -len(".weight")])
+    if cfg.tie_embeddings and cfg.family != "llada":
+        # transformers still builds an `lm_head` Linear (sharing the embedding): a format's
+        # "all Linear" target must not reach it
+        src.kept_linears.append("lm_head")
     have = set(src.dense) | {q.hf_name + ".weight" for q in src.linears}
     missing = sorted(set(to_hf.values()) - have - {q.hf_name + ".bias" for q in src.linears})
     if missing:

@@ -1,0 +1,145 @@
+"""compressed-tensors checkpoint format (what llm-compressor writes and vLLM, SGLang and
+transformers read), version 0.20:
+
+  pack-quantized (weight-only int1..8)  <linear>.weight_packed int32 (N, ceil(K·b/32)): the
+      unsigned codes u = q + 2^(b−1) as one little-endian bit stream along K, 32 codes per b
+      words — exactly qpass's own packing (docs/FORMATS.md), so the codes are copied, not
+      recomputed; .weight_scale (N, G); .weight_shape int64 [N, K]; asymmetric adds
+      .weight_zero_point, the zero points packed the same way along N: (ceil(N·b/32), G).
+  int-quantized (weights + per-token dynamic int activations, W8A8)  <linear>.weight int8
+      (N, K) signed codes q = u − 2^(b−1); .weight_scale (N, 1); no activation tensors.
+
+Both dequantize as (q − zp)·s, which equals qpass's (u − z)·s term for term (zp = z − 2^(b−1)),
+so with float32 scales the weights agree bit for bit. quantization_config is the dict
+compressed-tensors' ModelCompressor.update_config writes (tests compare the two)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qpass.errors import CheckpointError
+from qpass.formats import pack
+from qpass.interop.source import ExportSource, QLinear
+from qpass.interop.writer import write_dir
+from qpass.specs import QuantSpec
+
+FORMAT_VERSION = "0.20.0"       # the compressed-tensors release whose reader the tests run
+SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_STRATEGY = {"group": "group", "channel": "channel", "tensor": "tensor"}
+
+
+def _refuse(q: QLinear, why: str) -> CheckpointError:
+    return CheckpointError(f"cannot export {q.hf_name} (weights {q.spec}, activations "
+                           f"{q.act_spec}) as compressed-tensors: {why}")
+
+
+def weight_args(spec: QuantSpec, group_size: int) -> dict:
+    """QuantizationArgs of a qpass weight spec, as compressed-tensors serializes them."""
+    return {"dynamic": False, "num_bits": spec.bits, "strategy": _STRATEGY[spec.granularity],
+            "group_size": group_size if spec.granularity == "group" else None,
+            "symmetric": spec.symmetric, "type": "int"}
+
+
+def act_args(q: QLinear) -> dict | None:
+    a = q.act_spec
+    if a is None:
+        return None
+    if not (a.granularity == "token" and a.dynamic):
+        raise _refuse(q, f"its activations use static {a.granularity} scales; only per-token "
+                         f"dynamic activations (the W8A8 int-quantized format) are exported")
+    if not a.symmetric or a.clip_ratio != 1.0:
+        raise _refuse(q, "activation quantization with zero points or clipping is computed at "
+                         "run time by the engine, which would quantize differently; use "
+                         "symmetric unclipped per-token activations (int8:token:dyn)")
+    return {"dynamic": True, "num_bits": a.bits, "strategy": "token", "group_size": None,
+            "symmetric": True, "type": "int"}
+
+
+def _scheme(q: QLinear) -> dict:
+    # weight clip ratios, observers and grids only changed how qpass chose the scales: the
+    # stored codes and scales carry over as they are
+    return {"format": "int-quantized" if q.act_spec is not None else "pack-quantized",
+            "input_activations": act_args(q), "output_activations": None,
+            "weights": weight_args(q.spec, q.group_size)}
+
+
+def _packed_cols(K: int, bits: int) -> int:
+    return -(-K * bits // 32)
+
+
+def linear_tensors(q: QLinear, scheme: dict, scale_dtype: torch.dtype, dense_dtype: torch.dtype
+                   ) -> dict[str, torch.Tensor]:
+    N, K = q.codes.shape
+    b = q.spec.bits
+    half = 1 << (b - 1)
+    scales = q.scales[:, :1] if q.spec.granularity != "group" else q.scales
+    if q.spec.granularity == "tensor":
+        scales = q.scales[:1, 0]
+    out = {"weight_scale": scales.to(scale_dtype).contiguous()}
+    if scheme["format"] == "pack-quantized":
+        # qpass pads the stream to whole 32-code runs; the format keeps only the used words
+        out["weight_packed"] = pack(q.codes, b)[:, :_packed_cols(K, b)].contiguous()
+        out["weight_shape"] = torch.tensor([N, K], dtype=torch.int64)
+        if q.zeros is not None and q.spec.granularity == "tensor":
+            # the format packs zero points of group/channel strategies only
+            out["weight_zero_point"] = (q.zeros[:1, 0] - half).to(torch.int8)
+        elif q.zeros is not None:
+            z = q.zeros if q.spec.granularity == "group" else q.zeros[:, :1]
+            out["weight_zero_point"] = (pack(z.t().to(torch.uint8).contiguous(), b)
+                                        [:, :_packed_cols(N, b)].t().contiguous())
+    else:
+        out["weight"] = (q.codes.to(torch.int16) - half).to(torch.int8)
+        if q.zeros is not None:
+            z = q.zeros if q.spec.granularity == "group" else q.zeros[:, :1]
+            if q.spec.granularity == "tensor":
+                z = z[:1, 0]
+            out["weight_zero_point"] = (z - half).to(torch.int8).contiguous()
+    if q.bias is not None:
+        out["bias"] = q.bias.to(dense_dtype)
+    return {f"{q.hf_name}.{k}": v for k, v in out.items()}
+
+
+def quantization_config(src: ExportSource, schemes: list[tuple[QLinear, dict]]) -> dict:
+    """config_groups (one per distinct scheme; all linears `Linear` when there is one), the
+    ignore list (every linear kept in high precision), format and version."""
+    groups: list[tuple[dict, list[str]]] = []
+    for q, s in schemes:
+        for g, names in groups:
+            if g == s:
+                names.append(q.hf_name)
+                break
+        else:
+            groups.append((s, [q.hf_name]))
+    config_groups = {}
+    for i, (s, names) in enumerate(groups):
+        targets = ["Linear"] if len(groups) == 1 else sorted(names)
+        config_groups[f"group_{i}"] = dict(s, targets=targets)
+    formats = {s["format"] for s, _ in groups}
+    return {"config_groups": config_groups,
+            "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+            "global_compression_ratio": None, "ignore": sorted(src.kept_linears),
+            "kv_cache_scheme": None, "moe_sparsity_config": None,
+            "quant_method": "compressed-tensors", "quantization_status": "compressed",
+            "sparsity_config": {}, "transform_config": {}, "version": FORMAT_VERSION}
+
+
+def export_compressed_tensors(src: ExportSource, out, scale_dtype: str = "float32") -> Path:
+    """Write `src` as a compressed-tensors checkpoint directory OUT. float32 scales (default)
+    keep qpass's exactly; float16/bfloat16 round them (the codes stay the same)."""
+    if not src.linears:
+        raise CheckpointError("the checkpoint has no quantized linears; nothing to export as "
+                              "compressed-tensors")
+    if scale_dtype not in SCALE_DTYPES:
+        raise CheckpointError(f"--scale-dtype {scale_dtype!r}: compressed-tensors scales are one "
+                              f"of {', '.join(SCALE_DTYPES)}")
+    sdt = SCALE_DTYPES[scale_dtype]
+    schemes = [(q, _scheme(q)) for q in src.linears]
+    tensors: dict[str, torch.Tensor] = {}
+    for q, s in schemes:
+        tensors.update(linear_tensors(q, s, sdt, src.dtype))
+    tensors.update(src.dense)
+    dtype_name = str(src.dtype).removeprefix("torch.")
+    hf = dict(src.hf_config, quantization_config=quantization_config(src, schemes),
+              torch_dtype=dtype_name)
+    return write_dir(out, tensors, hf, src.tokenizer, {})

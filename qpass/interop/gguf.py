@@ -1,0 +1,249 @@
+"""GGUF export (llama.cpp, llama-diffusion-cli): Q8_0 and Q4_0 weights written from qpass's
+codes, the llama.cpp architecture and tensor names its converter (convert_hf_to_gguf.py)
+uses for LLaDA ("llada"), Dream ("dream") and LLaMA ("llama"), hyperparameters and tokenizer.
+
+How qpass's grid maps (docs/INTEROP.md): both block formats store, per 32 weights of a row,
+one float16 scale d and integer codes, and dequantize as d·q:
+  Q8_0  q int8 → qpass int8 symmetric, q = u − 128: all 256 codes fit, including the −128 of
+        qpass's full grid that llama.cpp's own quantizer (d = absmax/127) never produces;
+  Q4_0  q = nibble − 8 → qpass int4 symmetric, nibble = u: the same 16 levels [−8, 7] as
+        llama.cpp's d = max/−8 convention, whatever the scale.
+So any symmetric int8/int4 spec whose groups are whole 32-blocks (g32, g64, g128, or per
+channel) carries over code for code, each group's scale repeated over its blocks — provided
+the scale is a float16 number. qpass scales are float32 unless the spec says `:f16scale`
+(codes chosen with the fp16-rounded scale); rounding them here would move every weight of the
+block, so such checkpoints are refused with the spec to use instead."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qpass.errors import CheckpointError
+from qpass.interop.gguf_file import (ARRAY, BOOL, F32, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0,
+                                     GGML_Q8_0, I32, STRING, U32, Tensor, Value, write_gguf)
+from qpass.interop.source import ExportSource, QLinear
+from qpass.models.naming import key_map
+from qpass.runtime.output import check_output_file
+
+ARCH = {"llada": "llada", "dream": "dream", "llama": "llama"}
+BLOCK = 32
+# llama.cpp file types (LlamaFileType): what most tensors are
+FILE_TYPE = {GGML_F32: 0, GGML_F16: 1, GGML_Q4_0: 2, GGML_Q8_0: 7, GGML_BF16: 32}
+_TOP = {"embed": "token_embd", "norm": "output_norm", "head": "output"}
+_BLOCK_NAMES = {"attn_norm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k",
+                "v_proj": "attn_v", "o_proj": "attn_output", "mlp_norm": "ffn_norm",
+                "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+_DENSE_TYPE = {torch.float32: GGML_F32, torch.float16: GGML_F16, torch.bfloat16: GGML_BF16}
+# token types (gguf TokenType)
+NORMAL, CONTROL, UNUSED = 1, 3, 5
+
+
+def gguf_name(generic: str) -> str:
+    """Denoiser parameter name -> llama.cpp tensor name (blocks.3.q_proj.weight ->
+    blk.3.attn_q.weight)."""
+    parts = generic.split(".")
+    if parts[0] == "blocks":
+        return f"blk.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{parts[3]}"
+    return f"{_TOP[parts[0]]}.{parts[1]}"
+
+
+def rope_permutation(n_rows: int, n_head: int) -> torch.Tensor:
+    """Row order llama.cpp's converter gives q/k of LLaDA and LLaMA ("undo_permute": HF's
+    rotate-half layout -> interleaved pairs): new row r is old row perm[r]."""
+    return torch.arange(n_rows).reshape(n_head, 2, n_rows // n_head // 2).transpose(1, 2).reshape(-1)
+
+
+def _why_not(q: QLinear) -> str | None:
+    s, K = q.spec, q.codes.shape[1]
+    use = "int4:g32:sym:f16scale (Q4_0) or int8:channel:f16scale (Q8_0)"
+    if not s.symmetric:
+        return (f"it is asymmetric; Q4_1/Q8_1 would store the zero point as a float16 offset "
+                f"−d·z, rounding it. Quantize with {use}")
+    if s.bits not in (4, 8):
+        return f"{s.bits}-bit codes; qpass writes 4-bit as Q4_0 and 8-bit as Q8_0. Use {use}"
+    if K % BLOCK or (s.granularity == "group" and q.group_size % BLOCK):
+        return (f"its groups ({q.group_size} of K={K}) are not whole {BLOCK}-weight blocks, "
+                f"the unit of Q4_0/Q8_0. Use {use}")
+    if not torch.equal(q.scales.to(torch.float16).to(torch.float32), q.scales):
+        return (f"its float32 scales are not float16 numbers and Q4_0/Q8_0 store float16 block "
+                f"scales; rounding them would change the weights. Quantize with ':f16scale' "
+                f"in the weight spec (codes chosen with the fp16 scale), e.g. {use}")
+    return None
+
+
+def block_bytes(q: QLinear, rows: torch.Tensor | None) -> tuple[int, bytes]:
+    """(ggml type, row-major Q8_0/Q4_0 blocks) of one quantized linear, rows optionally
+    reordered (LLaDA/LLaMA q/k)."""
+    why = _why_not(q)
+    if why:
+        raise CheckpointError(f"cannot export {q.hf_name} (weights {q.spec}) as GGUF: {why}")
+    codes, scales = q.codes, q.scales
+    if rows is not None:
+        codes, scales = codes[rows], scales[rows]
+    N, K = codes.shape
+    nb = K // BLOCK
+    d = scales.repeat_interleave(q.group_size // BLOCK, dim=1) if scales.shape[1] > 1 \
+        else scales.expand(N, nb)
+    d = d.to(torch.float16).contiguous().numpy().view(np.uint8).reshape(N, nb, 2)
+    u = codes.reshape(N, nb, BLOCK).numpy()
+    if q.spec.bits == 8:
+        qs = (u.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+        kind = GGML_Q8_0
+    else:   # weight j of a block in the low nibble of byte j, weight j + 16 in its high nibble
+        qs = (u[..., :16] | (u[..., 16:] << 4)).astype(np.uint8)
+        kind = GGML_Q4_0
+    return kind, np.concatenate([d, qs], axis=-1).tobytes()
+
+
+def _dense(name: str, t: torch.Tensor, dtype: torch.dtype) -> Tensor:
+    # 1-D tensors (norms, biases) stay float32, as llama.cpp's converter keeps them
+    dt = torch.float32 if t.dim() == 1 else dtype
+    data = t.detach().to(dt).contiguous()
+    raw = data.view(torch.int16).numpy().tobytes() if dt == torch.bfloat16 else data.numpy().tobytes()
+    return Tensor(name, _DENSE_TYPE[dt], tuple(reversed(data.shape)), raw)
+
+
+def gguf_tensors(src: ExportSource) -> list[Tensor]:
+    cfg = src.config
+    to_gen = key_map(cfg)
+    permute = cfg.family in ("llada", "llama")
+    heads = {"q_proj": cfg.n_heads, "k_proj": cfg.n_kv_heads}
+    dtype = src.dtype if src.dtype in _DENSE_TYPE else torch.float32
+    out = []
+    for q in src.linears:
+        gen = to_gen[q.hf_name + ".weight"]
+        role = gen.split(".")[2] if gen.startswith("blocks.") else ""
+        rows = rope_permutation(q.codes.shape[0], heads[role]) if permute and role in heads \
+            else None
+        kind, data = block_bytes(q, rows)
+        out.append(Tensor(gguf_name(gen), kind, (q.codes.shape[1], q.codes.shape[0]), data))
+        if q.bias is not None:
+            b = q.bias if rows is None else q.bias[rows]
+            out.append(_dense(gguf_name(gen[: -len("weight")] + "bias"), b, dtype))
+    for hf, t in src.dense.items():
+        gen = to_gen[hf]
+        role = gen.split(".")[2] if gen.startswith("blocks.") else ""
+        if permute and role in heads:      # a q/k kept in float: same row order
+            t = t[rope_permutation(t.shape[0], heads[role])]
+        out.append(_dense(gguf_name(gen), t, dtype))
+    return out
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, which llama.cpp's BPE vocabulary
+    ("gpt2" model) decodes tokens with."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def tokenizer_metadata(tok, vocab_size: int, family: str) -> dict[str, Value]:
+    """tokenizer.ggml.* for qpass's byte tokenizer (bytes as GPT-2 byte characters, no merges,
+    specials as control tokens) or an HF fast tokenizer with a BPE tokenizer.json."""
+    if tok is None:
+        return {}
+    if hasattr(tok, "specials"):             # qpass ByteTokenizer
+        b2u = _byte_to_unicode()
+        tokens = [b2u[i] for i in range(256)] + [f"[PAD{i}]" for i in range(256, vocab_size)]
+        types = [NORMAL] * 256 + [UNUSED] * (vocab_size - 256)
+        for s, i in tok.specials.items():
+            tokens[i], types[i] = s, CONTROL
+        merges, pre = [], "default"
+        special = {"eos": tok.eos_token_id, "padding": tok.pad_token_id}
+    else:
+        backend = getattr(tok, "backend_tokenizer", None)
+        model = json.loads(backend.to_str())["model"] if backend is not None else {}
+        if model.get("type") != "BPE":
+            raise CheckpointError(f"the checkpoint's tokenizer ({type(tok).__name__}, model "
+                                  f"{model.get('type')!r}) is not a BPE tokenizer.json; qpass "
+                                  f"writes GGUF vocabularies for BPE and byte tokenizers only")
+        vocab = tok.get_vocab()
+        rev = {i: t for t, i in vocab.items()}
+        added = getattr(tok, "added_tokens_decoder", {})
+        tokens, types = [], []
+        for i in range(vocab_size):
+            if i not in rev:
+                tokens.append(f"[PAD{i}]")
+                types.append(UNUSED)
+            else:
+                tokens.append(rev[i])
+                types.append(CONTROL if i in added and added[i].special else NORMAL)
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        pre = "qwen2" if family == "dream" else "default"
+        special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "padding": tok.pad_token_id}
+    md = {"tokenizer.ggml.model": Value(STRING, "gpt2"),
+          "tokenizer.ggml.pre": Value(STRING, pre),
+          "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
+          "tokenizer.ggml.token_type": Value(ARRAY, types, I32),
+          "tokenizer.ggml.merges": Value(ARRAY, merges, STRING),
+          "tokenizer.ggml.add_bos_token": Value(BOOL, special.get("bos") is not None)}
+    for key, i in special.items():
+        if i is not None:
+            md[f"tokenizer.ggml.{key}_token_id"] = Value(U32, int(i))
+    return md
+
+
+def gguf_metadata(src: ExportSource, tensors: list[Tensor]) -> dict[str, Value]:
+    cfg = src.config
+    if cfg.family not in ARCH:
+        raise CheckpointError(f"family {cfg.family!r} has no llama.cpp architecture qpass "
+                              f"writes; GGUF export covers {', '.join(ARCH)}")
+    a = ARCH[cfg.family]
+    kinds = [t.ggml_type for t in tensors if t.ggml_type in (GGML_Q4_0, GGML_Q8_0)]
+    md = {"general.architecture": Value(STRING, a), "general.name": Value(STRING, cfg.name),
+          "general.file_type": Value(U32, FILE_TYPE[max(set(kinds), key=kinds.count)]),
+          "general.quantization_version": Value(U32, 2),
+          f"{a}.context_length": Value(U32, cfg.max_seq_len),
+          f"{a}.embedding_length": Value(U32, cfg.d_model),
+          f"{a}.block_count": Value(U32, cfg.n_layers),
+          f"{a}.feed_forward_length": Value(U32, cfg.mlp_hidden),
+          f"{a}.attention.head_count": Value(U32, cfg.n_heads),
+          f"{a}.attention.head_count_kv": Value(U32, cfg.n_kv_heads),
+          f"{a}.rope.freq_base": Value(F32, float(cfg.rope_theta)),
+          f"{a}.rope.dimension_count": Value(U32, cfg.head_dim),
+          f"{a}.attention.layer_norm_rms_epsilon": Value(F32, float(cfg.norm_eps)),
+          f"{a}.vocab_size": Value(U32, cfg.vocab_size),
+          f"{a}.attention.causal": Value(BOOL, bool(cfg.causal))}
+    if cfg.family in ("llada", "dream"):
+        md["diffusion.shift_logits"] = Value(BOOL, bool(cfg.logit_shift))
+    md.update(tokenizer_metadata(src.tokenizer, cfg.vocab_size, cfg.family))
+    if cfg.mask_token_id is not None:
+        md["tokenizer.ggml.mask_token_id"] = Value(U32, cfg.mask_token_id)
+    return md
+
+
+def export_gguf(src: ExportSource, out, scale_dtype: str = "float16") -> Path:
+    """Write `src` as one GGUF file OUT (a new file; nothing existing is replaced)."""
+    if scale_dtype != "float16":
+        raise CheckpointError(f"--scale-dtype {scale_dtype}: GGUF Q4_0/Q8_0 block scales are "
+                              f"float16 by definition; drop the option")
+    if not src.linears:
+        raise CheckpointError("the checkpoint has no quantized linears; nothing to export as GGUF")
+    out = check_output_file(out, "--out")
+    if out.exists():
+        raise CheckpointError(f"{out} already exists; choose a new file name (nothing was written)")
+    tensors = gguf_tensors(src)
+    md = gguf_metadata(src, tensors)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            write_gguf(f, md, tensors)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
