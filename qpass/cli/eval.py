@@ -9,10 +9,13 @@ from qpass.errors import QpassError
 
 from .args import positive_int, seed
 from .common import load_model
+from .trajectory import add_trajectory_args, run_trajectory_command
 
 EXAMPLE = """example:
   qpass eval tiny-llada --tasks general,math,code --limit 20 --json out.json
-  qpass eval ./w4a4 --tasks math --n-mc 8"""
+  qpass eval ./w4a4 --tasks math --n-mc 8
+  qpass eval tiny-llada --trajectory w4a4-rtn,w4a4-quarot --attribution quantize-one \
+      --json traj.json --png traj.png"""
 
 
 def add_eval_command(subparsers) -> argparse.ArgumentParser:
@@ -40,6 +43,7 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--unsafe-code-exec", action="store_true",
                    help="where no sandbox exists (no bubblewrap / namespaces), run generated "
                         "code anyway with rlimits only; never on untrusted models")
+    add_trajectory_args(p)
     p.set_defaults(func=run_eval_command)
     return p
 
@@ -61,9 +65,11 @@ def run_eval_command(args) -> int:
     from qpass.runtime.output import check_output_file
     if args.limit is not None and args.limit < 1:
         raise QpassError("--limit must be >= 1")
+    data_dir = _data_dir(args)
+    if args.trajectory is not None:
+        return run_trajectory_command(args, data_dir)
     if args.json_out:
         check_output_file(args.json_out, "--json")      # before any compute (DESIGN §9)
-    data_dir = _data_dir(args)
     settings = {k: v for k, v in (("n_mc", args.n_mc), ("text_bytes", args.text_bytes))
                 if v is not None}
     if args.unsafe_code_exec:
