@@ -124,5 +124,5 @@ def _print(data: dict, con) -> None:
         t.add_row(name, f"{s['kl_mean']:.4f}", f"{s['top1_agreement_mean']:.3f}",
                   f"{s['commit_jaccard_mean']:.3f}",
                   ", ".join("-" if f is None else str(f) for f in fr.get("first_divergence", [])),
-                  "-" if attr is None else f"{attr['top_block']} ({attr['effect'][:22]}…)")
+                  "-" if attr is None else str(attr["top_block"]))
     con.print(t)
