@@ -74,6 +74,11 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     "q4_0-rtn": _rtn("q4_0", fuse=False),
     "q4_0-gptq": _gptq("q4_0", observe=False),
     "q8_0-rtn": _rtn("q8_0", fuse=False),
+    # Rows for the newer work the study is compared with (docs/RESULTS.md): 2-bit weight-only
+    # GPTQ (Quant-dLLM's setting, without its dLLM-specific method) and plain AWQ at W4A4
+    # (DLLMQuant's baseline: AWQ's weight scales, then RTN weights and per-token activations).
+    "w2a16-gptq": _gptq("w2a16g128", observe=False),
+    "w4a4-awq": lambda: _pipe(P().AWQ(), P().RTN(), scheme="w4a4"),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
 
