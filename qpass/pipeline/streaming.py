@@ -58,6 +58,7 @@ class StageRecord:
     results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
     modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
     kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
+    nodes: list = field(default_factory=list)       # the stage's nodes after every pass
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -121,7 +122,7 @@ class StreamingRun:
             raise PipelineError(f"pass(es) {', '.join(bad)} have no stage-wise form yet, so this "
                                 f"pipeline cannot stream a checkpoint directory; load the model "
                                 f"in memory (small models) or use stage-wise passes "
-                                f"(FuseNorms, RTN, GPTQ, ObserveActivations)")
+                                f"(FuseNorms, RTN, GPTQ, ObserveActivations, Lower)")
         self.cfg = read_config(self.checkpoint_dir)
         self.sources = tensor_sources(self.checkpoint_dir, self.cfg)   # checks keys first
         self.model = build(self.cfg, device="meta")
@@ -222,6 +223,7 @@ class StreamingRun:
         from qpass.ops import rope_tables
         from qpass.pipeline.facts import ensure_provided
         from qpass.pipeline.verify import default_probe
+        from qpass.pipeline import stage_nodes
         from qpass.pipeline.pass_base import PassContext
 
         self.work.mkdir(parents=True, exist_ok=True)
@@ -249,16 +251,22 @@ class StreamingRun:
             for stage in stages:
                 if stage.index < len(done):           # completed by an earlier run: hash-checked
                     self.resumed = True
+                    stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     if stage.index == len(done) - 1:
                         cache = _load_cache(self.work / done[stage.index].cache)
                     continue
                 self.materialize(g, stage)
                 results = {}
-                for p in self.pipeline.passes:
-                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, cache)
                 nxt = BoundaryCache()
                 is_last = stage is stages[-1]
-                if not is_last:
+                carried = is_last                 # nothing reads the suffix's outputs
+                for p in self.pipeline.passes:
+                    if p.is_lowering and not carried:
+                        # the next stage calibrates on the simulated model, as in memory
+                        runner.run_stage(stage, cache, collect=nxt)
+                        carried = True
+                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, cache)
+                if not carried:
                     runner.run_stage(stage, cache, collect=nxt)
                 shard = self.work / f"stage-{stage.index:05d}.safetensors"
                 tensors, kinds = self.stage_tensors(g, stage)
@@ -268,7 +276,8 @@ class StreamingRun:
                 _written(cache_file, lambda: torch.save([v for v in nxt], cache_file))
                 records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
                                            cache_file.name, sha256_file(cache_file), results,
-                                           self.module_entries(g, stage), kinds))
+                                           self.module_entries(g, stage), kinds,
+                                           stage_nodes.record(stage.nodes)))
                 self._save_progress(key, records)
                 if stage.index > 0:                     # the previous cache is not needed again
                     prev = self.work / f"cache-{stage.index - 1:05d}.pt"
@@ -354,8 +363,12 @@ def _merge_results(name: str, records: list[StageRecord]):
             if isinstance(v, (int, float)) and not isinstance(v, bool) and \
                     isinstance(metrics.get(k, 0), (int, float)):
                 metrics[k] = metrics.get(k, 0) + v          # counts add up over stages
-            elif isinstance(v, dict):
-                metrics.setdefault(k, {}).update(v)         # per-layer tables merge
+            elif isinstance(v, dict):                       # per-layer tables merge, counts add
+                into = metrics.setdefault(k, {})
+                for kk, vv in v.items():
+                    both = [x for x in (into.get(kk), vv) if isinstance(x, (int, float))
+                            and not isinstance(x, bool)]
+                    into[kk] = into[kk] + vv if len(both) == 2 else vv
             elif isinstance(v, list):
                 metrics.setdefault(k, []).extend(v)
             else:

@@ -37,6 +37,8 @@ def _tensors(d):
 
 
 PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym"),
+         "rtn-lowered": lambda: qpass.Pipeline([P.RTN(), P.Lower()], scheme="w4a8kv8"),
+         "gptq-lowered": lambda: qpass.Pipeline([P.GPTQ(), P.Lower()], scheme="int4:g32:asym"),
          "gptq": lambda: qpass.Pipeline([P.FuseNorms(), P.GPTQ(), P.ObserveActivations()],
                                         scheme="w4a8")}
 # (a static observer after GPTQ is the one case that differs by design: streamed, each block's
@@ -46,7 +48,7 @@ PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g3
 @pytest.mark.parametrize("name", PIPES)
 def test_streamed_equals_in_memory(hf_dir, tmp_path, name):
     model = qpass.models.load(hf_dir)                         # bf16 weights read into fp32
-    calib = _calib(model) if name == "gptq" else None
+    calib = _calib(model) if name.startswith("gptq") else None
     mem = PIPES[name]().run(model, calib, progress=False)
     mem.save(tmp_path / "mem")
     path = PIPES[name]().run(str(hf_dir), calib, out=tmp_path / "st", progress=False)
@@ -54,6 +56,8 @@ def test_streamed_equals_in_memory(hf_dir, tmp_path, name):
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    graph = lambda d: json.loads((d / "manifest.json").read_text())["graph"]  # noqa: E731
+    assert graph(tmp_path / "mem")["nodes"] == graph(path)["nodes"]        # same ops, same kernels
     loaded = qpass.load_compiled(path)
     ids = torch.randint(0, 90, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -81,7 +85,7 @@ def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
         "        if len(records) == int(sys.argv[3]):\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
         "    streaming.StreamingRun._save_progress = save\n"
-        "pipe = qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme='int4:g32:sym')\n"
+        "pipe = qpass.Pipeline([P.FuseNorms(), P.RTN(), P.Lower()], scheme='w4a8kv8')\n"
         "pipe.run(sys.argv[1], out=sys.argv[2], progress=False)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, str(script), str(hf_dir), str(tmp_path / "r"), "3"],
@@ -92,10 +96,17 @@ def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
     again = subprocess.run([sys.executable, str(script), str(hf_dir), str(tmp_path / "r")],
                            env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    once = qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym").run(
+    once = qpass.Pipeline([P.FuseNorms(), P.RTN(), P.Lower()], scheme="w4a8kv8").run(
         str(hf_dir), out=tmp_path / "once", progress=False)
     a, b = _tensors(tmp_path / "r"), _tensors(once)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # the graph edits of the stages done before the kill (lowered attention with K/V bits,
+    # kernel modules) are restored from the progress records, not lost
+    ga, gb = (json.loads((d / "manifest.json").read_text())["graph"] for d in (tmp_path / "r", once))
+    assert ga == gb
+    layers = qpass.models.load("tiny-llada", device="meta").config.n_layers
+    assert sum(m["class"] == "LoweredLinear" for m in ga["modules"].values()) == 7 * layers
+    assert sum("kv_bits" in json.dumps(n["kwargs"]) for n in ga["nodes"]) == layers
 
 
 def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monkeypatch):
