@@ -246,6 +246,10 @@ class StreamingRun:
         cache = runner.new_cache("input")
         for _ in runner._batches():
             cache.append({})
+        # passes that read the earlier stages in another state than "after every pass" get
+        # their own boundary cache (Pass.stage_inputs): index in the pipeline -> cache
+        passes = self.pipeline.passes
+        shadows = {k: _copy(cache) for k, p in enumerate(passes) if p.stage_inputs != "processed"}
         stages = runner.stages
         try:
             for stage in stages:
@@ -253,19 +257,25 @@ class StreamingRun:
                     self.resumed = True
                     stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     if stage.index == len(done) - 1:
-                        cache = _load_cache(self.work / done[stage.index].cache)
+                        cache, shadows = _load_cache(self.work / done[stage.index].cache)
                     continue
                 self.materialize(g, stage)
                 results = {}
                 nxt = BoundaryCache()
+                nxt_shadows = {k: BoundaryCache() for k in shadows}
                 is_last = stage is stages[-1]
                 carried = is_last                 # nothing reads the suffix's outputs
-                for p in self.pipeline.passes:
+                for k, p in enumerate(passes):
                     if p.is_lowering and not carried:
                         # the next stage calibrates on the simulated model, as in memory
                         runner.run_stage(stage, cache, collect=nxt)
                         carried = True
-                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, cache)
+                    inputs = shadows.get(k, cache)
+                    if p.stage_inputs == "before" and not is_last:
+                        runner.run_stage(stage, inputs, collect=nxt_shadows[k])
+                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, inputs)
+                    if p.stage_inputs == "after" and not is_last:
+                        runner.run_stage(stage, inputs, collect=nxt_shadows[k])
                 if not carried:
                     runner.run_stage(stage, cache, collect=nxt)
                 shard = self.work / f"stage-{stage.index:05d}.safetensors"
@@ -273,7 +283,9 @@ class StreamingRun:
                 _written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
                 tensors = None                            # the shard's buffers go before the next stage
                 cache_file = self.work / f"cache-{stage.index:05d}.pt"
-                _written(cache_file, lambda: torch.save([v for v in nxt], cache_file))
+                saved = {"main": list(nxt), "shadows": {str(k): list(v) for k, v in nxt_shadows.items()}}
+                _written(cache_file, lambda: torch.save(saved, cache_file))
+                saved = None
                 records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
                                            cache_file.name, sha256_file(cache_file), results,
                                            self.module_entries(g, stage), kinds,
@@ -284,9 +296,11 @@ class StreamingRun:
                     if prev.exists():
                         prev.write_bytes(b"")       # keep the name, drop the bytes
                 self.free(g, stage)
-                cache = nxt
+                cache, shadows = nxt, nxt_shadows
         finally:
             cache.clear()
+            for c in shadows.values():
+                c.clear()
         if not self.resumed:       # resumed stages keep their float modules on meta in `g`
             for p in self.pipeline.passes:
                 ensure_provided(p, g)
@@ -341,11 +355,24 @@ def _stage_outputs(runner, stage, cache) -> list[torch.Tensor]:
 
 
 def _load_cache(path: Path):
+    """(main boundary cache, {pass index: shadow cache}) as written after a stage."""
     from qpass.calibration.sequential import BoundaryCache
-    cache = BoundaryCache()
-    for values in torch.load(path, weights_only=True):   # written by this run, hash-checked
-        cache.append(values)
-    return cache
+
+    def cache_of(items):
+        c = BoundaryCache()
+        for values in items:
+            c.append(values)
+        return c
+    saved = torch.load(path, weights_only=True)     # written by this run, hash-checked
+    return cache_of(saved["main"]), {int(k): cache_of(v) for k, v in saved["shadows"].items()}
+
+
+def _copy(cache):
+    from qpass.calibration.sequential import BoundaryCache
+    out = BoundaryCache()
+    for values in cache:
+        out.append(dict(values))
+    return out
 
 
 def _merge_results(name: str, records: list[StageRecord]):
