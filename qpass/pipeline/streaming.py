@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from qpass.errors import CheckpointError, PipelineError, VerificationError
+from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
 WORK = ".qpass-stream"            # the work directory inside the output's parent
@@ -122,7 +123,8 @@ class StreamingRun:
             raise PipelineError(f"pass(es) {', '.join(bad)} have no stage-wise form yet, so this "
                                 f"pipeline cannot stream a checkpoint directory; load the model "
                                 f"in memory (small models) or use stage-wise passes "
-                                f"(FuseNorms, RTN, GPTQ, ObserveActivations, Lower)")
+                                f"(FuseNorms, SmoothQuant, AWQ, RTN, GPTQ, ObserveActivations, "
+                                f"Lower)")
         self.cfg = read_config(self.checkpoint_dir)
         self.sources = tensor_sources(self.checkpoint_dir, self.cfg)   # checks keys first
         self.model = build(self.cfg, device="meta")
@@ -249,7 +251,7 @@ class StreamingRun:
         # passes that read the earlier stages in another state than "after every pass" get
         # their own boundary cache (Pass.stage_inputs): index in the pipeline -> cache
         passes = self.pipeline.passes
-        shadows = {k: _copy(cache) for k, p in enumerate(passes) if p.stage_inputs != "processed"}
+        shadows = {k: copy_cache(cache) for k, p in enumerate(passes) if p.stage_inputs != "processed"}
         stages = runner.stages
         try:
             for stage in stages:
@@ -257,7 +259,7 @@ class StreamingRun:
                     self.resumed = True
                     stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     if stage.index == len(done) - 1:
-                        cache, shadows = _load_cache(self.work / done[stage.index].cache)
+                        cache, shadows = load_cache(self.work / done[stage.index].cache)
                     continue
                 self.materialize(g, stage)
                 results = {}
@@ -354,55 +356,6 @@ def _stage_outputs(runner, stage, cache) -> list[torch.Tensor]:
     return vals
 
 
-def _load_cache(path: Path):
-    """(main boundary cache, {pass index: shadow cache}) as written after a stage."""
-    from qpass.calibration.sequential import BoundaryCache
-
-    def cache_of(items):
-        c = BoundaryCache()
-        for values in items:
-            c.append(values)
-        return c
-    saved = torch.load(path, weights_only=True)     # written by this run, hash-checked
-    return cache_of(saved["main"]), {int(k): cache_of(v) for k, v in saved["shadows"].items()}
-
-
-def _copy(cache):
-    from qpass.calibration.sequential import BoundaryCache
-    out = BoundaryCache()
-    for values in cache:
-        out.append(dict(values))
-    return out
-
-
-def _merge_results(name: str, records: list[StageRecord]):
-    """One PassRecord for the report from a pass's per-stage results."""
-    from qpass.runtime.report import PassRecord
-    metrics: dict = {}
-    notes, changed, rel = [], [], None
-    for r in records:
-        res = r.results.get(name, {})
-        notes += res.get("notes", [])
-        changed += res.get("nodes_changed", [])
-        if res.get("verified_rel_change") is not None:
-            rel = max(rel or 0.0, res["verified_rel_change"])
-        for k, v in res.get("metrics", {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
-                    isinstance(metrics.get(k, 0), (int, float)):
-                metrics[k] = metrics.get(k, 0) + v          # counts add up over stages
-            elif isinstance(v, dict):                       # per-layer tables merge, counts add
-                into = metrics.setdefault(k, {})
-                for kk, vv in v.items():
-                    both = [x for x in (into.get(kk), vv) if isinstance(x, (int, float))
-                            and not isinstance(x, bool)]
-                    into[kk] = into[kk] + vv if len(both) == 2 else vv
-            elif isinstance(v, list):
-                metrics.setdefault(k, []).extend(v)
-            else:
-                metrics[k] = v
-    return PassRecord(name, name, 0.0, changed, metrics, notes, rel)
-
-
 def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=None,
               verify: bool = True, seed: int = 0, progress=None) -> Path:
     """Quantize the HF checkpoint at `checkpoint_dir` stage by stage into the compiled
@@ -431,7 +384,7 @@ def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=Non
     all_kinds = dict(kinds)
     for r in records:
         all_kinds.update(r.kinds)
-    report = Report([_merge_results(p.name, records) for p in pipeline.passes])
+    report = Report([merge_results(p.name, records) for p in pipeline.passes])
     if pipeline.quantizes:
         report.coverage = coverage(g, pipeline.scheme(), planned=True)
         check_coverage(report.coverage, pipeline.allow_uncovered)
