@@ -3,12 +3,13 @@
 Writes (once, if absent) a random LLaDA-8B-shaped HF checkpoint — real LLaDA naming, bf16,
 sharded with a model.safetensors.index.json — then, each in a fresh process so that peak RSS
 is that command's own:
-  1. `qpass quantize DIR --pipeline w4a16-rtn --out OUT` (streamed stage by stage),
+  1. `qpass quantize DIR --pipeline P --out OUT` (streamed stage by stage; default w4a16-rtn;
+     a calibrating pipeline such as w4a16-gptq gets --calib with --calib-n windows),
   2. `qpass.load_compiled(OUT)` and one forward of 16 tokens,
 and reports peak RSS (ru_maxrss of the child), wall seconds, seconds per block and the output
 bytes. --layers N makes a shallower model of the same widths (the per-block figures hold).
 
-    python bench/scale_8b.py [--dir /tmp/llada-8b-random] [--layers 32]
+    python bench/scale_8b.py [--dir /tmp/llada-8b-random] [--layers 32] [--pipeline w4a16-gptq]
 """
 from __future__ import annotations
 
@@ -89,12 +90,27 @@ def _child(code: str, *args) -> dict:
 
 
 QUANTIZE = """
-import sys, json
+import sys, json, torch
+torch.set_num_threads(1)
 from qpass.cli import main
-rc = main(["quantize", sys.argv[1], "--pipeline", "w4a16-rtn", "--out", sys.argv[2], "--quiet",
-           "--device", "cpu"])
+rc = main(["quantize", sys.argv[1], "--pipeline", sys.argv[3], "--out", sys.argv[2], "--quiet",
+           "--device", "cpu", *sys.argv[4:]])
 print(json.dumps({"rc": rc}))
 """
+
+
+def calibration_args(pipeline: str, work: Path, n: int, seq_len: int) -> list[str]:
+    """--calib for pipelines that calibrate: a .txt of seeded random words (the checkpoint is
+    random, so any text serves; the cost per block is what is measured)."""
+    from qpass import presets
+    if not any(p.needs_calibration for p in presets.get(pipeline).passes):
+        return []
+    import random
+    rng = random.Random(0)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "seven", "light", "code", "sum"]
+    text = work / "calib.txt"
+    text.write_text("\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(400)))
+    return ["--calib", str(text), "--calib-n", str(n), "--seq-len", str(seq_len)]
 
 FORWARD = """
 import sys, json, time, torch, qpass
@@ -114,6 +130,9 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/llada-8b-random")
     ap.add_argument("--out", default="/tmp/llada-8b-w4a16")
     ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--pipeline", default="w4a16-rtn", help="a preset (GPTQ ones get --calib)")
+    ap.add_argument("--calib-n", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
     args = ap.parse_args()
     src, out = Path(args.dir), Path(args.out)
     if not (src / "config.json").exists():
@@ -124,12 +143,17 @@ def main() -> None:
         import shutil
         shutil.rmtree(out)           # the bench's own output from an earlier run
     src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    q = _child(QUANTIZE, str(src), str(out))
+    import tempfile
+    with tempfile.TemporaryDirectory() as work:
+        extra = calibration_args(args.pipeline, Path(work), args.calib_n, args.seq_len)
+        q = _child(QUANTIZE, str(src), str(out), args.pipeline, *extra)
     out_bytes = sum(f.stat().st_size for f in out.iterdir())
     f = _child(FORWARD, str(out))
     n_layers = json.loads((src / "config.json").read_text())["n_layers"]
     print(json.dumps({
         "model": f"llada-8b-shaped ({n_layers} layers), random bf16",
+        "pipeline": args.pipeline,
+        "calibration": None if not extra else {"n": args.calib_n, "seq_len": args.seq_len},
         "input_bytes": src_bytes, "output_bytes": out_bytes,
         "bytes_ratio": out_bytes / src_bytes,
         "quantize": {"peak_rss_gib": round(q["peak_rss_gib"], 2), "wall_s": round(q["wall_s"], 1),

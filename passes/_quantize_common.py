@@ -88,13 +88,15 @@ def replace_linear(g, node: fx.Node, new_module: nn.Module, reason: str | None =
     set_submodule(g.gm, node.target, new_module)
 
 
-def mark_attention(g, scheme) -> list[str]:
+def mark_attention(g, scheme, nodes=None) -> list[str]:
     """Give every attention node the scheme's K/V bits (a `kv8` / `kv4` suffix): the node then
     quantizes K/V per head per token and runs integer Q·Kᵀ and P·V (qpass.ops.attention's
-    kv_bits; Lower maps it to qpass::attention_kv). Returns the nodes marked."""
+    kv_bits; Lower maps it to qpass::attention_kv). `nodes`: only those (a stage's, when
+    streaming: a later stage's attention stays float until its own passes ran, as in memory).
+    Returns the nodes marked."""
     scheme = Scheme.parse(scheme)
     marked = []
-    for node in g.graph.nodes:
+    for node in (g.graph.nodes if nodes is None else nodes):
         if node.op != "call_function" or node.target is not ops.attention:
             continue
         _, spec, _ = scheme.spec_for(str(node.name), "attention")

@@ -154,27 +154,51 @@ class AWQ(SchemedPass):
         res.metrics.update(pairs=[], clipped=[])
 
         regions = region_of(input_regions(g, include_head=True))
+        SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(
+            lambda stage, runner, cache: self._block(g, stage, runner, cache, pairs, qk, regions, res),
+            description="AWQ")
+        return self._finish(res, all_pairs, skipped)
 
-        def per_block(stage, runner, cache):
-            in_stage = set(stage.nodes)
-            linears = [n for n in stage.linears if role(n) == "linear"]
-            stage_pairs = [p for p in pairs if p.producer in in_stage]
-            watched = {regions[n].tensor: regions[n] for n in linears + [c for p in stage_pairs
-                                                                         for c in p.consumers]}
-            stats, watch = watch_regions(list(watched.values()), gram=True,
-                                         gram_device=torch.device("cpu"))
-            runner.run_stage(stage, cache, watch=watch)
-            all_reduce_stats(stats.values())
-            for p in stage_pairs:
-                self._smooth_pair(g, p, [stats[regions[c].tensor] for c in p.consumers], res)
-            if self.clip:
-                for n in linears:
-                    if n not in qk and self._spec(n) is not None and \
-                            self._spec(n).granularity in ("group", "channel"):
-                        self._clip_linear(g, n, stats[regions[n].tensor], res)
+    stage_inputs = "after"     # earlier stages smoothed and clipped, not rounded: as in memory
 
-        SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(per_block,
-                                                                                  description="AWQ")
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): this stage's pairs and linears, statistics over the
+        stage's inputs from the earlier stages right after AWQ (before any rounding)."""
+        if self.scheme.weight is None:
+            raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
+        self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
+        nodes = set(stage.nodes)
+        all_pairs = [p for p in smoothing_regions(g) if p.producer in nodes]
+        pairs = [p for p in all_pairs if p.exact]
+        skipped = [p for p in all_pairs if not p.exact]
+        qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
+        res = PassResult(notes=[f"skipped {p.label}: {p.reason}" for p in skipped])
+        res.metrics.update(pairs=[], clipped=[])
+        if stage.linears:                  # what the sequential runner's callback is given
+            self._block(g, stage, runner, cache, pairs, qk,
+                        region_of(input_regions(g, include_head=True)), res)
+        return self._finish(res, all_pairs, skipped)
+
+    def _block(self, g, stage, runner, cache, pairs, qk, regions, res: PassResult) -> None:
+        in_stage = set(stage.nodes)
+        linears = [n for n in stage.linears if role(n) == "linear"]
+        stage_pairs = [p for p in pairs if p.producer in in_stage]
+        watched = {regions[n].tensor: regions[n] for n in linears + [c for p in stage_pairs
+                                                                     for c in p.consumers]}
+        stats, watch = watch_regions(list(watched.values()), gram=True,
+                                     gram_device=torch.device("cpu"))
+        runner.run_stage(stage, cache, watch=watch)
+        all_reduce_stats(stats.values())
+        for p in stage_pairs:
+            self._smooth_pair(g, p, [stats[regions[c].tensor] for c in p.consumers], res)
+        if self.clip:
+            for n in linears:
+                if n not in qk and self._spec(n) is not None and \
+                        self._spec(n).granularity in ("group", "channel"):
+                    self._clip_linear(g, n, stats[regions[n].tensor], res)
+
+    @staticmethod
+    def _finish(res: PassResult, all_pairs, skipped) -> PassResult:
         res.nodes_changed = list(dict.fromkeys(res.nodes_changed))
         res.metrics.update(smoothed=len(res.metrics["pairs"]), skipped=len(skipped),
                            skipped_pairs=record_skipped(all_pairs, "AWQ"))

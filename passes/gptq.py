@@ -75,7 +75,7 @@ class GPTQ(WeightRounding):
         nodes = set(stage.nodes)
         res, kept = self._begin(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
         self._stage(g, stage, runner, cache)
-        return self._finish(g, res, kept)
+        return self._finish(g, res, kept, stage.nodes)
 
     def _begin(self, g, ctx: PassContext, targets) -> tuple[PassResult, int]:
         if self.act_order not in (False, True, "group"):
@@ -99,10 +99,10 @@ class GPTQ(WeightRounding):
                 res.nodes_changed.append(node.name)
         return res, kept
 
-    def _finish(self, g, res: PassResult, kept: int) -> PassResult:
+    def _finish(self, g, res: PassResult, kept: int, nodes=None) -> PassResult:
         layers = res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
-        marked = mark_attention(g, self.scheme)              # kv8/kv4: after the solve
+        marked = mark_attention(g, self.scheme, nodes)       # kv8/kv4: after the solve
         res.nodes_changed += marked
         res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept,
                            kv_quantized_attention=len(marked))

@@ -51,9 +51,22 @@ class Lower(Pass):
     is_lowering = True
 
     def run(self, g, ctx: PassContext) -> PassResult:
+        return self._lower(g, list(g.graph.nodes), list(g.gm.parameters()))
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): this stage's quantized linears, attention and
+        Hadamard nodes; the kernel choice is made for the device and dtype of this stage's
+        weights (the only real ones at this point)."""
+        mods = [g.gm.get_submodule(t) for t in
+                dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module")]
+        params = [p for m in mods for p in m.parameters(recurse=False)] + \
+                 [b for m in mods for b in m.buffers(recurse=False)]
+        return self._lower(g, list(stage.nodes), params)
+
+    def _lower(self, g, nodes: list, params: list) -> PassResult:
         if self.backend != "auto":
             registry.get(self.backend)          # unknown name: BackendError before any change
-        params = [t for t in g.gm.parameters() if t.is_floating_point()]
+        params = [t for t in params if t.is_floating_point() and t.device.type != "meta"]
         device = params[0].device if params else torch.device("cpu")
         dtype = params[0].dtype if params else torch.float32
         res = PassResult()
@@ -70,7 +83,7 @@ class Lower(Pass):
                                   "chosen": row["backend"], "reason": why})
 
         kept = 0
-        for node in list(g.graph.nodes):
+        for node in nodes:
             if node.op == "call_module" and isinstance(g.module(node), QuantLinear):
                 q = g.module(node)
                 kind, why = lowered_kind(q)

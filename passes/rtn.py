@@ -30,9 +30,10 @@ class RTN(WeightRounding):
     def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
         """Stage-wise form (streaming): the linears of this stage only."""
         nodes = set(stage.nodes)
-        return self._round(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
+        return self._round(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes],
+                           stage.nodes)
 
-    def _round(self, g, ctx: PassContext, targets) -> PassResult:
+    def _round(self, g, ctx: PassContext, targets, nodes=None) -> PassResult:
         if any(t[1].weight.device.type == "meta" for t in targets):
             raise PipelineError("RTN needs real weights, but the model is on the meta device "
                                 "(structure only); for a planned coverage table use "
@@ -45,7 +46,7 @@ class RTN(WeightRounding):
             res.nodes_changed.append(node.name)
             ctx.advance(task)
         kept = [t for t in targets if t[2] is None and t[3] is None]
-        marked = mark_attention(g, self.scheme)
+        marked = mark_attention(g, self.scheme, nodes)
         res.nodes_changed += marked
         res.metrics.update(quantized=len(todo), kept=len(kept), kv_quantized_attention=len(marked))
         res.notes += [f"{t[0].target}: {t[4]}" for t in kept]

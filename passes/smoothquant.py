@@ -28,7 +28,8 @@ import torch
 
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import fake_quantize
-from qpass.calibration.stats import channel_ratio, collect_input_stats
+from qpass.calibration.stats import (InputStats, all_reduce_stats, channel_ratio,
+                                     collect_input_stats)
 from qpass.ir.regions import KINDS, Region, smoothing_regions
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.specs import Scheme
@@ -121,12 +122,36 @@ class SmoothQuant(SchemedPass):
             raise CalibrationError("SmoothQuant needs calibration data: its scales come from the "
                                    "activations' per-channel max; pass calib=CalibrationSet...")
         pairs = smoothing_regions(g)
-        todo = [p for p in pairs if p.exact and p.kind in self.kinds]
+        todo = self._todo(pairs)
+        stats = collect_input_stats(g, data, list({p.consumers[0]: 0 for p in todo}),
+                                    self.batch_size, keep_rows=self._rows(), seed=ctx.seed)
+        return self._smooth(g, ctx, pairs, todo, stats)
+
+    stage_inputs = "before"         # statistics of the unquantized earlier stages, as in memory
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): the pairs whose producer is in this stage (the fold
+        stays inside the stage), statistics over this stage's inputs from the earlier stages
+        as they were before this pass."""
+        nodes = set(stage.nodes)
+        pairs = [p for p in smoothing_regions(g) if p.producer in nodes]
+        todo = self._todo(pairs)
+        targets = list(dict.fromkeys(str(p.consumers[0].target) for p in todo))
+        stats = {t: InputStats(t, keep_rows=self._rows(), seed=ctx.seed) for t in targets}
+        if stats:
+            runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+            all_reduce_stats(stats.values())
+        return self._smooth(g, ctx, pairs, todo, stats)
+
+    def _todo(self, pairs) -> list[Region]:
+        return [p for p in pairs if p.exact and p.kind in self.kinds]
+
+    def _rows(self) -> int:
+        return self.sample_rows if self.alpha == "search" else 0
+
+    def _smooth(self, g, ctx: PassContext, pairs, todo, stats) -> PassResult:
         res = PassResult()
         res.notes += [f"skipped {p.label}: {p.reason}" for p in pairs if not p.exact]
-        rows = self.sample_rows if self.alpha == "search" else 0
-        stats = collect_input_stats(g, data, list({p.consumers[0]: 0 for p in todo}),
-                                    self.batch_size, keep_rows=rows, seed=ctx.seed)
         task = ctx.task("SmoothQuant: smoothing pairs", total=len(todo))
         # every scale is computed from the original weights first, then all are folded, so the
         # result does not depend on the order of pairs sharing a linear (up is both a consumer

@@ -92,12 +92,12 @@ def cmd_quantize(args) -> int:
     device = resolve_device(args.device)
     from qpass.calibration.distributed import init_from_env, rank_and_world, shard
     parallel = init_from_env(device)                     # under torchrun: one rank of several
+    if streams(args.model) and parallel:
+        raise PipelineError("streaming a checkpoint directory runs in one process for now; "
+                            "drop torchrun, or load a model that fits in memory")
+    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
     if streams(args.model):
-        if parallel:
-            raise PipelineError("streaming a checkpoint directory runs in one process for now; "
-                                "drop torchrun, or load a model that fits in memory")
         return _quantize_streaming(args, pipe, device)
-    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6)
     model = load_model(args.model, device=device, dtype=args.dtype)
     # the compiled checkpoint is at most the float model's size (+ manifest, tokenizer)
     fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())

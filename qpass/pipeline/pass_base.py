@@ -129,6 +129,12 @@ class Pass:
     # suffix) of a streamed model defines run_stage(g, ctx, stage, runner, cache) -> PassResult;
     # only that stage's weights are materialized when it is called.
     run_stage = None
+    # Which inputs run_stage gets for a stage, i.e. the earlier stages in which state:
+    # "processed": after every pass of the pipeline (sequential GPTQ, the default);
+    # "before": as they were just before this pass, what the in-memory whole-graph pass sees
+    #           (SmoothQuant's statistics are those of the unquantized model);
+    # "after": right after this pass, before the later ones (AWQ: smoothed, not yet rounded).
+    stage_inputs: ClassVar[str] = "processed"
 
     @property
     def stage_wise(self) -> bool:

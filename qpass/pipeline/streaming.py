@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from qpass.errors import CheckpointError, PipelineError, VerificationError
+from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
 WORK = ".qpass-stream"            # the work directory inside the output's parent
@@ -58,6 +59,7 @@ class StageRecord:
     results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
     modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
     kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
+    nodes: list = field(default_factory=list)       # the stage's nodes after every pass
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -121,7 +123,8 @@ class StreamingRun:
             raise PipelineError(f"pass(es) {', '.join(bad)} have no stage-wise form yet, so this "
                                 f"pipeline cannot stream a checkpoint directory; load the model "
                                 f"in memory (small models) or use stage-wise passes "
-                                f"(FuseNorms, RTN, GPTQ, ObserveActivations)")
+                                f"(FuseNorms, SmoothQuant, AWQ, RTN, GPTQ, ObserveActivations, "
+                                f"Lower)")
         self.cfg = read_config(self.checkpoint_dir)
         self.sources = tensor_sources(self.checkpoint_dir, self.cfg)   # checks keys first
         self.model = build(self.cfg, device="meta")
@@ -222,6 +225,7 @@ class StreamingRun:
         from qpass.models.rope import rope_tables
         from qpass.pipeline.facts import ensure_provided
         from qpass.pipeline.verify import default_probe
+        from qpass.pipeline import stage_nodes
         from qpass.pipeline.pass_base import PassContext
 
         self.work.mkdir(parents=True, exist_ok=True)
@@ -244,40 +248,61 @@ class StreamingRun:
         cache = runner.new_cache("input")
         for _ in runner._batches():
             cache.append({})
+        # passes that read the earlier stages in another state than "after every pass" get
+        # their own boundary cache (Pass.stage_inputs): index in the pipeline -> cache
+        passes = self.pipeline.passes
+        shadows = {k: copy_cache(cache) for k, p in enumerate(passes) if p.stage_inputs != "processed"}
         stages = runner.stages
         try:
             for stage in stages:
                 if stage.index < len(done):           # completed by an earlier run: hash-checked
                     self.resumed = True
+                    stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     if stage.index == len(done) - 1:
-                        cache = _load_cache(self.work / done[stage.index].cache)
+                        cache, shadows = load_cache(self.work / done[stage.index].cache)
                     continue
                 self.materialize(g, stage)
                 results = {}
-                for p in self.pipeline.passes:
-                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, cache)
                 nxt = BoundaryCache()
+                nxt_shadows = {k: BoundaryCache() for k in shadows}
                 is_last = stage is stages[-1]
-                if not is_last:
+                carried = is_last                 # nothing reads the suffix's outputs
+                for k, p in enumerate(passes):
+                    if p.is_lowering and not carried:
+                        # the next stage calibrates on the simulated model, as in memory
+                        runner.run_stage(stage, cache, collect=nxt)
+                        carried = True
+                    inputs = shadows.get(k, cache)
+                    if p.stage_inputs == "before" and not is_last:
+                        runner.run_stage(stage, inputs, collect=nxt_shadows[k])
+                    results[p.name] = self._run_pass(p, g, ctx, stage, runner, inputs)
+                    if p.stage_inputs == "after" and not is_last:
+                        runner.run_stage(stage, inputs, collect=nxt_shadows[k])
+                if not carried:
                     runner.run_stage(stage, cache, collect=nxt)
                 shard = self.work / f"stage-{stage.index:05d}.safetensors"
                 tensors, kinds = self.stage_tensors(g, stage)
                 _written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
                 tensors = None                            # the shard's buffers go before the next stage
                 cache_file = self.work / f"cache-{stage.index:05d}.pt"
-                _written(cache_file, lambda: torch.save([v for v in nxt], cache_file))
+                saved = {"main": list(nxt), "shadows": {str(k): list(v) for k, v in nxt_shadows.items()}}
+                _written(cache_file, lambda: torch.save(saved, cache_file))
+                saved = None
                 records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
                                            cache_file.name, sha256_file(cache_file), results,
-                                           self.module_entries(g, stage), kinds))
+                                           self.module_entries(g, stage), kinds,
+                                           stage_nodes.record(stage.nodes)))
                 self._save_progress(key, records)
                 if stage.index > 0:                     # the previous cache is not needed again
                     prev = self.work / f"cache-{stage.index - 1:05d}.pt"
                     if prev.exists():
                         prev.write_bytes(b"")       # keep the name, drop the bytes
                 self.free(g, stage)
-                cache = nxt
+                cache, shadows = nxt, nxt_shadows
         finally:
             cache.clear()
+            for c in shadows.values():
+                c.clear()
         if not self.resumed:       # resumed stages keep their float modules on meta in `g`
             for p in self.pipeline.passes:
                 ensure_provided(p, g)
@@ -331,38 +356,6 @@ def _stage_outputs(runner, stage, cache) -> list[torch.Tensor]:
     return vals
 
 
-def _load_cache(path: Path):
-    from qpass.calibration.sequential import BoundaryCache
-    cache = BoundaryCache()
-    for values in torch.load(path, weights_only=True):   # written by this run, hash-checked
-        cache.append(values)
-    return cache
-
-
-def _merge_results(name: str, records: list[StageRecord]):
-    """One PassRecord for the report from a pass's per-stage results."""
-    from qpass.runtime.report import PassRecord
-    metrics: dict = {}
-    notes, changed, rel = [], [], None
-    for r in records:
-        res = r.results.get(name, {})
-        notes += res.get("notes", [])
-        changed += res.get("nodes_changed", [])
-        if res.get("verified_rel_change") is not None:
-            rel = max(rel or 0.0, res["verified_rel_change"])
-        for k, v in res.get("metrics", {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and \
-                    isinstance(metrics.get(k, 0), (int, float)):
-                metrics[k] = metrics.get(k, 0) + v          # counts add up over stages
-            elif isinstance(v, dict):
-                metrics.setdefault(k, {}).update(v)         # per-layer tables merge
-            elif isinstance(v, list):
-                metrics.setdefault(k, []).extend(v)
-            else:
-                metrics[k] = v
-    return PassRecord(name, name, 0.0, changed, metrics, notes, rel)
-
-
 def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=None,
               verify: bool = True, seed: int = 0, progress=None) -> Path:
     """Quantize the HF checkpoint at `checkpoint_dir` stage by stage into the compiled
@@ -391,7 +384,7 @@ def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=Non
     all_kinds = dict(kinds)
     for r in records:
         all_kinds.update(r.kinds)
-    report = Report([_merge_results(p.name, records) for p in pipeline.passes])
+    report = Report([merge_results(p.name, records) for p in pipeline.passes])
     if pipeline.quantizes:
         report.coverage = coverage(g, pipeline.scheme(), planned=True)
         check_coverage(report.coverage, pipeline.allow_uncovered)

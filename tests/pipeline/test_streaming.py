@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
+from qpass.cli.quantize import with_lowering
 from qpass.models.loading import save_checkpoint
 
 
@@ -37,8 +38,12 @@ def _tensors(d):
 
 
 PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym"),
+         "rtn-lowered": lambda: qpass.Pipeline([P.RTN(), P.Lower()], scheme="w4a8kv8"),
+
          "gptq": lambda: qpass.Pipeline([P.FuseNorms(), P.GPTQ(), P.ObserveActivations()],
                                         scheme="w4a8")}
+for _preset in ("w4a16-gptq", "w8a8-smoothquant", "w4a16-awq", "w4a4-gptq"):   # one per family
+    PIPES[_preset] = lambda name=_preset: with_lowering(qpass.presets.get(name), "auto")
 # (a static observer after GPTQ is the one case that differs by design: streamed, each block's
 # GPTQ calibrates on earlier blocks whose static activation scales are already set)
 
@@ -46,14 +51,17 @@ PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g3
 @pytest.mark.parametrize("name", PIPES)
 def test_streamed_equals_in_memory(hf_dir, tmp_path, name):
     model = qpass.models.load(hf_dir)                         # bf16 weights read into fp32
-    calib = _calib(model) if name == "gptq" else None
-    mem = PIPES[name]().run(model, calib, progress=False)
+    pipe = PIPES[name]()
+    calib = _calib(model) if any(p.needs_calibration for p in pipe.passes) else None
+    mem = pipe.run(model, calib, progress=False)
     mem.save(tmp_path / "mem")
     path = PIPES[name]().run(str(hf_dir), calib, out=tmp_path / "st", progress=False)
     a, b = _tensors(tmp_path / "mem"), _tensors(path)
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    graph = lambda d: json.loads((d / "manifest.json").read_text())["graph"]  # noqa: E731
+    assert graph(tmp_path / "mem")["nodes"] == graph(path)["nodes"]        # same ops, same kernels
     loaded = qpass.load_compiled(path)
     ids = torch.randint(0, 90, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -68,7 +76,8 @@ def test_a_pipeline_without_stage_wise_passes_is_refused(hf_dir, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
-    """SIGKILL in the middle (after block 1 is written), rerun: same tensors as one run."""
+    """SIGKILL in the middle (after block 1 is written), rerun: same tensors as one run
+    (SmoothQuant's boundary cache of the unquantized stages is restored with the main one)."""
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, os, signal, qpass\n"
@@ -81,8 +90,11 @@ def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
         "        if len(records) == int(sys.argv[3]):\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
         "    streaming.StreamingRun._save_progress = save\n"
-        "pipe = qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme='int4:g32:sym')\n"
-        "pipe.run(sys.argv[1], out=sys.argv[2], progress=False)\n")
+        "import torch\n"
+        "from qpass.calibration import CalibrationSet\n"
+        "calib = CalibrationSet.from_ids(torch.arange(4000) % 90, mask_id=258, n=4, seq_len=32, seed=3)\n"
+        "pipe = qpass.Pipeline([P.FuseNorms(), P.SmoothQuant(0.5), P.RTN(), P.Lower()], scheme='w4a8kv8')\n"
+        "pipe.run(sys.argv[1], calib, out=sys.argv[2], progress=False)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, str(script), str(hf_dir), str(tmp_path / "r"), "3"],
                             env=env, capture_output=True, text=True, timeout=300)
@@ -92,10 +104,20 @@ def test_killed_run_resumes_to_identical_bytes(hf_dir, tmp_path):
     again = subprocess.run([sys.executable, str(script), str(hf_dir), str(tmp_path / "r")],
                            env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    once = qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym").run(
-        str(hf_dir), out=tmp_path / "once", progress=False)
+    model = qpass.models.load("tiny-llada", device="meta")
+    assert model.config.mask_token_id == 258
+    once = qpass.Pipeline([P.FuseNorms(), P.SmoothQuant(0.5), P.RTN(), P.Lower()],
+                          scheme="w4a8kv8").run(str(hf_dir), _calib(model), out=tmp_path / "once",
+                                                progress=False)
     a, b = _tensors(tmp_path / "r"), _tensors(once)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # the graph edits of the stages done before the kill (lowered attention with K/V bits,
+    # kernel modules) are restored from the progress records, not lost
+    ga, gb = (json.loads((d / "manifest.json").read_text())["graph"] for d in (tmp_path / "r", once))
+    assert ga == gb
+    layers = model.config.n_layers
+    assert sum(m["class"] == "LoweredLinear" for m in ga["modules"].values()) == 7 * layers
+    assert sum("kv_bits" in json.dumps(n["kwargs"]) for n in ga["nodes"]) == layers
 
 
 def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monkeypatch):
