@@ -73,6 +73,10 @@ def _grid_pipelines(group: int, methods: str):
         for act_order in ((False, True) if "gptq" in methods else ()):
             rows[f"gptq {s} act_order={act_order}"] = \
                 lambda s=s, a=act_order: Pipeline([P.GPTQ(s, act_order=a)])
+    if "flow" in methods:       # inside-block true-sequential vs per-block (llm-compressor's)
+        for ts in (True, False):
+            rows[f"gptq {spec} act_order=True true_sequential={ts}"] = \
+                lambda ts=ts: Pipeline([P.GPTQ(spec, act_order=True, true_sequential=ts)])
     return rows
 
 
