@@ -118,8 +118,9 @@ def main(argv=None) -> int:
         torch.save({"calib": calib_ids.view(a.n_calib, a.calib_len), "eval": windows},
                    a.save_tokens)
     masking = "none" if cfg.causal else "diffusion"
+    # tiled: exactly the n_calib windows --save-tokens hands to the peer, each token once
     calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=a.n_calib,
-                                    seq_len=a.calib_len, masking=masking, seed=0)
+                                    seq_len=a.calib_len, masking=masking, seed=0, windows="tile")
     score = _scorer(model, windows)
     t0 = time.perf_counter()
     fp = score(model)
