@@ -1,6 +1,7 @@
 """`qpass study` on a 2×2 grid (pipelines × tasks): outputs written, the second run served
 entirely from the cache, a grown grid computes only the new cells, foreign folders refused."""
 import json
+import time
 
 import pytest
 
@@ -52,14 +53,22 @@ def test_second_run_is_served_from_the_cache(tmp_path, monkeypatch, capsys):
 
     def no_compute(*a, **k):
         raise AssertionError("the cache should have served this")
+    capsys.readouterr()   # the first run's output
+    # no model is loaded, quantized or evaluated on the second run: the cache serves it all
     monkeypatch.setattr(study_mod, "evaluate", no_compute)
     monkeypatch.setattr(study_mod, "_quantized", no_compute)
+    monkeypatch.setattr(study_mod, "load_any", no_compute)
+    t0 = time.perf_counter()
     assert main(["study", str(cfg), "--out", str(out), "--no-plots"]) == 0
+    assert time.perf_counter() - t0 < 10   # "finishes in seconds" (hashing + table only)
     second = json.loads((out / "results.json").read_text())
     assert all(r["cached"] for r in second["rows"])
     strip = lambda rows: [{k: v for k, v in r.items() if k != "cached"} for r in rows]  # noqa: E731
     assert strip(second["rows"]) == strip(first["rows"])
-    assert "4 results (4 from the cache)" in capsys.readouterr().err.replace("\n", " ")
+    printed = capsys.readouterr()
+    assert "4 results (4 from the cache)" in printed.err.replace("\n", " ")
+    # the table, on stdout (rich may shorten the columns, never the numbers)
+    assert "qpass study: grid2x2" in printed.out and f"{fp_code['value']:.4f}" in printed.out
 
 
 def test_grown_grid_computes_only_the_new_cells(tmp_path):
