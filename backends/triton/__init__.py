@@ -1,7 +1,9 @@
 """The `triton` backend: CUDA kernels for every qpass op (and, for tests, the same kernels on
 CPU under TRITON_INTERPRET=1). Weight tensors arrive in the canonical layouts of
-docs/FORMATS.md and are read as is (no repacking): W8A8 int8 (N, K); int4 streams unpacked in
-registers. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
+docs/FORMATS.md: W8A8 int8 (N, K) and the int4 streams of W4A8/W4A4 are read as is; W4A16 int4
+weights run on a private MMA-friendly repacked copy (w4_layout.py), made once per weight tensor
+by `prepare` when a checkpoint is bound to a device (or on the first call otherwise); other
+weight-only bit widths read the canonical stream. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
 2^k with 256 ≤ n ≤ 16384, head dims that are not powers of two) are declined in supports()
 with a reason, and the registry falls back to the next backend."""
 from __future__ import annotations
@@ -20,6 +22,11 @@ def _rows(x):
 
 
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
+    if bits == 4:
+        from .gemm_w4a16_mma import w4a16_mma
+        from .w4_layout import repacked
+        r = repacked(qweight, scales, zeros, x.shape[-1])
+        return w4a16_mma(_rows(x), r, bias).reshape(*x.shape[:-1], -1)
     from .gemm_w4a16 import w4a16_gemm
     y = w4a16_gemm(_rows(x), qweight.contiguous(), scales, zeros, bits, group_size, bias)
     return y.reshape(*x.shape[:-1], -1)
@@ -83,6 +90,14 @@ class TritonBackend(Backend):
         if not torch.cuda.is_available():
             return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
         return True, f"CUDA: {torch.cuda.get_device_name()}"
+
+    def prepare(self, op, module) -> str | None:
+        """Backend-private weight layouts, built once when a model is bound to a device."""
+        if op == "linear_w4a16" and getattr(module, "bits", None) == 4:
+            from .w4_layout import TILE_K, repacked
+            repacked(module.qweight, module.scales, module.zeros, module.in_features)
+            return f"int4 repacked for tl.dot (K tiles of {TILE_K}, 8 nibble sub-blocks)"
+        return None
 
     def _device_ok(self, device) -> bool:
         dev = torch.device(device) if device is not None else torch.device("cpu")

@@ -74,10 +74,22 @@ def choose(node: str, op: str, spec: dict, device, dtype, prefer: str = "auto"
 
 
 def bind(gm: fx.GraphModule, device=None, dtype=torch.float32,
-         head_dim: int | None = None) -> list[dict]:
-    """One row per lowered node of the graph: {node, op, backend, why} on `device`."""
-    return [choose(name, op, spec, device, dtype, prefer)[0]
+         head_dim: int | None = None, prepare: bool = False) -> list[dict]:
+    """One row per lowered node of the graph: {node, op, backend, why} on `device`. With
+    prepare=True each chosen backend also builds its private weight layouts for the node
+    once, now (Backend.prepare), and the row says what it built under "prepared"."""
+    rows = [choose(name, op, spec, device, dtype, prefer)[0]
             for name, op, spec, prefer in requests(gm, head_dim)]
+    if prepare:
+        modules = {n.name: gm.get_submodule(n.target) for n in gm.graph.nodes
+                   if n.op == "call_module"}
+        for row in rows:
+            m = modules.get(row["node"])
+            if m is not None and row["backend"] not in ("none", "simulated"):
+                done = registry.get(row["backend"]).prepare(row["op"], m)
+                if done:
+                    row["prepared"] = done
+    return rows
 
 
 def summary(rows: list[dict]) -> str:
