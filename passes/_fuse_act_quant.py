@@ -53,13 +53,15 @@ def _silu_operands(node: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
     return None
 
 
-def _rewire(graph: fx.Graph, producer: fx.Node, users: list[fx.Node], like: fx.Node) -> None:
+def _rewire(graph: fx.Graph, producer: fx.Node, users: list[fx.Node], like: fx.Node
+            ) -> list[fx.Node]:
     with graph.inserting_after(producer):
         scales = graph.call_function(operator.getitem, (producer, 1))
     with graph.inserting_after(producer):
         codes = graph.call_function(operator.getitem, (producer, 0))
     for u in users:
         u.args = (codes, scales, like)
+    return [codes, scales]
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:
@@ -73,9 +75,13 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
         name = f"{base}_{i}"
 
 
-def fuse(gm: fx.GraphModule, nodes: list[fx.Node], backend: str, set_submodule) -> list[str]:
-    """Rewrite the producers among `nodes`; returns the names of the fused producer nodes."""
-    fused = []
+def fuse(gm: fx.GraphModule, nodes: list[fx.Node], backend: str, set_submodule
+         ) -> tuple[list[str], list[fx.Node], list[fx.Node]]:
+    """Rewrite the producers among `nodes`; returns (names of the fused producer nodes,
+    nodes added to the graph, nodes erased from it) so a stage's node list can follow."""
+    fused: list[str] = []
+    added: list[fx.Node] = []
+    erased: list[fx.Node] = []
     for node in nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), RMSNorm):
             act = _act_of_consumers(gm, node)
@@ -86,7 +92,7 @@ def fuse(gm: fx.GraphModule, nodes: list[fx.Node], backend: str, set_submodule) 
             m.weight = norm.weight
             set_submodule(gm, node.target, m)
             node.meta.pop("tensor_meta", None)
-            _rewire(gm.graph, node, list(node.users), node.args[0])
+            added += _rewire(gm.graph, node, list(node.users), node.args[0])
             fused.append(node.name)
             continue
         ops_ = _silu_operands(node)
@@ -100,8 +106,9 @@ def fuse(gm: fx.GraphModule, nodes: list[fx.Node], backend: str, set_submodule) 
         set_submodule(gm, target, lowered.SiluMulQuant(act[0], act[1], backend))
         with gm.graph.inserting_before(node):
             prod = gm.graph.call_module(target, (gate, up))
-        _rewire(gm.graph, prod, users, gate)
+        added += [prod] + _rewire(gm.graph, prod, users, gate)
         gm.graph.erase_node(node)
         gm.graph.erase_node(silu)
+        erased += [node, silu]
         fused.append(prod.name)
-    return fused
+    return fused, added, erased

@@ -10,8 +10,8 @@
   `qpass_role = "hadamard"`) call `qpass::hadamard`;
 * with fuse_act_quant (default), an RMSNorm or silu(gate)·up whose users are all integer
   linears with one per-token activation spec emits their int8 codes + scales itself
-  (passes/_fuse_act_quant.py); those linears then run qpass::linear_int_codes. Not done in
-  the stage-wise (streaming) form.
+  (passes/_fuse_act_quant.py); those linears then run qpass::linear_int_codes (stage-wise
+  too: the stage's node list follows the rewrite).
 For each node the backend the registry would pick on the model's device and dtype is recorded
 in the metrics, with the reason for every backend passed over. With backend="auto" the lowered
 module re-selects at run time, so a model lowered on CPU uses Triton once moved to CUDA."""
@@ -69,9 +69,11 @@ class Lower(Pass):
                 dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module")]
         params = [p for m in mods for p in m.parameters(recurse=False)] + \
                  [b for m in mods for b in m.buffers(recurse=False)]
-        return self._lower(g, list(stage.nodes), params)
+        return self._lower(g, list(stage.nodes), params, fuse=self.fuse_act_quant,
+                           stage=stage)
 
-    def _lower(self, g, nodes: list, params: list, fuse: bool = False) -> PassResult:
+    def _lower(self, g, nodes: list, params: list, fuse: bool = False, stage=None
+               ) -> PassResult:
         if self.backend != "auto":
             registry.get(self.backend)          # unknown name: BackendError before any change
         params = [t for t in params if t.is_floating_point() and t.device.type != "meta"]
@@ -112,7 +114,7 @@ class Lower(Pass):
             elif self.hadamard and _is_hadamard(g, node):
                 self._lower_hadamard(g, node, choose, res)
         if fuse:
-            self._fuse_producers(g, nodes, device, dtype, choose, kernels, res)
+            self._fuse_producers(g, nodes, device, dtype, choose, kernels, res, stage)
         counts: dict[str, int] = {}
         for name in chosen.values():
             counts[name] = counts.get(name, 0) + 1
@@ -129,10 +131,13 @@ class Lower(Pass):
                                  f"({f['reason']})")
         return res
 
-    def _fuse_producers(self, g, nodes, device, dtype, choose, kernels, res) -> None:
-        fused = _fuse_act_quant.fuse(g.gm, nodes, self.backend, _set_submodule)
+    def _fuse_producers(self, g, nodes, device, dtype, choose, kernels, res, stage) -> None:
+        fused, added, erased = _fuse_act_quant.fuse(g.gm, nodes, self.backend, _set_submodule)
         if not fused:
             return
+        if stage is not None:       # streaming: the stage re-runs its (now rewritten) nodes
+            keep = (set(stage.nodes) - set(erased)) | set(added)
+            stage.nodes[:] = [n for n in g.graph.nodes if n in keep]
         names = set(fused)
         consumers = {u.name for n in g.graph.nodes if n.name in names
                      for gi in n.users for u in gi.users}
