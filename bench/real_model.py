@@ -73,6 +73,10 @@ def _grid_pipelines(group: int, methods: str):
         for act_order in ((False, True) if "gptq" in methods else ()):
             rows[f"gptq {s} act_order={act_order}"] = \
                 lambda s=s, a=act_order: Pipeline([P.GPTQ(s, act_order=a)])
+    if "flow" in methods:       # inside-block true-sequential vs per-block (llm-compressor's)
+        for ts in (True, False):
+            rows[f"gptq {spec} act_order=True true_sequential={ts}"] = \
+                lambda ts=ts: Pipeline([P.GPTQ(spec, act_order=True, true_sequential=ts)])
     return rows
 
 
@@ -114,8 +118,9 @@ def main(argv=None) -> int:
         torch.save({"calib": calib_ids.view(a.n_calib, a.calib_len), "eval": windows},
                    a.save_tokens)
     masking = "none" if cfg.causal else "diffusion"
+    # tiled: exactly the n_calib windows --save-tokens hands to the peer, each token once
     calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=a.n_calib,
-                                    seq_len=a.calib_len, masking=masking, seed=0)
+                                    seq_len=a.calib_len, masking=masking, seed=0, windows="tile")
     score = _scorer(model, windows)
     t0 = time.perf_counter()
     fp = score(model)

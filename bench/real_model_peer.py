@@ -40,14 +40,29 @@ def _w4(group):
         "group_size": group}}}
 
 
+def _no_pinning_without_accelerator() -> None:
+    """llm-compressor's AWQ pins its cached block inputs (only to speed host-to-device copies)
+    and pin_memory raises on a machine without an accelerator; there the pin is a no-op, which
+    changes nothing it computes."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    if not torch.accelerator.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
 def recipes(group):
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+    _no_pinning_without_accelerator()
     return {
         f"llm-compressor RTN W4 g{group}": lambda: [
             QuantizationModifier(config_groups=_w4(group), ignore=["lm_head"])],
         f"llm-compressor GPTQ W4 g{group} (defaults: act-order static)": lambda: [
             GPTQModifier(config_groups=_w4(group), ignore=["lm_head"])],
+        f"llm-compressor AWQ W4 g{group} (defaults: duo scaling, n_grid 20)": lambda: [
+            AWQModifier(),
+            QuantizationModifier(config_groups=_w4(group), ignore=["lm_head"])],
         "llm-compressor W8A8 RTN": lambda: [
             QuantizationModifier(scheme="W8A8", targets="Linear", ignore=["lm_head"])],
         "llm-compressor W8A8 SmoothQuant 0.5": lambda: [

@@ -125,16 +125,66 @@ def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
         j1 = j2
 
 
+@dataclasses.dataclass(frozen=True)
+class HessianFactor:
+    """What the solve needs from H, independent of W: the dead inputs, the walk order and the
+    upper Cholesky factor of (H + λI)⁻¹ in that order."""
+    key: tuple
+    dead: torch.Tensor
+    n_dead: int
+    perm: torch.Tensor | None
+    U: torch.Tensor
+    damp_used: float
+    escalations: int
+
+
+def _factor_key(spec: QuantSpec, act_order, damp: float, dt: torch.dtype, K: int) -> tuple:
+    gs = spec.group_size if spec.granularity == "group" else K
+    order = act_order if spec.granularity == "group" else bool(act_order)
+    return (K, str(dt), order, gs if order == "group" else None, float(damp))
+
+
+def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: float = 0.01,
+                   dtype: torch.dtype = torch.float32) -> HessianFactor:
+    """Check H, mark its dead inputs, choose the walk order and factor (H + λI)⁻¹ (see
+    quantize_weight, which calls it unless given a factor)."""
+    spec = QuantSpec.parse(spec)
+    K = H.shape[0]
+    dt = torch.float64 if dtype == torch.float64 else torch.float32
+    H = H.detach().to(dt).clone()
+    # One check of the (K²) input before the solve: a NaN/Inf in H would otherwise only show up
+    # as a failed factorisation or as NaN weights.
+    if not torch.isfinite(H).all():
+        raise CalibrationError("the Hessian has NaN/Inf entries: calibration activations "
+                               "overflowed")
+    # Dead inputs never influence the output: zero their weights and make H invertible there.
+    dead = torch.diagonal(H) == 0
+    n_dead = int(dead.sum())
+    H[dead, dead] = 1.0
+    grouped = spec.granularity == "group"
+    gs = spec.group_size if grouped else K
+    perm = walk_order(H, act_order if grouped else bool(act_order), gs)
+    if perm is not None:
+        H = H[perm][:, perm]
+    with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
+        U, damp_used, escalations = inverse_cholesky(H, damp)
+    return HessianFactor(_factor_key(spec, act_order, damp, dt, K), dead, n_dead, perm, U,
+                         damp_used, escalations)
+
+
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
                     act_order: bool | str = False, damp: float = 0.01,
-                    static_groups: bool = False) -> tuple[torch.Tensor, dict]:
+                    static_groups: bool = False, factor: HessianFactor | None = None
+                    ) -> tuple[torch.Tensor, dict]:
     """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
 
     Returns (Wq, info): Wq the dequantized weight (W's shape and dtype); info has `qweight`
     (qpass.formats.QuantizedWeight, standard layout along the original K order), `damp_used`
     (relative to mean diag H), `escalations`, `loss` (Σ err²/d, GPTQ's objective), `dead`
     (number of dead input channels), `static_groups_forced`. act_order: False, True (diag H
-    descending) or "group" (group-aware reordering, see the module docstring)."""
+    descending) or "group" (group-aware reordering, see the module docstring). `factor`: H's
+    factorisation from factor_hessian, shared by linears that read the same input (q/k/v,
+    gate/up) so it is computed once; H is then not read."""
     spec = QuantSpec.parse(spec)
     if act_order not in (False, True, "group"):
         raise SpecError(f"act_order must be False, True or 'group', got {act_order!r}")
@@ -148,19 +198,14 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     N, K = W.shape
     spec.check_shape(K)
     out_dtype, dt = W.dtype, _compute_dtype(W)
-    H = H.detach().to(dt).clone()
-    # One check of the (K²) input before the solve: a NaN/Inf in H would otherwise only show up
-    # as a failed factorisation or as NaN weights.
-    if not torch.isfinite(H).all():
-        raise CalibrationError("the Hessian has NaN/Inf entries: calibration activations "
-                               "overflowed")
-    # Dead inputs never influence the output: zero their weights and make H invertible there.
-    dead = torch.diagonal(H) == 0
-    n_dead = int(dead.sum())
-    H[dead, dead] = 1.0
-
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else K
+    if factor is None:
+        factor = factor_hessian(H, spec, act_order, damp, dt)
+    elif factor.key != _factor_key(spec, act_order, damp, dt, K):
+        raise SpecError(f"this HessianFactor was made for {factor.key}, not for "
+                        f"{_factor_key(spec, act_order, damp, dt, K)}: make one per setting")
+    dead, n_dead, perm, U = factor.dead, factor.n_dead, factor.perm, factor.U
     group_aware = act_order == "group" and grouped
     forced = bool(act_order and grouped and not static_groups and not group_aware)
     dynamic_groups = grouped and not static_groups and (not act_order or group_aware)
@@ -175,12 +220,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(n_groups):
             scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(W[:, g * gs:(g + 1) * gs], spec)
-    perm = walk_order(H, act_order if grouped else bool(act_order), gs)
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
-    with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
-        U, damp_used, escalations = inverse_cholesky(H, damp)
-    del H
+        W = W[:, perm]
 
     # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row.
     WT = W.t().contiguous()
@@ -233,15 +274,27 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
         if spec.granularity == "tensor":
             scale, zero = scale[:1], zero[:1]
     qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, spec)
-    info = {"qweight": qweight, "damp_used": damp_used, "escalations": escalations,
+    info = {"qweight": qweight, "damp_used": factor.damp_used, "escalations": factor.escalations,
             "loss": float(loss) * 0.5, "dead": n_dead, "static_groups_forced": forced}
     return Q.to(out_dtype), info
 
 
 def reconstruction_error(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:
-    """‖WX − QX‖² / ‖WX‖² from H ∝ X Xᵀ (the scale of H cancels)."""
-    dt = torch.float64
-    W, D, H = W.to(dt), (W - Wq).to(dt), H.to(dt)
-    num = ((D @ H) * D).sum()
-    den = ((W @ H) * W).sum()
-    return float(num / den.clamp(min=torch.finfo(dt).tiny))
+    """‖WX − QX‖² / ‖WX‖² from H ∝ X Xᵀ (the scale of H cancels), in float64."""
+    return reconstruction_errors(W, [Wq], H, torch.float64)[0]
+
+
+def reconstruction_errors(W: torch.Tensor, Wqs, H: torch.Tensor,
+                          dtype: torch.dtype | None = None) -> list[float]:
+    """reconstruction_error of each of `Wqs` against W, with ‖WX‖² computed once. dtype: of
+    the matmuls (default: float64 for float64 inputs, else float32 — a report metric does
+    not need float64's 2x cost on a layer as big as the solve itself); sums in float64."""
+    dt = dtype or (torch.float64 if W.dtype == torch.float64 else torch.float32)
+    W, H = W.to(dt), H.to(dt)
+    den = float(((W @ H) * W).sum(dtype=torch.float64))
+    den = max(den, torch.finfo(torch.float64).tiny)
+    out = []
+    for Wq in Wqs:
+        D = W - Wq.to(dt)
+        out.append(float(((D @ H) * D).sum(dtype=torch.float64)) / den)
+    return out

@@ -24,6 +24,7 @@ import torch.nn as nn
 from qpass import ops
 from qpass.errors import SpecError
 from qpass.formats import KV_BITS
+from qpass.pipeline.group_fit import scheme_fitted_to
 from qpass.pipeline.pass_base import Fact, SchemedPass
 from qpass.specs import QuantSpec, Scheme
 
@@ -33,7 +34,7 @@ def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | No
     """[(node, module, weight spec, act spec, reason)] for every float nn.Linear node (incl. the
     head) of `g`. Specs are None where the scheme keeps the layer in high precision. Linears
     already replaced by a quantized module are left out."""
-    scheme = Scheme.parse(scheme)
+    scheme = scheme_fitted_to(g, scheme)     # one group size for the model where needed
     out = []
     for node in g.linears(include_head=True):
         m = g.module(node)

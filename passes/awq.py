@@ -41,6 +41,7 @@ from qpass.formats import fake_quantize
 from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio, watch_regions
 from qpass.ir.regions import Region, input_regions, region_of, smoothing_regions
 from qpass.ir.structure import role
+from qpass.pipeline.group_fit import scheme_fitted_to
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.calibration.sequential import SequentialRunner
 from qpass.specs import QuantSpec
@@ -139,13 +140,14 @@ class AWQ(SchemedPass):
 
     def _spec(self, node: fx.Node) -> QuantSpec | None:
         """The weight spec the rounding pass will use (group size fitted to the layer's K)."""
-        return self.scheme.specs_for(str(node.target), role(node), self._k[str(node.target)])[0]
+        return self._fitted.specs_for(str(node.target), role(node), self._k[str(node.target)])[0]
 
     def run(self, g, ctx: PassContext) -> PassResult:
         calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
         if self.scheme.weight is None:
             raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
         self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
+        self._fitted = scheme_fitted_to(g, self.scheme)
         all_pairs = smoothing_regions(g)
         pairs = [p for p in all_pairs if p.exact]
         skipped = [p for p in all_pairs if not p.exact]
@@ -167,6 +169,7 @@ class AWQ(SchemedPass):
         if self.scheme.weight is None:
             raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
         self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
+        self._fitted = scheme_fitted_to(g, self.scheme)
         nodes = set(stage.nodes)
         all_pairs = [p for p in smoothing_regions(g) if p.producer in nodes]
         pairs = [p for p in all_pairs if p.exact]

@@ -11,6 +11,8 @@ the next block. The single-matrix algorithm is `quantize_weight` (public, DESIGN
 """
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +26,12 @@ from qpass.pipeline.pass_base import PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
 from qpass.calibration.stats import all_reduce_stats, watch_regions
 
-from ._gptq_math import inverse_cholesky, quantize_weight, reconstruction_error
+from ._gptq_math import (_compute_dtype, _factor_key, factor_hessian, inverse_cholesky,
+                         quantize_weight, reconstruction_error, reconstruction_errors)
 from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
 
-__all__ = ["GPTQ", "quantize_weight", "reconstruction_error", "inverse_cholesky"]
+__all__ = ["GPTQ", "quantize_weight", "factor_hessian", "reconstruction_error",
+           "inverse_cholesky"]
 
 
 @dataclass(eq=False, repr=False)
@@ -37,8 +41,11 @@ class GPTQ(WeightRounding):
     Weights get GPTQ; the scheme's (dynamic) activation spec is set on the QuantLinear as RTN
     does. act_order=True + group specs use static groups (the packed layout keeps groups in the
     original K order); act_order="group" is group-aware reordering (groups walked by
-    importance, their parameters taken as the walk reaches them). sequential=False takes every Hessian from the float model instead of
-    feeding quantized blocks forward. offload_dir keeps cached block inputs on disk."""
+    importance, their parameters taken as the walk reaches them). sequential=False takes every
+    Hessian from the float model instead of feeding quantized blocks forward; with
+    true_sequential=False the blocks are fed forward quantized but a block's linears all take
+    their Hessians from its float computation (one round per block, llm-compressor's flow).
+    offload_dir keeps cached block inputs on disk. threads: solves run side by side."""
 
     scheme: Any = None
     block_size: int = 128
@@ -46,13 +53,16 @@ class GPTQ(WeightRounding):
     damp: float = 0.01
     static_groups: bool = False
     sequential: bool = True
+    true_sequential: bool = True      # inside a block too (False: per block, as llm-compressor)
     batch_size: int = 8
     offload_dir: str | None = None
+    threads: int | None = None        # solves side by side; None = torch.get_num_threads()
     needs_calibration = True
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in
-                        (("act_order", False), ("static_groups", False), ("sequential", True))
+                        (("act_order", False), ("static_groups", False), ("sequential", True),
+                         ("true_sequential", True))
                         if getattr(self, k) != d)
         return f"GPTQ({self.scheme.name!r}{extra})"
 
@@ -62,8 +72,8 @@ class GPTQ(WeightRounding):
         runner = SequentialRunner(g, ctx.calib, batch_size=self.batch_size,
                                   offload_dir=self.offload_dir, progress=ctx)
         runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
-        for item in self._pending:                              # sequential=False: replace now
-            self._replace(g, *item)
+        for items, hessians in self._pending:               # sequential=False: replace now
+            self._replace_all(g, items, hessians)
         return self._finish(g, res, kept)
 
     def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
@@ -118,19 +128,21 @@ class GPTQ(WeightRounding):
         for n in nodes:                    # linears reading the same tensor share one Hessian
             groups.setdefault(regions[n].tensor, []).append(n)
         ordered = sorted(groups.values(), key=lambda grp: stage.nodes.index(grp[0]))
-        rounds = ordered if self.sequential else [sum(ordered, [])]
+        true_seq = self.sequential and self.true_sequential
+        rounds = ordered if true_seq else [sum(ordered, [])]
         for round_nodes in rounds:
             sums = self._collect(g, stage, runner, cache, round_nodes, regions)
+            items = []
             for n in round_nodes:
                 st = sums[regions[n].tensor]
-                # an MoE expert no calibration token was routed to has no Hessian: RTN
-                hess = st.hessian() if st.tokens else None
                 n.meta.setdefault("qpass", {})["calib_tokens"] = st.tokens
-                item = (n, hess)
-                if self.sequential:
-                    self._replace(g, *item)
-                else:
-                    self._pending.append(item)
+                items.append((n, regions[n].tensor))
+            # an MoE expert no calibration token was routed to has no Hessian: RTN
+            hessians = {t: st.hessian() for t, st in sums.items() if st.tokens}
+            if self.sequential:
+                self._replace_all(g, items, hessians)
+            else:
+                self._pending.append((items, hessians))
 
     def _collect(self, g, stage, runner, cache, nodes, regions) -> dict:
         """Σ xᵀx per input of `nodes` (float64 for fp64 models, else float32, on their device)."""
@@ -144,24 +156,57 @@ class GPTQ(WeightRounding):
         all_reduce_stats(sums.values())                 # data-parallel ranks agree (no-op alone)
         return sums
 
-    def _replace(self, g, node, hess) -> None:
-        _, wspec, aspec, reason = self._todo[node.target]
-        lin = g.module(node)
-        if hess is None:
-            replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec),
-                           reason=f"{reason} (RTN: no calibration token reached it)")
-            self._res.metrics.setdefault("rtn_fallback", []).append(node.target)
-            self._res.notes.append(f"{node.target}: no calibration token was routed to it; "
-                                   f"rounded to nearest (calibrate on more data to cover it)")
-            self._res.nodes_changed.append(node.name)
+    def _replace_all(self, g, items, hessians) -> None:
+        """Quantize the linears `items` [(node, input tensor)] of one round: H is factored once
+        per input (q/k/v and gate/up share it), then the solves run side by side on up to
+        `threads` threads, each single-threaded inside, so the result does not depend on how
+        many run at once; the graph is changed afterwards, in order, on this thread."""
+        todo = [(n, t) for n, t in items if t in hessians]
+        for n, t in items:
+            if t not in hessians:
+                self._replace_rtn(g, n)
+        if not todo:
             return
+        specs = {n: self._todo[n.target][1] for n, _ in todo}
+        dtype = {n: _compute_dtype(g.module(n).weight) for n, _ in todo}
+        key = {n: (t, _factor_key(specs[n], self.act_order, self.damp, dtype[n],
+                                  hessians[t].shape[0])) for n, t in todo}
+        made_for = {}                                    # factor key -> (tensor, spec, dtype)
+        for n, t in todo:
+            made_for.setdefault(key[n], (t, specs[n], dtype[n]))
+        threads = max(1, int(self.threads or torch.get_num_threads()))
+        with _side_by_side(threads) as pool:
+            factors = dict(zip(made_for, pool.map(
+                lambda k: factor_hessian(hessians[made_for[k][0]], made_for[k][1],
+                                         self.act_order, self.damp, made_for[k][2]), made_for)))
+            solved = list(pool.map(
+                lambda item: self._solve(g.module(item[0]), specs[item[0]], hessians[item[1]],
+                                         factors[key[item[0]]]), todo))
+        for (n, _), result in zip(todo, solved):
+            self._install(g, n, *result)
+
+    def _solve(self, lin, wspec, hess, factor):
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,
-                                   static_groups=self.static_groups)
-        rtn = QuantizedWeight.from_float(W.float(), wspec).dequantize(torch.float64)
-        err, err_rtn = reconstruction_error(W, Wq, hess), reconstruction_error(W, rtn, hess)
-        new = QuantLinear.from_linear(lin, wspec, aspec, qweight=info["qweight"])
+                                   static_groups=self.static_groups, factor=factor)
+        rtn = QuantizedWeight.from_float(W.float(), wspec).dequantize(W.dtype)
+        errors = reconstruction_errors(W, [Wq, rtn], hess)
+        return info, errors
+
+    def _replace_rtn(self, g, node) -> None:
+        _, wspec, aspec, reason = self._todo[node.target]
+        replace_linear(g, node, QuantLinear.from_linear(g.module(node), wspec, aspec),
+                       reason=f"{reason} (RTN: no calibration token reached it)")
+        self._res.metrics.setdefault("rtn_fallback", []).append(node.target)
+        self._res.notes.append(f"{node.target}: no calibration token was routed to it; "
+                               f"rounded to nearest (calibrate on more data to cover it)")
+        self._res.nodes_changed.append(node.name)
+
+    def _install(self, g, node, info, errors) -> None:
+        _, wspec, aspec, reason = self._todo[node.target]
+        err, err_rtn = errors
+        new = QuantLinear.from_linear(g.module(node), wspec, aspec, qweight=info["qweight"])
         replace_linear(g, node, new, reason=f"{reason} (GPTQ)")
         stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info["damp_used"],
                  "escalations": info["escalations"], "dead_inputs": info["dead"],
@@ -176,3 +221,25 @@ class GPTQ(WeightRounding):
             note = "act_order with group quantization: static groups used (packed layout)"
             if note not in self._res.notes:
                 self._res.notes.append(note)
+
+
+@contextlib.contextmanager
+def _side_by_side(threads: int):
+    """A map over independent solves: a thread pool of `threads` with torch's own intra-op
+    pool at one thread meanwhile (each solve is single-threaded anyway), or a plain map."""
+    if threads <= 1:
+        yield _Serial()
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(n)
+
+
+class _Serial:
+    @staticmethod
+    def map(fn, items):
+        return map(fn, items)

@@ -16,7 +16,7 @@ channels) go to the report; they come from the one collector, qpass.calibration.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qpass.calibration.stats import InputStats, all_reduce_stats, collect_input_stats
@@ -60,8 +60,7 @@ class ObserveActivations(SchemedPass):
             if sch.act is None:
                 raise SpecError(f"scheme {sch.name!r} has no activation spec to observe; use "
                                 f"e.g. 'w4a8' or an activation spec like 'int8:token:dyn'")
-            scheme = Scheme(sch.name, sch.weight, self._with_observer(sch.act), sch.attn,
-                            sch.overrides, sch.keep_roles)
+            scheme = replace(sch, act=self._with_observer(sch.act))
         act = scheme.act
         if not act.dynamic and act.granularity != "tensor":
             raise SpecError(f"static activation spec {act} must be per-tensor: a per-channel "

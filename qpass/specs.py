@@ -26,6 +26,10 @@ from .errors import SpecError
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
 GRIDS = ("full", "restricted")
+GROUP_FITS = ("model", "layer")
+# group sizes a fallback may pick, largest first: those serving kernels implement (vLLM's
+# Marlin/Machete take 32, 64 and 128; GGUF blocks are 32), so a fitted model stays deployable
+FALLBACK_GROUPS = (128, 64, 32)
 SCALE_DTYPES = {"float32": None, "float16": "f16scale"}     # dtype -> its spec token
 _SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<ratio>]"
               "[:minmax|percentile|mse][:full|restricted][:f16scale]")
@@ -250,6 +254,10 @@ class Scheme:
     overrides: tuple = ()
     keep_roles: frozenset = field(default_factory=lambda: frozenset({"head", "embed", "router"}))
     strict_groups: bool = False     # refuse (SpecError) instead of fitting a group size to K
+    # how a group size that does not divide some layer's K is fitted: "model" picks one group
+    # size for every layer of the model (fit_to), "layer" fits each layer alone
+    group_fit: str = "model"
+    model_group: int | None = field(default=None, compare=False)   # set by fit_to
 
     def __post_init__(self):
         object.__setattr__(self, "weight", _spec_or_none(self.weight))
@@ -263,6 +271,9 @@ class Scheme:
             norm.append((item[0], _spec_or_none(item[1])))
         object.__setattr__(self, "overrides", tuple(norm))
         object.__setattr__(self, "keep_roles", frozenset(self.keep_roles))
+        if self.group_fit not in GROUP_FITS:
+            raise SpecError(f"scheme {self.name!r}: group_fit must be one of {GROUP_FITS}, got "
+                            f"{self.group_fit!r}")
         w = self.weight
         if w is not None and (w.is_activation_only or w.dynamic):
             raise SpecError(f"scheme {self.name!r}: weight spec {w} is dynamic/per-token; weights "
@@ -320,18 +331,44 @@ class Scheme:
         weight, act = SCHEMES[base]
         return cls(name=key, weight=weight, act=act, attn=kv)
 
+    def fit_to(self, ks) -> Scheme:
+        """This scheme fitted to a model whose layers under the scheme's group weight spec have
+        the input sizes `ks`. With group_fit="model", when the group size does not divide
+        every K, one group size is chosen for the whole model (`model_group`): the largest
+        FALLBACK_GROUPS entry below it dividing every K. One group size per model is what
+        GPTQ-format checkpoints hold, and a layer whose K does divide keeps the same grid
+        quality as its neighbours (issue 18: SmolLM2's K=1536 layers kept at g128 beside g64
+        ones cost RTN 6 perplexity points, docs/RESULTS.md)."""
+        w = self.weight
+        if (self.strict_groups or self.group_fit != "model" or w is None
+                or w.granularity != "group"):
+            return self
+        ks = sorted({int(k) for k in ks})
+        if all(k % w.group_size == 0 for k in ks):
+            return replace(self, model_group=None)
+        fits = [d for d in FALLBACK_GROUPS if d < w.group_size and all(k % d == 0 for k in ks)]
+        return replace(self, model_group=fits[0] if fits else None)
+
     def fit_weight(self, spec: QuantSpec | None, K: int, name: str = "",
                    reason: str = "") -> tuple[QuantSpec | None, str]:
-        """`spec` made to fit a layer with K inputs, and the reason to report: a group size
-        that does not divide K falls back to the largest divisor of K below it that is a
-        multiple of 32 (one packed run, what the kernels take), else to per-channel scales;
-        with strict_groups it is a SpecError instead."""
-        if spec is None or spec.granularity != "group" or K % spec.group_size == 0:
+        """`spec` made to fit a layer with K inputs, and the reason to report. The scheme's
+        own weight spec takes the model-wide group size when fit_to chose one; otherwise a
+        group size that does not divide K falls back to the largest FALLBACK_GROUPS entry
+        below it dividing K, else to per-channel scales; with strict_groups it is a
+        SpecError instead."""
+        if spec is None or spec.granularity != "group":
+            return spec, reason
+        if self.model_group and spec == self.weight and K % self.model_group == 0:
+            fitted = replace(spec, group_size=self.model_group)
+            return fitted, (f"{reason}; group size {spec.group_size} does not divide the K of "
+                            f"every layer: {fitted} for the whole model (fallback, "
+                            f"group_fit='model')")
+        if K % spec.group_size == 0:
             return spec, reason
         if self.strict_groups:
             spec.check_shape(K, name)                    # raises, naming the layer
-        fits = [d for d in range(32, spec.group_size, 32) if K % d == 0]
-        fitted = replace(spec, group_size=fits[-1]) if fits else \
+        fits = [d for d in FALLBACK_GROUPS if d < spec.group_size and K % d == 0]
+        fitted = replace(spec, group_size=fits[0]) if fits else \
             replace(spec, granularity="channel", group_size=None)
         return fitted, (f"{reason}; group size {spec.group_size} does not divide K={K}: "
                         f"{fitted} instead (fallback)")
@@ -347,7 +384,8 @@ class Scheme:
         s = lambda spec: None if spec is None else str(spec)  # noqa: E731
         return {"name": self.name, "weight": s(self.weight), "act": s(self.act),
                 "attn": s(self.attn), "overrides": [[p, s(v)] for p, v in self.overrides],
-                "keep_roles": sorted(self.keep_roles), "strict_groups": self.strict_groups}
+                "keep_roles": sorted(self.keep_roles), "strict_groups": self.strict_groups,
+                "group_fit": self.group_fit}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
@@ -355,7 +393,8 @@ class Scheme:
             return cls(name=d["name"], weight=d["weight"], act=d.get("act"), attn=d.get("attn"),
                        overrides=tuple(tuple(o) for o in d.get("overrides", ())),
                        keep_roles=frozenset(d.get("keep_roles", ("head", "embed"))),
-                       strict_groups=bool(d.get("strict_groups", False)))
+                       strict_groups=bool(d.get("strict_groups", False)),
+                       group_fit=d.get("group_fit", "layer"))
         except (KeyError, TypeError) as e:
             raise SpecError(f"scheme dict needs 'name' and 'weight' keys: {e}") from None
 

@@ -88,11 +88,15 @@ class CalibrationSet:
     @classmethod
     def from_ids(cls, ids, mask_id: int | None = None, n: int = 128, seq_len: int = 512,
                  masking: str = "diffusion", ratios_per_sample: int = 1, prompt_len: int = 0,
-                 eps: float = 1e-3, seed: int = 0, vocab_size: int | None = None
-                 ) -> "CalibrationSet":
+                 eps: float = 1e-3, seed: int = 0, vocab_size: int | None = None,
+                 windows: str = "random") -> "CalibrationSet":
         """Windows from token ids: a 1-D stream, a list of sequences, or a 2-D tensor (rows are
-        concatenated). Raises CalibrationError for empty/too-short input, ids outside the
-        vocabulary, or diffusion masking without a mask id."""
+        concatenated). windows="random": n windows at seeded random offsets (they may overlap;
+        what GPTQ's reference does on a long corpus); "tile": the first n·seq_len tokens cut
+        into n consecutive windows, each token used once (a (n, seq_len) tensor is then used
+        row for row, e.g. to calibrate on exactly the tokens a peer tool gets). Raises
+        CalibrationError for empty/too-short input, ids outside the vocabulary, or diffusion
+        masking without a mask id."""
         stream = _flatten_ids(ids)
         _check_args(n, seq_len, masking, ratios_per_sample, prompt_len, eps)
         if stream.numel() == 0:
@@ -113,8 +117,15 @@ class CalibrationSet:
             if vocab_size is not None and not 0 <= int(mask_id) < vocab_size:
                 raise CalibrationError(f"mask id {mask_id} is outside the vocabulary "
                                        f"(size {vocab_size})")
+        if windows not in WINDOWS:
+            raise CalibrationError(f"unknown windows {windows!r}; use one of {WINDOWS}")
+        if windows == "tile" and stream.numel() < n * seq_len:
+            raise CalibrationError(f"windows='tile' needs n·seq_len = {n * seq_len} tokens, the "
+                                   f"input has {stream.numel()}; lower n or seq_len, or use "
+                                   f"windows='random'")
         gen = torch.Generator().manual_seed(int(seed))
-        offsets = torch.randint(0, stream.numel() - seq_len + 1, (n,), generator=gen)
+        offsets = torch.arange(n) * seq_len if windows == "tile" else \
+            torch.randint(0, stream.numel() - seq_len + 1, (n,), generator=gen)
         clean = torch.stack([stream[o:o + seq_len] for o in offsets.tolist()])
         if masking == "none":
             return cls(clean.clone(), clean, torch.zeros(n), masking, mask_id, seed, prompt_len)
@@ -179,6 +190,9 @@ def _flatten_ids(ids) -> torch.Tensor:
         parts = [p for p in parts if p.numel()]
         return torch.cat(parts).long() if parts else torch.zeros(0, dtype=torch.long)
     return torch.as_tensor(ids, dtype=torch.long)
+
+
+WINDOWS = ("random", "tile")
 
 
 def _check_args(n, seq_len, masking, ratios_per_sample, prompt_len, eps) -> None:

@@ -35,7 +35,10 @@ def add_quantize_command(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--strict-groups", action="store_true",
                    help="refuse a layer whose K the scheme's group size does not divide, instead "
-                        "of fitting the group (largest divisor, a multiple of 32) or per-channel")
+                        "of fitting the group (128/64/32) or per-channel")
+    p.add_argument("--group-fit", choices=("model", "layer"), default="model",
+                   help="when the group size does not divide some layer's K: one fitted group "
+                        "size for the whole model (default) or each layer fitted alone")
     p.add_argument("--allow-uncovered", action="store_true",
                    help="accept linears that no rule quantizes or keeps")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
@@ -89,6 +92,8 @@ def cmd_quantize(args) -> int:
     pipe.allow_uncovered = args.allow_uncovered
     if args.strict_groups:
         pipe.strict_groups()
+    if args.group_fit != "model":
+        pipe.group_fit(args.group_fit)
     device = resolve_device(args.device)
     from qpass.calibration.distributed import init_from_env, rank_and_world, shard
     parallel = init_from_env(device)                     # under torchrun: one rank of several

@@ -10,6 +10,7 @@ from ..errors import PipelineError, SpecError
 from ..ir.qlinear import is_quantized_module
 from ..runtime.report import CoverageRow
 from ..specs import Scheme
+from .group_fit import scheme_fitted_to
 
 
 def _s(spec) -> str | None:
@@ -23,7 +24,7 @@ def coverage(g, scheme=None, planned: bool = True) -> list[CoverageRow]:
     "quantized" (reason starts with "planned"), unless their shape does not fit the spec
     (then "uncovered" with the SpecError text). planned=False (after a run): such a linear is
     "uncovered" — the scheme wanted it quantized but no pass did."""
-    scheme = None if scheme is None else Scheme.parse(scheme)
+    scheme = None if scheme is None else scheme_fitted_to(g, scheme)
     rows = []
     for node in g.linears(include_head=True):
         role = node.meta.get("qpass", {}).get("role")

@@ -90,13 +90,21 @@ class Pipeline:
     def strict_groups(self) -> "Pipeline":
         """Make every scheme of this pipeline refuse (SpecError) a group size that does not
         divide a layer's K, instead of fitting it (Scheme.fit_weight)."""
+        return self._schemes_with(strict_groups=True)
+
+    def group_fit(self, mode: str) -> "Pipeline":
+        """How every scheme of this pipeline fits a group size that does not divide some K:
+        "model" (one group size for the whole model, the default) or "layer" (Scheme.fit_to)."""
+        return self._schemes_with(group_fit=mode)
+
+    def _schemes_with(self, **changes) -> "Pipeline":
         from dataclasses import replace
         for p in self.passes:
             for attr in ("scheme", "spec_or_scheme"):
                 if isinstance(getattr(p, attr, None), Scheme):
-                    setattr(p, attr, replace(getattr(p, attr), strict_groups=True))
+                    setattr(p, attr, replace(getattr(p, attr), **changes))
         if self.scheme_given is not None:
-            self.scheme_given = replace(self.scheme_given, strict_groups=True)
+            self.scheme_given = replace(self.scheme_given, **changes)
         return self
 
     @classmethod

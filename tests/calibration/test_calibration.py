@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 import qpass
 from qpass.calibration import CalibrationSet
+from qpass.errors import CalibrationError
 from qpass.models import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -100,3 +101,16 @@ def test_check_vocab_against_a_model():
     c.check_vocab(264)
     with pytest.raises(qpass.CalibrationError, match="vocabulary"):
         c.check_vocab(97)
+
+
+def test_tiled_windows_use_every_token_once():
+    ids = torch.arange(1000)
+    cs = CalibrationSet.from_ids(ids, n=4, seq_len=250, masking="none", windows="tile")
+    assert torch.equal(cs.clean_ids.reshape(-1), ids)            # in order, nothing repeated
+    rows = torch.arange(600).view(3, 200)                        # a (n, L) tensor: row for row
+    cs = CalibrationSet.from_ids(rows, n=3, seq_len=200, masking="none", windows="tile")
+    assert torch.equal(cs.clean_ids, rows)
+    with pytest.raises(CalibrationError, match="windows='tile' needs n·seq_len = 1200"):
+        CalibrationSet.from_ids(ids, n=4, seq_len=300, masking="none", windows="tile")
+    with pytest.raises(CalibrationError, match="unknown windows"):
+        CalibrationSet.from_ids(ids, n=4, seq_len=100, masking="none", windows="strided")

@@ -18,12 +18,16 @@ def test_meta_coverage_lists_every_linear(name, n_linears):
     assert "role head" in rows[-1].reason
     assert all(r.status == "quantized" and r.weight_spec == "int4:g128:sym" for r in rows[:-1])
     if name == "llada-8b":
-        # g96 divides down_proj's K = 12288 but not K = 4096: those fall back to g64, with the
-        # reason; with strict_groups they are uncovered instead
+        # g96 divides down_proj's K = 12288 but not K = 4096: the whole model takes g64 (down_proj
+        # too), with the reason; fitted per layer only the K=4096 ones do; with strict_groups
+        # they are uncovered instead
+        from dataclasses import replace
         rows = coverage(g, "int4:g96")
         fitted = [r for r in rows if "fallback" in r.reason]
+        assert len(fitted) == 32 * 7 and all(r.weight_spec == "int4:g64:sym" for r in fitted)
+        rows = coverage(g, replace(qpass.Scheme.parse("int4:g96"), group_fit="layer"))
+        fitted = [r for r in rows if "fallback" in r.reason]
         assert len(fitted) == 32 * 6 and all(r.weight_spec == "int4:g64:sym" for r in fitted)
-        from dataclasses import replace
         rows = coverage(g, replace(qpass.Scheme.parse("int4:g96"), strict_groups=True))
         bad = [r for r in rows if r.status == "uncovered"]
         assert len(bad) == 32 * 6 and all("K=4096 is not divisible" in r.reason for r in bad)
