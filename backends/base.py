@@ -20,6 +20,12 @@ class Backend:
     def supports(self, op: str, spec: Any = None, device: Any = None, dtype: Any = None) -> bool:
         return op in self.kernels
 
+    def prepare(self, op: str, module: Any) -> str | None:
+        """Called once per lowered module when a model is bound to this backend's kernels: a
+        backend may build private weight layouts here (kept outside the checkpoint). Returns
+        a short description of what it prepared, or None."""
+        return None
+
     def why_not(self, op: str, spec: Any, device: Any, dtype: Any) -> str:
         """A human reason for `supports() == False`; backends may be more specific."""
         if op not in self.kernels:

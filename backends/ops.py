@@ -127,6 +127,53 @@ def _(x, bits, hadamard=False, signs=None, backend="auto", grid="full"):
             x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
 
 
+@torch.library.custom_op("qpass::linear_int_codes", mutates_args=())
+def linear_int_codes(xq: Tensor, xs: Tensor, qweight: Tensor, w_scales: Tensor,
+                     bias: Optional[Tensor], w_bits: int, group_size: int, out_dtype: torch.dtype,
+                     backend: str = "auto") -> Tensor:
+    """An integer linear whose activations were quantized by their producer (rmsnorm_quant,
+    silu_mul_quant): codes xq (..., K) int8, per-token scales xs (..., 1) fp32; weights int8
+    (N, K) for w_bits 8, the packed int4 stream for 4; the W8A8/W4A8/W4A4 epilogue."""
+    fn = _kernel("linear_int_codes", xs, backend, w_bits=w_bits, group_size=group_size,
+                 K=xq.shape[-1], N=qweight.shape[0], out_dtype=out_dtype)
+    return fn(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype)
+
+
+@linear_int_codes.register_fake
+def _(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype, backend="auto"):
+    return xq.new_empty(_out_shape(xq, qweight.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("qpass::rmsnorm_quant", mutates_args=())
+def rmsnorm_quant(x: Tensor, weight: Tensor, eps: float, bits: int, grid: str = "full",
+                  backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """RMSNorm (qpass.models.denoiser.rms_norm) fused with symmetric per-token quantization:
+    the codes and scales quant_per_token would give for the norm's output, in one pass."""
+    fn = _kernel("rmsnorm_quant", x, backend, bits=bits, grid=grid, K=x.shape[-1])
+    return fn(x, weight, eps, bits, grid)
+
+
+@rmsnorm_quant.register_fake
+def _(x, weight, eps, bits, grid="full", backend="auto"):
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
+
+
+@torch.library.custom_op("qpass::silu_mul_quant", mutates_args=())
+def silu_mul_quant(gate: Tensor, up: Tensor, bits: int, grid: str = "full",
+                   backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """silu(gate)·up (in gate's dtype, as the MLP computes it) fused with symmetric per-token
+    quantization: the codes and scales quant_per_token would give for the product."""
+    fn = _kernel("silu_mul_quant", gate, backend, bits=bits, grid=grid, K=gate.shape[-1])
+    return fn(gate, up, bits, grid)
+
+
+@silu_mul_quant.register_fake
+def _(gate, up, bits, grid="full", backend="auto"):
+    return (gate.new_empty(gate.shape, dtype=torch.int8),
+            gate.new_empty([*gate.shape[:-1], 1], dtype=torch.float32))
+
+
 @torch.library.custom_op("qpass::hadamard", mutates_args=())
 def hadamard(x: Tensor, signs: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Online Hadamard: qpass.hadamard.transform(x, signs=signs) along the last dim."""

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from qpass import formats, hadamard
 from qpass.formats.attention import kv_attention
-from qpass.formats.integer import dequant_weight, int_linear, int_matmul, signed_weight
+from qpass.formats.integer import (dequant_weight, int_linear, int_linear_codes, int_matmul,
+                                   signed_weight)
 
 from .base import Backend
 
@@ -43,6 +44,20 @@ def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
 def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 4, group_size,
                       act_grid)
+
+
+def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype):
+    w = qweight if w_bits == 8 else signed_weight(qweight, 4, xq.shape[-1])
+    return int_linear_codes(xq, xs, w, w_scales, bias, group_size, out_dtype)
+
+
+def rmsnorm_quant(x, weight, eps, bits, grid="full"):
+    from qpass.models.denoiser import rms_norm
+    return formats.quantize_per_token(rms_norm(x, weight, eps), bits, grid)
+
+
+def silu_mul_quant(gate, up, bits, grid="full"):
+    return formats.quantize_per_token(F.silu(gate) * up, bits, grid)
 
 
 def hadamard_op(x, signs):
@@ -112,8 +127,9 @@ class ReferenceBackend(Backend):
     priority = 0
     kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
                "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
-               "quant_per_token": quant_per_token, "hadamard": hadamard_op,
-               "attention": attention, "attention_kv": kv_attention}
+               "linear_int_codes": linear_int_codes, "quant_per_token": quant_per_token,
+               "rmsnorm_quant": rmsnorm_quant, "silu_mul_quant": silu_mul_quant,
+               "hadamard": hadamard_op, "attention": attention, "attention_kv": kv_attention}
 
     def available(self):
         return True, "pure torch"

@@ -19,8 +19,9 @@ from qpass.errors import BackendError
 from .base import Backend
 
 ENTRY_POINT_GROUP = "qpass.backends"
-OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "quant_per_token",
-       "hadamard", "attention", "attention_kv")       # the qpass:: ops of backends/ops.py
+OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "linear_int_codes",
+       "quant_per_token", "rmsnorm_quant", "silu_mul_quant", "hadamard", "attention",
+       "attention_kv")                                   # the qpass:: ops of backends/ops.py
 
 
 @dataclass

@@ -7,7 +7,11 @@
   asked (node meta `attn_spec`, or `attention_int8=True`); nodes a `kv<bits>` scheme marked
   (kwarg kv_bits) call `qpass::attention_kv` over per-token quantized K/V;
 * online Hadamards (role "hadamard": Rotate's `online_hadamard` calls or modules with
-  `qpass_role = "hadamard"`) call `qpass::hadamard`.
+  `qpass_role = "hadamard"`) call `qpass::hadamard`;
+* with fuse_act_quant (default), an RMSNorm or silu(gate)·up whose users are all integer
+  linears with one per-token activation spec emits their int8 codes + scales itself
+  (passes/_fuse_act_quant.py); those linears then run qpass::linear_int_codes (stage-wise
+  too: the stage's node list follows the rewrite).
 For each node the backend the registry would pick on the model's device and dtype is recorded
 in the metrics, with the reason for every backend passed over. With backend="auto" the lowered
 module re-selects at run time, so a model lowered on CPU uses Triton once moved to CUDA."""
@@ -23,6 +27,8 @@ from qpass.runtime import binding, lowered
 from qpass.backends import registry
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+
+from . import _fuse_act_quant
 
 
 def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:
@@ -46,12 +52,14 @@ class Lower(Pass):
     attention: bool = True
     attention_int8: bool | None = None
     hadamard: bool = True
+    fuse_act_quant: bool = True
     requires_any = frozenset({Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED})
     provides = frozenset({Fact.LOWERED})
     is_lowering = True
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        return self._lower(g, list(g.graph.nodes), list(g.gm.parameters()))
+        return self._lower(g, list(g.graph.nodes), list(g.gm.parameters()),
+                           fuse=self.fuse_act_quant)
 
     def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
         """Stage-wise form (streaming): this stage's quantized linears, attention and
@@ -61,9 +69,11 @@ class Lower(Pass):
                 dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module")]
         params = [p for m in mods for p in m.parameters(recurse=False)] + \
                  [b for m in mods for b in m.buffers(recurse=False)]
-        return self._lower(g, list(stage.nodes), params)
+        return self._lower(g, list(stage.nodes), params, fuse=self.fuse_act_quant,
+                           stage=stage)
 
-    def _lower(self, g, nodes: list, params: list) -> PassResult:
+    def _lower(self, g, nodes: list, params: list, fuse: bool = False, stage=None
+               ) -> PassResult:
         if self.backend != "auto":
             registry.get(self.backend)          # unknown name: BackendError before any change
         params = [t for t in params if t.is_floating_point() and t.device.type != "meta"]
@@ -103,6 +113,8 @@ class Lower(Pass):
                 self._lower_attention(node, choose, res)
             elif self.hadamard and _is_hadamard(g, node):
                 self._lower_hadamard(g, node, choose, res)
+        if fuse:
+            self._fuse_producers(g, nodes, device, dtype, choose, kernels, res, stage)
         counts: dict[str, int] = {}
         for name in chosen.values():
             counts[name] = counts.get(name, 0) + 1
@@ -118,6 +130,24 @@ class Lower(Pass):
                 res.notes.append(f"{f['op']}: {f['skipped']} passed over for {f['chosen']} "
                                  f"({f['reason']})")
         return res
+
+    def _fuse_producers(self, g, nodes, device, dtype, choose, kernels, res, stage) -> None:
+        fused, added, erased = _fuse_act_quant.fuse(g.gm, nodes, self.backend, _set_submodule)
+        if not fused:
+            return
+        if stage is not None:       # streaming: the stage re-runs its (now rewritten) nodes
+            keep = (set(stage.nodes) - set(erased)) | set(added)
+            stage.nodes[:] = [n for n in g.graph.nodes if n in keep]
+        names = set(fused)
+        consumers = {u.name for n in g.graph.nodes if n.name in names
+                     for gi in n.users for u in gi.users}
+        kernels[:] = [r for r in kernels if r["node"] not in consumers]
+        for name, op, spec, _ in binding.requests(g.gm, dtype=dtype):
+            if name in names or name in consumers:
+                choose(name, op, spec)
+        res.notes.append(f"per-token activation quantization fused into {len(fused)} "
+                         f"producers (RMSNorm / silu·mul) feeding {len(consumers)} integer "
+                         f"linears (qpass::linear_int_codes)")
 
     def _lower_attention(self, node: fx.Node, choose, res: PassResult) -> None:
         args, kw = list(node.args), dict(node.kwargs)

@@ -1,7 +1,9 @@
 """The `triton` backend: CUDA kernels for every qpass op (and, for tests, the same kernels on
 CPU under TRITON_INTERPRET=1). Weight tensors arrive in the canonical layouts of
-docs/FORMATS.md and are read as is (no repacking): W8A8 int8 (N, K); int4 streams unpacked in
-registers. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
+docs/FORMATS.md: W8A8 int8 (N, K) and the int4 streams of W4A8/W4A4 are read as is; W4A16 int4
+weights run on a private MMA-friendly repacked copy (w4_layout.py), made once per weight tensor
+by `prepare` when a checkpoint is bound to a device (or on the first call otherwise); other
+weight-only bit widths read the canonical stream. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
 2^k with 256 ≤ n ≤ 16384, head dims that are not powers of two) are declined in supports()
 with a reason, and the registry falls back to the next backend."""
 from __future__ import annotations
@@ -20,6 +22,11 @@ def _rows(x):
 
 
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
+    if bits == 4:
+        from .gemm_w4a16_mma import w4a16_mma
+        from .w4_layout import repacked
+        r = repacked(qweight, scales, zeros, x.shape[-1])
+        return w4a16_mma(_rows(x), r, bias).reshape(*x.shape[:-1], -1)
     from .gemm_w4a16 import w4a16_gemm
     y = w4a16_gemm(_rows(x), qweight.contiguous(), scales, zeros, bits, group_size, bias)
     return y.reshape(*x.shape[:-1], -1)
@@ -43,6 +50,25 @@ def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
 
 def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return _int_linear(x, qweight, w_scales, bias, 4, 4, group_size, act_grid)
+
+
+def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype):
+    from .gemm_int import int_gemm
+    y = int_gemm(_rows(xq), xs.reshape(-1, 1), qweight.contiguous(), w_scales, bias, out_dtype,
+                 w_bits, group_size)
+    return y.reshape(*xq.shape[:-1], -1)
+
+
+def rmsnorm_quant(x, weight, eps, bits, grid="full"):
+    from .fused_quant import rmsnorm_quant_rows
+    q, s = rmsnorm_quant_rows(_rows(x), weight, eps, bits, grid)
+    return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
+
+
+def silu_mul_quant(gate, up, bits, grid="full"):
+    from .fused_quant import silu_mul_quant_rows
+    q, s = silu_mul_quant_rows(_rows(gate), _rows(up), bits, grid)
+    return q.reshape(gate.shape), s.reshape(*gate.shape[:-1], 1)
 
 
 def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
@@ -72,8 +98,9 @@ class TritonBackend(Backend):
     priority = 10
     kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
                "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
-               "quant_per_token": quant_per_token, "hadamard": hadamard_op,
-               "attention": attention, "attention_kv": attention_kv}
+               "linear_int_codes": linear_int_codes, "quant_per_token": quant_per_token,
+               "rmsnorm_quant": rmsnorm_quant, "silu_mul_quant": silu_mul_quant,
+               "hadamard": hadamard_op, "attention": attention, "attention_kv": attention_kv}
 
     def available(self):
         if not HAVE_TRITON:
@@ -84,6 +111,14 @@ class TritonBackend(Backend):
             return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU)"
         return True, f"CUDA: {torch.cuda.get_device_name()}"
 
+    def prepare(self, op, module) -> str | None:
+        """Backend-private weight layouts, built once when a model is bound to a device."""
+        if op == "linear_w4a16" and getattr(module, "bits", None) == 4:
+            from .w4_layout import TILE_K, repacked
+            repacked(module.qweight, module.scales, module.zeros, module.in_features)
+            return f"int4 repacked for tl.dot (K tiles of {TILE_K}, 8 nibble sub-blocks)"
+        return None
+
     def _device_ok(self, device) -> bool:
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return dev.type == "cuda" or (dev.type == "cpu" and interpreting())
@@ -93,14 +128,14 @@ class TritonBackend(Backend):
             return f"triton runs on CUDA devices, not {device}"
         if dtype not in _FLOATS:
             return f"triton kernels take fp16/bf16/fp32 inputs, not {dtype}"
-        if interpreting() and dtype == torch.bfloat16:
+        if interpreting() and torch.bfloat16 in (dtype, dict(spec or {}).get("out_dtype")):
             return "the Triton interpreter has no bf16"
         return _shape_reason(op, dict(spec or {})) or super().why_not(op, spec, device, dtype)
 
     def supports(self, op, spec=None, device=None, dtype=None):
         if op not in self.kernels or not self._device_ok(device) or dtype not in _FLOATS:
             return False
-        if interpreting() and dtype == torch.bfloat16:
+        if interpreting() and torch.bfloat16 in (dtype, dict(spec or {}).get("out_dtype")):
             return False
         return _shape_reason(op, dict(spec or {})) is None
 
@@ -118,6 +153,10 @@ def _shape_reason(op: str, spec: dict) -> str | None:
         n = spec.get("n")
         if n is not None and hadamard_split(n) is None:
             return f"Hadamard size {n} is not 2^k with 256 <= n <= 16384"
+    if op in ("rmsnorm_quant", "silu_mul_quant"):
+        from .fused_quant import MAX_ROW
+        if K is not None and K > MAX_ROW:
+            return f"rows of {K} exceed the fused kernel's one-row-in-registers limit {MAX_ROW}"
     if op in ("attention", "attention_kv"):
         D = spec.get("D")
         if D is not None and (D & (D - 1) or not 16 <= D <= 256):

@@ -20,6 +20,25 @@ ROUND_MAGIC = _constexpr(12582912.0)   # 1.5·2^23: (v + M) − M rounds |v| < 2
 SCALE_FLOOR = _constexpr(1.1754943508222875e-38)   # formats.SCALE_FLOOR (float32 tiny)
 
 
+if HAVE_TRITON:
+    @triton.jit
+    def split_k_epilogue(acc, bias_ptr, c_ptr, ws_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k,
+                         HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+        """Float GEMM epilogue: + bias (once, by the first K split), then a store in the output
+        dtype, or with split-K an fp32 atomic add into the zeroed workspace."""
+        if HAS_BIAS:
+            if pid_k == 0:
+                acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        offs = rm[:, None] * stride_cm + rn[None, :]
+        cmask = mask_m[:, None] & mask_n[None, :]
+        if SPLIT_K == 1:
+            tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+        else:
+            tl.atomic_add(ws_ptr + offs, acc, mask=cmask)
+else:  # pragma: no cover - depends on the platform
+    split_k_epilogue = None
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import configs, interpreting, tl, triton
+from ._common import configs, interpreting, split_k_epilogue, tl, triton
 
 _FULL = [
     dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, SPLIT_K=1, num_warps=8, num_stages=3),
@@ -85,15 +85,8 @@ def _w4a16_kernel(x_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, c_ptr, ws_ptr, M, N, K, 
             acc += tl.dot(x, w.to(x.dtype), input_precision="ieee")
         else:
             acc += tl.dot(x, w.to(x.dtype))
-    if HAS_BIAS:
-        if pid_k == 0:
-            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    offs = rm[:, None] * stride_cm + rn[None, :]
-    cmask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
-    else:
-        tl.atomic_add(ws_ptr + offs, acc, mask=cmask)
+    split_k_epilogue(acc, bias_ptr, c_ptr, ws_ptr, rm, rn, mask_m, mask_n, stride_cm, pid_k,
+                     HAS_BIAS, SPLIT_K)
 
 
 def w4a16_gemm(x2: torch.Tensor, qweight, scales, zeros, bits: int, group_size: int,

@@ -83,8 +83,18 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int,
                act_grid: str = "full") -> torch.Tensor:
     """Per-token dynamic activations (on `act_grid`) × signed weights with the shared epilogue."""
-    N, K = w_int8.shape
+    N = w_int8.shape[0]
     xq, xs = quantize_per_token(_rows(x), act_bits, act_grid)
+    y = int_linear_codes(xq, xs, w_int8, w_scales, bias, group_size, x.dtype)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def int_linear_codes(xq, xs, w_int8, w_scales, bias, group_size: int, out_dtype) -> torch.Tensor:
+    """Activations already quantized per token — codes xq (..., K) int8, scales xs (..., 1)
+    fp32 — × signed weights (N, K), the shared epilogue, output (..., N) in out_dtype."""
+    N, K = w_int8.shape
+    lead = xq.shape[:-1]
+    xq, xs = _rows(xq), xs.reshape(-1, 1).to(torch.float32)
     sw = w_scales.to(torch.float32).reshape(N, -1)
     G = sw.shape[1]
     if G == 1:
@@ -99,7 +109,7 @@ def int_linear(x, w_int8, w_scales, bias, act_bits: int, group_size: int,
     y = facc * xs
     if bias is not None:
         y = y + bias.to(torch.float32)
-    return y.to(x.dtype).reshape(*x.shape[:-1], N)
+    return y.to(out_dtype).reshape(*lead, N)
 
 
 def integer_linear(x, qw, bias, act_bits: int, act_grid: str = "full") -> torch.Tensor:

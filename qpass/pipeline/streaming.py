@@ -187,7 +187,11 @@ class StreamingRun:
         float module a pass replaced in the graph, with the weights read into it)."""
         for target in self.stage_modules(stage):
             g.gm.get_submodule(target).to("meta")
-            self.model.get_submodule(target).to("meta")
+            try:
+                built = self.model.get_submodule(target)
+            except AttributeError:      # a module a pass added (e.g. Lower's SiluMulQuant)
+                continue
+            built.to("meta")
 
     # ---- resume ---------------------------------------------------------------------------
     def _load_progress(self, key: str) -> list[StageRecord]:

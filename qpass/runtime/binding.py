@@ -16,9 +16,13 @@ from qpass.backends import registry
 from qpass.runtime import lowered
 
 
-def linear_request(m: lowered.LoweredLinear) -> tuple[str, dict]:
-    """(op name, spec dict) exactly as LoweredLinear.forward hands them to the registry."""
+def linear_request(m: lowered.LoweredLinear, codes_dtype=None) -> tuple[str, dict]:
+    """(op name, spec dict) exactly as LoweredLinear.forward hands them to the registry;
+    codes_dtype: the linear takes producer-quantized codes, output in that dtype."""
     K, N = m.in_features, m.out_features
+    if codes_dtype is not None:
+        return "linear_int_codes", dict(w_bits=8 if m.kind == "w8a8" else 4,
+                                        group_size=m.group_size, K=K, N=N, out_dtype=codes_dtype)
     if m.kind == "w4a16":
         return "linear_w4a16", dict(bits=m.bits, group_size=m.group_size or K,
                                     asym=m.zeros is not None, K=K, N=N)
@@ -33,15 +37,24 @@ def _kw(node: fx.Node, name: str, pos: int, default):
     return node.args[pos] if len(node.args) > pos else default
 
 
-def requests(gm: fx.GraphModule, head_dim: int | None = None) -> list[tuple[str, str, dict, str]]:
+def requests(gm: fx.GraphModule, head_dim: int | None = None, dtype=torch.float32
+             ) -> list[tuple[str, str, dict, str]]:
     """(node name, op, spec, backend preference) for every lowered node of the graph."""
     out = []
     for node in gm.graph.nodes:
         if node.op == "call_module":
             m = gm.get_submodule(node.target)
             if isinstance(m, lowered.LoweredLinear):
-                op, spec = linear_request(m)
+                op, spec = linear_request(m, dtype if len(node.args) == 3 else None)
                 out.append((node.name, op, spec, m.backend))
+            elif isinstance(m, lowered.NormQuant):
+                out.append((node.name, "rmsnorm_quant",
+                            dict(bits=m.bits, grid=m.grid, K=m.weight.shape[0]), m.backend))
+            elif isinstance(m, lowered.SiluMulQuant):
+                tm = getattr(node.args[0], "meta", {}).get("tensor_meta")
+                K = int(tm.shape[-1]) if tm is not None else None
+                out.append((node.name, "silu_mul_quant", dict(bits=m.bits, grid=m.grid, K=K),
+                            m.backend))
         elif node.op == "call_function" and node.target is lowered.attention:
             tm = getattr(node.args[0], "meta", {}).get("tensor_meta")
             D = int(tm.shape[-1]) if tm is not None else head_dim
@@ -74,10 +87,22 @@ def choose(node: str, op: str, spec: dict, device, dtype, prefer: str = "auto"
 
 
 def bind(gm: fx.GraphModule, device=None, dtype=torch.float32,
-         head_dim: int | None = None) -> list[dict]:
-    """One row per lowered node of the graph: {node, op, backend, why} on `device`."""
-    return [choose(name, op, spec, device, dtype, prefer)[0]
-            for name, op, spec, prefer in requests(gm, head_dim)]
+         head_dim: int | None = None, prepare: bool = False) -> list[dict]:
+    """One row per lowered node of the graph: {node, op, backend, why} on `device`. With
+    prepare=True each chosen backend also builds its private weight layouts for the node
+    once, now (Backend.prepare), and the row says what it built under "prepared"."""
+    rows = [choose(name, op, spec, device, dtype, prefer)[0]
+            for name, op, spec, prefer in requests(gm, head_dim, dtype)]
+    if prepare:
+        modules = {n.name: gm.get_submodule(n.target) for n in gm.graph.nodes
+                   if n.op == "call_module"}
+        for row in rows:
+            m = modules.get(row["node"])
+            if m is not None and row["backend"] not in ("none", "simulated"):
+                done = registry.get(row["backend"]).prepare(row["op"], m)
+                if done:
+                    row["prepared"] = done
+    return rows
 
 
 def summary(rows: list[dict]) -> str:

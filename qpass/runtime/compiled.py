@@ -94,15 +94,16 @@ class CompiledDenoiser(nn.Module):
         return [n.target for n in self.gm.graph.nodes if n.op == "call_module"
                 and is_quantized_module(self.gm.get_submodule(n.target))]
 
-    def bind_kernels(self, device=None) -> list[dict]:
+    def bind_kernels(self, device=None, prepare: bool = False) -> list[dict]:
         """Per lowered node, the kernel the registry picks on `device` (default: where the
-        model's tensors are) for the model's dtype, and why (qpass.runtime.binding)."""
+        model's tensors are) for the model's dtype, and why (qpass.runtime.binding). With
+        prepare=True the chosen backends build their private weight layouts now (once)."""
         from qpass.runtime import binding
         ts = [t for t in list(self.gm.parameters()) + list(self.gm.buffers()) if t.is_floating_point()]
         dev = device if device is not None else (ts[0].device if ts else torch.device("cpu"))
         dtype = ts[0].dtype if ts else torch.float32
         head_dim = getattr(self.config, "head_dim", None)
-        return binding.bind(self.gm, dev, dtype, head_dim)
+        return binding.bind(self.gm, dev, dtype, head_dim, prepare)
 
     def save(self, directory) -> Path:
         return checkpoint.save(self, directory)
@@ -117,9 +118,10 @@ def load_compiled(directory, device=None) -> CompiledDenoiser:
 
     device: move the model there and bind its lowered nodes to that device's kernels; the
     checkpoint is device-neutral (canonical layouts, "auto" backends), so one saved on a CPU
-    runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why."""
+    runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why;
+    kernels that run on a private weight layout (Triton W4A16) get it built here, once."""
     model = CompiledDenoiser(*checkpoint.load(directory))
     if device is not None:
         model = model.to(device)
-    model.kernels = model.bind_kernels()
+    model.kernels = model.bind_kernels(prepare=True)
     return model

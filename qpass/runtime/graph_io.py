@@ -78,6 +78,8 @@ def _register_builtins() -> None:
         "weight_spec": None if m.weight_spec is None else str(m.weight_spec),
         "act_spec": None if m.act_spec is None else str(m.act_spec), "bias": m.bias is not None})
     register_module_class(lowered.LoweredLinear)
+    register_module_class(lowered.NormQuant)
+    register_module_class(lowered.SiluMulQuant)
 
 
 # ----- values --------------------------------------------------------------------------------

@@ -109,8 +109,18 @@ class LoweredLinear(nn.Module):
                 "act_spec": None if self.act_spec is None else str(self.act_spec),
                 "bias": self.bias is not None, "backend": self.backend}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_scales: torch.Tensor | None = None,
+                like: torch.Tensor | None = None) -> torch.Tensor:
+        """x float; or, after a producer-fused quantization (NormQuant, SiluMulQuant), x the
+        int8 codes and x_scales their per-token scales, the output in `like`'s dtype."""
         ops = torch.ops.qpass
+        if x_scales is not None:
+            if self.kind == "w4a16" or like is None:
+                raise QpassError(f"{self.kind} linear given pre-quantized activations: only "
+                                 f"integer linears take codes, with a float `like` tensor")
+            return ops.linear_int_codes(x, x_scales, self.qweight, self.scales, self.bias,
+                                        8 if self.kind == "w8a8" else 4, self.group_size,
+                                        like.dtype, self.backend)
         if self.kind == "w4a16":
             return ops.linear_w4a16(x, self.qweight, self.scales, self.zeros, self.bits,
                                     self.group_size or self.in_features, self.bias, self.backend)
@@ -128,6 +138,42 @@ class LoweredLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, kind={self.kind}, "
                 f"w={self.weight_spec}, a={self.act_spec}, backend={self.backend}")
+
+
+class NormQuant(nn.Module):
+    """RMSNorm fused with the per-token quantization of its consumers' activations (all of
+    them integer linears with one activation spec): forward returns (codes, scales)."""
+    qpass_role = "norm_quant"
+
+    def __init__(self, dim: int, eps: float, bits: int, grid: str = "full",
+                 backend: str = "auto"):
+        super().__init__()
+        self.eps, self.bits, self.grid, self.backend = eps, bits, grid, backend
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def qpass_init_kwargs(self) -> dict:
+        return {"dim": self.weight.shape[0], "eps": self.eps, "bits": self.bits,
+                "grid": self.grid, "backend": self.backend}
+
+    def forward(self, x):
+        return torch.ops.qpass.rmsnorm_quant(x, self.weight, self.eps, self.bits, self.grid,
+                                             self.backend)
+
+
+class SiluMulQuant(nn.Module):
+    """silu(gate)·up fused with the per-token quantization of the integer linear it feeds:
+    forward returns (codes, scales)."""
+    qpass_role = "silu_mul_quant"
+
+    def __init__(self, bits: int, grid: str = "full", backend: str = "auto"):
+        super().__init__()
+        self.bits, self.grid, self.backend = bits, grid, backend
+
+    def qpass_init_kwargs(self) -> dict:
+        return {"bits": self.bits, "grid": self.grid, "backend": self.backend}
+
+    def forward(self, gate, up):
+        return torch.ops.qpass.silu_mul_quant(gate, up, self.bits, self.grid, self.backend)
 
 
 def attention(q, k, v, key_mask=None, causal: bool = False, int8: bool = False,

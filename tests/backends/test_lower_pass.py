@@ -1,7 +1,6 @@
 """Lower on the trained tiny-llada: lowered models generate the same tokens as their simulated
 (fake-quant) twins, every lowered linear equals its simulated one, save/load keeps the lowered
 form, online Hadamards are lowered, and the pass reports backends and fallback reasons."""
-import copy
 
 import pytest
 import torch
@@ -9,24 +8,8 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass import presets
-from qpass.runtime.compiled import CompiledDenoiser
-from qpass.ir import QGraph
 from qpass.ir.qlinear import QuantLinear
 from qpass.runtime.lowered import LoweredLinear
-from qpass.pipeline.pass_base import PassContext
-
-
-@pytest.fixture(scope="module")
-def model():
-    return qpass.models.load("tiny-llada")
-
-
-def lower(sim, **kw):
-    """The simulated model's graph, copied and lowered (the same weights and specs)."""
-    g = QGraph(copy.deepcopy(sim.gm), sim.config, sim.tokenizer)
-    res = P.Lower(**kw).run(g, PassContext())
-    g.recompile()
-    return CompiledDenoiser(g.gm, sim.config, sim.tokenizer, manifest=dict(sim.manifest)), res
 
 
 def rel(a, b):
@@ -45,7 +28,7 @@ LOGIT_TOL = {"w4a16-rtn": 1e-3, "w4a4-rtn": 1e-3, "w8a8-rtn": 1e-3}
 
 
 @pytest.mark.parametrize("preset", ["w4a16-rtn", "w8a8-rtn", "w4a4-rtn"])
-def test_lowered_matches_simulated_twin(model, preset):
+def test_lowered_matches_simulated_twin(model, lower, preset):
     sim = presets.get(preset).run(model, progress=False)
     low, res = lower(sim)
     kinds = {type(m) for m in low.gm.modules()}
@@ -66,7 +49,7 @@ def test_lowered_matches_simulated_twin(model, preset):
                        qpass.sampling.generate(sim, ids, **kw))
 
 
-def test_metrics_save_load_and_fake_tracing(model, tmp_path):
+def test_metrics_save_load_and_fake_tracing(model, lower, tmp_path):
     sim = presets.get("w4a4-rtn").run(model, progress=False)
     low, res = lower(sim)
     assert set(res.metrics["backends"].values()) <= {"reference", "triton"}
@@ -84,7 +67,7 @@ def test_metrics_save_load_and_fake_tracing(model, tmp_path):
     assert "qpass.linear_w4a4.default" in targets and "qpass.attention.default" in targets
 
 
-def test_online_hadamards_are_lowered(model):
+def test_online_hadamards_are_lowered(model, lower):
     from qpass.pipeline import Pipeline
     sim = Pipeline([P.FuseNorms(), P.Rotate(), P.RTN("w4a4")]).run(model, progress=False)
     low, res = lower(sim)

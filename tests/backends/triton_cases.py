@@ -166,12 +166,17 @@ def test_checkpoint_saved_on_reference_rebinds_to_triton(tmp_path):
     assert {r["backend"] for r in lower["metrics"]["kernels"]} == {"reference"}
     m = qpass.load_compiled(d, device="cpu")
     bound = {r["op"]: r["backend"] for r in m.kernels}
-    assert bound == {"linear_w8a8": "triton", "attention_kv": "triton"}
+    # o_proj (fed by attention) quantizes its input itself; the other linears get codes from
+    # their fused producer (RMSNorm / silu·mul)
+    assert bound == {"linear_w8a8": "triton", "attention_kv": "triton",
+                     "linear_int_codes": "triton", "rmsnorm_quant": "triton",
+                     "silu_mul_quant": "triton"}
     qpass.backends.ops.reset_kernel_calls()
     want = torch.load(ref)
     with torch.no_grad():
         got = m(want["x"])
     ran = {(op, b) for op, b, _ in qpass.backends.ops.kernel_calls()}
     assert ran == {("linear_w8a8", "triton"), ("attention_kv", "triton"),
-                   ("quant_per_token", "triton")}
+                   ("quant_per_token", "triton"), ("linear_int_codes", "triton"),
+                   ("rmsnorm_quant", "triton"), ("silu_mul_quant", "triton")}
     assert rel(got, want["logits"]) < 1e-4

@@ -33,14 +33,18 @@ def checkpoints(tmp_path_factory):
 
 def test_quantize_lowers_by_default_and_records_kernels(checkpoints):
     path, err = checkpoints["auto"]
-    assert "kernels here: " in err and "linear_w4a4 ×42 → reference" in err
+    # the 42 W4A4 linears: those fed by an RMSNorm take its fused codes (linear_int_codes),
+    # the rest (after attention / the online Hadamard) quantize their input themselves
+    assert "kernels here: " in err and "linear_w4a4 ×12 → reference" in err
+    assert "linear_int_codes ×30 → reference" in err and "rmsnorm_quant" in err
     manifest = json.loads((path / "manifest.json").read_text())
     lower = [p for p in manifest["report"]["passes"] if p["name"] == "Lower"]
     assert len(lower) == 1
     kernels = lower[0]["metrics"]["kernels"]
     rows = {r["node"]: r for r in kernels}
-    assert sum(r["op"] == "linear_w4a4" for r in kernels) == 42
-    assert {r["op"] for r in kernels} >= {"linear_w4a4", "attention", "hadamard"}
+    assert sum(r["op"] in ("linear_w4a4", "linear_int_codes") for r in kernels) == 42
+    assert {r["op"] for r in kernels} >= {"linear_w4a4", "linear_int_codes", "rmsnorm_quant",
+                                          "attention", "hadamard"}
     # on this CUDA-less machine the reason names the backend passed over
     assert all(r["backend"] == "reference" and "triton passed over" in r["why"]
                for r in rows.values() if r["op"])
