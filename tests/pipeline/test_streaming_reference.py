@@ -217,3 +217,25 @@ def test_streamed_gptq_matches_block_by_block_reference(sharded, tmp_path):
     rtn = drift(reference(src, [], rtn_block, EVAL)[1])
     # at most 15% further from float than the reference (closer is fine): 0.114, 0.140, 0.153
     assert got < 1.15 * ref and got < rtn, (got, ref, rtn)
+
+
+def test_a_shard_missing_mid_run_is_one_clear_error_and_resumes(sharded, tmp_path):
+    """Block 1's shard disappears (an unmounted disk, a partial download): the run stops at
+    that stage with a CheckpointError naming the file, keeps the stages before it, and once
+    the shard is back the rerun resumes and equals an uninterrupted run byte for byte."""
+    import shutil
+    src = tmp_path / "src"
+    shutil.copytree(sharded, src)
+    gone = src / "model-1.safetensors"
+    kept = gone.read_bytes()
+    gone.unlink()
+    pipe = lambda: qpass.Pipeline([P.RTN()], scheme=f"int4:g{GROUP}:sym")  # noqa: E731
+    with pytest.raises(qpass.CheckpointError, match="model-1.safetensors disappeared during the run; restore it"):
+        pipe().run(str(src), out=tmp_path / "q", progress=False)
+    progress = json.loads((tmp_path / ".q.qpass-stream" / "progress.json").read_text())
+    assert len(progress["stages"]) == 2                 # prefix and block 0 were written
+    gone.write_bytes(kept)
+    resumed = pipe().run(str(src), out=tmp_path / "q", progress=False)
+    clean = pipe().run(str(sharded), out=tmp_path / "clean", progress=False)
+    shards = lambda d: {p.name: p.read_bytes() for p in sorted(d.glob("*.safetensors"))}  # noqa: E731
+    assert shards(resumed) == shards(clean)
