@@ -6,7 +6,11 @@ Then, stage by stage (prefix, block 0 … block n−1, suffix; calibration/seque
   1. the stage's weights are read from the checkpoint's safetensors shards onto `device`;
   2. every pass does its stage-wise work in pipeline order (`Pass.run_stage`), exact passes
      verified on this stage's outputs over the cached inputs (the probe or calibration batches,
-     already through the quantized earlier stages);
+     already through the quantized earlier stages; qpass/pipeline/stage_verify.py, which also
+     checks a change of basis such as Rotate's as f'(x·Q) = f(x)·Q). What every stage must
+     share (Rotate's Q) is fixed once by `Pass.begin_stream` before the first stage and kept
+     in the progress file; nodes a pass inserts (online Hadamards, DuQuant's transforms) and
+     the buffers only they read belong to the stage (qpass/pipeline/stage_nodes.py);
   3. the stage is recomputed and its outputs cached for the next one; its tensors are written
      as one shard of the output, hashed, recorded in the work directory's progress file with
      the boundary cache, and the stage's tensors are freed (back to meta).
@@ -28,7 +32,7 @@ from typing import Any
 
 import torch
 
-from qpass.errors import CheckpointError, PipelineError, VerificationError
+from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
@@ -364,30 +368,16 @@ class StreamingRun:
 
     def _run_pass(self, p, g, ctx, stage, runner, cache) -> dict:
         from qpass.pipeline import stage_nodes
-        check = self.verify and p.exact
-        if check:
-            # a pass that changes the boundary's coordinates (Rotate) is checked as
-            # f'(x·Q) = f(x)·Q: the stage before it runs on the inputs taken back to the old
-            # coordinates, and its outputs are taken to the new ones
-            basis = p.stage_basis(g, stage)
-            old_inputs = cache if basis is None else _mapped(cache, basis, new=False)
-            before = _stage_outputs(runner, stage, old_inputs)
-            if basis is not None:
-                before = [basis.map(values, new=True) for values in before]
+        from qpass.pipeline.stage_verify import StageCheck
+        check = StageCheck(p, g, stage, runner, cache, self.dtype) if self.verify and p.exact \
+            else None
         res = p.run_stage(g, ctx, stage, runner, cache)
         if res is None:
             raise PipelineError(f"pass {p.name}.run_stage returned None; it must return a PassResult")
         self._adopted(runner, stage, stage_nodes.adopt(g.gm.graph, stage, self.known))
         out = {"metrics": res.metrics, "notes": res.notes, "nodes_changed": res.nodes_changed}
-        if check:
-            after = _stage_outputs(runner, stage, cache)
-            rel = max((float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-30))
-                       for a, b in zip(after, before) for k in b), default=0.0)
-            tol = 1e-9 if self.dtype == torch.float64 else 1e-4
-            if rel > tol:
-                raise VerificationError(f"{p.name} is declared exact but changed {stage.name}'s "
-                                        f"outputs by {rel:.2e} (relative, tolerance {tol:g})")
-            out["verified_rel_change"] = rel
+        if check is not None:
+            out["verified_rel_change"] = check.finish()
         return out
 
 
@@ -406,25 +396,6 @@ def module_tensors(gm, targets) -> tuple[dict[str, torch.Tensor], dict[str, dict
             if kind == "param":
                 kinds[full]["requires_grad"] = False
     return tensors, kinds
-
-
-def _stage_outputs(runner, stage, cache) -> list[dict[str, torch.Tensor]]:
-    """Per batch, the stage's floating-point outputs {node name: float64 tensor}."""
-    from qpass.calibration.sequential import BoundaryCache
-    out = BoundaryCache()
-    runner.run_stage(stage, cache, collect=out, keep=stage.live_out)
-    return [{n.name: values[n.name].double() for n in stage.live_out
-             if isinstance(values.get(n.name), torch.Tensor) and values[n.name].is_floating_point()}
-            for values in out]
-
-
-def _mapped(cache, basis, new: bool):
-    """A copy of a boundary cache with its values in the basis' new (or old) coordinates."""
-    from qpass.calibration.sequential import BoundaryCache
-    out = BoundaryCache()
-    for values in cache:
-        out.append(basis.map(values, new))
-    return out
 
 
 def _attr(gm, target: str) -> torch.Tensor:
