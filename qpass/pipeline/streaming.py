@@ -36,6 +36,9 @@ from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 WORK = ".qpass-stream"            # the work directory inside the output's parent
 PROGRESS = "progress.json"
 
@@ -218,10 +221,8 @@ class StreamingRun:
                 mod = g.gm.get_submodule(owner)
                 if name not in mod._buffers:
                     t = fh.get_slice(target)
-                    dtype = getattr(torch, {"F64": "float64", "F32": "float32", "BF16": "bfloat16",
-                                            "F16": "float16"}[t.get_dtype()])
-                    mod.register_buffer(name, torch.empty(t.get_shape(), dtype=dtype,
-                                                          device="meta"))
+                    mod.register_buffer(name, torch.empty(t.get_shape(), device="meta",
+                                                          dtype=_SAFETENSORS_DTYPES[t.get_dtype()]))
 
     # ---- resume ---------------------------------------------------------------------------
     def _load_progress(self, key: str) -> list[StageRecord]:
