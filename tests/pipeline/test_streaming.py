@@ -137,6 +137,27 @@ def test_a_pipeline_without_stage_wise_passes_is_refused(hf_dir, tmp_path):
 
 
 @dataclass(eq=False, repr=False)
+class _InsertsANodeReadByTheNextStage(qpass.Pass):
+    """Negates the embedding output in the prefix and hands the negation to block 0."""
+
+    def run_stage(self, g, ctx, stage, runner, cache):
+        emb = next(n for n in stage.nodes if n.op == "call_module")
+        with g.graph.inserting_after(emb):
+            neg = g.graph.call_function(torch.neg, (emb,))
+        emb.replace_all_uses_with(neg, delete_user_cb=lambda u: u is not neg)
+        return qpass.PassResult()
+
+
+def test_an_inserted_node_read_by_another_stage_is_refused(hf_dir, tmp_path):
+    """Stage boundaries are fixed when the run starts: a node a pass inserts must stay in
+    its stage (Rotate's and DuQuant's do), or the run stops naming the node."""
+    with pytest.raises(qpass.PipelineError, match="prefix: node neg inserted by a stage-wise "
+                                                  "pass is read outside its stage"):
+        qpass.Pipeline([_InsertsANodeReadByTheNextStage(), P.RTN()], scheme="w8a8").run(
+            str(hf_dir), out=tmp_path / "o", progress=False)
+
+
+@dataclass(eq=False, repr=False)
 class _RotateMissingAWriter(P.Rotate):
     """A broken rotation: Q is not folded into the last block's last stream writer."""
 
