@@ -23,7 +23,7 @@ import torch
 
 from qpass import hadamard
 from qpass.errors import CalibrationError
-from qpass.calibration.stats import channel_ratio, collect_input_stats
+from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio, collect_input_stats
 from qpass.ir.regions import Region, input_regions
 from qpass.runtime.online import channel_transform
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
@@ -169,13 +169,47 @@ class DuQuant(Pass):
         if any(t.device.type == "meta" for t in g.gm.parameters()):
             raise CalibrationError("DuQuant calibrates on real activations; this model is on the "
                                    "meta device (structure only): load it with weights")
-        groups = self.groups(g)
-        stats = collect_input_stats(g, data, [r.consumers[0] for r in groups],
+        groups = list(enumerate(self.groups(g)))
+        stats = collect_input_stats(g, data, [r.consumers[0] for _, r in groups],
                                     keep_rows=self.sample_rows, seed=self.seed)
+        return self._transform(g, ctx, groups, stats)
+
+    # statistics of the earlier stages as they were before DuQuant: what the in-memory pass
+    # sees, since it collects every group's statistics before it transforms any
+    stage_inputs = "before"
+
+    def begin_stream(self, g, ctx: PassContext, saved=None):
+        """Number the groups once on the whole captured graph, so that a streamed run names
+        each transform buffer as the in-memory pass does (duquant_transform_<k>)."""
+        self._numbered = {r.consumers[0]: k for k, r in enumerate(self.groups(g))}
+        return None
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form (streaming): this stage's groups, their statistics collected over
+        the stage's own inputs (the earlier stages before DuQuant, Pass.stage_inputs)."""
+        numbered = getattr(self, "_numbered", None)
+        if numbered is None:
+            raise CalibrationError("DuQuant.run_stage needs begin_stream first (the streaming "
+                                   "run calls it before the first stage)")
+        nodes = set(stage.nodes)
+        groups = [(numbered[r.consumers[0]], r) for r in self.groups(g) if r.consumers[0] in nodes]
+        targets = [str(r.consumers[0].target) for _, r in groups]
+        stats = {t: InputStats(t, keep_rows=self.sample_rows, seed=self.seed) for t in targets}
+        if stats:
+            runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+            all_reduce_stats(stats.values())
+            missing = [t for t, st in stats.items() if st.channel_absmax is None]
+            if missing:
+                raise CalibrationError(f"calibration batches never reached {missing[:5]}; is the "
+                                       f"calibration set empty?")
+        return self._transform(g, ctx, groups, stats, streamed=True)
+
+    def _transform(self, g, ctx: PassContext, groups, stats, streamed: bool = False) -> PassResult:
+        """Fold each (index, region) group's transform into its weights and insert x·M."""
         res = PassResult()
         task = ctx.task("DuQuant: transforms", total=len(groups))
-        before, after = [], []
-        for k, region in enumerate(groups):
+        before, after = {}, {}             # per group (first linear): merge over stages
+        for k, region in groups:
             inp, lins = region.tensor, region.consumers
             st = stats[str(lins[0].target)]
             mods = [g.module(n) for n in lins]
@@ -190,23 +224,32 @@ class DuQuant(Pass):
             while hasattr(g.gm, buf):
                 buf += "_"
             g.gm.register_buffer(buf, M.to(device=ref.device, dtype=ref.dtype))
-            with g.graph.inserting_before(lins[0]):
-                mat = g.graph.get_attr(buf)
-                node = g.graph.call_function(channel_transform, (inp, mat))
+            with g.graph.inserting_before(lins[0]):     # names fixed by the group (streaming)
+                mat = g.graph.create_node("get_attr", buf, name=buf)
+                node = g.graph.create_node("call_function", channel_transform, (inp, mat), {},
+                                           name=f"duquant_{lins[0].name}")
             node.meta["qpass"] = {"role": "transform", "inserted_by": "DuQuant", "duquant": info}
             for lin in lins:
                 lin.args = (node,) + tuple(lin.args[1:])
                 lin.meta.setdefault("qpass", {})["duquant"] = info
                 res.nodes_changed.append(lin.name)
             res.nodes_changed.append(node.name)
-            before.append(info["ratio_before"])
-            after.append(info["ratio_after"])
+            before[str(lins[0].target)] = info["ratio_before"]
+            after[str(lins[0].target)] = info["ratio_after"]
             ctx.advance(task)                # the manager recompiles the edited graph
-        res.metrics.update({
-            "transforms": len(groups),
-            "max_median_before": max(before, default=0.0),
-            "max_median_after": max(after, default=0.0),
-            "mean_max_median_before": sum(before) / max(len(before), 1),
-            "mean_max_median_after": sum(after) / max(len(after), 1),
-        })
+        res.metrics.update(transforms=len(groups), ratio_before=before, ratio_after=after)
+        if not streamed:
+            res.metrics = self.merged_metrics(res.metrics)
         return res
+
+    @staticmethod
+    def merged_metrics(metrics: dict) -> dict:
+        """The report's summary (max and mean channel ratio over all groups) from the
+        per-group ratios; a streamed run calls it once on its stages' merged metrics."""
+        before = list(metrics.get("ratio_before", {}).values())
+        after = list(metrics.get("ratio_after", {}).values())
+        return dict(metrics,
+                    max_median_before=max(before, default=0.0),
+                    max_median_after=max(after, default=0.0),
+                    mean_max_median_before=sum(before) / max(len(before), 1),
+                    mean_max_median_after=sum(after) / max(len(after), 1))

@@ -25,7 +25,7 @@ from qpass.ir.roles import reads_metadata_only
 from qpass.ir.structure import (branch_writers, role, through_transparent_back,
                                 through_transparent_forward)
 from qpass.runtime.online import online_hadamard
-from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+from qpass.pipeline.pass_base import BasisChange, Fact, Pass, PassContext, PassResult
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
@@ -59,20 +59,42 @@ def _norm_is_weightless(mod) -> bool:
 
 
 def insert_online_hadamard(g, linear: fx.Node) -> fx.Node:
-    """Put x → x·Hᵀ (orthonormal H) in front of `linear` and fold W' = W·Hᵀ (exact)."""
+    """Put x → x·Hᵀ (orthonormal H) in front of `linear` and fold W' = W·Hᵀ (exact). The node
+    is named after the linear, so a streamed run (one stage at a time) names it the same."""
     x = linear.args[0]
     with g.graph.inserting_before(linear):
-        h = g.graph.call_function(online_hadamard, (x,))
+        h = g.graph.create_node("call_function", online_hadamard, (x,), {},
+                                name=f"hadamard_{linear.name}")
     h.meta["qpass"] = {"role": "hadamard", "inserted_by": "Rotate"}
     linear.args = (h,) + tuple(linear.args[1:])
     _fold(g.module(linear).weight, hadamard.transform)     # W·Hᵀ, fast: no dense H
     return h
 
 
+@dataclass
+class _Plan:
+    """Where Q goes, found once on the whole graph (structure only, so it works on meta):
+    the stream values, the embedding, reader and writer linears, the norms in front of the
+    readers, the v→o pairs and the linears that get an online Hadamard."""
+    hidden_size: int
+    stream: list
+    embed: fx.Node
+    readers: list
+    writers: list
+    norms: list
+    vo: list
+    online: list                     # (kind "down" | "o", linear node)
+
+
 @dataclass(eq=False, repr=False)
 class Rotate(Pass):
     """QuaRot rotation of the residual stream, online Hadamards before down-projections
-    (and o-projections with `online_heads`), and an offline per-head Hadamard between v and o."""
+    (and o-projections with `online_heads`), and an offline per-head Hadamard between v and o.
+
+    Streaming (DESIGN §12): Q = H·diag(signs)/√d is one matrix for the whole run, its signs
+    drawn from `seed` in begin_stream, before the first stage, and recorded with the run's
+    progress (a resumed run reads them back); each stage folds Q into its own embedding,
+    readers and writers and does its blocks' per-head and online Hadamards."""
 
     requires = frozenset({Fact.NORMS_FUSED})
     provides = frozenset({Fact.ROTATED})
@@ -84,8 +106,9 @@ class Rotate(Pass):
     online_heads: bool = True
 
     # ---- structure ----------------------------------------------------------------------
-    def _stream(self, g) -> tuple[list[fx.Node], list[fx.Node], list[fx.Node], list[fx.Node]]:
-        """(stream values, embedding nodes, reader linears, writer linears), checked for exactness."""
+    def _stream(self, g) -> _Plan:
+        """The rotation plan, checked for exactness (every stream reader a weightless norm's
+        linear or a residual add, every branch a sum of linear outputs)."""
         embeds = g.nodes("embed")
         if len(embeds) != 1:
             raise PipelineError(f"Rotate needs exactly one embedding feeding the residual stream, "
@@ -96,6 +119,7 @@ class Rotate(Pass):
         norms = {r.producer: r for r in norm_regions(g)}
         readers: list[fx.Node] = []
         writers: list[fx.Node] = []
+        reader_norms: list[fx.Node] = []
         for s in stream:
             for u in through_transparent_forward(s):
                 if u in stream_set or reads_metadata_only(u):
@@ -106,9 +130,7 @@ class Rotate(Pass):
                         raise PipelineError(
                             f"Rotate: norm {u.target} feeds non-linear consumers "
                             f"{[o.name for o in region.others]}; the rotation cannot be folded there")
-                    if not _norm_is_weightless(g.module(u)):
-                        raise PipelineError(
-                            f"Rotate: norm {u.target} still has a weight; run FuseNorms before Rotate")
+                    reader_norms.append(u)
                     readers.extend(region.consumers)
                 else:
                     raise PipelineError(
@@ -125,22 +147,87 @@ class Rotate(Pass):
                 raise PipelineError(f"Rotate: the branch feeding residual add {a.name} is not a "
                                     f"sum of linear outputs: {problem}")
             writers.extend(found)
-        return stream, embeds, readers, writers
-
-    # ---- run ----------------------------------------------------------------------------
-    def run(self, g, ctx: PassContext) -> PassResult:
-        _, embeds, readers, writers = self._stream(g)
-        emb = g.module(embeds[0])
-        d = emb.weight.shape[1]
+        d = g.module(embeds[0]).weight.shape[1]
         if not hadamard.supported(d):
             raise PipelineError(f"Rotate: hidden size {d} has no supported Hadamard matrix "
                                 f"(see qpass.hadamard.CORES); use DuQuant for this model")
-        signs = hadamard.random_signs(d, self.seed).to(emb.weight.device)
+        for n in writers:
+            out = g.module(n).weight.shape[0]
+            if out != d:
+                raise PipelineError(f"Rotate: writer {n.target} produces {out} channels, the "
+                                    f"stream has {d}")
+        online = []
+        if self.online_down:
+            online += [("down", p.down) for p in g.pairs_through_activation()]
+        if self.online_heads:
+            online += [("o", p.o) for p in g.v_to_o()]
+        return _Plan(d, stream, embeds[0], readers, writers, reader_norms, list(g.v_to_o()), online)
+
+    # ---- run ----------------------------------------------------------------------------
+    def run(self, g, ctx: PassContext) -> PassResult:
+        plan = self._stream(g)
+        return self._rotate(g, ctx, plan, hadamard.random_signs(plan.hidden_size, self.seed))
+
+    def begin_stream(self, g, ctx: PassContext, saved=None):
+        """Fix Q for the whole streamed run: its signs from `seed`, or, resuming, the signs
+        the interrupted run recorded (so every stage of one checkpoint has the same Q)."""
+        plan = self._stream(g)
+        if saved is None:
+            signs = hadamard.random_signs(plan.hidden_size, self.seed)
+        else:
+            if saved.get("hidden_size") != plan.hidden_size or \
+                    len(saved.get("signs", "")) != plan.hidden_size:
+                raise PipelineError(f"Rotate: the interrupted run recorded a rotation for hidden "
+                                    f"size {saved.get('hidden_size')}, this model has "
+                                    f"{plan.hidden_size}; delete the run's .qpass-stream "
+                                    f"directory and rerun")
+            signs = torch.tensor([1.0 if c == "+" else -1.0 for c in saved["signs"]],
+                                 dtype=torch.float64)
+        self._streamed = (plan, signs)
+        return {"hidden_size": plan.hidden_size, "seed": self.seed,
+                "signs": "".join("+" if v > 0 else "-" for v in signs.tolist())}
+
+    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
+        """Stage-wise form: Q (fixed by begin_stream) into this stage's embedding, readers
+        and writers; per-head and online Hadamards of this stage's attention and MLP."""
+        plan, signs = self._stream_plan()
+        return self._rotate(g, ctx, plan, signs, set(stage.nodes))
+
+    def stage_basis(self, g, stage) -> BasisChange:
+        """The stream values leave every stage as x·Q: verified as f'(x·Q) = f(x)·Q."""
+        plan, signs = self._stream_plan()
+
+        def to_new(t):                               # x·Q in float64
+            return hadamard.transform(t.double(), signs=signs.to(t.device), inverse=True)
+
+        def to_old(t):                               # x·Qᵀ, in the value's own dtype
+            return hadamard.transform(t.double(), signs=signs.to(t.device)).to(t.dtype)
+        return BasisChange(frozenset(n.name for n in plan.stream), to_new, to_old)
+
+    def _stream_plan(self):
+        plan = getattr(self, "_streamed", None)
+        if plan is None:
+            raise PipelineError("Rotate.run_stage needs begin_stream first (the streaming run "
+                                "calls it before the first stage)")
+        return plan
+
+    def _rotate(self, g, ctx: PassContext, plan: _Plan, signs, nodes: set | None = None) -> PassResult:
+        """Fold Q (and do the per-head and online Hadamards) everywhere, or only in `nodes`."""
+        def mine(n) -> bool:
+            return nodes is None or n in nodes
+        for u in filter(mine, plan.norms):          # real weights only: checked before any fold
+            if not _norm_is_weightless(g.module(u)):
+                raise PipelineError(
+                    f"Rotate: norm {u.target} still has a weight; run FuseNorms before Rotate")
+        readers = [n for n in plan.readers if mine(n)]
+        writers = [n for n in plan.writers if mine(n)]
+        emb = g.module(plan.embed)
+        signs = signs.to(emb.weight.device if mine(plan.embed) else torch.device("cpu"))
 
         def times_q(x):                 # x·Q with Q = H·diag(signs)/√d, by the fast transform
-            return hadamard.transform(x, signs=signs.to(x.dtype), inverse=True)
-        res = PassResult(metrics={"hidden_size": d, "readers": len(readers),
-                                  "writers": len(writers)})
+            return hadamard.transform(x, signs=signs.to(device=x.device, dtype=x.dtype),
+                                      inverse=True)
+        res = PassResult(metrics={"readers": len(readers), "writers": len(writers)})
         done: set[int] = set()  # a tied head shares the embedding's tensor: E·Q once
 
         def fold(param, fn):
@@ -148,11 +235,13 @@ class Rotate(Pass):
                 _fold(param, fn)
                 done.add(id(param))
 
-        task = ctx.task("Rotate: fuse Q", total=1 + len(readers) + len(writers))
-        fold(emb.weight, times_q)
-        _tag(embeds[0], stream="E·Q")
-        res.nodes_changed.append(embeds[0].name)
-        ctx.advance(task)
+        task = ctx.task("Rotate: fuse Q", total=int(mine(plan.embed)) + len(readers) + len(writers))
+        if mine(plan.embed):
+            res.metrics["hidden_size"] = plan.hidden_size     # once per run, also when streamed
+            fold(emb.weight, times_q)
+            _tag(plan.embed, stream="E·Q")
+            res.nodes_changed.append(plan.embed.name)
+            ctx.advance(task)
         for n in readers:
             fold(g.module(n).weight, times_q)
             _tag(n, stream="read W·Q")
@@ -160,9 +249,6 @@ class Rotate(Pass):
             ctx.advance(task)
         for n in writers:
             lin = g.module(n)
-            if lin.weight.shape[0] != d:
-                raise PipelineError(f"Rotate: writer {n.target} produces {lin.weight.shape[0]} "
-                                    f"channels, the stream has {d}")
             fold(lin.weight, lambda W: times_q(W.T).T)
             if lin.bias is not None:
                 fold(lin.bias, times_q)
@@ -170,17 +256,17 @@ class Rotate(Pass):
             res.nodes_changed.append(n.name)
             ctx.advance(task)
 
-        self._per_head(g, res)
-        self._online(g, res)                 # the manager recompiles the edited graph
+        self._per_head(g, res, [p for p in plan.vo if mine(p.v)])
+        self._online(g, res, [(k, lin) for k, lin in plan.online if mine(lin)])
         res.metrics["online_hadamards"] = (res.metrics.get("online_hadamard_down", 0)
                                            + res.metrics.get("online_hadamard_o", 0))
-        return res
+        return res     # the manager (or the streaming run) recompiles the edited graph
 
-    def _per_head(self, g, res: PassResult) -> None:
+    def _per_head(self, g, res: PassResult, pairs) -> None:
         """Offline per-head Hadamard on v's outputs, its inverse in o's columns (GQA-exact:
         every query head reads one KV head, and all heads use the same Hₕ)."""
         count = 0
-        for p in g.v_to_o():
+        for p in pairs:
             v, o = g.module(p.v), g.module(p.o)
             hd = self._head_dim(g, p.attention)
             if hd is None or v.out_features % hd or o.in_features % hd:
@@ -208,12 +294,7 @@ class Rotate(Pass):
         cfg = getattr(g, "config", None)
         return getattr(cfg, "head_dim", None)
 
-    def _online(self, g, res: PassResult) -> None:
-        targets = []
-        if self.online_down:
-            targets += [("down", p.down) for p in g.pairs_through_activation()]
-        if self.online_heads:
-            targets += [("o", p.o) for p in g.v_to_o()]
+    def _online(self, g, res: PassResult, targets) -> None:
         counts = {"down": 0, "o": 0}
         for kind, lin in targets:
             n = g.module(lin).in_features

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from qpass.errors import PipelineError
 
@@ -58,6 +58,21 @@ class PassContext:
     def advance(self, task, n: int = 1) -> None:
         if self.progress is not None and task is not None:
             self.progress.advance(task, n)
+
+
+@dataclass(frozen=True)
+class BasisChange:
+    """How a pass changes the coordinates of values crossing a stage's boundaries (see
+    Pass.stage_basis): the boundary values named in `names` (graph node names) are mapped
+    from the coordinates before the pass to those after it by `to_new`, back by `to_old`."""
+    names: frozenset
+    to_new: Callable
+    to_old: Callable
+
+    def map(self, values: dict, new: bool) -> dict:
+        """A boundary-cache entry {node name: value} in the new (or the old) coordinates."""
+        fn = self.to_new if new else self.to_old
+        return {k: fn(v) if k in self.names else v for k, v in values.items()}
 
 
 PASSES: dict[str, type] = {}          # every Pass subclass by name (Pipeline.from_manifest)
@@ -135,6 +150,26 @@ class Pass:
     #           (SmoothQuant's statistics are those of the unquantized model);
     # "after": right after this pass, before the later ones (AWQ: smoothed, not yet rounded).
     stage_inputs: ClassVar[str] = "processed"
+
+    def begin_stream(self, g: "QGraph", ctx: PassContext, saved: Any = None) -> Any:
+        """Called once by a streaming run before its first stage, on the structure-only
+        (meta) graph as captured, also when the run resumes: whatever every stage must share
+        (Rotate's Q) is fixed here, never from data a later stage sees. Returns JSON-able
+        state the run records; a resumed run passes that record back as `saved`."""
+        return None
+
+    @staticmethod
+    def merged_metrics(metrics: dict) -> dict:
+        """A streamed run's metrics for the report, from its stages' results merged
+        (stream_state.merge_results: counts add, tables merge); a pass whose summary is not
+        a sum over stages (a max, a mean) recomputes it here."""
+        return metrics
+
+    def stage_basis(self, g: "QGraph", stage) -> Any:
+        """A pass that changes the coordinates of values crossing stage boundaries (Rotate:
+        the residual stream becomes x·Q) returns a BasisChange for `stage`, so the stage's
+        exactness is checked as f'(x·Q) = f(x)·Q instead of f'(x) = f(x); None otherwise."""
+        return None
 
     @property
     def stage_wise(self) -> bool:

@@ -6,7 +6,11 @@ Then, stage by stage (prefix, block 0 … block n−1, suffix; calibration/seque
   1. the stage's weights are read from the checkpoint's safetensors shards onto `device`;
   2. every pass does its stage-wise work in pipeline order (`Pass.run_stage`), exact passes
      verified on this stage's outputs over the cached inputs (the probe or calibration batches,
-     already through the quantized earlier stages);
+     already through the quantized earlier stages; qpass/pipeline/stage_verify.py, which also
+     checks a change of basis such as Rotate's as f'(x·Q) = f(x)·Q). What every stage must
+     share (Rotate's Q) is fixed once by `Pass.begin_stream` before the first stage and kept
+     in the progress file; nodes a pass inserts (online Hadamards, DuQuant's transforms) and
+     the buffers only they read belong to the stage (qpass/pipeline/stage_nodes.py);
   3. the stage is recomputed and its outputs cached for the next one; its tensors are written
      as one shard of the output, hashed, recorded in the work directory's progress file with
      the boundary cache, and the stage's tensors are freed (back to meta).
@@ -28,10 +32,13 @@ from typing import Any
 
 import torch
 
-from qpass.errors import CheckpointError, PipelineError, VerificationError
+from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 WORK = ".qpass-stream"            # the work directory inside the output's parent
 PROGRESS = "progress.json"
 
@@ -123,14 +130,15 @@ class StreamingRun:
             raise PipelineError(f"pass(es) {', '.join(bad)} have no stage-wise form yet, so this "
                                 f"pipeline cannot stream a checkpoint directory; load the model "
                                 f"in memory (small models) or use stage-wise passes "
-                                f"(FuseNorms, SmoothQuant, AWQ, RTN, GPTQ, ObserveActivations, "
-                                f"Lower)")
+                                f"(FuseNorms, Rotate, DuQuant, SmoothQuant, AWQ, RTN, GPTQ, "
+                                f"ObserveActivations, Lower)")
         self.cfg = read_config(self.checkpoint_dir)
         self.sources = tensor_sources(self.checkpoint_dir, self.cfg)   # checks keys first
         self.model = build(self.cfg, device="meta")
         self.model.tokenizer = load_tokenizer(self.checkpoint_dir)
         self.progress = progress
         self.resumed = False
+        self.shared: dict[str, Any] = {}      # pass index -> its begin_stream state (resume)
 
     # ---- weights ------------------------------------------------------------------------
     @staticmethod
@@ -174,8 +182,15 @@ class StreamingRun:
                     mod._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
 
     def stage_tensors(self, g, stage) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-        """(tensors to write, their kinds in the checkpoint's `tensors` format)."""
-        return module_tensors(g.gm, self.stage_modules(stage))
+        """(tensors to write, their kinds in the checkpoint's `tensors` format): the stage's
+        modules and the graph buffers its nodes read (DuQuant's transform matrices)."""
+        from qpass.pipeline.stage_nodes import attr_targets
+        tensors, kinds = module_tensors(g.gm, self.stage_modules(stage))
+        persistent = set(g.gm.state_dict(keep_vars=True))
+        for target in attr_targets(g.gm.graph, stage.nodes):
+            tensors[target] = _attr(g.gm, target).detach().to("cpu").contiguous()
+            kinds[target] = {"kind": "buffer", "persistent": target in persistent}
+        return tensors, kinds
 
     def module_entries(self, g, stage) -> dict:
         """The graph-format entries (class + constructor kwargs) of the stage's modules."""
@@ -185,6 +200,7 @@ class StreamingRun:
     def free(self, g, stage) -> None:
         """Back to meta: the graph's modules and the built model's (which still holds the
         float module a pass replaced in the graph, with the weights read into it)."""
+        from qpass.pipeline.stage_nodes import attr_targets
         for target in self.stage_modules(stage):
             g.gm.get_submodule(target).to("meta")
             try:
@@ -192,9 +208,30 @@ class StreamingRun:
             except AttributeError:      # a module a pass added (e.g. Lower's SiluMulQuant)
                 continue
             built.to("meta")
+        for target in attr_targets(g.gm.graph, stage.nodes):
+            owner, _, name = target.rpartition(".")
+            mod = g.gm.get_submodule(owner)
+            mod._buffers[name] = mod._buffers[name].to("meta")
+
+    def restore_attrs(self, g, stage, record: StageRecord) -> None:
+        """A resumed stage's graph buffers, on meta with the shapes its shard holds (the
+        tensors themselves are in the shard already)."""
+        from safetensors import safe_open
+
+        from qpass.pipeline.stage_nodes import attr_targets
+        with safe_open(str(self.work / record.shard), framework="pt") as fh:
+            for target in attr_targets(g.gm.graph, stage.nodes):
+                owner, _, name = target.rpartition(".")
+                mod = g.gm.get_submodule(owner)
+                if name not in mod._buffers:
+                    t = fh.get_slice(target)
+                    mod.register_buffer(name, torch.empty(t.get_shape(), device="meta",
+                                                          dtype=_SAFETENSORS_DTYPES[t.get_dtype()]))
 
     # ---- resume ---------------------------------------------------------------------------
     def _load_progress(self, key: str) -> list[StageRecord]:
+        """The completed stages of an interrupted run with this key (hash-checked), and in
+        self.shared the passes' begin_stream states it recorded."""
         path = self.work / PROGRESS
         if not path.exists():
             return []
@@ -204,6 +241,7 @@ class StreamingRun:
             return []
         if data.get("run") != key:
             return []
+        self.shared = dict(data.get("shared", {}))
         records = []
         for r in data.get("stages", []):
             rec = StageRecord(**r)
@@ -216,7 +254,8 @@ class StreamingRun:
 
     def _save_progress(self, key: str, records: list[StageRecord]) -> None:
         tmp = self.work / (PROGRESS + ".tmp")
-        tmp.write_text(json.dumps({"run": key, "stages": [r.__dict__ for r in records]}, indent=1))
+        tmp.write_text(json.dumps({"run": key, "shared": self.shared,
+                                   "stages": [r.__dict__ for r in records]}, indent=1))
         os.replace(tmp, self.work / PROGRESS)
 
     # ---- the run --------------------------------------------------------------------------
@@ -249,6 +288,7 @@ class StreamingRun:
         key = run_key(self.pipeline, self.checkpoint_dir, self.calib, self.device, self.dtype)
         done = self._load_progress(key)
         records: list[StageRecord] = list(done)
+        self._begin(g, ctx)
         cache = runner.new_cache("input")
         for _ in runner._batches():
             cache.append({})
@@ -257,11 +297,14 @@ class StreamingRun:
         passes = self.pipeline.passes
         shadows = {k: copy_cache(cache) for k, p in enumerate(passes) if p.stage_inputs != "processed"}
         stages = runner.stages
+        self.known = {n for st in stages for n in st.nodes}     # nodes a stage owns
         try:
             for stage in stages:
                 if stage.index < len(done):           # completed by an earlier run: hash-checked
                     self.resumed = True
-                    stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
+                    stage.nodes[:] = stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
+                    self._adopted(runner, stage, [n for n in stage.nodes if n not in self.known])
+                    self.restore_attrs(g, stage, done[stage.index])
                     if stage.index == len(done) - 1:
                         cache, shadows = load_cache(self.work / done[stage.index].cache)
                     continue
@@ -312,23 +355,34 @@ class StreamingRun:
                 ensure_provided(p, g)
         return g, records, [self.work / r.shard for r in records]
 
+    def _begin(self, g, ctx) -> None:
+        """Every pass's begin_stream, once, before the first stage; a resumed run hands each
+        the state the interrupted run recorded (Rotate gets back the same Q)."""
+        for k, p in enumerate(self.pipeline.passes):
+            state = p.begin_stream(g, ctx, self.shared.get(str(k)))
+            if state is not None:
+                self.shared[str(k)] = state
+
+    def _adopted(self, runner, stage, new) -> None:
+        """Nodes a pass inserted into `stage` join the runner's lookups (stage_nodes.adopt)."""
+        self.known.update(new)
+        for n in new:
+            runner._by_name[n.name] = n
+        for later in runner._later[:stage.index]:
+            later.update(new)
+
     def _run_pass(self, p, g, ctx, stage, runner, cache) -> dict:
-        check = self.verify and p.exact
-        if check:
-            before = _stage_outputs(runner, stage, cache)
+        from qpass.pipeline import stage_nodes
+        from qpass.pipeline.stage_verify import StageCheck
+        check = StageCheck(p, g, stage, runner, cache, self.dtype) if self.verify and p.exact \
+            else None
         res = p.run_stage(g, ctx, stage, runner, cache)
         if res is None:
             raise PipelineError(f"pass {p.name}.run_stage returned None; it must return a PassResult")
+        self._adopted(runner, stage, stage_nodes.adopt(g.gm.graph, stage, self.known))
         out = {"metrics": res.metrics, "notes": res.notes, "nodes_changed": res.nodes_changed}
-        if check:
-            after = _stage_outputs(runner, stage, cache)
-            rel = max((float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
-                       for a, b in zip(after, before)), default=0.0)
-            tol = 1e-9 if self.dtype == torch.float64 else 1e-4
-            if rel > tol:
-                raise VerificationError(f"{p.name} is declared exact but changed {stage.name}'s "
-                                        f"outputs by {rel:.2e} (relative, tolerance {tol:g})")
-            out["verified_rel_change"] = rel
+        if check is not None:
+            out["verified_rel_change"] = check.finish()
         return out
 
 
@@ -349,15 +403,9 @@ def module_tensors(gm, targets) -> tuple[dict[str, torch.Tensor], dict[str, dict
     return tensors, kinds
 
 
-def _stage_outputs(runner, stage, cache) -> list[torch.Tensor]:
-    from qpass.calibration.sequential import BoundaryCache
-    out = BoundaryCache()
-    runner.run_stage(stage, cache, collect=out, keep=stage.live_out)
-    vals = []
-    for values in out:
-        vals += [values[n.name].double() for n in stage.live_out
-                 if isinstance(values.get(n.name), torch.Tensor) and values[n.name].is_floating_point()]
-    return vals
+def _attr(gm, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner), name)
 
 
 def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=None,
@@ -389,6 +437,8 @@ def stream_to(pipeline, checkpoint_dir, out, calib=None, device="cpu", dtype=Non
     for r in records:
         all_kinds.update(r.kinds)
     report = Report([merge_results(p.name, records) for p in pipeline.passes])
+    for p, rec in zip(pipeline.passes, report.passes):
+        rec.metrics = p.merged_metrics(rec.metrics)
     if pipeline.quantizes:
         report.coverage = coverage(g, pipeline.scheme(), planned=True)
         check_coverage(report.coverage, pipeline.allow_uncovered)
