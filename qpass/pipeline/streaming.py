@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from qpass.pipeline.host_memory import release_freed_memory
+
 from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
@@ -212,6 +214,7 @@ class StreamingRun:
             owner, _, name = target.rpartition(".")
             mod = g.gm.get_submodule(owner)
             mod._buffers[name] = mod._buffers[name].to("meta")
+        release_freed_memory()          # or peak RSS grows with depth (host_memory.py)
 
     def restore_attrs(self, g, stage, record: StageRecord) -> None:
         """A resumed stage's graph buffers, on meta with the shapes its shard holds (the
