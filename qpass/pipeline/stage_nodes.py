@@ -6,8 +6,8 @@ K/V schemes add `kv_bits` to attention nodes, Rotate and DuQuant insert online t
 by an earlier (killed) run is not re-run, so its nodes in the fresh capture are unedited; the
 stage record keeps every node of the stage in the checkpoint's node format
 (qpass.runtime.graph_io) and `restore` puts the recorded op, target, args and kwargs back on
-the live nodes, creating the inserted ones where they were. Nodes a pass removed cannot be
-replayed this way, which is said in one error (stage-wise passes edit or insert, never erase).
+the live nodes, creating the inserted ones where they were and erasing the ones a pass
+replaced (Lower's fused norm+quantize); a replaced node something still reads is one error.
 
 While a stage runs, `adopt` gives it the nodes its passes inserted, so that the stage's
 recomputation, verification and record include them."""
@@ -34,10 +34,8 @@ def restore(gm: fx.GraphModule, nodes: list[fx.Node], entries: list[dict]) -> li
     """Put the recorded edits back on the live `nodes` of one stage, inserting the nodes the
     passes had inserted (see the module doc); returns the stage's nodes in graph order."""
     names = [e["name"] for e in entries]
-    if not {n.name for n in nodes} <= set(names):
-        raise CheckpointError("a completed stage of the interrupted run has other nodes than "
-                              "this run's graph; delete the run's .qpass-stream directory and "
-                              "rerun from the start")
+    # nodes a pass replaced (Lower fuses a norm and its quantizer into one op): erased below
+    erased = [n for n in nodes if n.name not in set(names)]
     env = {n.name: n for n in gm.graph.nodes}
     table = vocab.vocabulary()
     live = {n.name: n for n in nodes}
@@ -60,6 +58,12 @@ def restore(gm: fx.GraphModule, nodes: list[fx.Node], entries: list[dict]) -> li
         n.op, n.target = e["op"], _target(e, table)
         n.args = decode(e["args"], env)
         n.kwargs = {k: decode(v, env, 1) for k, v in e["kwargs"]["dict"]}
+    for n in reversed(erased):          # no recorded node reads them any more
+        if n.users:
+            raise CheckpointError("a completed stage of the interrupted run has other nodes "
+                                  "than this run's graph; delete the run's .qpass-stream "
+                                  "directory and rerun from the start")
+        gm.graph.erase_node(n)
     return [live[name] for name in names]
 
 

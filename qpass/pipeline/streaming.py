@@ -216,6 +216,19 @@ class StreamingRun:
             mod._buffers[name] = mod._buffers[name].to("meta")
         release_freed_memory()          # or peak RSS grows with depth (host_memory.py)
 
+    def restore_modules(self, g, record: StageRecord) -> None:
+        """A resumed stage's modules as its passes left them (a LoweredLinear where the
+        capture has a Linear, Lower's fused norm+quantize modules), on meta: the graph's
+        later passes and the final graph see the same modules as in an uninterrupted run."""
+        from qpass.runtime.graph_io import install_module, module_entry, module_from_entry
+        for target, entry in record.modules.items():
+            try:
+                current = module_entry(g.gm.get_submodule(target), target)["class"]
+            except (AttributeError, CheckpointError):
+                current = None
+            if current != entry.get("class"):
+                install_module(g.gm, target, module_from_entry(target, entry))
+
     def restore_attrs(self, g, stage, record: StageRecord) -> None:
         """A resumed stage's graph buffers, on meta with the shapes its shard holds (the
         tensors themselves are in the shard already)."""
@@ -248,11 +261,16 @@ class StreamingRun:
         records = []
         for r in data.get("stages", []):
             rec = StageRecord(**r)
-            shard, cache = self.work / rec.shard, self.work / rec.cache
-            if not (shard.exists() and cache.exists() and sha256_file(shard) == rec.sha256
-                    and sha256_file(cache) == rec.cache_sha256):
+            shard = self.work / rec.shard
+            if not (shard.exists() and sha256_file(shard) == rec.sha256):
                 break                         # recompute from the first stage that fails
             records.append(rec)
+        # only the last stage's boundary cache is read again (earlier ones are emptied once
+        # used); without it the next stage has no inputs, so the run starts over
+        if records:
+            cache = self.work / records[-1].cache
+            if not (cache.exists() and sha256_file(cache) == records[-1].cache_sha256):
+                return []
         return records
 
     def _save_progress(self, key: str, records: list[StageRecord]) -> None:
@@ -308,6 +326,7 @@ class StreamingRun:
                     stage.nodes[:] = stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     self._adopted(runner, stage, [n for n in stage.nodes if n not in self.known])
                     self.restore_attrs(g, stage, done[stage.index])
+                    self.restore_modules(g, done[stage.index])
                     if stage.index == len(done) - 1:
                         cache, shadows = load_cache(self.work / done[stage.index].cache)
                     continue

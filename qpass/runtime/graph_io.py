@@ -225,6 +225,28 @@ def _check_kwargs(path: str, cls: type, kwargs) -> dict:
     return kwargs
 
 
+def module_from_entry(path: str, ms: dict) -> nn.Module:
+    """The module one graph-format entry describes, on the meta device (no tensors yet)."""
+    _register_builtins()
+    cls_name = ms.get("class") if isinstance(ms, dict) else None
+    if cls_name not in _MODULE_CLASSES:
+        raise CheckpointError(f"module {path!r} has class {cls_name!r:.60}, which is not "
+                              f"registered; import the package that registers it")
+    cls = _MODULE_CLASSES[cls_name][0]
+    with torch.device("meta"):
+        mod = cls(**_check_kwargs(path, cls, ms.get("kwargs", {})))
+    for b in ms.get("none_buffers", []):
+        if not vocab.is_identifier(b) or hasattr(mod, b) and b not in mod._buffers:
+            raise CheckpointError(f"module {path!r}: {cls_name} has no buffer {b!r:.60}")
+        mod.register_buffer(b, None)
+    return mod
+
+
+def install_module(root: nn.Module, path: str, mod: nn.Module) -> None:
+    owner, name = _owner(root, path)
+    owner.add_module(name, mod)
+
+
 def _build_modules(spec_modules, tensors, tensor_kinds) -> nn.Module:
     root = nn.Module()
     if not isinstance(spec_modules, dict) or not isinstance(tensor_kinds, dict):
@@ -235,15 +257,8 @@ def _build_modules(spec_modules, tensors, tensor_kinds) -> nn.Module:
         if cls_name not in _MODULE_CLASSES:
             raise CheckpointError(f"module {path!r} has class {cls_name!r:.60}, which is not "
                                   f"registered; import the package that registers it")
-        cls = _MODULE_CLASSES[cls_name][0]
-        with torch.device("meta"):
-            mod = cls(**_check_kwargs(path, cls, ms.get("kwargs", {})))
-        for b in ms.get("none_buffers", []):
-            if not vocab.is_identifier(b) or hasattr(mod, b) and b not in mod._buffers:
-                raise CheckpointError(f"module {path!r}: {cls_name} has no buffer {b!r:.60}")
-            mod.register_buffer(b, None)
         owner, name = _owner(root, path)
-        owner.add_module(name, mod)
+        owner.add_module(name, module_from_entry(path, ms))
     for name, info in tensor_kinds.items():
         _check_path(name, "tensor")
         if not isinstance(info, dict) or info.get("kind") not in ("param", "buffer"):

@@ -212,6 +212,12 @@ def _stream_in_subprocess(tmp_path, hf_dir, pipeline: str, out, kill_after=None,
         "        if len(records) == int(sys.argv[4]):\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
         "    streaming.StreamingRun._save_progress = save\n"
+        "load = streaming.StreamingRun._load_progress\n"
+        "def loaded(self, key):\n"
+        "    done = load(self, key)\n"
+        "    print(f'resumed {len(done)} stages', file=sys.stderr)\n"
+        "    return done\n"
+        "streaming.StreamingRun._load_progress = loaded\n"
         "import torch\n"
         "from qpass.calibration import CalibrationSet\n"
         "calib = CalibrationSet.from_ids(torch.arange(4000) % 90, mask_id=258, n=4, seq_len=32, seed=3)\n"
@@ -233,6 +239,7 @@ def _assert_resumed_equals_one_run(tmp_path, hf_dir, pipeline: str, env=None) ->
     assert [s["index"] for s in progress["stages"]] == [0, 1, 2]
     again = _stream_in_subprocess(tmp_path, hf_dir, pipeline, tmp_path / "r", env=env)
     assert again.returncode == 0, again.stderr
+    assert "resumed 3 stages" in again.stderr       # skipped, not silently recomputed
     model = qpass.models.load("tiny-llada", device="meta")
     assert model.config.mask_token_id == 258
     once = eval(pipeline).run(str(hf_dir), _calib(model), out=tmp_path / "once", progress=False)
