@@ -223,6 +223,11 @@ def _set(kw: dict, key: str, val, s: str) -> None:
     kw[key] = val
 
 
+def _fallback_group(g: int, ks) -> int | None:
+    """The largest FALLBACK_GROUPS entry below g that divides every K in ks, else None."""
+    return next((d for d in FALLBACK_GROUPS if d < g and all(k % d == 0 for k in ks)), None)
+
+
 def _suggest_group(K: int, g: int) -> int:
     """Largest divisor of K not above g, preferring multiples of 32 (one packed run)."""
     divisors = [d for d in range(1, min(g, K) + 1) if K % d == 0]
@@ -346,8 +351,7 @@ class Scheme:
         ks = sorted({int(k) for k in ks})
         if all(k % w.group_size == 0 for k in ks):
             return replace(self, model_group=None)
-        fits = [d for d in FALLBACK_GROUPS if d < w.group_size and all(k % d == 0 for k in ks)]
-        return replace(self, model_group=fits[0] if fits else None)
+        return replace(self, model_group=_fallback_group(w.group_size, ks))
 
     def fit_weight(self, spec: QuantSpec | None, K: int, name: str = "",
                    reason: str = "") -> tuple[QuantSpec | None, str]:
@@ -367,8 +371,8 @@ class Scheme:
             return spec, reason
         if self.strict_groups:
             spec.check_shape(K, name)                    # raises, naming the layer
-        fits = [d for d in FALLBACK_GROUPS if d < spec.group_size and K % d == 0]
-        fitted = replace(spec, group_size=fits[0]) if fits else \
+        g = _fallback_group(spec.group_size, [K])
+        fitted = replace(spec, group_size=g) if g else \
             replace(spec, granularity="channel", group_size=None)
         return fitted, (f"{reason}; group size {spec.group_size} does not divide K={K}: "
                         f"{fitted} instead (fallback)")

@@ -1,4 +1,5 @@
-"""Give freed host memory back to the operating system between streamed stages.
+"""Host and device memory for streamed stages: how much is free, and giving freed host memory
+back to the operating system between stages.
 
 A stage allocates and frees gigabytes in pieces of many sizes; glibc keeps freed heap pages of
 the smaller pieces for reuse, so a 32-block LLaDA-8B run measured 8.1 GiB peak RSS although
@@ -10,6 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from pathlib import Path
+
+import torch
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,3 +30,17 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on `device` (CUDA: mem_get_info; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -22,27 +22,19 @@ calibration) and every completed stage's shard and cache by sha256; anything tha
 match is recomputed. The shards are assembled into a compiled checkpoint at the end."""
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qpass.pipeline.host_memory import release_freed_memory
-
 from qpass.errors import CheckpointError, PipelineError
+from qpass.pipeline.host_memory import available_bytes, release_freed_memory
+from qpass.pipeline.stream_resume import (StageRecord, load_progress, restore_attrs,
+                                          restore_modules, run_key, save_progress, written)
 from qpass.pipeline.stream_state import copy_cache, load_cache, merge_results
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 WORK = ".qpass-stream"            # the work directory inside the output's parent
-PROGRESS = "progress.json"
 
 
 class _Batches:
@@ -56,63 +48,6 @@ class _Batches:
 
     def batches(self, batch_size: int = 8):
         return [self.batch]
-
-
-@dataclass
-class StageRecord:
-    index: int
-    shard: str
-    sha256: str
-    cache: str
-    cache_sha256: str
-    results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
-    modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
-    kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
-    nodes: list = field(default_factory=list)       # the stage's nodes after every pass
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Free memory on `device` (CUDA: mem_get_info; CPU: MemAvailable), None if unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _written(path: Path, write) -> None:
-    """Run write(); a full disk becomes one error that says the run can resume."""
-    try:
-        write()
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise CheckpointError(f"the disk is full while writing {path.name}: free space on "
-                                  f"{path.parent} and rerun the same command; it resumes after "
-                                  f"the last complete stage") from None
-        raise
-
-
-def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
-    """What identifies a run for resuming: pass configs, input files (names, sizes, mtimes),
-    the calibration tokens, device and dtype."""
-    h = hashlib.sha256()
-    h.update(json.dumps([[p.name, p.config()] for p in pipeline.passes], sort_keys=True,
-                        default=str).encode())
-    for f in sorted(checkpoint_dir.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    if calib is not None:
-        for batch in calib.batches(8):
-            for t in batch:
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{device}:{dtype}".encode())
-    return h.hexdigest()
 
 
 class StreamingRun:
@@ -216,68 +151,15 @@ class StreamingRun:
             mod._buffers[name] = mod._buffers[name].to("meta")
         release_freed_memory()          # or peak RSS grows with depth (host_memory.py)
 
-    def restore_modules(self, g, record: StageRecord) -> None:
-        """A resumed stage's modules as its passes left them (a LoweredLinear where the
-        capture has a Linear, Lower's fused norm+quantize modules), on meta: the graph's
-        later passes and the final graph see the same modules as in an uninterrupted run."""
-        from qpass.runtime.graph_io import install_module, module_entry, module_from_entry
-        for target, entry in record.modules.items():
-            try:
-                current = module_entry(g.gm.get_submodule(target), target)["class"]
-            except (AttributeError, CheckpointError):
-                current = None
-            if current != entry.get("class"):
-                install_module(g.gm, target, module_from_entry(target, entry))
-
-    def restore_attrs(self, g, stage, record: StageRecord) -> None:
-        """A resumed stage's graph buffers, on meta with the shapes its shard holds (the
-        tensors themselves are in the shard already)."""
-        from safetensors import safe_open
-
-        from qpass.pipeline.stage_nodes import attr_targets
-        with safe_open(str(self.work / record.shard), framework="pt") as fh:
-            for target in attr_targets(g.gm.graph, stage.nodes):
-                owner, _, name = target.rpartition(".")
-                mod = g.gm.get_submodule(owner)
-                if name not in mod._buffers:
-                    t = fh.get_slice(target)
-                    mod.register_buffer(name, torch.empty(t.get_shape(), device="meta",
-                                                          dtype=_SAFETENSORS_DTYPES[t.get_dtype()]))
-
-    # ---- resume ---------------------------------------------------------------------------
+    # ---- resume (stream_resume.py) -----------------------------------------------------
     def _load_progress(self, key: str) -> list[StageRecord]:
-        """The completed stages of an interrupted run with this key (hash-checked), and in
-        self.shared the passes' begin_stream states it recorded."""
-        path = self.work / PROGRESS
-        if not path.exists():
-            return []
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            return []
-        if data.get("run") != key:
-            return []
-        self.shared = dict(data.get("shared", {}))
-        records = []
-        for r in data.get("stages", []):
-            rec = StageRecord(**r)
-            shard = self.work / rec.shard
-            if not (shard.exists() and sha256_file(shard) == rec.sha256):
-                break                         # recompute from the first stage that fails
-            records.append(rec)
-        # only the last stage's boundary cache is read again (earlier ones are emptied once
-        # used); without it the next stage has no inputs, so the run starts over
-        if records:
-            cache = self.work / records[-1].cache
-            if not (cache.exists() and sha256_file(cache) == records[-1].cache_sha256):
-                return []
+        """The completed stages of an interrupted run with this key (hash-checked); their
+        passes' begin_stream states go to self.shared."""
+        records, self.shared = load_progress(self.work, key, self.shared)
         return records
 
     def _save_progress(self, key: str, records: list[StageRecord]) -> None:
-        tmp = self.work / (PROGRESS + ".tmp")
-        tmp.write_text(json.dumps({"run": key, "shared": self.shared,
-                                   "stages": [r.__dict__ for r in records]}, indent=1))
-        os.replace(tmp, self.work / PROGRESS)
+        save_progress(self.work, key, self.shared, records)
 
     # ---- the run --------------------------------------------------------------------------
     def run(self):
@@ -325,8 +207,8 @@ class StreamingRun:
                     self.resumed = True
                     stage.nodes[:] = stage_nodes.restore(g.gm, stage.nodes, done[stage.index].nodes)
                     self._adopted(runner, stage, [n for n in stage.nodes if n not in self.known])
-                    self.restore_attrs(g, stage, done[stage.index])
-                    self.restore_modules(g, done[stage.index])
+                    restore_attrs(g.gm, self.work, stage, done[stage.index])
+                    restore_modules(g.gm, done[stage.index])
                     if stage.index == len(done) - 1:
                         cache, shadows = load_cache(self.work / done[stage.index].cache)
                     continue
@@ -351,11 +233,11 @@ class StreamingRun:
                     runner.run_stage(stage, cache, collect=nxt)
                 shard = self.work / f"stage-{stage.index:05d}.safetensors"
                 tensors, kinds = self.stage_tensors(g, stage)
-                _written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
+                written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
                 tensors = None                            # the shard's buffers go before the next stage
                 cache_file = self.work / f"cache-{stage.index:05d}.pt"
                 saved = {"main": list(nxt), "shadows": {str(k): list(v) for k, v in nxt_shadows.items()}}
-                _written(cache_file, lambda: torch.save(saved, cache_file))
+                written(cache_file, lambda: torch.save(saved, cache_file))
                 saved = None
                 records.append(StageRecord(stage.index, shard.name, sha256_file(shard),
                                            cache_file.name, sha256_file(cache_file), results,

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
-                allow_module_level=True)
+from interpreter_cases import rel, require_interpreter  # noqa: E402,F401
+
+require_interpreter()
 
 import qpass  # noqa: E402
 import qpass.backends.ops  # noqa: E402,F401
@@ -17,10 +17,6 @@ from qpass import formats, hadamard  # noqa: E402
 from qpass.backends import registry  # noqa: E402
 
 ops = torch.ops.qpass
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def test_triton_is_selected_under_the_interpreter():

@@ -2,14 +2,12 @@
 TRITON_INTERPRET=1, run by test_triton_interpret.py in a subprocess: RMSNorm+quant and
 silu·mul+quant give exactly the codes and scales of the separate quantizer applied to the
 producer's output, and the lowered ops match the reference backend."""
-import os
-
 import pytest
 import torch
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
-                allow_module_level=True)
+from interpreter_cases import rel, require_interpreter  # noqa: E402,F401
+
+require_interpreter()
 
 import torch.nn.functional as F  # noqa: E402
 

@@ -1,14 +1,12 @@
 """The repacked W4A16 kernel (backends/triton/gemm_w4a16_mma.py) under TRITON_INTERPRET=1, run
 by test_triton_interpret.py in a subprocess. fp32 within 1e-5 of float64, fp16 within fp16
 tolerance; both regimes (small M: split-K, large M); K not a multiple of the 128-row tile."""
-import os
-
 import pytest
 import torch
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("run through test_triton_interpret.py (needs TRITON_INTERPRET=1 before import)",
-                allow_module_level=True)
+from interpreter_cases import rel, require_interpreter  # noqa: E402,F401
+
+require_interpreter()
 
 import qpass  # noqa: E402
 import qpass.backends.ops  # noqa: E402,F401
@@ -16,10 +14,6 @@ from qpass import formats  # noqa: E402
 from qpass.backends.triton import gemm_w4a16_mma, w4_layout  # noqa: E402
 
 ops = torch.ops.qpass
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 # (spec, K): group sizes 32/64/128 and per channel, sym and asym; 160/192/96 are not multiples
