@@ -77,6 +77,11 @@ def _grid_pipelines(group: int, methods: str):
         for ts in (True, False):
             rows[f"gptq {spec} act_order=True true_sequential={ts}"] = \
                 lambda ts=ts: Pipeline([P.GPTQ(spec, act_order=True, true_sequential=ts)])
+    if "refine" in methods:     # GPTQ's codes refined by coordinate descent, off vs on
+        for act_order in (False, True):
+            for sweeps in (0, 1):
+                rows[f"gptq {spec} act_order={act_order} refine={sweeps}"] = \
+                    lambda a=act_order, r=sweeps: Pipeline([P.GPTQ(spec, act_order=a, refine=r)])
     return rows
 
 

@@ -31,6 +31,8 @@ from qpass.errors import CalibrationError, SpecError
 from qpass.formats import QuantizedWeight, compute_qparams
 from qpass.specs import QuantSpec
 
+from ._gptq_refine import refine_walk
+
 MAX_ESCALATIONS = 6        # damping 1% -> 10% -> ... of mean diag(H), then give up
 
 
@@ -172,10 +174,20 @@ def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: f
                          damp_used, escalations)
 
 
+def _walk_hessian(H: torch.Tensor, factor: HessianFactor, dt: torch.dtype) -> torch.Tensor:
+    """H + λI as the factorisation saw it: dead inputs made invertible, in walk order."""
+    H = H.detach().to(dt).clone()
+    H[factor.dead, factor.dead] = 1.0
+    if factor.perm is not None:
+        H = H[factor.perm][:, factor.perm]
+    H.diagonal().add_(factor.damp_used * torch.diagonal(H).mean().clamp(min=torch.finfo(dt).tiny))
+    return H
+
+
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
                     act_order: bool | str = False, damp: float = 0.01,
-                    static_groups: bool = False, factor: HessianFactor | None = None
-                    ) -> tuple[torch.Tensor, dict]:
+                    static_groups: bool = False, factor: HessianFactor | None = None,
+                    refine: int = 0) -> tuple[torch.Tensor, dict]:
     """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
 
     Returns (Wq, info): Wq the dequantized weight (W's shape and dtype); info has `qweight`
@@ -184,7 +196,10 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     (number of dead input channels), `static_groups_forced`. act_order: False, True (diag H
     descending) or "group" (group-aware reordering, see the module docstring). `factor`: H's
     factorisation from factor_hessian, shared by linears that read the same input (q/k/v,
-    gate/up) so it is computed once; H is then not read."""
+    gate/up) so it is computed once; H is then not read unless `refine` > 0: that many sweeps
+    of coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
+    same grid and group parameters, only codes move; info["refine_gain"] is the relative
+    decrease of the objective)."""
     spec = QuantSpec.parse(spec)
     if act_order not in (False, True, "group"):
         raise SpecError(f"act_order must be False, True or 'group', got {act_order!r}")
@@ -195,6 +210,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
                         f"H {tuple(H.shape)}")
     if block_size < 1:
         raise SpecError(f"block_size must be >= 1, got {block_size}")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise SpecError(f"refine is a number of sweeps (an int >= 0), got {refine!r}")
     N, K = W.shape
     spec.check_shape(K)
     out_dtype, dt = W.dtype, _compute_dtype(W)
@@ -224,7 +241,9 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
         W = W[:, perm]
 
     # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row.
-    WT = W.t().contiguous()
+    # a copy always: for N == 1, W.t().contiguous() would be the caller's own tensor
+    WT = torch.empty(K, N, dtype=dt, device=W.device).copy_(W.t())
+    W0T = WT.clone() if refine else None                         # the solve updates WT in place
     del W
     QT = torch.empty_like(WT)                                    # dequantized columns
     CT = torch.empty(K, N, dtype=torch.uint8, device=WT.device)  # their codes, packed once
@@ -265,6 +284,13 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
             flat = E1.reshape(-1)
             loss += torch.dot(flat, flat).double()      # GPTQ's objective Σ err²/2, err = (w−q)/d
     del WT
+    gain = 0.0
+    if refine:
+        with _one_cpu_thread(QT.device):
+            gain = refine_walk(W0T, QT, CT, _walk_hessian(H, factor, dt), col_group, s_rows,
+                               z_rows, top, refine, block_size)
+        gain /= max(float(loss), torch.finfo(torch.float64).tiny)   # Σ err² = f (GPTQ's)
+        del W0T
     Q, codes = QT.t(), CT.t()
     if perm is not None:
         inv = torch.argsort(perm)
@@ -275,7 +301,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
             scale, zero = scale[:1], zero[:1]
     qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, spec)
     info = {"qweight": qweight, "damp_used": factor.damp_used, "escalations": factor.escalations,
-            "loss": float(loss) * 0.5, "dead": n_dead, "static_groups_forced": forced}
+            "loss": float(loss) * 0.5, "dead": n_dead, "static_groups_forced": forced,
+            "refine_sweeps": refine, "refine_gain": gain}
     return Q.to(out_dtype), info
 
 

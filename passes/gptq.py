@@ -34,6 +34,11 @@ __all__ = ["GPTQ", "quantize_weight", "factor_hessian", "reconstruction_error",
            "inverse_cholesky"]
 
 
+# "auto" refinement needs this many calibration tokens per input channel: below it the sweep
+# lowered the calibration error but raised the error on held-out inputs (docs/RESULTS.md).
+REFINE_MIN_TOKENS_PER_INPUT = 2
+
+
 @dataclass(eq=False, repr=False)
 class GPTQ(WeightRounding):
     """GPTQ(scheme=None): a scheme name (`"w4a16g128"`, `"w4a8"`), a Scheme or a weight spec
@@ -45,7 +50,12 @@ class GPTQ(WeightRounding):
     Hessian from the float model instead of feeding quantized blocks forward; with
     true_sequential=False the blocks are fed forward quantized but a block's linears all take
     their Hessians from its float computation (one round per block, llm-compressor's flow).
-    offload_dir keeps cached block inputs on disk. threads: solves run side by side."""
+    offload_dir keeps cached block inputs on disk. threads: solves run side by side.
+    refine: sweeps of coordinate descent on GPTQ's own damped objective after each solve (only
+    codes move; passes/_gptq_refine.py); "auto" does one sweep for a linear whose Hessian saw
+    at least REFINE_MIN_TOKENS_PER_INPUT tokens per input channel — with fewer, H is close to
+    rank-deficient and the sweep fits the calibration set instead of the layer (measured:
+    docs/RESULTS.md "GPTQ against the peers")."""
 
     scheme: Any = None
     block_size: int = 128
@@ -57,12 +67,21 @@ class GPTQ(WeightRounding):
     batch_size: int = 8
     offload_dir: str | None = None
     threads: int | None = None        # solves side by side; None = torch.get_num_threads()
+    refine: int | str = "auto"        # sweeps after the solve; "auto": 1 with enough tokens
     needs_calibration = True
+
+    def __post_init__(self):
+        refine = self.refine
+        if refine != "auto" and (isinstance(refine, bool) or not isinstance(refine, int)
+                                 or refine < 0):
+            raise SpecError(f"GPTQ refine must be 'auto' or a number of sweeps >= 0, got "
+                            f"{refine!r}")
+        super().__post_init__()
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in
                         (("act_order", False), ("static_groups", False), ("sequential", True),
-                         ("true_sequential", True))
+                         ("true_sequential", True), ("refine", "auto"))
                         if getattr(self, k) != d)
         return f"GPTQ({self.scheme.name!r}{extra})"
 
@@ -91,6 +110,7 @@ class GPTQ(WeightRounding):
         if self.act_order not in (False, True, "group"):
             raise SpecError(f"GPTQ act_order must be False, True or 'group', got "
                             f"{self.act_order!r}")
+
         if ctx.calib is None:
             raise CalibrationError("GPTQ needs calibration data: pass calib=qpass.calibration."
                                    "CalibrationSet.from_texts(texts, tokenizer)")
@@ -181,15 +201,23 @@ class GPTQ(WeightRounding):
                                          self.act_order, self.damp, made_for[k][2]), made_for)))
             solved = list(pool.map(
                 lambda item: self._solve(g.module(item[0]), specs[item[0]], hessians[item[1]],
-                                         factors[key[item[0]]]), todo))
+                                         factors[key[item[0]]],
+                                         item[0].meta["qpass"].get("calib_tokens")), todo))
         for (n, _), result in zip(todo, solved):
             self._install(g, n, *result)
 
-    def _solve(self, lin, wspec, hess, factor):
+    def sweeps_for(self, tokens: int | None, K: int) -> int:
+        """Refinement sweeps for a linear with K inputs whose Hessian saw `tokens` tokens."""
+        if self.refine != "auto":
+            return int(self.refine)
+        return int(tokens is not None and tokens >= REFINE_MIN_TOKENS_PER_INPUT * K)
+
+    def _solve(self, lin, wspec, hess, factor, tokens):
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,
-                                   static_groups=self.static_groups, factor=factor)
+                                   static_groups=self.static_groups, factor=factor,
+                                   refine=self.sweeps_for(tokens, W.shape[1]))
         rtn = QuantizedWeight.from_float(W.float(), wspec).dequantize(W.dtype)
         errors = reconstruction_errors(W, [Wq, rtn], hess)
         return info, errors
@@ -210,7 +238,8 @@ class GPTQ(WeightRounding):
         replace_linear(g, node, new, reason=f"{reason} (GPTQ)")
         stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info["damp_used"],
                  "escalations": info["escalations"], "dead_inputs": info["dead"],
-                 "loss": info["loss"], "tokens": node.meta["qpass"].get("calib_tokens")}
+                 "loss": info["loss"], "tokens": node.meta["qpass"].get("calib_tokens"),
+                 "refine_sweeps": info["refine_sweeps"], "refine_gain": info["refine_gain"]}
         node.meta.setdefault("qpass", {})["gptq"] = stats
         self._res.metrics.setdefault("layers", {})[node.target] = stats
         self._res.nodes_changed.append(node.name)
