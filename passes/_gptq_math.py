@@ -1,18 +1,24 @@
 """GPTQ for one weight matrix (Frantar et al. 2022), on qpass's integer formats.
 
-Columns are quantized one at a time along K; each column's rounding error is spread over the
-not-yet-quantized columns through the upper Cholesky factor of H⁻¹ (optimal brain surgeon
-update). Updates are lazy at two levels: a column's rank-1 update touches only its sub-block
-of SUB_BLOCK columns, a sub-block's errors reach the rest of its block in one matmul, and a
-block's (`block_size`) errors reach the rest of W in one matmul — the same result as the
-column-by-column textbook algorithm, with far less memory traffic. Codes are written once per
-column as they are decided and packed once at the end (no re-quantization of the result).
+Columns are quantized one at a time along K; each column is rounded from its optimal value
+given the columns already decided (the optimal-brain-surgeon update). qpass computes the solve
+"left-looking" from one Cholesky factor: with Hd = H + λI = A·Aᵀ, A upper triangular (the
+Cholesky factor of Hd with rows and columns reversed), the residuals R = W − Q and the scaled
+errors E = R·A satisfy GPTQ's objective tr(R·Hd·Rᵀ) = ‖E‖², and column j's current value is
+w_j + P_j / A_jj with P_j = Σ_{i<j} R_i·A_ij. The peers (and the paper) instead take the upper
+Cholesky factor of Hd⁻¹, which costs an inverse and a second factorisation (about 4x the
+factorisation work here); both give the same codes in exact arithmetic. Updates are lazy at
+two levels: a column's rank-1 update of P touches only its sub-block of SUB_BLOCK columns, a
+sub-block reaches the rest of its block in one matmul, and a block's P is one matmul of all
+earlier residuals. Codes are written once per column and packed once at the end.
 
-Group parameters: without act-order a group's scale/zero come from the partly-updated weights
-when the walk reaches the group's first column (GPTQ's default). With act-order the walk is
-permuted, so groups would no longer be contiguous in K; qpass's packed layout stores groups
-along the ORIGINAL K order, hence act-order + groups always uses static groups (parameters from
-the original weights before any update), and `info["static_groups_forced"]` says so.
+Group parameters: without act-order a group's scale/zero come from the group's optimal values
+given every earlier column when the walk reaches the group's first column (GPTQ's default;
+for the group's columns g that is w_g + P_g·A_gg⁻¹, one small triangular solve). With
+act-order the walk is permuted, so groups would no longer be contiguous in K; qpass's packed
+layout stores groups along the ORIGINAL K order, hence act-order + groups always uses static
+groups (parameters from the original weights before any update), and
+`info["static_groups_forced"]` says so.
 
 act_order="group" is group-aware reordering (GAR, Gafni et al. 2025): the groups are walked in
 order of their most important column (largest diag H) and each group's columns in order of
@@ -40,22 +46,24 @@ def _compute_dtype(W: torch.Tensor) -> torch.dtype:
     return torch.float64 if W.dtype == torch.float64 else torch.float32
 
 
-def inverse_cholesky(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, int]:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = damp·mean(diag H), multiplying λ by 10
-    while H + λI is not positive definite. Returns (factor, relative damping used, escalations)."""
+def hessian_root(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """H + λI = Ã·diag(a)²·Ãᵀ with Ã unit upper triangular and a > 0, λ = damp·mean(diag H),
+    multiplying λ by 10 while H + λI is not positive definite. Ã·diag(a) is the lower Cholesky
+    factor of H + λI with rows and columns reversed (J·chol(J·Hd·J)·J, J the reversal); the
+    unit form lets the solve read a column's current value as w_j + P_j without a division.
+    Returns (Ã, a, relative damping used, escalations)."""
     mean_diag = torch.diagonal(H).mean().clamp(min=torch.finfo(H.dtype).tiny)
     rel = float(damp)
     for escalation in range(MAX_ESCALATIONS + 1):
-        Hd = H.clone()
+        Hd = H.flip(0, 1)
         Hd.diagonal().add_(rel * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
         del Hd
-        if int(info) == 0:
-            U, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-            # u_jj² = a_jj − Σ_{k<j} u_kj²: a NaN/Inf anywhere in column j of U shows on its
-            # diagonal, so the K diagonal entries stand for all K² (no full scan in the solve).
-            if int(info2) == 0 and torch.isfinite(torch.diagonal(U)).all():
-                return U, rel, escalation
+        # a NaN/Inf anywhere in column j of L shows on its diagonal (l_jj² = a_jj − Σ l_jk²)
+        if int(info) == 0 and torch.isfinite(torch.diagonal(L)).all():
+            A = L.flip(0, 1)
+            a = torch.diagonal(A).clone()
+            return A.div_(a), a, rel, escalation
         rel *= 10.0
     raise CalibrationError(f"the Hessian is not positive definite even with damping "
                            f"{rel / 10:g}·mean(diag H): calibration inputs are degenerate "
@@ -90,14 +98,16 @@ def _one_cpu_thread(device: torch.device):
 SUB_BLOCK = 32     # columns per rank-1 slab inside a block; the rest of the block by one GEMM
 
 
-def _group_now(WT, U, E, i1: int, i2: int, col: int, gs: int) -> torch.Tensor:
-    """(N, gs) weights of the group starting at `col` (inside block [i1, i2)) as the
-    column-by-column algorithm sees them: in-block rows of WT are current at a sub-block start;
-    later rows get the block's pending update from the errors E of columns i1..col-1."""
-    tail = WT[i2:i2 + max(0, gs - (i2 - col))]
-    if col > i1 and tail.shape[0]:
-        tail = tail - U[i1:col, i2:i2 + tail.shape[0]].t() @ E[:col - i1]
-    return torch.cat([WT[col:i2], tail], dim=0)[:gs].t()
+def _group_now(WT, A, P, i1: int, col: int, gs: int) -> torch.Tensor:
+    """(N, gs) optimal values of the group starting at walk column `col` given every earlier
+    column: w_g + P_g·Ã_gg⁻¹ (transposed here: WT rows still hold the original weights, P the
+    block's current left-looking sums, Ã_gg the group's diagonal block of the unit factor)."""
+    Agg = A[col:col + gs, col:col + gs]
+    # the (gs, gs) inverse then one GEMM: a triangular solve with N right-hand sides runs
+    # several times slower than the GEMM on CPU
+    inv_t = torch.linalg.solve_triangular(Agg, torch.eye(gs, dtype=A.dtype, device=A.device),
+                                          upper=True, unitriangular=True).t()
+    return torch.addmm(WT[col:col + gs], inv_t, P[col - i1:col - i1 + gs]).t()
 
 
 def walk_order(H: torch.Tensor, act_order, gs: int) -> torch.Tensor | None:
@@ -129,15 +139,18 @@ def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
 
 @dataclasses.dataclass(frozen=True)
 class HessianFactor:
-    """What the solve needs from H, independent of W: the dead inputs, the walk order and the
-    upper Cholesky factor of (H + λI)⁻¹ in that order."""
+    """What the solve needs from H, independent of W: the dead inputs, the walk order and, in
+    that order, H + λI = Ã·diag(a)²·Ãᵀ (hessian_root); Hd = H + λI itself when kept for the
+    refinement (factor_hessian's keep_hessian)."""
     key: tuple
     dead: torch.Tensor
     n_dead: int
     perm: torch.Tensor | None
-    U: torch.Tensor
+    A: torch.Tensor
+    a: torch.Tensor
     damp_used: float
     escalations: int
+    Hd: torch.Tensor | None = None
 
 
 def _factor_key(spec: QuantSpec, act_order, damp: float, dt: torch.dtype, K: int) -> tuple:
@@ -147,9 +160,11 @@ def _factor_key(spec: QuantSpec, act_order, damp: float, dt: torch.dtype, K: int
 
 
 def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: float = 0.01,
-                   dtype: torch.dtype = torch.float32) -> HessianFactor:
-    """Check H, mark its dead inputs, choose the walk order and factor (H + λI)⁻¹ (see
-    quantize_weight, which calls it unless given a factor)."""
+                   dtype: torch.dtype = torch.float32, keep_hessian: bool = True) -> HessianFactor:
+    """Check H, mark its dead inputs, choose the walk order and factor H + λI (see
+    quantize_weight, which calls it unless given a factor). keep_hessian: also keep the damped
+    H in walk order (K² more memory), which a refining solve reads; without it such a solve
+    rebuilds it from H."""
     spec = QuantSpec.parse(spec)
     K = H.shape[0]
     dt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -169,13 +184,19 @@ def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: f
     if perm is not None:
         H = H[perm][:, perm]
     with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
-        U, damp_used, escalations = inverse_cholesky(H, damp)
-    return HessianFactor(_factor_key(spec, act_order, damp, dt, K), dead, n_dead, perm, U,
-                         damp_used, escalations)
+        A, a, damp_used, escalations = hessian_root(H, damp)
+    Hd = None
+    if keep_hessian:
+        Hd = H                      # our own copy (cloned above), in walk order
+        Hd.diagonal().add_(damp_used * torch.diagonal(Hd).mean().clamp(min=torch.finfo(dt).tiny))
+    return HessianFactor(_factor_key(spec, act_order, damp, dt, K), dead, n_dead, perm, A, a,
+                         damp_used, escalations, Hd)
 
 
 def _walk_hessian(H: torch.Tensor, factor: HessianFactor, dt: torch.dtype) -> torch.Tensor:
     """H + λI as the factorisation saw it: dead inputs made invertible, in walk order."""
+    if factor.Hd is not None:
+        return factor.Hd
     H = H.detach().to(dt).clone()
     H[factor.dead, factor.dead] = 1.0
     if factor.perm is not None:
@@ -222,10 +243,12 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     elif factor.key != _factor_key(spec, act_order, damp, dt, K):
         raise SpecError(f"this HessianFactor was made for {factor.key}, not for "
                         f"{_factor_key(spec, act_order, damp, dt, K)}: make one per setting")
-    dead, n_dead, perm, U = factor.dead, factor.n_dead, factor.perm, factor.U
+    dead, n_dead, perm, A = factor.dead, factor.n_dead, factor.perm, factor.A
     group_aware = act_order == "group" and grouped
     forced = bool(act_order and grouped and not static_groups and not group_aware)
     dynamic_groups = grouped and not static_groups and (not act_order or group_aware)
+    if dynamic_groups:      # whole groups per block: a group's values need only its block's P
+        block_size = max(1, block_size // gs) * gs
     n_groups = K // gs if grouped else 1
     W = W.detach().to(dt)
     if n_dead:
@@ -240,57 +263,72 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     if perm is not None:
         W = W[:, perm]
 
-    # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row.
+    # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row. A row holds the
+    # original weight until its column is decided, then its residual w − q (what P reads).
     # a copy always: for N == 1, W.t().contiguous() would be the caller's own tensor
     WT = torch.empty(K, N, dtype=dt, device=W.device).copy_(W.t())
-    W0T = WT.clone() if refine else None                         # the solve updates WT in place
     del W
-    QT = torch.empty_like(WT)                                    # dequantized columns
-    CT = torch.empty(K, N, dtype=torch.uint8, device=WT.device)  # their codes, packed once
-    E = torch.empty(min(block_size, K), N, dtype=dt, device=WT.device)
+    CT = torch.empty_like(WT)             # codes, as floats while they can still move
+    B = min(block_size, K)
+    P = torch.empty(B, N, dtype=dt, device=WT.device)            # the block's Σ_{i<j} R_i Ã_ij
+    # errors e_j = current w_j − q_j (GPTQ's objective is Σ a_j²·e_j²): all kept when the
+    # refinement reads them
+    ET = torch.empty(K if refine else B, N, dtype=dt, device=WT.device)
+    cur = torch.empty(N, dtype=dt, device=WT.device)
     tmp = torch.empty(N, dtype=dt, device=WT.device)
     col_group = ((perm if perm is not None else torch.arange(K, device=WT.device)) // gs).tolist()
     scale_t, zero_t = scale.t().to(dt).contiguous(), zero.t().to(dt).contiguous()
-    diag = torch.diagonal(U).tolist()
     top = float(spec.levels - 1)
+    a2 = factor.a.square()
     # row views made once: indexing a tensor per column costs more than the column's arithmetic
-    w_rows, q_rows, c_rows = WT.unbind(0), QT.unbind(0), CT.unbind(0)
-    u_rows, e_rows, s_rows, z_rows = U.unbind(0), E.unbind(0), scale_t.unbind(0), zero_t.unbind(0)
+    w_rows, c_rows, p_rows = WT.unbind(0), CT.unbind(0), P.unbind(0)
+    a_rows, e_rows, s_rows, z_rows = A.unbind(0), ET.unbind(0), scale_t.unbind(0), zero_t.unbind(0)
     loss = torch.zeros((), dtype=torch.float64, device=WT.device)
     with _one_cpu_thread(WT.device):
-        for i1 in range(0, K, block_size):
-            i2 = min(i1 + block_size, K)
-            E1 = E[:i2 - i1]
+        for i1 in range(0, K, B):
+            i2 = min(i1 + B, K)
+            Pb = P[:i2 - i1]
+            if i1:      # every earlier residual reaches this block at once
+                torch.mm(A[:i1, i1:i2].t(), WT[:i1], out=Pb)
+            else:
+                Pb.zero_()
+            e0 = i1 if refine else 0
             for j1, j2 in _sub_blocks(i1, i2, gs, dynamic_groups):
                 if dynamic_groups and j1 % gs == 0:
                     g = col_group[j1]              # the walk's j1-th column's group
-                    sg, zg = _params_for_columns(_group_now(WT, U, E1, i1, i2, j1, gs), spec)
+                    sg, zg = _params_for_columns(_group_now(WT, A, Pb, i1, j1, gs), spec)
                     scale[:, g:g + 1], zero[:, g:g + 1] = sg, zg
                     scale_t[g], zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)
                 for col in range(j1, j2):
                     g = col_group[col]
-                    s, z, w, e = s_rows[g], z_rows[g], w_rows[col], e_rows[col - i1]
+                    s, z, w, u = s_rows[g], z_rows[g], w_rows[col], c_rows[col]
+                    torch.add(w, p_rows[col - i1], out=cur)          # the column's value now
                     # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention
-                    torch.div(w, s, out=tmp).round_().add_(z).clamp_(0.0, top)
-                    c_rows[col].copy_(tmp)
-                    q = torch.sub(tmp, z, out=q_rows[col]).mul_(s)
-                    torch.sub(w, q, out=e).div_(diag[col])
+                    torch.div(cur, s, out=u).round_().add_(z).clamp_(0.0, top)
+                    torch.sub(u, z, out=tmp)
+                    torch.addcmul(cur, tmp, s, value=-1, out=e_rows[col - i1 + e0])
+                    w.addcmul_(tmp, s, value=-1)                      # row col: w − q
                     if col + 1 < j2:
-                        WT[col + 1:j2].addr_(u_rows[col][col + 1:j2], e, alpha=-1)
-                if j2 < i2:     # the sub-block's errors reach the rest of the block at once
-                    WT[j2:i2].addmm_(U[j1:j2, j2:i2].t(), E1[j1 - i1:j2 - i1], alpha=-1)
-            if i2 < K:          # ... and the block's errors the rest of W, in one matmul
-                WT[i2:].addmm_(U[i1:i2, i2:].t(), E1, alpha=-1)
-            flat = E1.reshape(-1)
-            loss += torch.dot(flat, flat).double()      # GPTQ's objective Σ err²/2, err = (w−q)/d
-    del WT
+                        Pb[col + 1 - i1:j2 - i1].addr_(a_rows[col][col + 1:j2], w)
+                if j2 < i2:     # the sub-block's residuals reach the rest of the block at once
+                    Pb[j2 - i1:].addmm_(A[j1:j2, j2:i2].t(), WT[j1:j2])
+            Eb = ET[e0:e0 + i2 - i1]
+            # GPTQ's objective tr(R·Hd·Rᵀ) = Σ_j a_j²·‖e_j‖²
+            loss += (Eb.square().sum(1, dtype=torch.float64) * a2[i1:i2]).sum()
     gain = 0.0
     if refine:
-        with _one_cpu_thread(QT.device):
-            gain = refine_walk(W0T, QT, CT, _walk_hessian(H, factor, dt), col_group, s_rows,
-                               z_rows, top, refine, block_size)
-        gain /= max(float(loss), torch.finfo(torch.float64).tiny)   # Σ err² = f (GPTQ's)
-        del W0T
+        with _one_cpu_thread(CT.device):
+            ET.mul_(a2[:, None])                # G = R·Hd = (a²·E)·Ãᵀ at the solve's state
+            gain = refine_walk(WT, CT, ET, A, _walk_hessian(H, factor, dt), col_group,
+                               s_rows, z_rows, top, refine, B)
+        gain /= max(float(loss), torch.finfo(torch.float64).tiny)
+    del ET, P
+    QT = WT                                    # the residuals are spent: the buffer takes Q
+    groups_t = torch.tensor(col_group, device=CT.device)
+    for i1 in range(0, K, B):                  # q = (u − z)·s, as the solve computed it
+        g = groups_t[i1:i1 + B]
+        torch.sub(CT[i1:i1 + B], zero_t[g], out=QT[i1:i1 + B]).mul_(scale_t[g])
+    CT = CT.to(torch.uint8)
     Q, codes = QT.t(), CT.t()
     if perm is not None:
         inv = torch.argsort(perm)

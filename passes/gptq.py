@@ -26,12 +26,12 @@ from qpass.pipeline.pass_base import PassContext, PassResult
 from qpass.calibration.sequential import SequentialRunner
 from qpass.calibration.stats import all_reduce_stats, watch_regions
 
-from ._gptq_math import (_compute_dtype, _factor_key, factor_hessian, inverse_cholesky,
+from ._gptq_math import (_compute_dtype, _factor_key, factor_hessian, hessian_root,
                          quantize_weight, reconstruction_error, reconstruction_errors)
 from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
 
 __all__ = ["GPTQ", "quantize_weight", "factor_hessian", "reconstruction_error",
-           "inverse_cholesky"]
+           "hessian_root"]
 
 
 # "auto" refinement needs this many calibration tokens per input channel: below it the sweep
