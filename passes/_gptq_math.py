@@ -46,17 +46,21 @@ def _compute_dtype(W: torch.Tensor) -> torch.dtype:
     return torch.float64 if W.dtype == torch.float64 else torch.float32
 
 
+def _damping(H: torch.Tensor, rel: float) -> torch.Tensor:
+    """λ = rel·mean(diag H): the damping GPTQ adds to the diagonal."""
+    return rel * torch.diagonal(H).mean().clamp(min=torch.finfo(H.dtype).tiny)
+
+
 def hessian_root(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """H + λI = Ã·diag(a)²·Ãᵀ with Ã unit upper triangular and a > 0, λ = damp·mean(diag H),
     multiplying λ by 10 while H + λI is not positive definite. Ã·diag(a) is the lower Cholesky
     factor of H + λI with rows and columns reversed (J·chol(J·Hd·J)·J, J the reversal); the
     unit form lets the solve read a column's current value as w_j + P_j without a division.
     Returns (Ã, a, relative damping used, escalations)."""
-    mean_diag = torch.diagonal(H).mean().clamp(min=torch.finfo(H.dtype).tiny)
     rel = float(damp)
     for escalation in range(MAX_ESCALATIONS + 1):
         Hd = H.flip(0, 1)
-        Hd.diagonal().add_(rel * mean_diag)
+        Hd.diagonal().add_(_damping(H, rel))
         L, info = torch.linalg.cholesky_ex(Hd)
         del Hd
         # a NaN/Inf anywhere in column j of L shows on its diagonal (l_jj² = a_jj − Σ l_jk²)
@@ -168,7 +172,7 @@ def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: f
     spec = QuantSpec.parse(spec)
     K = H.shape[0]
     dt = torch.float64 if dtype == torch.float64 else torch.float32
-    H = H.detach().to(dt).clone()
+    H = H.detach().to(dt)
     # One check of the (K²) input before the solve: a NaN/Inf in H would otherwise only show up
     # as a failed factorisation or as NaN weights.
     if not torch.isfinite(H).all():
@@ -176,33 +180,37 @@ def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: f
                                "overflowed")
     # Dead inputs never influence the output: zero their weights and make H invertible there.
     dead = torch.diagonal(H) == 0
-    n_dead = int(dead.sum())
-    H[dead, dead] = 1.0
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else K
+    H = _in_walk_order(H, dead, None)             # our own copy from here on
     perm = walk_order(H, act_order if grouped else bool(act_order), gs)
     if perm is not None:
         H = H[perm][:, perm]
     with _one_cpu_thread(H.device):     # LAPACK's blocked factorisations round differently per thread count
         A, a, damp_used, escalations = hessian_root(H, damp)
     Hd = None
-    if keep_hessian:
-        Hd = H                      # our own copy (cloned above), in walk order
-        Hd.diagonal().add_(damp_used * torch.diagonal(Hd).mean().clamp(min=torch.finfo(dt).tiny))
-    return HessianFactor(_factor_key(spec, act_order, damp, dt, K), dead, n_dead, perm, A, a,
-                         damp_used, escalations, Hd)
+    if keep_hessian:                   # H is in walk order with dead inputs fixed: damp it
+        Hd = H
+        Hd.diagonal().add_(_damping(Hd, damp_used))
+    return HessianFactor(_factor_key(spec, act_order, damp, dt, K), dead, int(dead.sum()), perm,
+                         A, a, damp_used, escalations, Hd)
+
+
+def _in_walk_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """A copy of H with its dead inputs made invertible (diagonal 1), in walk order."""
+    H = H.clone()
+    H[dead, dead] = 1.0
+    return H if perm is None else H[perm][:, perm]
 
 
 def _walk_hessian(H: torch.Tensor, factor: HessianFactor, dt: torch.dtype) -> torch.Tensor:
-    """H + λI as the factorisation saw it: dead inputs made invertible, in walk order."""
+    """H + λI as the factorisation saw it: the factor's own copy when it kept one, else
+    rebuilt from H the same way."""
     if factor.Hd is not None:
         return factor.Hd
-    H = H.detach().to(dt).clone()
-    H[factor.dead, factor.dead] = 1.0
-    if factor.perm is not None:
-        H = H[factor.perm][:, factor.perm]
-    H.diagonal().add_(factor.damp_used * torch.diagonal(H).mean().clamp(min=torch.finfo(dt).tiny))
-    return H
+    Hd = _in_walk_order(H.detach().to(dt), factor.dead, factor.perm)
+    Hd.diagonal().add_(_damping(Hd, factor.damp_used))
+    return Hd
 
 
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
@@ -217,8 +225,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     (number of dead input channels), `static_groups_forced`. act_order: False, True (diag H
     descending) or "group" (group-aware reordering, see the module docstring). `factor`: H's
     factorisation from factor_hessian, shared by linears that read the same input (q/k/v,
-    gate/up) so it is computed once; H is then not read unless `refine` > 0: that many sweeps
-    of coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
+    gate/up) so it is computed once; H is then not read unless `refine` > 0 and the factor
+    was made without keep_hessian. refine: that many sweeps of coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
     same grid and group parameters, only codes move; info["refine_gain"] is the relative
     decrease of the objective)."""
     spec = QuantSpec.parse(spec)
@@ -239,7 +247,7 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     grouped = spec.granularity == "group"
     gs = spec.group_size if grouped else K
     if factor is None:
-        factor = factor_hessian(H, spec, act_order, damp, dt)
+        factor = factor_hessian(H, spec, act_order, damp, dt, keep_hessian=bool(refine))
     elif factor.key != _factor_key(spec, act_order, damp, dt, K):
         raise SpecError(f"this HessianFactor was made for {factor.key}, not for "
                         f"{_factor_key(spec, act_order, damp, dt, K)}: make one per setting")

@@ -12,8 +12,8 @@ no step can raise f (the current code is one of the candidates). Group scales an
 GPTQ fixed them: only codes change, the grid and the packed layout are the same (QuantEase,
 Behdin et al. 2023, is the same idea with a different update schedule).
 
-Cost. The first sweep starts from GPTQ's own state: with Hd = A·Aᵀ and the solve's scaled
-errors E = R·A, the gradient is G = R·Hd = E·Aᵀ, a triangular product (half of R·Hd). The
+Cost. The first sweep starts from GPTQ's own state: with Hd = A·Aᵀ (A = Ã·diag(a), the
+solve's factor) and the solve's scaled errors E = R·A, the gradient is G = R·Hd = E·Aᵀ, a triangular product (half of R·Hd). The
 columns a sweep has already moved change G by ΔR·Hd; one sweep moves only a few percent of the
 codes, so ΔR is kept per block as a sparse matrix (CSR on CPU) and that correction costs a
 fraction of a dense product. Later sweeps take G = R·Hd per block. Inside a block, rank-1
@@ -28,7 +28,8 @@ import warnings
 import torch
 
 # torch marks CSR as beta; the two ops used here (to_sparse_csr, addmm with a CSR left factor)
-# are checked against dense products in tests/passes/test_gptq_refine.py
+# are checked, in both the CSR and the dense form, against a brute-force sweep in
+# tests/passes/test_gptq_refine.py
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 SUB = 32       # columns per rank-1 slab; a slab's changes reach the rest of its block by one GEMM

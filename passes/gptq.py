@@ -191,18 +191,22 @@ class GPTQ(WeightRounding):
         dtype = {n: _compute_dtype(g.module(n).weight) for n, _ in todo}
         key = {n: (t, _factor_key(specs[n], self.act_order, self.damp, dtype[n],
                                   hessians[t].shape[0])) for n, t in todo}
-        made_for = {}                                    # factor key -> (tensor, spec, dtype)
+        tokens = {n: n.meta["qpass"].get("calib_tokens") for n, _ in todo}
+        sweeps = {n: self.sweeps_for(tokens[n], hessians[t].shape[0]) for n, t in todo}
+        made_for, refined = {}, set()                    # factor key -> (tensor, spec, dtype)
         for n, t in todo:
             made_for.setdefault(key[n], (t, specs[n], dtype[n]))
+            if sweeps[n]:
+                refined.add(key[n])                      # its factor keeps Hd for the sweep
         threads = max(1, int(self.threads or torch.get_num_threads()))
         with _side_by_side(threads) as pool:
             factors = dict(zip(made_for, pool.map(
                 lambda k: factor_hessian(hessians[made_for[k][0]], made_for[k][1],
-                                         self.act_order, self.damp, made_for[k][2]), made_for)))
+                                         self.act_order, self.damp, made_for[k][2],
+                                         keep_hessian=k in refined), made_for)))
             solved = list(pool.map(
                 lambda item: self._solve(g.module(item[0]), specs[item[0]], hessians[item[1]],
-                                         factors[key[item[0]]],
-                                         item[0].meta["qpass"].get("calib_tokens")), todo))
+                                         factors[key[item[0]]], sweeps[item[0]]), todo))
         for (n, _), result in zip(todo, solved):
             self._install(g, n, *result)
 
@@ -212,12 +216,12 @@ class GPTQ(WeightRounding):
             return int(self.refine)
         return int(tokens is not None and tokens >= REFINE_MIN_TOKENS_PER_INPUT * K)
 
-    def _solve(self, lin, wspec, hess, factor, tokens):
+    def _solve(self, lin, wspec, hess, factor, sweeps):
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,
                                    static_groups=self.static_groups, factor=factor,
-                                   refine=self.sweeps_for(tokens, W.shape[1]))
+                                   refine=sweeps)
         rtn = QuantizedWeight.from_float(W.float(), wspec).dequantize(W.dtype)
         errors = reconstruction_errors(W, [Wq, rtn], hess)
         return info, errors

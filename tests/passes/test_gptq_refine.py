@@ -11,7 +11,8 @@ import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
 from qpass.errors import SpecError
-from qpass.passes.gptq import GPTQ, quantize_weight
+from qpass.passes import _gptq_refine as refine_mod
+from qpass.passes.gptq import GPTQ, factor_hessian, quantize_weight
 
 from test_gptq import correlated_inputs
 
@@ -59,10 +60,17 @@ def _layer(N, K, n, seed, spec):
 
 @pytest.mark.parametrize("spec, act_order", [("int4:g16:sym", False), ("int4:g16:sym", True),
                                              ("int3:g8:asym", False), ("int4:sym", False)])
-def test_one_sweep_equals_the_brute_force_sweep(spec, act_order):
+@pytest.mark.parametrize("moved_as, keep", [("dense", True), ("csr", True), ("csr", False)])
+def test_one_sweep_equals_the_brute_force_sweep(spec, act_order, moved_as, keep, monkeypatch):
+    """Both forms of the moved codes' gradient correction (dense, CSR), and Hd kept by the
+    factor or rebuilt from H, against the brute-force sweep (3 blocks: corrections run)."""
+    monkeypatch.setattr(refine_mod, "SPARSE_MAX_DENSITY", 1.0 if moved_as == "csr" else -1.0)
     W, H = _layer(12, 48, 400, 0, spec)
+    factor = factor_hessian(H, spec, act_order, dtype=torch.float64, keep_hessian=keep)
+    assert (factor.Hd is not None) == keep
     Q0, info0 = quantize_weight(W, H, spec, block_size=16, act_order=act_order)
-    Q1, info1 = quantize_weight(W, H, spec, block_size=16, act_order=act_order, refine=1)
+    Q1, info1 = quantize_weight(W, H, spec, block_size=16, act_order=act_order, refine=1,
+                                factor=factor)
     Hd = damped(H)
     order = torch.argsort(H.diag(), descending=True) if act_order else torch.arange(48)
     codes, Qref = brute_force_sweep(W, info0["qweight"], Hd, order)
