@@ -1,5 +1,5 @@
 """`qpass study CONFIG`: the paper's grid (models × pipelines × tasks × seeds) from one file,
-cached by content hash so that a rerun computes only what is new (qpass.eval.study)."""
+cached by content hash so that a rerun computes only what is new (qpass.study)."""
 from __future__ import annotations
 
 import argparse
@@ -38,8 +38,8 @@ def cmd_study(args) -> int:
     from rich.console import Console
 
     from qpass import presets
-    from qpass.eval.study import check_out_dir, read_config, run_study
-    from qpass.eval.study_report import rich_table, summarize, write_outputs
+    from qpass.study import (check_out_dir, read_config, rich_table, run_study, summarize,
+                             write_outputs)
 
     from .common import build_calibration
     cfg = read_config(args.config, out=args.out)

@@ -12,10 +12,12 @@ LAYERS = {
     "qpass.kvcache": 0,
     "qpass.models": 1, "qpass.hadamard": 1, "qpass.ir": 1,
     "qpass.backends": 2,
-    "qpass.calibration": 3, "qpass.runtime": 3,
+    "qpass.calibration": 3, "qpass.runtime": 3, "qpass.sandbox": 3,
     "qpass.pipeline": 4,
     "qpass.passes": 5, "qpass.sampling": 5, "qpass.eval": 5, "qpass.inspect": 5,
-    "qpass.cli": 6, "qpass.presets": 6, "qpass.interop": 6,
+    "qpass.interop": 5,
+    "qpass.study": 6,
+    "qpass.cli": 7, "qpass.presets": 7,
 }
 FACE = "qpass"     # qpass/__init__.py re-exports the public names of every layer
 

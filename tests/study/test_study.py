@@ -7,7 +7,7 @@ import pytest
 
 from qpass.cli.main import main
 from qpass.errors import QpassError
-from qpass.eval import study as study_mod
+from qpass.study import runner as study_mod
 
 CONFIG = """
 [study]

@@ -28,8 +28,8 @@ from typing import Callable
 
 from ..errors import QpassError
 from ..runtime.loading import load_any
-from .runner import evaluate
-from .tasks import TaskSettings, get_task
+from ..eval.runner import evaluate
+from ..eval.tasks import TaskSettings, get_task
 
 FP = "fp"
 MARKER = "qpass-study.json"   # written in OUT; an OUT without it that is not empty is refused
