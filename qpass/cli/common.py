@@ -1,5 +1,6 @@
 """What every command shares: the one model-loading rule, the one pipeline resolver (preset
-name or recipe file), the device/dtype flags and the one calibration builder.
+name or recipe file) and the device/dtype flags. The calibration builder is
+qpass.calibration.build_calibration.
 
 Model-loading rule: MODEL is a compiled checkpoint dir (qpass's manifest.json) → load_compiled;
 a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`llada-8b`,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qpass.errors import CalibrationError, PipelineError
+from qpass.errors import PipelineError
 
 
 def is_structure_only(name: str) -> bool:
@@ -86,48 +87,3 @@ def resolve_pipeline(name_or_file: str):
         raise PipelineError(f"recipe {path} must define `pipeline` as a qpass.Pipeline or a list "
                             f"of passes (found {type(pipe).__name__})")
     return pipe
-
-
-def is_zoo_model(name) -> bool:
-    from qpass.models.loading import zoo_names
-    return str(name) in zoo_names() or str(name).startswith("tiny-")
-
-
-DEFAULT_CALIB_SEQ_LEN = 512
-
-
-def build_calibration(pipeline, model, n: int, seq_len: int | None, seed: int = 0, path=None,
-                      masking: str = "diffusion", model_name=None):
-    """A CalibrationSet for `pipeline` (None when no pass calibrates): from the user's data at
-    `path` (qpass.calibration.texts) or, for the embedded zoo models only, from the embedded
-    corpora. A real checkpoint with a calibrating pipeline and no `path` is an error: it must
-    not be calibrated silently on Shakespeare and arithmetic. `seq_len` None: 512 or the
-    model's maximum when shorter; longer than the maximum is an error, not a silent clamp."""
-    if not any(p.needs_calibration for p in pipeline.passes):
-        return None
-    limit = model.config.max_seq_len
-    if seq_len is None:
-        seq_len = min(DEFAULT_CALIB_SEQ_LEN, limit)
-    elif seq_len > limit:
-        raise CalibrationError(f"--seq-len {seq_len} exceeds the model's {limit} positions; "
-                               f"use --seq-len {limit} or less")
-    from qpass.calibration import CalibrationSet
-    from qpass.calibration.texts import read_texts
-    from qpass.data.sources import calibration_texts
-    if getattr(model, "tokenizer", None) is None:
-        raise CalibrationError("this pipeline needs calibration text but the model has no "
-                               "tokenizer; use a checkpoint that ships one")
-    if path is not None:
-        texts = read_texts(path)
-    elif model_name is None or is_zoo_model(model_name):
-        texts = calibration_texts(seed=seed)
-    else:
-        need = ", ".join(p.name for p in pipeline.passes if p.needs_calibration)
-        raise CalibrationError(f"{need} calibrate(s) on activations, and {model_name} is not an "
-                               f"embedded zoo model: pass your calibration data with --calib PATH "
-                               f"(.txt, .jsonl with a \"text\" field, a folder of them, or a saved "
-                               f"Hugging Face dataset)")
-    return CalibrationSet.from_texts(texts, model.tokenizer, n=n,
-                                     seq_len=seq_len, seed=seed,
-                                     masking=masking, vocab_size=model.config.vocab_size,
-                                     mask_id=model.config.mask_token_id)

@@ -3,9 +3,10 @@ absmax and max/median channel ratio after norm fusion vs after the pipeline's tr
 (Rotate, DuQuant, SmoothQuant, …), as a table and optionally a PNG bar plot."""
 from __future__ import annotations
 
+from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 
-from .common import build_calibration, load_model
+from .common import load_model
 
 
 def transform_prefix(passes, after: str | None) -> list:

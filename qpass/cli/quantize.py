@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from qpass.calibration import build_calibration
+from qpass.calibration.builder import is_zoo_model
 from qpass.errors import PipelineError
 
 from .args import positive_int as _positive, seed as _seed
-from .common import (add_device_args, build_calibration, is_compiled_dir, is_zoo_model,
-                     load_model, resolve_device, resolve_pipeline)
+from .common import (add_device_args, is_compiled_dir, load_model, resolve_device,
+                     resolve_pipeline)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/

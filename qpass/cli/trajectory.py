@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from qpass.calibration import build_calibration
 from qpass.errors import QpassError
 
 from .args import positive_int
-from .common import build_calibration, is_compiled_dir, load_model, resolve_pipeline
+from .common import is_compiled_dir, load_model, resolve_pipeline
 
 MODES = ("none", "quantize-one", "restore-one")
 

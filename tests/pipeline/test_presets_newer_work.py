@@ -4,7 +4,7 @@ import torch
 
 import qpass
 from qpass import presets
-from qpass.cli.common import build_calibration
+from qpass.calibration import build_calibration
 
 
 def _run(name):

@@ -11,7 +11,7 @@ import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 import qpass
 from qpass import presets
-from qpass.cli.common import build_calibration
+from qpass.calibration import build_calibration
 m = qpass.models.load("tiny-llada")
 pipe = presets.get(sys.argv[3])
 calib = build_calibration(pipe, m, 4, 64, 0)
