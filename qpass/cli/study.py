@@ -40,16 +40,11 @@ def cmd_study(args) -> int:
     from qpass import presets
     from qpass.study import (check_out_dir, read_config, rich_table, run_study, summarize,
                              write_outputs)
-
-    from .common import build_calibration
     cfg = read_config(args.config, out=args.out)
     _override_paths(cfg, args.model)
     check_out_dir(cfg.out)   # before any compute
     console = Console(stderr=True)
-    rows = run_study(cfg, presets.get,
-                     lambda pipe, model, seed, n, seq_len: build_calibration(pipe, model, n,
-                                                                             seq_len, seed),
-                     log=lambda msg: console.print(msg, style="dim"))
+    rows = run_study(cfg, presets.get, log=lambda msg: console.print(msg, style="dim"))
     files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots)
     Console().print(rich_table(summarize(rows), f"qpass study: {cfg.name}"))
     n_cached = sum(r["cached"] for r in rows)

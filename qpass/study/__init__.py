@@ -1,11 +1,11 @@
 """The experiment grid (DESIGN §8): models × pipelines × tasks × seeds from one config, each
 result cached by content hash (runner.py), and the study's outputs from its rows (report.py).
 It sits above eval/ (it evaluates every cell) and below the CLI, which passes in how pipelines
-are named and how calibration is built.
+are named (calibration is qpass.calibration.build_calibration).
 
     import qpass.study
     cfg  = qpass.study.read_config("studies/paper.toml")
-    rows = qpass.study.run_study(cfg, qpass.presets.get, calibrate)
+    rows = qpass.study.run_study(cfg, qpass.presets.get)
     qpass.study.write_outputs(rows, cfg.out, "paper")"""
 from .report import (HEADLINE, csv_text, headline, markdown, plots, rich_table, summarize,
                      write_outputs)

@@ -7,8 +7,8 @@ everything the result depends on: the model (its files' names, sizes and first M
 config.json in full), the pipeline (every pass's versioned config and the scheme), the
 calibration settings, the evaluation settings, the seed and the code version (hash of qpass's
 own source files). A rerun therefore computes only what is new, and an interrupted study
-resumes where it stopped. Pipelines and calibration are resolved by callables that the CLI
-passes in (presets and the calibration builder live above this layer).
+resumes where it stopped. Pipelines are resolved by a callable that the CLI passes in (the
+presets live above this layer); calibration is built by qpass.calibration.build_calibration.
 
 Config (TOML; YAML too when PyYAML is installed):
     [study]  name, out, seeds = [0]
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..calibration import build_calibration
 from ..errors import QpassError
 from ..runtime.loading import load_any
 from ..eval.runner import evaluate
@@ -164,7 +165,7 @@ def bits_of(pipeline_name: str, pipe) -> tuple[int, int]:
     return int(w), int(a)
 
 
-def run_study(cfg: StudyConfig, resolve_pipeline: Callable, calibrate: Callable,
+def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
               log: Callable[[str], None] = print) -> list[dict]:
     """Run (or serve from the cache) every cell; returns one row per (model, pipeline, seed,
     task) with its metrics, `cached` telling whether it was served from the cache."""
@@ -182,19 +183,18 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable, calibrate: Callable,
             for seed in cfg.seeds:
                 cell = {"model": ident, "pipeline": pipeline_identity(pipe), "seed": seed,
                         "calibration": None if pipe is None else cfg.calibration, "code": version}
-                rows += _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit,
-                                  calibrate, log)
+                rows += _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, log)
     return rows
 
 
-def _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, calibrate, log):
+def _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, log):
     keys = {t: _digest({**cell, "task": t, "eval": eval_settings, "limit": limit})
             for t in cfg.tasks}
     cached = {t: cfg.out / "cache" / "results" / f"{k}.json" for t, k in keys.items()}
     todo = [t for t in cfg.tasks if not cached[t].is_file()]
     model = None
     if todo:
-        model, qseconds = _quantized(cfg, m, pname, pipe, seed, cell, calibrate, log)
+        model, qseconds = _quantized(cfg, m, pname, pipe, seed, cell, log)
     rows = []
     for t in cfg.tasks:
         if t in todo:
@@ -222,7 +222,7 @@ def method_of(pipeline_name: str) -> str:
     return FP if pipeline_name == FP else pipeline_name.split("-", 1)[-1]
 
 
-def _quantized(cfg, m, pname, pipe, seed, cell, calibrate, log):
+def _quantized(cfg, m, pname, pipe, seed, cell, log):
     """The cell's model: FP as loaded, or the quantized checkpoint (from the cache if there)."""
     from ..runtime.compiled import load_compiled
     model = load_any(m["path"])
@@ -232,7 +232,7 @@ def _quantized(cfg, m, pname, pipe, seed, cell, calibrate, log):
     if (ckpt / "manifest.json").is_file():
         return load_compiled(ckpt), 0.0
     t0 = time.perf_counter()
-    calib = calibrate(pipe, model, seed, **cfg.calibration)
+    calib = build_calibration(pipe, model, seed=seed, **cfg.calibration)
     out = pipe.run(model, calib, verify=False, progress=False, seed=seed)
     seconds = round(time.perf_counter() - t0, 3)
     out.save(ckpt)
