@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test bench clean
 
-# The code-task sandbox (qpass/eval/code_exec.py) needs bubblewrap; its tests run for real.
+# The code-task sandbox (qpass/sandbox/runner.py) needs bubblewrap; its tests run for real.
 SANDBOX := /usr/bin/bwrap
 
 $(SANDBOX):

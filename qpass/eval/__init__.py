@@ -1,12 +1,12 @@
 """Evaluation of denoisers (FP or compiled): masked-diffusion ELBO perplexity, Monte-Carlo
-conditional likelihood and multiple choice, generation tasks and a sandboxed code runner.
+conditional likelihood and multiple choice, generation tasks (code tasks run in qpass.sandbox).
 
     r = qpass.eval.elbo_ppl(model, texts)          # EvalResult: bits_per_byte, stderr, ...
     qpass.eval.evaluate(model, tasks=("general", "math", "code"))
     qpass.eval.trajectory(fp, quantized, prompts)  # per-denoising-step error vs FP"""
+from ..sandbox import run_candidate  # the code tasks' sandbox, re-exported
 from . import humaneval  # noqa: F401  (registers the humaneval task)
 from .cloze import ClozeItem, build_cloze
-from .code_exec import run_candidate
 from .elbo import EvalResult, elbo_ppl
 from .humaneval import check_humaneval, humaneval_problems
 from .likelihood import choose, loglikelihood, loglikelihood_draws

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import QpassError
 from ..sampling import generate, generated_ids
 from ..sampling.common import decode_text, encode_text
-from .code_exec import run_candidate
+from ..sandbox import run_candidate
 from .tasks import TaskContext, register
 
 # Where a completion of a function body ends (the usual HumanEval stop sequences).

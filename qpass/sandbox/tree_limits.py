@@ -1,4 +1,4 @@
-"""Limits for a whole process tree of a sandboxed candidate (qpass.eval.code_exec).
+"""Limits for a whole process tree of a sandboxed candidate (qpass.sandbox.runner).
 
 Preferred: a child cgroup of this process's own cgroup, per controller, v1 (`pids`, `memory`
 hierarchies) or v2 (one unified group with both): pids.max and a memory limit (swap included

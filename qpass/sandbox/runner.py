@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 from qpass.errors import QpassError
+from qpass.sandbox.tree_limits import TreeLimits
 
 SENTINEL = "QPASS-TESTS-REACHED-END "
 SANDBOX_DIR = "/sandbox"
@@ -175,7 +176,6 @@ def run_candidate(program: str, test: str, timeout: float = 5.0, memory_mb: int 
         raise QpassError(f"refusing to run generated code without isolation: {problem}; install "
                          f"bubblewrap, or pass --unsafe-code-exec (unsafe=True) to run it "
                          f"unisolated at your own risk")
-    from qpass.eval.tree_limits import TreeLimits
     with tempfile.TemporaryDirectory(prefix="qpass-cand-") as tmp:
         uid = None if problem is not None else _sandbox_uid()
         Path(tmp, "program.py").write_text(program)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from qpass.errors import QpassError
-from qpass.eval import run_candidate
+from qpass.sandbox import run_candidate
 
 OK = "def f():\n    return 1\n"
 
@@ -64,7 +64,7 @@ def test_reading_host_files_and_parent_environment_fails():
             "    try:\n        env += open(p, 'rb').read()\n"
             "    except OSError:\n        pass\n"
             "assert b's3cr3t-token' in env\n")
-    code = f"from qpass.eval import run_candidate\nprint('result', run_candidate({prog!r}, ''))\n"
+    code = f"from qpass.sandbox import run_candidate\nprint('result', run_candidate({prog!r}, ''))\n"
     env = dict(os.environ, QPASS_TEST_SECRET="s3cr3t-token")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=60)
@@ -89,7 +89,7 @@ def test_killing_the_evaluator_fails():
             "for pid in [os.getppid()] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
             "    try:\n        os.kill(pid, signal.SIGKILL) if pid not in (0, os.getpid()) else None\n"
             "    except OSError:\n        pass\n")
-    code = ("from qpass.eval import run_candidate\n"
+    code = ("from qpass.sandbox import run_candidate\n"
             f"ok, reason = run_candidate({prog!r}, '')\n"
             "print('evaluator survived')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -161,7 +161,7 @@ def test_a_correct_candidate_still_passes():
 
 
 def test_refuses_without_isolation_unless_unsafe(monkeypatch):
-    import qpass.eval.code_exec as ce
+    import qpass.sandbox.runner as ce
     monkeypatch.setattr(ce, "isolation_problem", lambda: "bwrap not found (simulated)")
     with pytest.raises(QpassError, match="--unsafe-code-exec"):
         run_candidate(OK, "assert f() == 1\n")
