@@ -1,20 +1,24 @@
-"""`qpass backends`: which kernel backends exist here, whether they can run, and why not.
-
-The lead wires `cmd_backends` into qpass/cli.py (the backends package never imports the CLI)."""
+"""`qpass backends`: which kernel backends exist here, whether they can run, and why not
+(qpass.backends.available())."""
 from __future__ import annotations
 
+import argparse
 import json
 
 
-def backend_rows() -> list[dict]:
-    from qpass.backends import registry
-    return registry.available()
+def add_backends_command(sub) -> None:
+    p = sub.add_parser("backends", help="list kernel backends, whether they run here and why not",
+                       epilog="example:\n  qpass backends --format json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_backends)
 
 
-def cmd_backends(args=None) -> int:
-    """Print a rich table (or JSON with `args.format == "json"`); returns the exit code."""
-    rows = backend_rows()
-    if getattr(args, "format", None) == "json":
+def cmd_backends(args) -> int:
+    """Print a rich table (or JSON with `--format json`); returns the exit code."""
+    from qpass.backends import available
+    rows = available()
+    if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
     from rich.console import Console

@@ -12,9 +12,29 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
+from qpass.errors import PipelineError
 from qpass.ir import capture
-from qpass.pipeline.pass_base import PassContext
+from qpass.pipeline.pass_base import Fact, PassContext
 from qpass.calibration.stats import channel_ratio, collect_input_stats, iter_batches
+
+from .diff import find_pass
+
+
+def outlier_prefix(pipeline, after: str | None = None) -> list:
+    """The passes whose effect on the linear inputs `qpass inspect --outliers` shows: up to
+    `after` (inclusive, case-insensitive) or up to the last weight-changing pass. A prefix that
+    rounds weights is refused: outliers are compared before quantization."""
+    passes = list(pipeline.passes)
+    if after:
+        last = find_pass(pipeline, after)
+    else:
+        last = max((i for i, p in enumerate(passes) if p.changes_weights or p.name == "FuseNorms"),
+                   default=-1)
+    prefix = passes[:last + 1]
+    if any(Fact.WEIGHTS_QUANTIZED in p.provides for p in prefix):
+        raise PipelineError("--outliers compares activations before quantization; pick an --after "
+                            "pass before the weight-rounding pass")
+    return prefix
 
 
 def _passes(prefix) -> list:
@@ -41,8 +61,13 @@ def outlier_table(model, pipeline_prefix, calib, baseline=None) -> list[dict]:
     """One row per linear (graph order): input absmax and max/median ratio before and after
     running `pipeline_prefix` (a Pipeline, a list of passes, or a preset name) on a copy of
     `model`; "before" is the model as given, or after the `baseline` prefix when one is given
-    (e.g. [FuseNorms()] to isolate the effect of Rotate). `calib`: a CalibrationSet or a (B, L)
-    tensor of token ids."""
+    (e.g. [FuseNorms()] to isolate the effect of Rotate). `calib`: a CalibrationSet, a (B, L)
+    tensor of token ids, or None (4 windows of 128 random token ids, seed 0: enough to see
+    channel outliers when the pipeline does not calibrate)."""
+    if calib is None:
+        import torch
+        calib = torch.randint(0, model.config.vocab_size, (4, 128),
+                              generator=torch.Generator().manual_seed(0))
     before = _stats(model, _passes(baseline), calib)
     after = _stats(model, _passes(pipeline_prefix), calib)
     rows = []

@@ -1,0 +1,118 @@
+"""`qpass inspect MODEL`: the captured graph (roles, blocks, groups); with --pipeline P the
+coverage P plans, with --after PASS what P does up to that pass, with --outliers the linear
+inputs before / after P's transforms (qpass.inspect). Structure-only configs (llada-8b, …)
+load on the meta device: enough for the graph and the planned coverage."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from qpass.calibration import build_calibration
+from qpass.errors import PipelineError
+
+from .args import positive_int
+from .common import load_model, resolve_pipeline
+
+EXAMPLE = """examples:
+  qpass inspect llada-8b --format json          # structure only (meta device), < 5 s
+  qpass inspect tiny-llada --format dot > g.dot
+  qpass inspect llada-8b --pipeline w4a16-rtn   # the coverage the pipeline plans
+  qpass inspect tiny-llada --pipeline w4a16-rtn --after RTN --diff
+  qpass inspect tiny-llada --outliers --pipeline w4a4-quarot --png outliers.png"""
+
+PROBE_LEN = 128      # calibration window of --after and --outliers
+
+
+def add_inspect_command(sub) -> None:
+    p = sub.add_parser("inspect", help="show a model's captured graph, blocks and groups",
+                       description="Capture MODEL (zoo name, named config or checkpoint dir) "
+                                   "and show roles, blocks and discovered groups.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--format", choices=("text", "json", "dot"), default="text")
+    p.add_argument("--device", default=None,
+                   help="default: meta for the large named configs, cpu otherwise")
+    p.add_argument("--seq-len", type=int, default=16, help="example input length for shapes")
+    p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
+    p.add_argument("--pipeline", metavar="P",
+                   help="a preset or recipe.py: its planned coverage; with --after, run it up to "
+                        "a pass")
+    p.add_argument("--after", metavar="PASS", help="show the graph after this pass of --pipeline")
+    p.add_argument("--diff", action="store_true", help="show only what PASS changed, node by node")
+    p.add_argument("--calib-n", type=positive_int, default=16,
+                   help="calibration windows, if needed")
+    p.add_argument("--outliers", action="store_true",
+                   help="linear-input absmax and max/median ratio before/after the transforms")
+    p.add_argument("--png", metavar="FILE", help="with --outliers: also save a bar plot")
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_inspect(args) -> int:
+    if args.outliers:
+        return _outliers(args)
+    if args.pipeline or args.after:
+        return _pipeline(args)
+    from qpass.inspect import render_dot, render_json, render_text, summarize
+    g = _capture(args)
+    if args.format == "dot":
+        print(render_dot(g))
+    elif args.format == "json":
+        print(render_json(summarize(g, args.model)))
+    else:
+        render_text(summarize(g, args.model), max_nodes=args.max_nodes)
+    return 0
+
+
+def _capture(args):
+    """MODEL captured on example token ids (structure-only configs on the meta device)."""
+    import torch
+
+    from qpass.ir import capture
+    model = load_model(args.model, device=args.device, structure_ok=True)
+    dev = next(iter(model.parameters())).device
+    return capture(model, (torch.zeros(1, args.seq_len, dtype=torch.long, device=dev),))
+
+
+def _pipeline(args) -> int:
+    """--pipeline P: the coverage P plans; with --after PASS, the graph after that pass."""
+    from rich.console import Console
+
+    from qpass.inspect.diff import changes_json, inspect_after, render_changes
+    if not args.pipeline:
+        raise PipelineError("--after needs --pipeline P, e.g. --pipeline w4a16-rtn --after RTN")
+    pipe = resolve_pipeline(args.pipeline)
+    if not args.after:
+        from qpass.pipeline import coverage, coverage_table
+        rows = coverage(_capture(args), pipe.scheme())
+        if args.format == "json":
+            print(json.dumps([r.to_dict() for r in rows], indent=1))
+        else:
+            Console().print(coverage_table(rows, title=f"Planned coverage of {pipe!r}"))
+        return 0
+    model = load_model(args.model, device=args.device, structure_ok=True)
+    calib = build_calibration(pipe, model, args.calib_n, PROBE_LEN)
+    info = inspect_after(model, pipe, args.after, calib)
+    if args.format == "json":
+        print(json.dumps(changes_json(info), indent=1, default=str))
+    else:
+        render_changes(info, Console(), diff=args.diff)
+    return 0
+
+
+def _outliers(args) -> int:
+    """--outliers: linear inputs before / after the transform passes of --pipeline."""
+    from qpass.inspect.outliers import outlier_prefix, outlier_table, render_outliers
+    from qpass.runtime.output import check_output_file
+    if args.png:
+        check_output_file(args.png, "--png")            # before any compute (DESIGN §9)
+    if not args.pipeline:
+        raise PipelineError("--outliers needs --pipeline P, e.g. --pipeline w4a4-quarot")
+    pipe = resolve_pipeline(args.pipeline)
+    prefix = outlier_prefix(pipe, args.after)
+    model = load_model(args.model, device=args.device)
+    calib = build_calibration(pipe, model, args.calib_n, PROBE_LEN)
+    fuse = [p for p in prefix if p.name == "FuseNorms"]
+    rows = outlier_table(model, prefix, calib, baseline=fuse or None)
+    render_outliers(rows, png=args.png,
+                    title=f"Linear inputs before / after {' → '.join(p.name for p in prefix)}")
+    return 0
