@@ -24,7 +24,7 @@ from qpass.formats.integer import (dequant_weight, int_linear, int_linear_codes,
 
 from .base import Backend
 
-# ----- kernels (argument lists match qpass.backends.ops) ----------------------------------------
+# ----- kernels (argument lists match qpass.backends.op_schemas) ----------------------------------
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     K = x.shape[-1]
     w = dequant_weight(qweight, scales, zeros, bits, group_size, K)

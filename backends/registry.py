@@ -21,7 +21,7 @@ from .base import Backend
 ENTRY_POINT_GROUP = "qpass.backends"
 OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "linear_int_codes",
        "quant_per_token", "rmsnorm_quant", "silu_mul_quant", "hadamard", "attention",
-       "attention_kv")                                   # the qpass:: ops of backends/ops.py
+       "attention_kv")                                   # the qpass:: ops of backends/op_schemas.py
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import qpass.backends.ops  # noqa: E402,F401
+import qpass.backends.op_schemas  # noqa: E402,F401
 from _common import cpu_time, gpu_ms, gpu_ms_graph, quantized_weights  # noqa: E402
 
 D_MODEL, D_MLP, HEADS, HEAD_DIM, N_LAYERS, VOCAB, SEQ, LAYERS = 4096, 12288, 32, 128, 32, 126464, 1024, 2

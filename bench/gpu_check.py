@@ -8,7 +8,7 @@ import json
 
 import torch
 
-import qpass.backends.ops  # noqa: F401
+import qpass.backends.op_schemas  # noqa: F401
 from qpass import formats, hadamard
 
 

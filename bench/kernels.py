@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import qpass.backends.ops  # noqa: E402,F401  (registers torch.ops.qpass.*)
+import qpass.backends.op_schemas  # noqa: E402,F401  (registers torch.ops.qpass.*)
 from _common import (GPU_MS, GPU_SHAPES, cpu_time, gpu_ceilings, gpu_ms, gpu_ms_graph,  # noqa: E402,E501
                      quantized_weights, roofline_ms)
 

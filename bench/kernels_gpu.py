@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
             print("kernels_gpu --smoke: set TRITON_INTERPRET=1 (the kernels run in the CPU "
                   "interpreter)")
             return {"device": None, "skipped": "TRITON_INTERPRET unset"}
-        import qpass.backends.ops  # noqa: F401
+        import qpass.backends.op_schemas  # noqa: F401
         out = {"device": "cpu (TRITON_INTERPRET=1 smoke run: timings mean nothing)"}
         ceil = {"bf16_tflops": 1.0, "int8_tops": 1.0, "copy_tbps": 1.0}
         out["w4a16"] = w4a16_rows(ceil, (5, 40), ((256, 48),), _smoke_env())
@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
         print("kernels_gpu: skipped, no CUDA device (the GPU figures need one)")
         return {"device": None, "skipped": "no CUDA device"}
     else:
-        import qpass.backends.ops  # noqa: F401  (registers torch.ops.qpass.*)
+        import qpass.backends.op_schemas  # noqa: F401  (registers torch.ops.qpass.*)
         import triton
         from _common import gpu_ceilings, gpu_ms_graph
         torch.manual_seed(0)

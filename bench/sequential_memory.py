@@ -41,9 +41,9 @@ def child(layers: int, d: int, n: int, seq_len: int) -> None:
     calib = CalibrationSet.from_ids(torch.arange(20000) % 250, mask_id=258, n=n,
                                     seq_len=seq_len, seed=0)
     pipe = qpass.Pipeline([P.GPTQ("w4a16g128")], verify=False)
-    g, _ = pipe.prepare(model)                 # the pipeline's private copy, as in run()
+    g = qpass.capture(model)                  # the graph the run works on in place
     after_setup = _current_rss_bytes()
-    pipe.run(g, calib, progress=False)
+    pipe.apply(g, calib)
     print(json.dumps({"layers": layers, "param_bytes": params, "rss_after_setup": after_setup,
                       "peak_rss": _rss_peak_bytes()}))
 

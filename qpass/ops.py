@@ -2,7 +2,8 @@
 row ops of mixture-of-experts routing.
 
 The tracer in qpass.capture autowraps these, so attention is one `call_function` node that
-passes can quantize or lowering can replace as a unit."""
+passes can quantize or lowering can replace as a unit. (The lowered kernels' torch.library
+schemas, `torch.ops.qpass.*`, live in backends/op_schemas.py.)"""
 from __future__ import annotations
 
 import torch

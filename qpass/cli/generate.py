@@ -51,7 +51,7 @@ def add_generate_command(sub) -> None:
 
 
 def kernel_report(calls: dict) -> str:
-    """'linear_w4a4 ×84 on reference (cpu), ...' from qpass.backends.ops.kernel_calls()."""
+    """'linear_w4a4 ×84 on reference (cpu), ...' from qpass.backends.op_schemas.kernel_calls()."""
     if not calls:
         return "ran no lowered kernels (FP or simulated model)"
     parts = [f"{op} ×{n} on {backend} ({dev})" for (op, backend, dev), n in sorted(calls.items())]
@@ -61,7 +61,7 @@ def kernel_report(calls: dict) -> str:
 def cmd_generate(args) -> int:
     import torch
 
-    from qpass.backends import ops
+    from qpass.backends import op_schemas as ops
     from qpass.sampling import StepStats, generate, resolve_sampler
 
     from .common import load_model

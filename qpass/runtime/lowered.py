@@ -1,5 +1,5 @@
 """What the Lower pass puts in the graph: `LoweredLinear` modules and thin call_function
-wrappers around the `qpass::*` custom ops (backends/ops.py).
+wrappers around the `qpass::*` custom ops (backends/op_schemas.py).
 
 LoweredLinear holds its specs and the weights in the layout its op takes (docs/FORMATS.md);
 its kind, bits, group size and zero points all follow from the specs (kernel_kind):
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from qpass import kvcache
 from qpass.errors import QpassError
-from qpass.backends import ops as _kernel_ops  # noqa: F401  (registers torch.ops.qpass.*)
+from qpass.backends import op_schemas  # noqa: F401  (registers torch.ops.qpass.*)
 from qpass.specs import QuantSpec
 
 KINDS = ("w4a16", "w8a8", "w4a8", "w4a4")

@@ -6,7 +6,7 @@ import pytest
 import qpass
 from qpass import passes as P
 from qpass.ir import QGraph
-from qpass.pipeline.pass_base import PassContext
+from qpass.pipeline import Fact
 from qpass.runtime.compiled import CompiledDenoiser
 
 
@@ -18,8 +18,8 @@ def model():
 def _lower_copy(sim, **kw):
     """The simulated model's graph, copied and lowered (the same weights and specs)."""
     g = QGraph(copy.deepcopy(sim.gm), sim.config, sim.tokenizer)
-    res = P.Lower(**kw).run(g, PassContext())
-    g.recompile()
+    facts = {Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED}
+    res = qpass.Pipeline([P.Lower(**kw)], initial_facts=facts, verify=False).apply(g).passes[0]
     return CompiledDenoiser(g.gm, sim.config, sim.tokenizer, manifest=dict(sim.manifest)), res
 
 

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import torch
 
-import qpass.backends.ops  # noqa: F401
+import qpass.backends.op_schemas  # noqa: F401
 from qpass.backends import registry
 from qpass.errors import BackendError
 

@@ -8,7 +8,7 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass import presets
-from qpass.backends import ops as kernel_ops
+from qpass.backends import op_schemas as kernel_ops
 from qpass.runtime import lowered
 
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import qpass.backends.ops  # noqa: F401
+import qpass.backends.op_schemas  # noqa: F401
 from qpass import formats
 from qpass.formats import integer as I
 

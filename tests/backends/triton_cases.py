@@ -12,7 +12,7 @@ from interpreter_cases import rel, require_interpreter  # noqa: E402,F401
 require_interpreter()
 
 import qpass  # noqa: E402
-import qpass.backends.ops  # noqa: E402,F401
+import qpass.backends.op_schemas  # noqa: E402,F401
 from qpass import formats, hadamard  # noqa: E402
 from qpass.backends import registry  # noqa: E402
 
@@ -167,11 +167,11 @@ def test_checkpoint_saved_on_reference_rebinds_to_triton(tmp_path):
     assert bound == {"linear_w8a8": "triton", "attention_kv": "triton",
                      "linear_int_codes": "triton", "rmsnorm_quant": "triton",
                      "silu_mul_quant": "triton"}
-    qpass.backends.ops.reset_kernel_calls()
+    qpass.backends.op_schemas.reset_kernel_calls()
     want = torch.load(ref)
     with torch.no_grad():
         got = m(want["x"])
-    ran = {(op, b) for op, b, _ in qpass.backends.ops.kernel_calls()}
+    ran = {(op, b) for op, b, _ in qpass.backends.op_schemas.kernel_calls()}
     assert ran == {("linear_w8a8", "triton"), ("attention_kv", "triton"),
                    ("quant_per_token", "triton"), ("linear_int_codes", "triton"),
                    ("rmsnorm_quant", "triton"), ("silu_mul_quant", "triton")}

@@ -12,7 +12,7 @@ require_interpreter()
 import torch.nn.functional as F  # noqa: E402
 
 import qpass  # noqa: E402,F401
-import qpass.backends.ops  # noqa: E402,F401
+import qpass.backends.op_schemas  # noqa: E402,F401
 from qpass import formats  # noqa: E402
 from qpass.backends.triton import fused_quant  # noqa: E402
 from qpass.models.denoiser import rms_norm  # noqa: E402

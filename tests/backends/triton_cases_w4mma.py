@@ -9,7 +9,7 @@ from interpreter_cases import rel, require_interpreter  # noqa: E402,F401
 require_interpreter()
 
 import qpass  # noqa: E402
-import qpass.backends.ops  # noqa: E402,F401
+import qpass.backends.op_schemas  # noqa: E402,F401
 from qpass import formats  # noqa: E402
 from qpass.backends.triton import gemm_w4a16_mma, w4_layout  # noqa: E402
 

@@ -1,4 +1,6 @@
-"""The lowered ops: `torch.library` custom ops in the `qpass` namespace (DESIGN §6).
+"""The schemas of the lowered ops: `torch.library` custom ops in the `qpass` namespace (DESIGN
+§6). Not to be confused with qpass/ops.py, the
+graph-level functions (attention, rope, routing) that capture keeps as single nodes.
 
 Each op body asks the backend registry for a kernel for the tensor's device and dtype and calls
 it; each op has a fake (meta) implementation, so lowered graphs still trace, export and run on
