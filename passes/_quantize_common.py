@@ -15,8 +15,6 @@ and its users stay), and records in `node.meta["qpass"]` the specs, the reason, 
 SQNR against the float weight it replaced — the pipeline report reads them from there."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -26,6 +24,7 @@ from qpass.errors import SpecError
 from qpass.formats import KV_BITS
 from qpass.pipeline.group_fit import scheme_fitted_to
 from qpass.pipeline.pass_base import Fact, SchemedPass
+from qpass.pipeline.verify import sqnr_db
 from qpass.specs import QuantSpec, Scheme
 
 
@@ -61,12 +60,6 @@ class WeightRounding(SchemedPass):
         return frozenset(facts)
 
 
-def weight_sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    r, a = ref.detach().double(), approx.detach().double()
-    noise = (r - a).pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(max(r.pow(2).sum().item(), 1e-300) / noise)
-
-
 def set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
     parent, _, attr = target.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, module)
@@ -85,7 +78,7 @@ def replace_linear(g, node: fx.Node, new_module: nn.Module, reason: str | None =
     old_w = getattr(old, "weight", None)
     if isinstance(old_w, torch.Tensor) and old_w.device.type != "meta" and \
             hasattr(new_module, "dequantized_weight"):
-        meta["weight_sqnr_db"] = weight_sqnr_db(old_w, new_module.dequantized_weight(torch.float64))
+        meta["weight_sqnr_db"] = sqnr_db(old_w, new_module.dequantized_weight(torch.float64))
     set_submodule(g.gm, node.target, new_module)
 
 

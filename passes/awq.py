@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from qpass.calibration import CalibrationSet
 from qpass.errors import CalibrationError
 from qpass.formats import fake_quantize
 from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio, watch_regions
@@ -43,7 +42,6 @@ from qpass.ir.regions import Region, input_regions, region_of, smoothing_regions
 from qpass.ir.structure import role
 from qpass.pipeline.group_fit import scheme_fitted_to
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
-from qpass.calibration.sequential import SequentialRunner
 from qpass.specs import QuantSpec
 
 from ._smoothing_pairs import fold_scale, record_folded, record_skipped
@@ -124,8 +122,9 @@ class AWQ(SchemedPass):
     n_grid: int = 20
     clip: bool = True
     max_shrink: float = 0.5
-    batch_size: int = 8
 
+    VERSION = 2                       # 2: batch_size is the run's (Pipeline.run)
+    DROPPED = ("batch_size",)
     provides = frozenset({Fact.SMOOTHED})
     destroys = frozenset({Fact.NORMS_FUSED})     # norm weights carry the scales afterwards
     needs_calibration = True
@@ -138,67 +137,45 @@ class AWQ(SchemedPass):
     def __repr__(self) -> str:
         return f"AWQ({self.scheme.name!r}, n_grid={self.n_grid}, clip={self.clip})"
 
-    def _spec(self, node: fx.Node) -> QuantSpec | None:
-        """The weight spec the rounding pass will use (group size fitted to the layer's K)."""
-        return self._fitted.specs_for(str(node.target), role(node), self._k[str(node.target)])[0]
+    def start(self, g, ctx: PassContext, saved=None) -> "_AWQRun":
+        """What every stage shares: each linear's K and the scheme fitted to the whole model
+        (one group size where a layer's K needs it), fixed on the graph as captured."""
+        if self.scheme.weight is None:
+            raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
+        return _AWQRun({str(n.target): g.module(n).in_features for n in g.linears()},
+                       scheme_fitted_to(g, self.scheme))
+
+    stage_inputs = "after"     # earlier stages smoothed and clipped, not rounded
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        calib = _as_calibration_set(ctx.calib if ctx.calib is not None else ctx.probe)
-        if self.scheme.weight is None:
-            raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
-        self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
-        self._fitted = scheme_fitted_to(g, self.scheme)
-        all_pairs = smoothing_regions(g)
-        pairs = [p for p in all_pairs if p.exact]
-        skipped = [p for p in all_pairs if not p.exact]
-        qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
-        res = PassResult(notes=[f"skipped {p.label}: {p.reason}" for p in skipped])
-        res.metrics.update(pairs=[], clipped=[])
-
-        regions = region_of(input_regions(g, include_head=True))
-        SequentialRunner(g, calib, batch_size=self.batch_size, progress=ctx).run(
-            lambda stage, runner, cache: self._block(g, stage, runner, cache, pairs, qk, regions, res),
-            description="AWQ")
-        return self._finish(res, all_pairs, skipped)
-
-    stage_inputs = "after"     # earlier stages smoothed and clipped, not rounded: as in memory
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): this stage's pairs and linears, statistics over the
-        stage's inputs from the earlier stages right after AWQ (before any rounding)."""
-        if self.scheme.weight is None:
-            raise CalibrationError(f"AWQ needs a scheme with a weight spec, got {self.scheme.name}")
-        self._k = {str(n.target): g.module(n).in_features for n in g.linears()}
-        self._fitted = scheme_fitted_to(g, self.scheme)
-        nodes = set(stage.nodes)
+        """This stage's pairs and linears, statistics over the stage's inputs from the earlier
+        stages right after AWQ (before any rounding)."""
+        stage, nodes = ctx.stage, ctx.nodes
         all_pairs = [p for p in smoothing_regions(g) if p.producer in nodes]
         pairs = [p for p in all_pairs if p.exact]
         skipped = [p for p in all_pairs if not p.exact]
-        qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
         res = PassResult(notes=[f"skipped {p.label}: {p.reason}" for p in skipped])
         res.metrics.update(pairs=[], clipped=[])
-        if stage.linears:                  # what the sequential runner's callback is given
-            self._block(g, stage, runner, cache, pairs, qk,
-                        region_of(input_regions(g, include_head=True)), res)
-        return self._finish(res, all_pairs, skipped)
-
-    def _block(self, g, stage, runner, cache, pairs, qk, regions, res: PassResult) -> None:
-        in_stage = set(stage.nodes)
+        if not stage.linears:
+            return self._finish(res, all_pairs, skipped)
+        qk = {n for att in g.nodes("attention") for n in g.qk(att) if n is not None}
+        regions = region_of(input_regions(g, include_head=True))
         linears = [n for n in stage.linears if role(n) == "linear"]
-        stage_pairs = [p for p in pairs if p.producer in in_stage]
-        watched = {regions[n].tensor: regions[n] for n in linears + [c for p in stage_pairs
+        watched = {regions[n].tensor: regions[n] for n in linears + [c for p in pairs
                                                                      for c in p.consumers]}
         stats, watch = watch_regions(list(watched.values()), gram=True,
                                      gram_device=torch.device("cpu"))
-        runner.run_stage(stage, cache, watch=watch)
+        ctx.runner.run_stage(stage, ctx.inputs, watch=watch)
         all_reduce_stats(stats.values())
-        for p in stage_pairs:
-            self._smooth_pair(g, p, [stats[regions[c].tensor] for c in p.consumers], res)
+        spec = ctx.run.spec
+        for p in pairs:
+            self._smooth_pair(g, spec, p, [stats[regions[c].tensor] for c in p.consumers], res)
         if self.clip:
             for n in linears:
-                if n not in qk and self._spec(n) is not None and \
-                        self._spec(n).granularity in ("group", "channel"):
-                    self._clip_linear(g, n, stats[regions[n].tensor], res)
+                if n not in qk and spec(n) is not None and \
+                        spec(n).granularity in ("group", "channel"):
+                    self._clip_linear(g, spec(n), n, stats[regions[n].tensor], res)
+        return self._finish(res, all_pairs, skipped)
 
     @staticmethod
     def _finish(res: PassResult, all_pairs, skipped) -> PassResult:
@@ -207,10 +184,11 @@ class AWQ(SchemedPass):
                            skipped_pairs=record_skipped(all_pairs, "AWQ"))
         return res
 
-    def _smooth_pair(self, g, p: Region, per_consumer: list[InputStats], res: PassResult) -> None:
+    def _smooth_pair(self, g, spec, p: Region, per_consumer: list[InputStats],
+                     res: PassResult) -> None:
         """per_consumer: each consumer's input statistics — one object for plain groups; MoE
         experts each read their routed rows, the router (the first) all tokens."""
-        specs = [self._spec(c) for c in p.consumers]
+        specs = [spec(c) for c in p.consumers]
         if all(s is None for s in specs):
             res.notes.append(f"{p.label}: no consumer is quantized by {self.scheme.name}; not scaled")
             return
@@ -228,9 +206,10 @@ class AWQ(SchemedPass):
         res.metrics["pairs"].append(rec)
         res.nodes_changed += [p.producer.name] + [c.name for c in p.consumers]
 
-    def _clip_linear(self, g, n: fx.Node, st: InputStats, res: PassResult) -> None:
+    def _clip_linear(self, g, spec: QuantSpec, n: fx.Node, st: InputStats,
+                     res: PassResult) -> None:
         lin = g.module(n)
-        Wc, ratio, e0, e1 = clip_search(lin.weight.detach(), self._spec(n), st.gram, self.n_grid,
+        Wc, ratio, e0, e1 = clip_search(lin.weight.detach(), spec, st.gram, self.n_grid,
                                         self.max_shrink)
         with torch.no_grad():
             lin.weight.copy_(Wc.to(lin.weight.dtype))
@@ -241,14 +220,12 @@ class AWQ(SchemedPass):
         res.nodes_changed.append(n.name)
 
 
-def _as_calibration_set(data) -> CalibrationSet:
-    if data is None:
-        raise CalibrationError("AWQ needs calibration data: pass calib=qpass.calibration."
-                               "CalibrationSet.from_texts(...)")
-    if isinstance(data, CalibrationSet):
-        return data
-    ids = data[0] if isinstance(data, tuple) else data
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise CalibrationError(f"AWQ calibration data must be a CalibrationSet or a (B, L) id "
-                               f"tensor, got {type(data).__name__}")
-    return CalibrationSet(ids, ids, torch.zeros(ids.shape[0]), "none", None, 0)
+@dataclass(frozen=True)
+class _AWQRun:
+    """AWQ's state for one run (Pass.start): K per linear, the scheme fitted to the model."""
+    k: dict
+    fitted: Any
+
+    def spec(self, node: fx.Node) -> QuantSpec | None:
+        """The weight spec the rounding pass will use (group size fitted to the layer's K)."""
+        return self.fitted.specs_for(str(node.target), role(node), self.k[str(node.target)])[0]

@@ -23,7 +23,7 @@ import torch
 
 from qpass import hadamard
 from qpass.errors import CalibrationError
-from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio, collect_input_stats
+from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio
 from qpass.ir.regions import Region, input_regions
 from qpass.runtime.online import channel_transform
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
@@ -161,50 +161,31 @@ class DuQuant(Pass):
                 "ratio_after": channel_ratio((X @ M).abs().amax(0))}
         return M, T, info
 
-    def run(self, g, ctx: PassContext) -> PassResult:
-        data = ctx.calib if ctx.calib is not None else ctx.probe
-        if data is None:
-            raise CalibrationError("DuQuant needs calibration data (its smoothing scales and "
-                                   "rotations come from activation statistics)")
-        if any(t.device.type == "meta" for t in g.gm.parameters()):
-            raise CalibrationError("DuQuant calibrates on real activations; this model is on the "
-                                   "meta device (structure only): load it with weights")
-        groups = list(enumerate(self.groups(g)))
-        stats = collect_input_stats(g, data, [r.consumers[0] for _, r in groups],
-                                    keep_rows=self.sample_rows, seed=self.seed)
-        return self._transform(g, ctx, groups, stats)
-
-    # statistics of the earlier stages as they were before DuQuant: what the in-memory pass
-    # sees, since it collects every group's statistics before it transforms any
+    # statistics of the earlier stages as they were before DuQuant, the model it transforms
     stage_inputs = "before"
 
-    def begin_stream(self, g, ctx: PassContext, saved=None):
-        """Number the groups once on the whole captured graph, so that a streamed run names
-        each transform buffer as the in-memory pass does (duquant_transform_<k>)."""
-        self._numbered = {r.consumers[0]: k for k, r in enumerate(self.groups(g))}
-        return None
+    def start(self, g, ctx: PassContext, saved=None) -> dict:
+        """Number the groups once on the whole captured graph, so that each transform buffer
+        is named by its group (duquant_transform_<k>) whichever stage makes it."""
+        return {r.consumers[0]: k for k, r in enumerate(self.groups(g))}
 
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): this stage's groups, their statistics collected over
-        the stage's own inputs (the earlier stages before DuQuant, Pass.stage_inputs)."""
-        numbered = getattr(self, "_numbered", None)
-        if numbered is None:
-            raise CalibrationError("DuQuant.run_stage needs begin_stream first (the streaming "
-                                   "run calls it before the first stage)")
-        nodes = set(stage.nodes)
-        groups = [(numbered[r.consumers[0]], r) for r in self.groups(g) if r.consumers[0] in nodes]
+    def run(self, g, ctx: PassContext) -> PassResult:
+        """This stage's groups, their statistics collected over the stage's cached inputs."""
+        nodes = ctx.nodes
+        groups = [(ctx.run[r.consumers[0]], r) for r in self.groups(g) if r.consumers[0] in nodes]
         targets = [str(r.consumers[0].target) for _, r in groups]
         stats = {t: InputStats(t, keep_rows=self.sample_rows, seed=self.seed) for t in targets}
         if stats:
-            runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+            ctx.runner.run_stage(ctx.stage, ctx.inputs,
+                                 watch={t: st.add for t, st in stats.items()})
             all_reduce_stats(stats.values())
             missing = [t for t, st in stats.items() if st.channel_absmax is None]
             if missing:
                 raise CalibrationError(f"calibration batches never reached {missing[:5]}; is the "
                                        f"calibration set empty?")
-        return self._transform(g, ctx, groups, stats, streamed=True)
+        return self._transform(g, ctx, groups, stats)
 
-    def _transform(self, g, ctx: PassContext, groups, stats, streamed: bool = False) -> PassResult:
+    def _transform(self, g, ctx: PassContext, groups, stats) -> PassResult:
         """Fold each (index, region) group's transform into its weights and insert x·M."""
         res = PassResult()
         task = ctx.task("DuQuant: transforms", total=len(groups))
@@ -238,14 +219,12 @@ class DuQuant(Pass):
             after[str(lins[0].target)] = info["ratio_after"]
             ctx.advance(task)                # the manager recompiles the edited graph
         res.metrics.update(transforms=len(groups), ratio_before=before, ratio_after=after)
-        if not streamed:
-            res.metrics = self.merged_metrics(res.metrics)
         return res
 
     @staticmethod
     def merged_metrics(metrics: dict) -> dict:
         """The report's summary (max and mean channel ratio over all groups) from the
-        per-group ratios; a streamed run calls it once on its stages' merged metrics."""
+        per-group ratios, once on the stages' merged metrics."""
         before = list(metrics.get("ratio_before", {}).values())
         after = list(metrics.get("ratio_after", {}).values())
         return dict(metrics,

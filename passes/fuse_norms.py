@@ -34,12 +34,9 @@ class FuseNorms(Pass):
     changes_weights = True
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        return self._fuse(g, ctx, norm_regions(g))
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): the norms of this stage (block norms fold into their
-        block's linears, the final norm into the head in the suffix)."""
-        nodes = set(stage.nodes)
+        """The norms of this stage: block norms fold into their block's linears, the final
+        norm into the head in the suffix."""
+        nodes = ctx.nodes
         return self._fuse(g, ctx, [r for r in norm_regions(g) if r.producer in nodes])
 
     def _fuse(self, g, ctx: PassContext, regions) -> PassResult:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from qpass.errors import CalibrationError, PipelineError, SpecError
+from qpass.errors import SpecError
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.ir.regions import input_regions, region_of
 from qpass.pipeline.pass_base import PassContext, PassResult
-from qpass.calibration.sequential import SequentialRunner
 from qpass.calibration.stats import all_reduce_stats, watch_regions
 
 from ._gptq_math import (_compute_dtype, _factor_key, factor_hessian, hessian_root,
@@ -50,7 +49,8 @@ class GPTQ(WeightRounding):
     Hessian from the float model instead of feeding quantized blocks forward; with
     true_sequential=False the blocks are fed forward quantized but a block's linears all take
     their Hessians from its float computation (one round per block, llm-compressor's flow).
-    offload_dir keeps cached block inputs on disk. threads: solves run side by side.
+    threads: solves run side by side (where the run keeps its cached stage inputs is the
+    run's choice: Pipeline.run(offload_dir=)).
     refine: sweeps of coordinate descent on GPTQ's own damped objective after each solve (only
     codes move; passes/_gptq_refine.py); "auto" does one sweep for a linear whose Hessian saw
     at least REFINE_MIN_TOKENS_PER_INPUT tokens per input channel — with fewer, H is close to
@@ -64,11 +64,14 @@ class GPTQ(WeightRounding):
     static_groups: bool = False
     sequential: bool = True
     true_sequential: bool = True      # inside a block too (False: per block, as llm-compressor)
-    batch_size: int = 8
-    offload_dir: str | None = None
     threads: int | None = None        # solves side by side; None = torch.get_num_threads()
     refine: int | str = "auto"        # sweeps after the solve; "auto": 1 with enough tokens
     needs_calibration = True
+
+    # 2: offload_dir (a path on the machine that made the checkpoint, never adopted) and
+    # batch_size left the config: the run chooses them (Pipeline.run(offload_dir=, batch_size=))
+    VERSION = 2
+    DROPPED = ("offload_dir", "batch_size")
 
     def __post_init__(self):
         refine = self.refine
@@ -85,62 +88,40 @@ class GPTQ(WeightRounding):
                         if getattr(self, k) != d)
         return f"GPTQ({self.scheme.name!r}{extra})"
 
+    @property
+    def stage_inputs(self) -> str:
+        """Sequential GPTQ calibrates a stage on the quantized earlier stages; with
+        sequential=False every Hessian comes from the earlier stages as they were before
+        GPTQ (the float model, after the transforms before it)."""
+        return "processed" if self.sequential else "before"
+
     # ------------------------------------------------------------------------------------
     def run(self, g, ctx: PassContext) -> PassResult:
-        res, kept = self._begin(g, ctx, quantize_targets(g, self.scheme))   # validates shapes
-        runner = SequentialRunner(g, ctx.calib, batch_size=self.batch_size,
-                                  offload_dir=self.offload_dir, progress=ctx)
-        runner.run(lambda stage, r, cache: self._stage(g, stage, r, cache), description="GPTQ")
-        for items, hessians in self._pending:               # sequential=False: replace now
-            self._replace_all(g, items, hessians)
-        return self._finish(g, res, kept)
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): this stage's linears, Hessians from the cached inputs
-        the streaming runner gives (the outputs of the already-quantized earlier stages)."""
-        if not self.sequential:
-            raise PipelineError("GPTQ(sequential=False) takes every Hessian from the float model "
-                                "and has no stage-wise form; use sequential=True to stream")
-        nodes = set(stage.nodes)
-        res, kept = self._begin(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes])
-        self._stage(g, stage, runner, cache)
-        return self._finish(g, res, kept, stage.nodes)
-
-    def _begin(self, g, ctx: PassContext, targets) -> tuple[PassResult, int]:
+        """This stage's linears, Hessians from the stage's cached inputs (ctx.inputs)."""
         if self.act_order not in (False, True, "group"):
             raise SpecError(f"GPTQ act_order must be False, True or 'group', got "
                             f"{self.act_order!r}")
-
-        if ctx.calib is None:
-            raise CalibrationError("GPTQ needs calibration data: pass calib=qpass.calibration."
-                                   "CalibrationSet.from_texts(texts, tokenizer)")
-        vocab = getattr(g.config, "vocab_size", None)
-        if vocab is not None and hasattr(ctx.calib, "check_vocab"):
-            ctx.calib.check_vocab(vocab)
-        # specs only: holding the float modules would keep every replaced weight alive
-        self._todo = {n.target: (n, w, a, r) for n, _, w, a, r in targets if w is not None}
-        kept = sum(1 for t in targets if t[2] is None and t[3] is None)
-        self._pending: list[tuple] = []
-        res = PassResult()
-        self._res = res
+        nodes = ctx.nodes
+        targets = [t for t in quantize_targets(g, self.scheme) if t[0] in nodes]
+        work = _StageWork({n.target: _Target(n, w, a, r) for n, _, w, a, r in targets
+                           if w is not None})
         for node, lin, wspec, aspec, reason in targets:         # activation-only: nothing to solve
             if wspec is None and aspec is not None:
                 replace_linear(g, node, QuantLinear.from_linear(lin, None, aspec), reason=reason)
-                res.nodes_changed.append(node.name)
-        return res, kept
-
-    def _finish(self, g, res: PassResult, kept: int, nodes=None) -> PassResult:
-        layers = res.metrics.get("layers", {})
+                work.res.nodes_changed.append(node.name)
+        self._stage(g, ctx, work)
+        layers = work.res.metrics.get("layers", {})
         better = sum(1 for v in layers.values() if v["gptq_error"] <= v["rtn_error"])
-        marked = mark_attention(g, self.scheme, nodes)       # kv8/kv4: after the solve
-        res.nodes_changed += marked
-        res.metrics.update(quantized=len(layers), better_than_rtn=better, kept=kept,
-                           kv_quantized_attention=len(marked))
-        self._todo, self._pending, self._res = {}, [], None
-        return res
+        marked = mark_attention(g, self.scheme, ctx.stage.nodes)       # kv8/kv4: after the solve
+        work.res.nodes_changed += marked
+        work.res.metrics.update(quantized=len(layers), better_than_rtn=better,
+                                kept=sum(1 for t in targets if t[2] is None and t[3] is None),
+                                kv_quantized_attention=len(marked))
+        return work.res
 
-    def _stage(self, g, stage, runner, cache) -> None:
-        nodes = [n for n in stage.linears if n.target in self._todo]
+    def _stage(self, g, ctx: PassContext, work: "_StageWork") -> None:
+        stage = ctx.stage
+        nodes = [n for n in stage.linears if n.target in work.todo]
         if not nodes:
             return
         regions = region_of(input_regions(g, include_head=True))
@@ -151,7 +132,7 @@ class GPTQ(WeightRounding):
         true_seq = self.sequential and self.true_sequential
         rounds = ordered if true_seq else [sum(ordered, [])]
         for round_nodes in rounds:
-            sums = self._collect(g, stage, runner, cache, round_nodes, regions)
+            sums = self._collect(g, ctx, round_nodes, regions)
             items = []
             for n in round_nodes:
                 st = sums[regions[n].tensor]
@@ -159,24 +140,21 @@ class GPTQ(WeightRounding):
                 items.append((n, regions[n].tensor))
             # an MoE expert no calibration token was routed to has no Hessian: RTN
             hessians = {t: st.hessian() for t, st in sums.items() if st.tokens}
-            if self.sequential:
-                self._replace_all(g, items, hessians)
-            else:
-                self._pending.append((items, hessians))
+            self._replace_all(g, work, items, hessians)
 
-    def _collect(self, g, stage, runner, cache, nodes, regions) -> dict:
+    def _collect(self, g, ctx: PassContext, nodes, regions) -> dict:
         """Σ xᵀx per input of `nodes` (float64 for fp64 models, else float32, on their device)."""
         w = g.module(nodes[0]).weight
         dt = torch.float64 if w.dtype == torch.float64 else torch.float32
         round_regions = list({regions[n].tensor: regions[n] for n in nodes}.values())
         sums, watch = watch_regions(round_regions, gram=True, gram_dtype=dt, gram_device=w.device)
-        last = max(nodes, key=stage.nodes.index)
+        last = max(nodes, key=ctx.stage.nodes.index)
         stop = last.name if self.sequential else None     # later linears are not needed yet
-        runner.run_stage(stage, cache, watch=watch, stop_after=stop)
+        ctx.runner.run_stage(ctx.stage, ctx.inputs, watch=watch, stop_after=stop)
         all_reduce_stats(sums.values())                 # data-parallel ranks agree (no-op alone)
         return sums
 
-    def _replace_all(self, g, items, hessians) -> None:
+    def _replace_all(self, g, work: "_StageWork", items, hessians) -> None:
         """Quantize the linears `items` [(node, input tensor)] of one round: H is factored once
         per input (q/k/v and gate/up share it), then the solves run side by side on up to
         `threads` threads, each single-threaded inside, so the result does not depend on how
@@ -184,10 +162,10 @@ class GPTQ(WeightRounding):
         todo = [(n, t) for n, t in items if t in hessians]
         for n, t in items:
             if t not in hessians:
-                self._replace_rtn(g, n)
+                self._replace_rtn(g, work, n)
         if not todo:
             return
-        specs = {n: self._todo[n.target][1] for n, _ in todo}
+        specs = {n: work.todo[n.target].wspec for n, _ in todo}
         dtype = {n: _compute_dtype(g.module(n).weight) for n, _ in todo}
         key = {n: (t, _factor_key(specs[n], self.act_order, self.damp, dtype[n],
                                   hessians[t].shape[0])) for n, t in todo}
@@ -208,7 +186,7 @@ class GPTQ(WeightRounding):
                 lambda item: self._solve(g.module(item[0]), specs[item[0]], hessians[item[1]],
                                          factors[key[item[0]]], sweeps[item[0]]), todo))
         for (n, _), result in zip(todo, solved):
-            self._install(g, n, *result)
+            self._install(g, work, n, *result)
 
     def sweeps_for(self, tokens: int | None, K: int) -> int:
         """Refinement sweeps for a linear with K inputs whose Hessian saw `tokens` tokens."""
@@ -226,34 +204,51 @@ class GPTQ(WeightRounding):
         errors = reconstruction_errors(W, [Wq, rtn], hess)
         return info, errors
 
-    def _replace_rtn(self, g, node) -> None:
-        _, wspec, aspec, reason = self._todo[node.target]
-        replace_linear(g, node, QuantLinear.from_linear(g.module(node), wspec, aspec),
-                       reason=f"{reason} (RTN: no calibration token reached it)")
-        self._res.metrics.setdefault("rtn_fallback", []).append(node.target)
-        self._res.notes.append(f"{node.target}: no calibration token was routed to it; "
-                               f"rounded to nearest (calibrate on more data to cover it)")
-        self._res.nodes_changed.append(node.name)
+    def _replace_rtn(self, g, work: "_StageWork", node) -> None:
+        t = work.todo[node.target]
+        replace_linear(g, node, QuantLinear.from_linear(g.module(node), t.wspec, t.aspec),
+                       reason=f"{t.reason} (RTN: no calibration token reached it)")
+        work.res.metrics.setdefault("rtn_fallback", []).append(node.target)
+        work.res.notes.append(f"{node.target}: no calibration token was routed to it; "
+                              f"rounded to nearest (calibrate on more data to cover it)")
+        work.res.nodes_changed.append(node.name)
 
-    def _install(self, g, node, info, errors) -> None:
-        _, wspec, aspec, reason = self._todo[node.target]
+    def _install(self, g, work: "_StageWork", node, info, errors) -> None:
+        t = work.todo[node.target]
         err, err_rtn = errors
-        new = QuantLinear.from_linear(g.module(node), wspec, aspec, qweight=info["qweight"])
-        replace_linear(g, node, new, reason=f"{reason} (GPTQ)")
-        stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info["damp_used"],
-                 "escalations": info["escalations"], "dead_inputs": info["dead"],
-                 "loss": info["loss"], "tokens": node.meta["qpass"].get("calib_tokens"),
-                 "refine_sweeps": info["refine_sweeps"], "refine_gain": info["refine_gain"]}
+        new = QuantLinear.from_linear(g.module(node), t.wspec, t.aspec, qweight=info.qweight)
+        replace_linear(g, node, new, reason=f"{t.reason} (GPTQ)")
+        stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info.damp_used,
+                 "escalations": info.escalations, "dead_inputs": info.dead,
+                 "loss": info.loss, "tokens": node.meta["qpass"].get("calib_tokens"),
+                 "refine_sweeps": info.refine_sweeps, "refine_gain": info.refine_gain}
         node.meta.setdefault("qpass", {})["gptq"] = stats
-        self._res.metrics.setdefault("layers", {})[node.target] = stats
-        self._res.nodes_changed.append(node.name)
-        if info["escalations"]:
-            self._res.notes.append(f"{node.target}: Cholesky failed, damping escalated "
-                                   f"{info['escalations']}x to {info['damp_used']:g}·mean(diag H)")
-        if info["static_groups_forced"]:
+        res = work.res
+        res.metrics.setdefault("layers", {})[node.target] = stats
+        res.nodes_changed.append(node.name)
+        if info.escalations:
+            res.notes.append(f"{node.target}: Cholesky failed, damping escalated "
+                             f"{info.escalations}x to {info.damp_used:g}·mean(diag H)")
+        if info.static_groups_forced:
             note = "act_order with group quantization: static groups used (packed layout)"
-            if note not in self._res.notes:
-                self._res.notes.append(note)
+            if note not in res.notes:
+                res.notes.append(note)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A linear GPTQ rounds: its node, weight and activation specs, and the coverage rule."""
+    node: Any
+    wspec: Any
+    aspec: Any
+    reason: str
+
+
+@dataclass
+class _StageWork:
+    """What one stage's GPTQ run works through: the linears to round and the result."""
+    todo: dict                                   # module target -> _Target
+    res: PassResult = field(default_factory=PassResult)
 
 
 @contextlib.contextmanager

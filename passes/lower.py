@@ -58,13 +58,10 @@ class Lower(Pass):
     is_lowering = True
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        return self._lower(g, list(g.graph.nodes), list(g.gm.parameters()),
-                           fuse=self.fuse_act_quant)
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): this stage's quantized linears, attention and
-        Hadamard nodes; the kernel choice is made for the device and dtype of this stage's
-        weights (the only real ones at this point)."""
+        """This stage's quantized linears, attention and Hadamard nodes; the kernel choice is
+        made for the device and dtype of this stage's weights (the only real ones when the
+        run streams)."""
+        stage = ctx.stage
         mods = [g.gm.get_submodule(t) for t in
                 dict.fromkeys(n.target for n in stage.nodes if n.op == "call_module")]
         params = [p for m in mods for p in m.parameters(recurse=False)] + \

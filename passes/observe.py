@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
-from qpass.calibration.stats import InputStats, all_reduce_stats, collect_input_stats
+from qpass.calibration.stats import InputStats, all_reduce_stats
 from qpass.errors import CalibrationError, SpecError
 from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
@@ -37,12 +37,13 @@ class ObserveActivations(SchemedPass):
     (minmax | percentile | mse)."""
     spec_or_scheme: Any = None
     observer: str | None = None
-    batch_size: int = 8
     max_values: int = 1 << 22
     DEFAULT_SCHEME = "int8:token:dyn"
     SCHEME_FIELD = "spec_or_scheme"
     needs_calibration = True
-    provides = frozenset({Fact.OBSERVED, Fact.CALIBRATED, Fact.ACTS_QUANTIZED})
+    VERSION = 2                       # 2: batch_size is the run's (Pipeline.run)
+    DROPPED = ("batch_size",)
+    provides = frozenset({Fact.ACTS_QUANTIZED})
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,25 +90,21 @@ class ObserveActivations(SchemedPass):
         """Rows kept per static target for its observer (bounded by max_values numbers)."""
         return {n.target: self.max_values // m.in_features for n, m, a, _ in targets if not a.dynamic}
 
-    def run(self, g, ctx: PassContext) -> PassResult:
-        """All observers calibrate in one pass over the graph as it is (static specs see the
-        float activations of earlier layers). The stage-wise form, used when streaming,
-        calibrates each block on the outputs of the already-observed blocks instead."""
-        targets = self._targets(g)
-        stats = collect_input_stats(g, ctx.calib, [n for n, *_ in targets], self.batch_size,
-                                    keep_rows=self._static_rows(targets), seed=ctx.seed)
-        return self._apply(g, ctx, targets, stats)
+    # static observers calibrate on the earlier stages as they were before this pass (weights
+    # rounded, activations still float), the model whose activations they are set for
+    stage_inputs = "before"
 
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): this stage's linears, statistics over the cached
-        stage inputs the streaming runner gives."""
-        nodes = set(stage.nodes)
+    def run(self, g, ctx: PassContext) -> PassResult:
+        """This stage's linears, statistics over the stage's cached inputs."""
+        nodes = ctx.nodes
         targets = [t for t in self._targets(g) if t[0] in nodes]
         rows = self._static_rows(targets)
         stats = {n.target: InputStats(n.target, keep_rows=rows.get(n.target, 0), seed=ctx.seed)
                  for n, *_ in targets}
-        runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
-        all_reduce_stats(stats.values())
+        if stats:
+            ctx.runner.run_stage(ctx.stage, ctx.inputs,
+                                 watch={t: st.add for t, st in stats.items()})
+            all_reduce_stats(stats.values())
         return self._apply(g, ctx, targets, stats)
 
     def _apply(self, g, ctx: PassContext, targets, stats) -> PassResult:

@@ -91,10 +91,10 @@ class Rotate(Pass):
     """QuaRot rotation of the residual stream, online Hadamards before down-projections
     (and o-projections with `online_heads`), and an offline per-head Hadamard between v and o.
 
-    Streaming (DESIGN §12): Q = H·diag(signs)/√d is one matrix for the whole run, its signs
-    drawn from `seed` in begin_stream, before the first stage, and recorded with the run's
-    progress (a resumed run reads them back); each stage folds Q into its own embedding,
-    readers and writers and does its blocks' per-head and online Hadamards."""
+    Q = H·diag(signs)/√d is one matrix for the whole run, its signs drawn from `seed` in
+    `start`, before the first stage, and recorded with a streamed run's progress (a resumed
+    run reads them back); each stage folds Q into its own embedding, readers and writers and
+    does its blocks' per-head and online Hadamards."""
 
     requires = frozenset({Fact.NORMS_FUSED})
     provides = frozenset({Fact.ROTATED})
@@ -164,57 +164,43 @@ class Rotate(Pass):
         return _Plan(d, stream, embeds[0], readers, writers, reader_norms, list(g.v_to_o()), online)
 
     # ---- run ----------------------------------------------------------------------------
-    def run(self, g, ctx: PassContext) -> PassResult:
-        plan = self._stream(g)
-        return self._rotate(g, ctx, plan, hadamard.random_signs(plan.hidden_size, self.seed))
-
-    def begin_stream(self, g, ctx: PassContext, saved=None):
-        """Fix Q for the whole streamed run: its signs from `seed`, or, resuming, the signs
-        the interrupted run recorded (so every stage of one checkpoint has the same Q)."""
+    def start(self, g, ctx: PassContext, saved=None) -> "_RotateRun":
+        """Fix Q for the whole run, on the graph as captured: its signs from `seed`, or, when
+        a streamed run resumes, the signs the interrupted run recorded (so every stage of one
+        checkpoint has the same Q)."""
         plan = self._stream(g)
         if saved is None:
-            signs = hadamard.random_signs(plan.hidden_size, self.seed)
-        else:
-            if saved.get("hidden_size") != plan.hidden_size or \
-                    len(saved.get("signs", "")) != plan.hidden_size:
-                raise PipelineError(f"Rotate: the interrupted run recorded a rotation for hidden "
-                                    f"size {saved.get('hidden_size')}, this model has "
-                                    f"{plan.hidden_size}; delete the run's .qpass-stream "
-                                    f"directory and rerun")
-            signs = torch.tensor([1.0 if c == "+" else -1.0 for c in saved["signs"]],
-                                 dtype=torch.float64)
-        self._streamed = (plan, signs)
-        return {"hidden_size": plan.hidden_size, "seed": self.seed,
-                "signs": "".join("+" if v > 0 else "-" for v in signs.tolist())}
+            return _RotateRun(plan, hadamard.random_signs(plan.hidden_size, self.seed), self.seed)
+        if saved.get("hidden_size") != plan.hidden_size or \
+                len(saved.get("signs", "")) != plan.hidden_size:
+            raise PipelineError(f"Rotate: the interrupted run recorded a rotation for hidden "
+                                f"size {saved.get('hidden_size')}, this model has "
+                                f"{plan.hidden_size}; delete the run's .qpass-stream "
+                                f"directory and rerun")
+        signs = torch.tensor([1.0 if c == "+" else -1.0 for c in saved["signs"]],
+                             dtype=torch.float64)
+        return _RotateRun(plan, signs, self.seed)
 
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form: Q (fixed by begin_stream) into this stage's embedding, readers
-        and writers; per-head and online Hadamards of this stage's attention and MLP."""
-        plan, signs = self._stream_plan()
-        return self._rotate(g, ctx, plan, signs, set(stage.nodes))
+    def run(self, g, ctx: PassContext) -> PassResult:
+        """Q into this stage's embedding, readers and writers; per-head and online Hadamards
+        of this stage's attention and MLP."""
+        return self._rotate(g, ctx, ctx.run.plan, ctx.run.signs, ctx.nodes)
 
-    def stage_basis(self, g, stage) -> BasisChange:
+    def stage_basis(self, g, stage, run: "_RotateRun") -> BasisChange:
         """The stream values leave every stage as x·Q: verified as f'(x·Q) = f(x)·Q."""
-        plan, signs = self._stream_plan()
+        signs = run.signs
 
         def to_new(t):                               # x·Q in float64
             return hadamard.transform(t.double(), signs=signs.to(t.device), inverse=True)
 
         def to_old(t):                               # x·Qᵀ, in the value's own dtype
             return hadamard.transform(t.double(), signs=signs.to(t.device)).to(t.dtype)
-        return BasisChange(frozenset(n.name for n in plan.stream), to_new, to_old)
+        return BasisChange(frozenset(n.name for n in run.plan.stream), to_new, to_old)
 
-    def _stream_plan(self):
-        plan = getattr(self, "_streamed", None)
-        if plan is None:
-            raise PipelineError("Rotate.run_stage needs begin_stream first (the streaming run "
-                                "calls it before the first stage)")
-        return plan
-
-    def _rotate(self, g, ctx: PassContext, plan: _Plan, signs, nodes: set | None = None) -> PassResult:
-        """Fold Q (and do the per-head and online Hadamards) everywhere, or only in `nodes`."""
+    def _rotate(self, g, ctx: PassContext, plan: _Plan, signs, nodes: set) -> PassResult:
+        """Fold Q (and do the per-head and online Hadamards) in the stage's `nodes`."""
         def mine(n) -> bool:
-            return nodes is None or n in nodes
+            return n in nodes
         for u in filter(mine, plan.norms):          # real weights only: checked before any fold
             if not _norm_is_weightless(g.module(u)):
                 raise PipelineError(
@@ -228,7 +214,8 @@ class Rotate(Pass):
             return hadamard.transform(x, signs=signs.to(device=x.device, dtype=x.dtype),
                                       inverse=True)
         res = PassResult(metrics={"readers": len(readers), "writers": len(writers)})
-        done: set[int] = set()  # a tied head shares the embedding's tensor: E·Q once
+        done: set[int] = set()  # tensors shared inside the stage are folded once (the
+        # executor gives each stage its own copy of a tensor tied across stages)
 
         def fold(param, fn):
             if id(param) not in done:
@@ -260,7 +247,7 @@ class Rotate(Pass):
         self._online(g, res, [(k, lin) for k, lin in plan.online if mine(lin)])
         res.metrics["online_hadamards"] = (res.metrics.get("online_hadamard_down", 0)
                                            + res.metrics.get("online_hadamard_o", 0))
-        return res     # the manager (or the streaming run) recompiles the edited graph
+        return res     # the executor recompiles the edited graph
 
     def _per_head(self, g, res: PassResult, pairs) -> None:
         """Offline per-head Hadamard on v's outputs, its inverse in o's columns (GQA-exact:
@@ -308,3 +295,16 @@ class Rotate(Pass):
             counts[kind] += 1
         res.metrics["online_hadamard_down"] = counts["down"]
         res.metrics["online_hadamard_o"] = counts["o"]
+
+
+@dataclass(frozen=True)
+class _RotateRun:
+    """Rotate's state for one run (Pass.start): the plan and Q's signs."""
+    plan: _Plan
+    signs: torch.Tensor
+    seed: int
+
+    def record(self) -> dict:
+        """What a streamed run keeps to resume with the same Q."""
+        return {"hidden_size": self.plan.hidden_size, "seed": self.seed,
+                "signs": "".join("+" if v > 0 else "-" for v in self.signs.tolist())}

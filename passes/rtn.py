@@ -25,13 +25,10 @@ class RTN(WeightRounding):
         return f"RTN({self.scheme.name!r})"
 
     def run(self, g, ctx: PassContext) -> PassResult:
-        return self._round(g, ctx, quantize_targets(g, self.scheme))   # validates shapes first
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): the linears of this stage only."""
-        nodes = set(stage.nodes)
+        """The linears of this stage (every spec validated against its layer first)."""
+        nodes = ctx.nodes
         return self._round(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes],
-                           stage.nodes)
+                           ctx.stage.nodes)
 
     def _round(self, g, ctx: PassContext, targets, nodes=None) -> PassResult:
         if any(t[1].weight.device.type == "meta" for t in targets):

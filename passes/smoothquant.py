@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from qpass.errors import CalibrationError, SpecError
+from qpass.errors import SpecError
 from qpass.formats import fake_quantize
 from qpass.calibration.stats import (InputStats, all_reduce_stats, channel_ratio,
                                      collect_input_stats)
@@ -89,7 +89,8 @@ class SmoothQuant(SchemedPass):
     scheme: Any = None
     kinds: tuple = ("norm",)
     sample_rows: int = 512
-    batch_size: int = 8
+    VERSION = 2                       # 2: batch_size is the run's (Pipeline.run)
+    DROPPED = ("batch_size",)
     DEFAULT_SCHEME = None          # the scheme only steers alpha="search" (w8a8 when none)
 
     def __post_init__(self):
@@ -116,30 +117,19 @@ class SmoothQuant(SchemedPass):
                 for a in ALPHA_GRID]
         return ALPHA_GRID[min(range(len(errs)), key=errs.__getitem__)]
 
+    stage_inputs = "before"         # statistics of the earlier stages before this pass
+
     def run(self, g, ctx: PassContext) -> PassResult:
-        data = ctx.calib if ctx.calib is not None else ctx.probe
-        if data is None:
-            raise CalibrationError("SmoothQuant needs calibration data: its scales come from the "
-                                   "activations' per-channel max; pass calib=CalibrationSet...")
-        pairs = smoothing_regions(g)
-        todo = self._todo(pairs)
-        stats = collect_input_stats(g, data, list({p.consumers[0]: 0 for p in todo}),
-                                    self.batch_size, keep_rows=self._rows(), seed=ctx.seed)
-        return self._smooth(g, ctx, pairs, todo, stats)
-
-    stage_inputs = "before"         # statistics of the unquantized earlier stages, as in memory
-
-    def run_stage(self, g, ctx: PassContext, stage, runner, cache) -> PassResult:
-        """Stage-wise form (streaming): the pairs whose producer is in this stage (the fold
-        stays inside the stage), statistics over this stage's inputs from the earlier stages
-        as they were before this pass."""
-        nodes = set(stage.nodes)
+        """The pairs whose producer is in this stage (the fold stays inside the stage),
+        statistics over this stage's inputs from the earlier stages before this pass."""
+        nodes = ctx.nodes
         pairs = [p for p in smoothing_regions(g) if p.producer in nodes]
         todo = self._todo(pairs)
         targets = list(dict.fromkeys(str(p.consumers[0].target) for p in todo))
         stats = {t: InputStats(t, keep_rows=self._rows(), seed=ctx.seed) for t in targets}
         if stats:
-            runner.run_stage(stage, cache, watch={t: st.add for t, st in stats.items()})
+            ctx.runner.run_stage(ctx.stage, ctx.inputs,
+                                 watch={t: st.add for t, st in stats.items()})
             all_reduce_stats(stats.values())
         return self._smooth(g, ctx, pairs, todo, stats)
 

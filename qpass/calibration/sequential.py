@@ -4,17 +4,18 @@ The graph is split into stages along the discovered structure (`g.blocks()`): a 
 the inputs to block 0's input on the residual stream: the embedding), one stage per block, and
 a suffix (final norm + head). For every calibration batch the runner keeps only the values
 that cross the current stage boundary (the residual stream, plus anything else a later stage
-reads — the placeholders, tables computed once in the prefix, …), runs per-stage work (GPTQ,
-AWQ) that may replace that stage's linears, then recomputes the stage with the quantized
-modules and feeds its outputs to the next stage. Peak memory is one stage's activations plus
-the cached boundary values, independent of depth; with `offload_dir` the cache lives on disk.
+reads — the placeholders, tables computed once in the prefix, …). The pipeline's executor
+(qpass/pipeline/executor.py) walks the stages with it: passes work on a stage over its cached
+inputs, then the stage is recomputed and its outputs feed the next one. Peak memory is one
+stage's activations plus the cached boundary values, independent of depth; with
+`offload_dir` the cache lives on disk.
 
     runner = SequentialRunner(g, calib, batch_size=8)
     runner.run(callback)     # callback(stage, runner, cache) -> None, once per stage with linears
 
-Inside a callback, `runner.run_stage(stage, cache, watch={node_name: fn})` executes the stage
-over every cached batch and calls fn(input_tensor) with the input of each watched linear
-(before it runs); `stop_after=` ends each batch early once that node ran. Any NaN/Inf raises
+`runner.run_stage(stage, cache, watch={module target: fn})` executes the stage over every
+cached batch and calls fn(input_tensor) with the input of each watched linear (before it
+runs); `stop_after=` ends each batch early once that node ran. Any NaN/Inf raises
 CalibrationError naming the block and the node that produced it.
 """
 from __future__ import annotations
@@ -202,8 +203,17 @@ class SequentialRunner:
             env[self._by_name[name]] = v.to(self.device) if isinstance(v, torch.Tensor) else v
         return env
 
-    def _batches(self) -> list[tuple]:
+    def batches(self) -> list[tuple]:
+        """The model-input tuples of the data set, in the order the caches hold them."""
         return list(self.calib.batches(self.batch_size))
+
+    def adopt(self, stage: Stage, new: list[fx.Node]) -> None:
+        """Nodes a pass inserted into `stage` (qpass.pipeline.stage_nodes.adopt): the runner
+        finds them by name and keeps the cached values they read while they are read."""
+        for n in new:
+            self._by_name[n.name] = n
+        for later in self._later[:stage.index]:
+            later.update(new)
 
     def new_cache(self, tag: str) -> BoundaryCache:
         if self.offload_dir is None:
@@ -214,14 +224,18 @@ class SequentialRunner:
     # ---- execution ------------------------------------------------------------------
     def run_stage(self, stage: Stage, cache: BoundaryCache, watch: dict | None = None,
                   stop_after: str | None = None, collect: BoundaryCache | None = None,
-                  keep: list[fx.Node] | None = None) -> None:
+                  keep: list[fx.Node] | None = None, trace: dict | None = None) -> None:
         """Execute `stage` on every cached batch. watch: {module target: fn(input)};
         collect: a cache receiving the values in `keep` (default: stage.live_out plus the
-        still-live inputs) after each batch."""
+        still-live inputs) after each batch; trace: filled with {node name: tensor output}
+        of the first batch (what a failed exactness check compares node by node)."""
         interp = _StageInterpreter(self.g.gm, stage)
         interp.watch = watch or {}
-        for values, batch in zip(cache, self._batches()):
+        for i, (values, batch) in enumerate(zip(cache, self.batches())):
             env = interp.execute(self._to_env(values, batch), stop_after)
+            if trace is not None and i == 0:
+                trace.update({n.name: env[n].detach() for n in stage.nodes
+                              if isinstance(env.get(n), torch.Tensor)})
             if collect is not None:
                 collect.append(self._carry(stage, env, values, keep))
 
@@ -238,24 +252,21 @@ class SequentialRunner:
         return out
 
     def run(self, callback: Callable | None = None, keep_outputs: bool = False,
-            description: str = "sequential", every_stage: bool = False,
-            after: Callable | None = None) -> list[Any] | None:
-        """Walk all stages: cache the prefix outputs, then per stage call
-        callback(stage, self, cache) (if it has linears, or always with every_stage),
-        recompute its outputs with the (possibly replaced) modules, call after(stage) (the
-        streaming executor writes and frees the stage there) and move on. Returns the graph
-        outputs per batch when keep_outputs (for tests), else None."""
+            description: str = "sequential") -> list[Any] | None:
+        """Walk all stages: per stage with linears call callback(stage, self, cache), then
+        recompute its outputs with the (possibly replaced) modules and move on. Returns the
+        graph outputs per batch when keep_outputs, else None."""
         ctx = self.progress
         task = ctx.task(f"{description}: {len(self.stages) - 2} blocks",
                         total=len(self.stages)) if ctx is not None else None
         cache = self.new_cache("input")
-        for batch in self._batches():
+        for batch in self.batches():
             cache.append({})
         outputs = None
         try:
             for stage in self.stages:
                 self._describe(task, f"{description}: {stage.name} of {len(self.stages) - 2} blocks")
-                if callback is not None and (stage.linears or every_stage):
+                if callback is not None and stage.linears:
                     callback(stage, self, cache)
                 is_last = stage is self.stages[-1]
                 if not is_last or keep_outputs:   # nothing reads the suffix's outputs otherwise
@@ -268,8 +279,6 @@ class SequentialRunner:
                         raise
                     cache.clear()
                     cache = nxt
-                if after is not None:
-                    after(stage)
                 if ctx is not None:
                     ctx.advance(task)
             self._describe(task, f"{description}: {len(self.stages) - 2} blocks")

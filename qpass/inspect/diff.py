@@ -7,12 +7,13 @@ the pass annotations in `node.meta["qpass"]` (fused norms, rotations, smoothing,
 changed field; `inspect_after` runs a pipeline up to a pass and returns both."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from qpass.errors import PipelineError
-from qpass.pipeline.pass_base import PassContext
+from qpass.ir import capture
 
 _SKIP_META = {"role", "block", "weight_sqnr_db"}
 
@@ -91,24 +92,31 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
     need = [p.name for p in pipeline.passes[: idx + 1] if p.needs_calibration]
     if need and calib is None:
         raise PipelineError(f"pass(es) {', '.join(need)} need calibration data (--calib-n)")
-    g, probe = pipeline.prepare(model, seed=seed)
-    ctx = PassContext(calib=calib, probe=probe, seed=seed, scheme=pipeline.scheme_given)
-    before = snapshot(g) if idx == 0 else None
-    result = None
+    from qpass.pipeline.order import facts_after
+    g = capture(copy.deepcopy(model) if not _on_meta(model) else model)
+    passes = pipeline.passes
     try:
-        for i, _, result in pipeline.apply(g, ctx, upto=idx):
-            if i == idx - 1:
-                before = snapshot(g)
+        if idx:          # the passes before `after`, then `after` alone on what they left
+            pipeline.replace(passes=passes[:idx]).apply(g, calib=calib, seed=seed)
+        before = snapshot(g)
+        last = pipeline.replace(passes=passes[idx:idx + 1],
+                                initial_facts=facts_after(passes[:idx], pipeline.initial_facts))
+        report = last.apply(g, calib=calib, seed=seed)
     except RuntimeError as e:
-        if probe is None and "meta" in str(e):           # a structure-only (meta) model
-            raise PipelineError(f"pass {pipeline.passes[idx].name} (or one before it) needs real "
+        if _on_meta(model) and "meta" in str(e):           # a structure-only (meta) model
+            raise PipelineError(f"pass {passes[idx].name} (or one before it) needs real "
                                 f"weights and cannot run on a structure-only (meta) model; "
                                 f"inspect an earlier pass or use a checkpoint directory") from None
         raise
     now = snapshot(g)
-    return {"pass": repr(pipeline.passes[idx]), "before": before, "after": now,
+    return {"pass": repr(passes[idx]), "before": before, "after": now,
             "changes": diff_snapshots(before, now), "graph": g,
-            "notes": list(getattr(result, "notes", []))}
+            "notes": list(report.passes[0].notes)}
+
+
+def _on_meta(model) -> bool:
+    p = next(iter(model.parameters()), None)
+    return p is not None and p.device.type == "meta"
 
 
 def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 400) -> None:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from qpass.errors import PipelineError
 from qpass.ir import capture
-from qpass.pipeline.pass_base import Fact, PassContext
+from qpass.pipeline.pass_base import Fact
 from qpass.calibration.stats import channel_ratio, collect_input_stats, iter_batches
 
 from .diff import find_pass
@@ -49,8 +49,7 @@ def _stats(model, passes: Sequence, calib) -> dict[str, dict]:
     if passes:
         from qpass.pipeline import Pipeline
         pipe = Pipeline(passes, verify=False)            # checks the order first
-        for _ in pipe.apply(g, PassContext(calib=calib, probe=probe)):
-            pass
+        pipe.apply(g, calib=calib, probe=probe)
     nodes = g.linears()
     stats = collect_input_stats(g, calib, nodes)
     return {n.target: {"block": n.meta.get("qpass", {}).get("block"),

@@ -105,6 +105,7 @@ def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoise
     if dev.type != "meta":
         _fill(model, path, cfg, dev, dtype)
     model.tokenizer = load_tokenizer(path)
+    model.checkpoint_dir = path       # where its weights are: a meta model streams from here
     return model.eval()
 
 

@@ -1,9 +1,16 @@
-"""What each fact means on the graph, checked by the manager after every pass that provides it
+"""What each fact means on the graph, checked by the executor after every pass that provides it
 (the `ensures` half of DESIGN §3): a pass that claims a fact which does not hold is a
 PipelineError naming the pass and the fact, instead of a silently wrong pipeline.
 
-Each check returns None when the fact holds, else a sentence saying what is wrong. Checks that
-need tensor values pass on the meta device (structure-only graphs have none to look at)."""
+The executor runs passes stage by stage, so a fact is checked in one of two ways:
+- a fact about EVERY node of a kind (NORMS_FUSED: every foldable norm weightless; the static
+  half of ACTS_QUANTIZED: every static activation spec has a calibrated scale) is checked on
+  each stage right after the pass ran on it (`stage_problem`);
+- a fact that says SOMETHING happened (ROTATED, SMOOTHED, WEIGHTS_QUANTIZED, ACTS_QUANTIZED,
+  LOWERED) is witnessed stage by stage (`witnessed`) and must have a witness in some stage by
+  the end of the run (`missing_witness`); a resumed run counts the witnesses its completed
+  stages recorded.
+Checks that need tensor values pass on the meta device (structure-only graphs have none)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -21,10 +28,10 @@ def _on_meta(t) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
 
-def _norms_fused(g) -> str | None:
+def _norms_fused(g, nodes) -> str | None:
     """Every norm read only by linears is weightless (γ = 1, β = 0): what Rotate relies on."""
     for r in norm_regions(g):
-        if r.others or not r.consumers:
+        if r.producer not in nodes or r.others or not r.consumers:
             continue                      # not foldable: FuseNorms leaves it (and says so)
         m = g.module(r.producer)
         w, b = getattr(m, "weight", None), getattr(m, "bias", None)
@@ -37,40 +44,11 @@ def _norms_fused(g) -> str | None:
     return None
 
 
-def _meta_anywhere(g, *keys: str) -> bool:
-    return any(k in n.meta.get("qpass", {}) for n in g.graph.nodes for k in keys)
-
-
-def _rotated(g) -> str | None:
-    if _meta_anywhere(g, "rotate", "duquant"):
-        return None
-    return "no node records a rotation (meta 'rotate' or 'duquant')"
-
-
-def _smoothed(g) -> str | None:
-    if _meta_anywhere(g, "smoothing", "duquant"):
-        return None
-    return "no smoothing scale was folded into any producer (every pair was skipped?)"
-
-
-def _quantized_modules(g) -> list:
-    return [g.module(n) for n in g.linears() if is_quantized_module(g.module(n))]
-
-
-def _weights_quantized(g) -> str | None:
-    if any(getattr(m, "weight_spec", None) is not None for m in _quantized_modules(g)):
-        return None
-    return "no linear has quantized weights"
-
-
-def _acts_quantized(g) -> str | None:
-    if any(getattr(m, "act_spec", None) is not None for m in _quantized_modules(g)):
-        return None
-    return "no linear has an activation spec"
-
-
-def _calibrated(g) -> str | None:
+def _static_scales(g, nodes) -> str | None:
+    """Every linear with a static activation spec has a finite, positive calibrated scale."""
     for n in g.linears():
+        if n not in nodes:
+            continue
         m = g.module(n)
         spec = getattr(m, "act_spec", None)
         if spec is None or spec.dynamic:
@@ -83,32 +61,66 @@ def _calibrated(g) -> str | None:
     return None
 
 
-def _lowered(g) -> str | None:
-    for n in g.graph.nodes:
+def _meta_in(nodes, *keys: str) -> bool:
+    return any(k in n.meta.get("qpass", {}) for n in nodes for k in keys)
+
+
+def _quantized_modules(g, nodes) -> list:
+    return [g.module(n) for n in g.linears() if n in nodes and is_quantized_module(g.module(n))]
+
+
+def _lowered(g, nodes) -> bool:
+    for n in nodes:
         if n.op == "call_module" and type(g.module(n)).__name__ == "LoweredLinear":
-            return None
+            return True
         if n.op == "call_function" and str(getattr(n.target, "__module__", "")).endswith("lowered"):
-            return None
-    return "no node calls a kernel op"
+            return True
+    return False
 
 
-CHECKS: dict[Fact, Callable] = {
+# fact -> (does this stage witness it, what is wrong when no stage did)
+WITNESSES: dict[Fact, tuple[Callable, str]] = {
+    Fact.ROTATED: (lambda g, nodes: _meta_in(nodes, "rotate", "duquant"),
+                   "no node records a rotation (meta 'rotate' or 'duquant')"),
+    Fact.SMOOTHED: (lambda g, nodes: _meta_in(nodes, "smoothing", "duquant"),
+                    "no smoothing scale was folded into any producer (every pair was skipped?)"),
+    Fact.WEIGHTS_QUANTIZED: (lambda g, nodes: any(getattr(m, "weight_spec", None) is not None
+                                                  for m in _quantized_modules(g, nodes)),
+                             "no linear has quantized weights"),
+    Fact.ACTS_QUANTIZED: (lambda g, nodes: any(getattr(m, "act_spec", None) is not None
+                                               for m in _quantized_modules(g, nodes)),
+                          "no linear has an activation spec"),
+    Fact.LOWERED: (_lowered, "no node calls a kernel op"),
+}
+# fact -> what is wrong on one stage (None when it holds there)
+EVERY_NODE: dict[Fact, Callable] = {
     Fact.NORMS_FUSED: _norms_fused,
-    Fact.ROTATED: _rotated,
-    Fact.SMOOTHED: _smoothed,
-    Fact.OBSERVED: _acts_quantized,
-    Fact.CALIBRATED: _calibrated,
-    Fact.WEIGHTS_QUANTIZED: _weights_quantized,
-    Fact.ACTS_QUANTIZED: _acts_quantized,
-    Fact.LOWERED: _lowered,
+    Fact.ACTS_QUANTIZED: _static_scales,
 }
 
 
-def ensure_provided(p: Pass, g) -> None:
-    """Raise PipelineError when a fact `p` provides does not hold on `g` after it ran."""
+def _claim_error(p: Pass, fact: Fact, problem: str) -> PipelineError:
+    return PipelineError(f"{p.name} claims {fact}, but it does not hold after the pass: {problem}")
+
+
+def check_stage(p: Pass, g, stage) -> set[str]:
+    """After `p` ran on `stage`: raise PipelineError when a fact about every node does not
+    hold there; return the names of the facts this stage witnesses."""
+    nodes = set(stage.nodes)
+    seen = set()
     for fact in sorted(p.provides, key=str):
-        check = CHECKS.get(fact)
-        problem = check(g) if check is not None else None
+        check = EVERY_NODE.get(fact)
+        problem = check(g, nodes) if check is not None else None
         if problem:
-            raise PipelineError(f"{p.name} claims {fact}, but it does not hold after the pass: "
-                                f"{problem}")
+            raise _claim_error(p, fact, f"{problem} ({stage.name})")
+        witness = WITNESSES.get(fact)
+        if witness is not None and witness[0](g, nodes):
+            seen.add(fact.name)
+    return seen
+
+
+def check_witnessed(p: Pass, seen: set[str]) -> None:
+    """At the end of a run: every witnessed fact `p` provides was seen in some stage."""
+    for fact in sorted(p.provides, key=str):
+        if fact in WITNESSES and fact.name not in seen:
+            raise _claim_error(p, fact, WITNESSES[fact][1])

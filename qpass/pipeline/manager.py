@@ -1,40 +1,24 @@
-"""The pass manager (DESIGN §3): `Pipeline(passes).run(model) -> CompiledDenoiser`.
+"""The pipeline (DESIGN §3): `Pipeline(passes).run(model) -> CompiledDenoiser`.
 
-The order is checked when the pipeline is built (before any compute). A run captures a copy
-of the model (the caller's model is never modified), runs the passes under a rich progress
-display, times each, verifies every `exact` pass on a small probe batch, and ends with a
-report whose coverage table must have no uncovered linear."""
+The order is checked when the pipeline is built (before any compute). `run` hands the passes
+to the one executor (qpass/pipeline/executor.py), which walks the model's stages — in memory
+(memory_store.py: a private copy of the model, nothing written unless `out` is given) or from
+an HF checkpoint directory (disk_store.py: each stage read, run, written and freed; resumable)
+— and returns a CompiledDenoiser in both forms. A Pipeline is a value: `replace`,
+`with_pass`, `strict_groups` and `group_fit` return new pipelines."""
 from __future__ import annotations
 
-import copy
-import math
 import os
-import time
+from dataclasses import replace as _replace
 from typing import Iterable, Sequence
 
-import torch
-
-from qpass.errors import CalibrationError, CheckpointError, PipelineError
-from qpass.pipeline.facts import ensure_provided
-from qpass.pipeline.pass_base import PASSES, Fact, Pass, PassContext
-from qpass.ir.qlinear import is_quantized_module
-from qpass.pipeline.coverage import check_coverage, coverage
+from qpass.errors import CheckpointError, PipelineError
+from qpass.pipeline.pass_base import PASSES, Fact, Pass
 from qpass.pipeline.order import auto_order, check_order
-from qpass.runtime.report import LinearRecord, PassRecord, Report
-from qpass.pipeline.verify import default_probe, record, verify_exact
 from qpass.specs import Scheme
 
 QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
-
-
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """10·log10(Σref² / Σ(ref−approx)²) in float64; inf when identical."""
-    r, a = ref.double(), approx.double()
-    noise = (r - a).pow(2).sum().item()
-    signal = r.pow(2).sum().item()
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+_KEEP = object()
 
 
 class Pipeline:
@@ -42,8 +26,8 @@ class Pipeline:
 
     scheme: the quantization scheme of the whole pipeline (a name such as "w4a4", a spec
     string or a Scheme); every pass with a scheme parameter left at None reads it. verify:
-    check exact passes on the probe batch (default True: it costs two forward passes of a
-    2×32 batch per exact pass). allow_uncovered: accept linears that are neither quantized
+    check exact passes on every stage's cached inputs (default True: it costs two runs of
+    the stage per exact pass). allow_uncovered: accept linears that are neither quantized
     nor kept by a rule. initial_facts: facts that already hold for the input."""
 
     def __init__(self, passes: Sequence[Pass], scheme=None, verify: bool | None = None,
@@ -87,25 +71,48 @@ class Pipeline:
         scheme = manifest.get("pipeline_scheme")
         return cls(passes, scheme=None if scheme is None else Scheme.from_dict(scheme), **kw)
 
+    def replace(self, *, passes=None, scheme=_KEEP, verify=_KEEP, allow_uncovered=_KEEP,
+                initial_facts=_KEEP) -> "Pipeline":
+        """A new pipeline with the given fields changed (the order is checked again)."""
+        return Pipeline(list(self.passes if passes is None else passes),
+                        scheme=self.scheme_given if scheme is _KEEP else scheme,
+                        verify=self.verify if verify is _KEEP else verify,
+                        allow_uncovered=self.allow_uncovered if allow_uncovered is _KEEP
+                        else allow_uncovered,
+                        initial_facts=self.initial_facts if initial_facts is _KEEP
+                        else initial_facts)
+
+    def with_pass(self, p: Pass) -> "Pipeline":
+        """A new pipeline with `p` in place of the pass of the same class, else appended."""
+        passes = list(self.passes)
+        same = [i for i, q in enumerate(passes) if type(q) is type(p)]
+        if same:
+            passes[same[0]] = p
+        else:
+            passes.append(p)
+        return self.replace(passes=passes)
+
     def strict_groups(self) -> "Pipeline":
-        """Make every scheme of this pipeline refuse (SpecError) a group size that does not
-        divide a layer's K, instead of fitting it (Scheme.fit_weight)."""
+        """A new pipeline whose schemes refuse (SpecError) a group size that does not divide
+        a layer's K, instead of fitting it (Scheme.fit_weight)."""
         return self._schemes_with(strict_groups=True)
 
     def group_fit(self, mode: str) -> "Pipeline":
-        """How every scheme of this pipeline fits a group size that does not divide some K:
-        "model" (one group size for the whole model, the default) or "layer" (Scheme.fit_to)."""
+        """A new pipeline whose schemes fit a group size that does not divide some K by
+        `mode`: "model" (one group size for the whole model, the default) or "layer"."""
         return self._schemes_with(group_fit=mode)
 
     def _schemes_with(self, **changes) -> "Pipeline":
-        from dataclasses import replace
+        passes = []
         for p in self.passes:
-            for attr in ("scheme", "spec_or_scheme"):
-                if isinstance(getattr(p, attr, None), Scheme):
-                    setattr(p, attr, replace(getattr(p, attr), **changes))
-        if self.scheme_given is not None:
-            self.scheme_given = replace(self.scheme_given, **changes)
-        return self
+            fields = {attr: _replace(getattr(p, attr), **changes)
+                      for attr in ("scheme", "spec_or_scheme")
+                      if isinstance(getattr(p, attr, None), Scheme)}
+            if "spec_or_scheme" in fields:          # ObserveActivations keeps both in step
+                fields.pop("scheme", None)
+            passes.append(_replace(p, **fields) if fields else p)
+        scheme = None if self.scheme_given is None else _replace(self.scheme_given, **changes)
+        return self.replace(passes=passes, scheme=scheme)
 
     @classmethod
     def auto_order(cls, passes: Sequence[Pass], **kw) -> "Pipeline":
@@ -139,130 +146,63 @@ class Pipeline:
         return None
 
     # ------------------------------------------------------------------------------------
-    def prepare(self, model_or_qgraph, probe=None, dtype=None, seed: int = 0):
-        """(QGraph on a private copy of the model, probe batch or None on the meta device)."""
-        from qpass.ir import QGraph, capture
-        if isinstance(model_or_qgraph, QGraph):
-            g = model_or_qgraph
-            if dtype is not None:
-                g.gm.to(dtype)
-        else:
-            from qpass.models.from_hf import from_hf, is_transformers_model
-            model = model_or_qgraph
-            if is_transformers_model(model):
-                model = from_hf(model)     # shares weights; the deep copy below owns its own
-            p = next(iter(model.parameters()), None)
-            on_meta = p is not None and p.device.type == "meta"
-            model = model if on_meta else copy.deepcopy(model)
-            if dtype is not None:
-                model = model.to(dtype)
-            device = p.device if p is not None else torch.device("cpu")
-            if probe is None:
-                vocab = getattr(getattr(model, "config", None), "vocab_size", 100)
-                probe = default_probe(vocab, device, seed)
-            g = capture(model, probe)
-        on_meta = any(t.device.type == "meta" for t in g.gm.parameters())
-        if probe is not None and not isinstance(probe, tuple):
-            probe = (probe,)
-        if probe is None and not on_meta:
-            vocab = getattr(g.config, "vocab_size", 100)
-            dev = next(iter(g.gm.parameters())).device
-            probe = default_probe(vocab, dev, seed)
-        return g, (None if on_meta else probe)
+    def run(self, model_or_dir, calib=None, probe=None, verify: bool | None = None,
+            dtype=None, progress: bool = True, seed: int = 0, out=None, device=None,
+            offload_dir: str | None = None, batch_size: int = 8):
+        """Run the passes stage by stage through the one executor; returns a
+        CompiledDenoiser (with `.report`; `.path` where it was written).
 
-    def run(self, model_or_qgraph, calib=None, probe=None, verify: bool | None = None,
-            dtype=None, progress: bool = True, seed: int = 0, out=None, device=None):
-        """Run the passes and return a CompiledDenoiser (with `.report`).
+        Given a model (or QGraph), the run works on a private copy in memory and saves the
+        result to `out` when given. Given an HF checkpoint directory (a path, or a model
+        loaded on the meta device from one), it streams (DESIGN §12): weights are read per
+        stage onto `device`, the compiled checkpoint is written to `out` (required), and the
+        result holds no tensors (qpass.load_compiled(result.path) computes with it); a rerun
+        after a crash resumes after the last complete stage. offload_dir: keep the cached
+        stage inputs on disk there instead of in memory; batch_size: calibration sequences
+        per stage run."""
+        from qpass.pipeline.executor import Executor
+        store = self._store(model_or_dir, probe, dtype, out, device)
+        verify = self.verify if verify is None else verify
+        with _progress(progress) as prog:
+            return Executor(self, store, calib, verify, seed, prog, offload_dir, batch_size).run()
 
-        Given an HF checkpoint directory (a path) instead of a model, the run streams stage by
-        stage (qpass/pipeline/streaming.py, DESIGN §12): weights are read per block onto
-        `device`, the compiled checkpoint is written to `out` (required) and its path is
-        returned; rerunning after a crash resumes after the last complete stage."""
-        from qpass.runtime.compiled import CompiledDenoiser
-        if isinstance(model_or_qgraph, (str, os.PathLike)):
-            from qpass.pipeline.streaming import stream_to
+    def apply(self, g, calib=None, probe=None, seed: int = 0, verify: bool | None = None,
+              progress: bool = False):
+        """Run the passes on the QGraph `g` in place (no copy, no coverage check): what
+        `qpass inspect` uses to look at the graph after a pass. Returns the report."""
+        from qpass.pipeline.executor import Executor
+        from qpass.pipeline.memory_store import MemoryStore
+        verify = self.verify if verify is None else verify
+        with _progress(progress) as prog:
+            return Executor(self, MemoryStore(g, probe, finish=False), calib, verify, seed,
+                            prog).run().report
+
+    @staticmethod
+    def _store(model_or_dir, probe, dtype, out, device):
+        from qpass.pipeline.memory_store import MemoryStore
+        source = getattr(model_or_dir, "checkpoint_dir", None)
+        meta = _on_meta(model_or_dir)
+        if isinstance(model_or_dir, (str, os.PathLike)) or \
+                (meta and source is not None and out is not None):
+            from qpass.pipeline.disk_store import DiskStore
             if out is None:
                 raise PipelineError("streaming a checkpoint directory writes the result to disk: "
                                     "pass out=DIR")
-            if any(p.needs_calibration for p in self.passes) and calib is None:
-                raise CalibrationError(f"pass(es) {', '.join(p.name for p in self.passes if p.needs_calibration)} "
-                                       f"need calibration data; pass calib=CalibrationSet...")
-            with _progress(progress) as prog:
-                return stream_to(self, model_or_qgraph, out, calib, device or "cpu", dtype,
-                                 self.verify if verify is None else verify, seed,
-                                 PassContext(progress=prog))
-        need = [p.name for p in self.passes if p.needs_calibration]
-        if need and calib is None:
-            raise CalibrationError(f"pass(es) {', '.join(need)} need calibration data; pass "
-                                   f"calib=qpass.calibration.CalibrationSet.from_texts(...)")
-        verify = self.verify if verify is None else verify
-        g, probe = self.prepare(model_or_qgraph, probe, dtype, seed)
-        _check_finite(g.gm)
-        passes = self.passes
-        report = Report()
-        ctx = PassContext(calib=calib, probe=probe, seed=seed, scheme=self.scheme_given)
-        fp_linear_out = {}
-        if probe is not None and self.quantizes:
-            keep = {n.name for n in g.linears()}
-            _, fp_linear_out = record(g.gm, probe, keep)
-        with _progress(progress) as prog:
-            ctx.progress = prog
-            tasks = [prog.add_task(f"{p.name}", total=1) if prog is not None else None
-                     for p in passes]
-            for p, task in zip(passes, tasks):
-                report.passes.append(self._run_one(p, g, ctx, verify and probe is not None))
-                if prog is not None:
-                    prog.update(task, completed=1)
-        if self.quantizes:
-            report.coverage = coverage(g, self.scheme(), planned=False)
-            check_coverage(report.coverage, self.allow_uncovered)
-        report.linears = _linear_records(g, probe, fp_linear_out)
-        return CompiledDenoiser.from_run(g, self, report)
-
-    def apply(self, g, ctx: PassContext, upto: int | None = None):
-        """Run the passes (the first `upto + 1` of them when given) on the QGraph `g` in
-        place, yielding (index, pass, PassResult) after each: what `run` and `qpass inspect`
-        share. Recompiles after every pass and checks the facts it provides."""
-        for i, p in enumerate(self.passes[: None if upto is None else upto + 1]):
-            yield i, p, self._apply_one(p, g, ctx)
-
-    @staticmethod
-    def _apply_one(p: Pass, g, ctx: PassContext):
-        with torch.no_grad():
-            res = p.run(g, ctx)
-        g.recompile()                            # the one place a graph is recompiled
-        if res is None:
-            raise PipelineError(f"pass {p.name}.run returned None; it must return a PassResult")
-        ensure_provided(p, g)
-        return res
-
-    def _run_one(self, p: Pass, g, ctx: PassContext, verify: bool) -> PassRecord:
-        if verify and p.exact:
-            ref_logits, before = record(g.gm, ctx.probe)
-        t0 = time.perf_counter()
-        res = self._apply_one(p, g, ctx)
-        seconds = time.perf_counter() - t0
-        rel = verify_exact(p.name, g.gm, ctx.probe, ref_logits, before) if verify and p.exact else None
-        return PassRecord(p.name, repr(p), seconds, list(res.nodes_changed), dict(res.metrics),
-                          list(res.notes), rel)
+            directory = model_or_dir if source is None or not meta else source
+            return DiskStore(directory, out, device or "cpu", dtype,
+                             model=model_or_dir if meta else None)
+        if out is not None:
+            from qpass.runtime.checkpoint import check_target
+            check_target(out)                          # before any compute
+        return MemoryStore(model_or_dir, probe, dtype, out)
 
 
-def _linear_records(g, probe, fp_out: dict) -> list[LinearRecord]:
-    quantized = [n for n in g.linears() if is_quantized_module(g.module(n))]
-    if not quantized:
-        return []
-    final = {}
-    if probe is not None and fp_out:
-        _, final = record(g.gm, probe, {n.name for n in quantized})
-    rows = []
-    for n in quantized:
-        m, meta = g.module(n), n.meta.get("qpass", {})
-        out_sqnr = sqnr_db(fp_out[n.name], final[n.name]) if n.name in fp_out and n.name in final \
-            and fp_out[n.name].shape == final[n.name].shape else None
-        ws, as_ = getattr(m, "weight_spec", None), getattr(m, "act_spec", None)
-        rows.append(LinearRecord(n.target, None if ws is None else str(ws),
-                                 None if as_ is None else str(as_), meta.get("weight_sqnr_db"), out_sqnr))
-    return rows
+def _on_meta(model) -> bool:
+    params = getattr(model, "parameters", None)
+    if not callable(params):
+        return False
+    p = next(iter(params()), None)
+    return p is not None and p.device.type == "meta"
 
 
 class _NoProgress:
@@ -280,12 +220,3 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                     console=Console(stderr=True), transient=False)
-
-
-def _check_finite(gm) -> None:
-    """NaN/Inf weights are named before any pass, not blamed on the first pass they reach."""
-    import torch
-    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-            raise CalibrationError(f"tensor {name!r} of the model holds NaN or Inf values; fix the "
-                                   f"weights before quantizing (nothing was run)")

@@ -18,10 +18,8 @@ class Fact(str, enum.Enum):
     NORMS_FUSED = "norms_fused"          # norm weights folded into consumers; norms weightless
     ROTATED = "rotated"                  # residual stream rotated (QuaRot) / DuQuant transforms
     SMOOTHED = "smoothed"                # SmoothQuant / AWQ scales folded
-    OBSERVED = "observed"                # activation observers inserted
-    CALIBRATED = "calibrated"            # observers hold calibration statistics
     WEIGHTS_QUANTIZED = "weights_quantized"
-    ACTS_QUANTIZED = "acts_quantized"
+    ACTS_QUANTIZED = "acts_quantized"    # activation specs set (static ones with their scales)
     LOWERED = "lowered"                  # quantized nodes replaced by backend kernel ops
 
     def __str__(self) -> str:
@@ -38,16 +36,28 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """Everything a pass may use besides the graph. `calib` is a CalibrationSet or None;
-    `probe` the probe batch (tuple of model inputs) used for verification and metrics;
-    `scheme` is the pipeline's scheme (None when it has none); `state` carries data between
-    passes."""
+    """Everything a pass may use besides the graph, for the stage it runs on.
+
+    calib: the CalibrationSet or None; scheme: the pipeline's scheme (None when it has none);
+    stage: the Stage (prefix, block i, suffix; qpass.calibration.sequential) whose nodes the
+    pass may change — the only nodes whose weights are real when the run streams; runner: the
+    SequentialRunner that executes a stage over `inputs`, the stage's cached inputs as this
+    pass must see them (Pass.stage_inputs; None when no pass of the run needs activations);
+    run: what the pass's `start` returned for this run (its per-run state, owned by the
+    executor)."""
     calib: Any = None
     scheme: Any = None
-    probe: tuple | None = None
     seed: int = 0
     progress: Any = None                 # a rich Progress, or None when quiet
-    state: dict[str, Any] = field(default_factory=dict)
+    stage: Any = None
+    runner: Any = None
+    inputs: Any = None
+    run: Any = None
+
+    @property
+    def nodes(self) -> set:
+        """The stage's nodes as a set (membership tests)."""
+        return set(self.stage.nodes) if self.stage is not None else set()
 
     def task(self, description: str, total: int | None = None):
         """A progress task id (or None); passes call advance(task) as they go."""
@@ -120,6 +130,8 @@ class Pass:
         """The pass `config()` describes (PipelineError for another version or unknown keys)."""
         cfg = dict(config)
         version = cfg.pop("version", None)
+        if isinstance(version, int) and not isinstance(version, bool) and version < cls.VERSION:
+            cfg, version = cls.upgrade_config(cfg, version), cls.VERSION
         if version != cls.VERSION:
             raise PipelineError(f"{cls.__name__} config version {version} cannot be rebuilt by "
                                 f"this qpass ({cls.__name__} config version {cls.VERSION}); use "
@@ -131,49 +143,61 @@ class Pass:
                                 f"known: {sorted(known)}")
         return cls(**{k: _from_json(v) for k, v in cfg.items()})
 
+    # parameters older VERSIONs recorded that are not part of the result (e.g. where a run
+    # kept its caches, its batch size): dropped when an older config is rebuilt
+    DROPPED: ClassVar[tuple] = ()
+
+    @classmethod
+    def upgrade_config(cls, config: dict, version: int) -> dict:
+        """A config recorded by an older VERSION of this pass, in today's terms: DROPPED
+        parameters left out; a pass without any cannot rebuild an older config."""
+        if cls.DROPPED:
+            return {k: v for k, v in config.items() if k not in cls.DROPPED}
+        raise PipelineError(f"{cls.__name__} config version {version} cannot be rebuilt by "
+                            f"this qpass ({cls.__name__} config version {cls.VERSION}); use "
+                            f"the qpass version that wrote it")
+
     # ---- scheme -------------------------------------------------------------------------
     def with_scheme(self, scheme) -> "Pass":
         """This pass reading the pipeline's `scheme` where it has none of its own (a copy;
         passes without a scheme parameter are returned unchanged)."""
         return self
 
+    # ---- the one entry point (DESIGN §3) ------------------------------------------------
     def run(self, g: "QGraph", ctx: PassContext) -> PassResult:
+        """Do this pass's work on the stage `ctx.stage` of `g` (its nodes only) and say what
+        changed. Called by the executor (qpass/pipeline/executor.py) once per stage, in
+        pipeline order; the executor alone recompiles, verifies and checks `provides`."""
         raise NotImplementedError
 
-    # Stage-wise form (DESIGN §12): a pass that can work on one stage (prefix, block i,
-    # suffix) of a streamed model defines run_stage(g, ctx, stage, runner, cache) -> PassResult;
-    # only that stage's weights are materialized when it is called.
-    run_stage = None
-    # Which inputs run_stage gets for a stage, i.e. the earlier stages in which state:
+    # Which cached inputs `ctx.inputs` holds for a stage, i.e. the earlier stages in which state:
     # "processed": after every pass of the pipeline (sequential GPTQ, the default);
-    # "before": as they were just before this pass, what the in-memory whole-graph pass sees
-    #           (SmoothQuant's statistics are those of the unquantized model);
+    # "before": as they were just before this pass (statistics of the model this pass
+    #           transforms: SmoothQuant, DuQuant, static observers, GPTQ(sequential=False));
     # "after": right after this pass, before the later ones (AWQ: smoothed, not yet rounded).
     stage_inputs: ClassVar[str] = "processed"
 
-    def begin_stream(self, g: "QGraph", ctx: PassContext, saved: Any = None) -> Any:
-        """Called once by a streaming run before its first stage, on the structure-only
-        (meta) graph as captured, also when the run resumes: whatever every stage must share
-        (Rotate's Q) is fixed here, never from data a later stage sees. Returns JSON-able
-        state the run records; a resumed run passes that record back as `saved`."""
+    def start(self, g: "QGraph", ctx: PassContext, saved: Any = None) -> Any:
+        """Called once per run before the first stage, on the whole graph as captured
+        (structure only when streaming), also when a streamed run resumes: what every stage
+        must share (Rotate's Q, DuQuant's group numbering, AWQ's fitted scheme) is fixed here.
+        Returns the pass's run state (handed back as `ctx.run` at every stage) or None. A
+        state with a `record()` method is saved with a streamed run's progress; a resumed run
+        passes that record back as `saved`."""
         return None
 
     @staticmethod
     def merged_metrics(metrics: dict) -> dict:
-        """A streamed run's metrics for the report, from its stages' results merged
-        (stream_state.merge_results: counts add, tables merge); a pass whose summary is not
-        a sum over stages (a max, a mean) recomputes it here."""
+        """The run's metrics for the report, from its stages' results merged
+        (executor_records.merge_results: counts add, tables merge); a pass whose summary is
+        not a sum over stages (a max, a mean) recomputes it here."""
         return metrics
 
-    def stage_basis(self, g: "QGraph", stage) -> Any:
+    def stage_basis(self, g: "QGraph", stage, run: Any) -> Any:
         """A pass that changes the coordinates of values crossing stage boundaries (Rotate:
         the residual stream becomes x·Q) returns a BasisChange for `stage`, so the stage's
         exactness is checked as f'(x·Q) = f(x)·Q instead of f'(x) = f(x); None otherwise."""
         return None
-
-    @property
-    def stage_wise(self) -> bool:
-        return callable(getattr(self, "run_stage", None))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

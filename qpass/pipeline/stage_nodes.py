@@ -83,9 +83,9 @@ def adopt(graph: fx.Graph, stage, known: set) -> list[fx.Node]:
     for n in new:
         outside = [u.name for u in n.users if u not in mine]
         if outside:
-            raise PipelineError(f"{stage.name}: node {n.name} inserted by a stage-wise pass is read "
-                                f"outside its stage ({', '.join(outside)}); stage-wise passes "
-                                f"must keep their inserted nodes inside the stage")
+            raise PipelineError(f"{stage.name}: node {n.name} inserted by a pass is read outside "
+                                f"its stage ({', '.join(outside)}); passes work stage by stage "
+                                f"and must keep the nodes they insert inside the stage")
         known.add(n)
     stage.nodes[:] = [n for n in graph.nodes if n in mine]
     return new

@@ -1,8 +1,9 @@
-"""The per-stage check of an exact pass in a streaming run (DESIGN §3, §12).
+"""The per-stage check of an exact pass (DESIGN §3, §12), done by the executor in both forms.
 
 A stage's outputs over its cached inputs are taken before and after the pass; the largest
 relative change over every floating-point output must stay within the tolerance (1e-4 in
-float32, 1e-9 in float64), else VerificationError naming the pass and the stage.
+float32, 1e-9 in float64), else VerificationError naming the pass, the stage and the first
+node of the stage whose output changed on the first batch.
 
 A pass that changes the coordinates of the values crossing stage boundaries (Rotate: the
 residual stream becomes x·Q, Pass.stage_basis) cannot keep f'(x) = f(x); its identity is
@@ -14,16 +15,19 @@ from __future__ import annotations
 import torch
 
 from qpass.errors import VerificationError
+from qpass.pipeline.verify import relative_change, tolerance_for
 
 
 class StageCheck:
     """Outputs of `stage` before an exact pass `p`; `finish()` compares them after it."""
 
-    def __init__(self, p, g, stage, runner, cache, dtype):
+    def __init__(self, p, g, stage, runner, cache, dtype, run=None):
         self.p, self.stage, self.runner, self.cache, self.dtype = p, stage, runner, cache, dtype
-        self.basis = p.stage_basis(g, stage)
+        self.basis = p.stage_basis(g, stage, run)
         inputs = cache if self.basis is None else _Mapped(cache, self.basis, new=False)
-        self.before = stage_outputs(runner, stage, inputs)
+        self.trace: dict = {}              # node outputs of the first batch, to name a culprit
+        self.before = stage_outputs(runner, stage, inputs,
+                                    self.trace if self.basis is None else None)
         if self.basis is not None:
             self.before = [self.basis.map(values, new=True) for values in self.before]
 
@@ -32,22 +36,47 @@ class StageCheck:
         after = stage_outputs(self.runner, self.stage, self.cache)
         rel = max((float((a[k] - b[k]).abs().max() / b[k].abs().max().clamp(min=1e-30))
                    for a, b in zip(after, self.before) for k in b), default=0.0)
-        tol = 1e-9 if self.dtype == torch.float64 else 1e-4
+        tol = tolerance_for(self.dtype or torch.float32)
         if rel > tol:
             raise VerificationError(f"{self.p.name} is declared exact but changed "
                                     f"{self.stage.name}'s outputs by {rel:.2e} (relative, "
-                                    f"tolerance {tol:g})")
+                                    f"tolerance {tol:g}){self._culprit(tol)}")
         return rel
 
+    def _culprit(self, tol: float) -> str:
+        """'; first diverging node: ...' from the first batch, node by node in stage order."""
+        if not self.trace:
+            return ""
+        after: dict = {}
+        self.runner.run_stage(self.stage, _First(self.cache), trace=after)
+        for n in self.stage.nodes:
+            if n.name in self.trace and n.name in after:
+                rel = relative_change(self.trace[n.name], after[n.name])
+                if rel > tol:
+                    return f"; first diverging node: {n.name!r} (relative change {rel:.3e})"
+        return "; no node present before and after diverges (the change is in new nodes)"
 
-def stage_outputs(runner, stage, cache) -> list[dict[str, torch.Tensor]]:
+
+def stage_outputs(runner, stage, cache, trace: dict | None = None) -> list[dict[str, torch.Tensor]]:
     """Per batch, the stage's floating-point outputs {node name: float64 tensor}."""
     from qpass.calibration.sequential import BoundaryCache
     out = BoundaryCache()
-    runner.run_stage(stage, cache, collect=out, keep=stage.live_out)
+    runner.run_stage(stage, cache, collect=out, keep=stage.live_out, trace=trace)
     return [{n.name: values[n.name].double() for n in stage.live_out
              if isinstance(values.get(n.name), torch.Tensor) and values[n.name].is_floating_point()}
             for values in out]
+
+
+class _First:
+    """The first batch of a boundary cache (zip with the runner's batches stops after it)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def __iter__(self):
+        for values in self.cache:
+            yield values
+            return
 
 
 class _Mapped:

@@ -1,15 +1,13 @@
-"""Verification of `exact` passes on a probe batch (DESIGN §3).
-
-Before an exact pass runs, every node's output on the probe batch is recorded; afterwards the
-logits are compared (max|Δ| / max|ref|). On failure the new graph is replayed with the same
-recorder and the first node — in the new graph's order, among nodes that exist by name in both
-graphs — whose output changed beyond tolerance is named in the VerificationError."""
+"""Probe batches and the comparisons the executor and the report use (DESIGN §3): a
+recording run of a whole graph (the report's per-linear output SQNR), the relative change an
+exact pass may cause by compute dtype (stage_verify.py checks it per stage), and SQNR."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.fx as fx
 
-from ..errors import VerificationError
 
 # max relative change of the logits an exact pass may cause, by compute dtype
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -48,48 +46,17 @@ def relative_change(ref: torch.Tensor, new: torch.Tensor) -> float:
     return val if val == val else float("inf")   # NaN -> inf
 
 
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """10·log10(Σref² / Σ(ref−approx)²) in float64; inf when identical (weights or outputs)."""
+    r, a = ref.detach().double(), approx.detach().double()
+    noise = (r - a).pow(2).sum().item()
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(r.pow(2).sum().item(), 1e-300) / noise)
+
+
 def tolerance_for(dtype: torch.dtype) -> float:
     return TOLERANCE.get(dtype, 1e-4)
-
-
-def first_divergence(gm: fx.GraphModule, probe: tuple, before: dict[str, torch.Tensor],
-                     tol: float) -> tuple[str, float] | None:
-    """(node name, relative change) of the first node of `gm` whose output differs from the
-    recorded one by more than `tol`; None if every shared node agrees."""
-    _, after = record(gm, probe)
-    for n in gm.graph.nodes:
-        if n.name in after and n.name in before:
-            rel = relative_change(before[n.name], after[n.name])
-            if rel > tol:
-                return n.name, rel
-    return None
-
-
-def verify_exact(pass_name: str, gm: fx.GraphModule, probe: tuple, ref_logits: torch.Tensor,
-                 before: dict[str, torch.Tensor]) -> float:
-    """Raise VerificationError if the pass changed the logits beyond tolerance; return the
-    measured relative change."""
-    with torch.no_grad():
-        new_logits = gm(*probe)
-    tol = tolerance_for(ref_logits.dtype)
-    rel = relative_change(ref_logits, new_logits)
-    if rel <= tol:
-        return rel
-    div = first_divergence(gm, probe, before, tol)
-    where = ("no node present in both graphs diverges (the change is in new nodes)" if div is None
-             else f"first diverging node: {div[0]!r} ({_describe(gm, div[0])}, relative change "
-                  f"{div[1]:.3e})")
-    raise VerificationError(f"pass {pass_name} is declared exact but changed the logits by a max "
-                            f"relative {rel:.3e} (> {tol:.0e} in {ref_logits.dtype}) on the probe "
-                            f"batch; {where}. Fix the pass, or declare it exact=False")
-
-
-def _describe(gm: fx.GraphModule, name: str) -> str:
-    for n in gm.graph.nodes:
-        if n.name == name:
-            tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
-            return f"{n.op} {tgt}"
-    return "?"
 
 
 PROBE_SHAPE = (2, 32)          # one cheap probe batch: 2 sequences of 32 tokens

@@ -32,6 +32,7 @@ import torch
 
 from qpass.errors import CheckpointError
 from qpass.runtime.graph_io import build_graph_module, graph_to_json
+from qpass.runtime.tensor_records import tensor_records
 
 FORMAT = "qpass-compiled"
 # 2: symmetric spec strings mean the full-range grid unless marked ':restricted' (DESIGN §4).
@@ -58,28 +59,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _tensors(gm) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Unique tensors to store and {name: kind info} for every parameter/buffer name."""
-    store, kinds, first = {}, {}, {}
-    persistent = {n for n, _ in gm.state_dict(keep_vars=True).items()}
-    items = [(n, t, "param") for n, t in gm.named_parameters(remove_duplicate=False)] + \
-            [(n, t, "buffer") for n, t in gm.named_buffers(remove_duplicate=False)]
-    for name, t, kind in items:
-        if t.device.type == "meta":
-            raise CheckpointError(f"tensor {name!r} is on the meta device: a structure-only model "
-                                  f"cannot be saved")
-        info = {"kind": kind, "persistent": name in persistent}
-        if kind == "param":
-            info["requires_grad"] = bool(t.requires_grad)
-        if id(t) in first:
-            info["alias_of"] = first[id(t)]
-        else:
-            first[id(t)] = name
-            store[name] = t.detach().to("cpu").contiguous()
-        kinds[name] = info
-    return store, kinds
 
 
 def qpass_files(directory: Path) -> set[str] | None:
@@ -207,7 +186,7 @@ def save(compiled, directory) -> Path:
     out = check_target(directory)
     tmp = _new_temporary(out)
     try:
-        store, kinds = _tensors(compiled.gm)
+        store, kinds = tensor_records(compiled.gm)
         save_file(store, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         manifest = dict(compiled.manifest, format=FORMAT, version=VERSION,
                         graph=graph_to_json(compiled.gm), tensors=kinds)
@@ -219,7 +198,7 @@ def save(compiled, directory) -> Path:
 
 
 def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
-    """Assemble a streamed run (qpass/pipeline/streaming.py) into a compiled checkpoint at
+    """Assemble a streamed run (qpass/pipeline/disk_store.py) into a compiled checkpoint at
     `out`, atomically as save() does: the stage shards are moved in (no copy) and listed under
     manifest `weights`; `manifest` already holds graph, tensors and the rest. If anything
     fails, the shards go back to the work directory, so the run stays resumable."""

@@ -7,7 +7,6 @@ packed integer weights, so `weight_nbytes()` is the real memory of the model. `s
 plugins that add module classes or graph functions register them here."""
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
@@ -16,21 +15,17 @@ import torch.nn as nn
 from qpass.runtime import checkpoint
 from qpass.runtime.graph_io import register_function, register_module_class
 from qpass.ir.qlinear import is_quantized_module
+from qpass.runtime.manifest import build_manifest
 from qpass.runtime.report import Report
 
 __all__ = ["CompiledDenoiser", "load_compiled", "register_module_class", "register_function"]
-
-
-def library_versions() -> dict:
-    from qpass import __version__
-    return {"qpass": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 class CompiledDenoiser(nn.Module):
     """forward(input_ids, attention_mask=None) -> logits, like the FP Denoiser."""
 
     def __init__(self, gm, config, tokenizer=None, manifest: dict | None = None,
-                 report: Report | None = None):
+                 report: Report | None = None, path: Path | None = None):
         super().__init__()
         self.gm = gm
         self.config = config
@@ -40,20 +35,30 @@ class CompiledDenoiser(nn.Module):
             report = Report.from_dict(self.manifest["report"])
             report.attach_specs(self.specs())
         self.report = report
+        self.path = path            # the checkpoint directory it was saved to or loaded from
         self.kernels: list[dict] | None = None     # set by load_compiled (binding rows)
 
     @classmethod
-    def from_run(cls, g, pipeline, report: Report) -> "CompiledDenoiser":
-        cfg = g.config
-        manifest = {
-            "config": cfg.to_dict() if hasattr(cfg, "to_dict") else cfg,
-            "pipeline": [{"name": p.name, "repr": repr(p), "config": p.config()} for p in pipeline],
-            "pipeline_scheme": None if getattr(pipeline, "scheme_given", None) is None
-            else pipeline.scheme_given.to_dict(),
-            "versions": library_versions(), "report": report.to_dict(specs=False)}
-        return cls(g.gm, cfg, g.tokenizer, manifest, report)
+    def from_run(cls, g, pipeline, report: Report, path: Path | None = None,
+                 **manifest_extra) -> "CompiledDenoiser":
+        """The result of a run of `pipeline` that left the graph `g` (Pipeline.run). A run
+        that streamed to disk passes its `path`; its tensors stay on the meta device."""
+        manifest = build_manifest(g.config, pipeline, report, **manifest_extra)
+        return cls(g.gm, g.config, g.tokenizer, manifest, report, path)
+
+    @property
+    def on_disk_only(self) -> bool:
+        """True for a streamed run's result: its tensors are on the meta device and the
+        checkpoint at `path` holds them (qpass.load_compiled(path) computes with it)."""
+        first = next(iter(self.gm.parameters()), None)
+        return self.path is not None and first is not None and first.device.type == "meta"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        if self.on_disk_only:
+            from qpass.errors import PipelineError
+            raise PipelineError(f"this model was quantized stage by stage to {self.path} and "
+                                f"holds no weights in memory; load it: "
+                                f"qpass.load_compiled({str(self.path)!r})")
         return self.gm(input_ids, attention_mask)
 
     def weight_nbytes(self) -> dict[str, int]:
@@ -106,7 +111,12 @@ class CompiledDenoiser(nn.Module):
         return binding.bind(self.gm, dev, dtype, head_dim, prepare)
 
     def save(self, directory) -> Path:
-        return checkpoint.save(self, directory)
+        if self.on_disk_only:
+            from qpass.errors import PipelineError
+            raise PipelineError(f"this model was quantized stage by stage and is saved at "
+                                f"{self.path} already; copy that directory instead")
+        self.path = checkpoint.save(self, directory)
+        return self.path
 
     def extra_repr(self) -> str:
         names = [p["name"] for p in self.manifest.get("pipeline", [])]
@@ -120,7 +130,7 @@ def load_compiled(directory, device=None) -> CompiledDenoiser:
     checkpoint is device-neutral (canonical layouts, "auto" backends), so one saved on a CPU
     runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why;
     kernels that run on a private weight layout (Triton W4A16) get it built here, once."""
-    model = CompiledDenoiser(*checkpoint.load(directory))
+    model = CompiledDenoiser(*checkpoint.load(directory), path=Path(directory))
     if device is not None:
         model = model.to(device)
     model.kernels = model.bind_kernels(prepare=True)

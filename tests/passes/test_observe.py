@@ -10,7 +10,6 @@ import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
 from qpass.ir.qlinear import QuantLinear
-from qpass.pipeline.pass_base import PassContext
 from qpass.calibration.stats import collect_input_stats
 
 GRID = [1.0 - 0.025 * i for i in range(21)]
@@ -61,12 +60,17 @@ def ref_scale(x, bits, observer):
     return best[1]
 
 
+def _apply(p, g, calib):
+    """Run one pass through the executor on `g` in place; its report record."""
+    return qpass.Pipeline([p], verify=False).apply(g, calib=calib).passes[0]
+
+
 @pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
 def test_static_tensor_observers_match_reference(observer):
     model, g, calib = _graph_and_calib()
     name = "blocks.1.down_proj"
     x = _captured_inputs(model, calib, name)
-    res = P.ObserveActivations(f"int8:tensor:static:{observer}").run(g, PassContext(calib=calib))
+    res = _apply(P.ObserveActivations(f"int8:tensor:static:{observer}"), g, calib)
     q = g.gm.get_submodule(name)
     assert isinstance(q, QuantLinear) and q.weight_spec is None and not q.act_spec.dynamic
     assert q.act_scale.shape == (1, 1)
@@ -77,7 +81,7 @@ def test_static_tensor_observers_match_reference(observer):
 def test_static_asymmetric_minmax_zero_point():
     model, g, calib = _graph_and_calib()
     x = _captured_inputs(model, calib, "blocks.0.q_proj")
-    P.ObserveActivations("int8:tensor:asym:static").run(g, PassContext(calib=calib))
+    _apply(P.ObserveActivations("int8:tensor:asym:static"), g, calib)
     q = g.gm.get_submodule("blocks.0.q_proj")
     lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
     s = (hi - lo) / 255
@@ -88,7 +92,7 @@ def test_static_asymmetric_minmax_zero_point():
 def test_dynamic_per_token_fake_quantizes_each_row():
     model, g, calib = _graph_and_calib()
     name = "blocks.0.up_proj"
-    P.ObserveActivations("int4:token:dyn").run(g, PassContext(calib=calib))
+    _apply(P.ObserveActivations("int4:token:dyn"), g, calib)
     q, lin = g.gm.get_submodule(name), model.get_submodule(name)
     assert q.act_scale is None and str(q.act_spec) == "int4:token:dyn"
     x = torch.randn(3, 7, lin.in_features, dtype=torch.float64)
@@ -109,7 +113,7 @@ def test_statistics_match_reference_and_reach_the_report():
     assert abs(stats.max_median_ratio - ch.max().item() / ch.median().item()) < 1e-6
     assert [i for i, _ in stats.top_outliers()] == ch.topk(5).indices.tolist()
     assert stats.tokens == x.shape[0]
-    res = P.ObserveActivations("w8a8").run(g, PassContext(calib=calib))
+    res = _apply(P.ObserveActivations("w8a8"), g, calib)
     assert res.metrics["act_stats"][name]["tokens"] == x.shape[0]
     assert abs(res.metrics["act_stats"][name]["absmax"] - ch.max().item()) < 1e-6
     assert "head" not in res.metrics["act_stats"]     # the scheme keeps the head in float
@@ -117,9 +121,9 @@ def test_statistics_match_reference_and_reach_the_report():
 
 def test_observe_keeps_gptq_weights_and_sets_spec():
     model, g, calib = _graph_and_calib()
-    P.GPTQ("int4:g32:sym", sequential=False).run(g, PassContext(calib=calib))
+    _apply(P.GPTQ("int4:g32:sym", sequential=False), g, calib)
     before = g.gm.get_submodule("blocks.0.k_proj").dequantized_weight(torch.float64)
-    P.ObserveActivations("int8:token:dyn").run(g, PassContext(calib=calib))
+    _apply(P.ObserveActivations("int8:token:dyn"), g, calib)
     q = g.gm.get_submodule("blocks.0.k_proj")
     assert str(q.act_spec) == "int8:token:dyn"
     assert torch.equal(q.dequantized_weight(torch.float64), before)

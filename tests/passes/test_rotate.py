@@ -75,7 +75,7 @@ def test_rotate_requires_fused_norms():
         Pipeline([P.Rotate()]).run(model, progress=False)
     g = qpass.capture(model, (_ids(model.config.vocab_size),))
     with pytest.raises(PipelineError, match="FuseNorms"):       # norms with real weights
-        P.Rotate().run(g, qpass.pipeline.pass_base.PassContext())
+        Pipeline([P.Rotate()], initial_facts={"norms_fused"}, verify=False).apply(g)
 
 
 def test_unsupported_sizes_skip_online_or_fail_clearly():

@@ -53,7 +53,7 @@ def test_rtn_matches_reference(fp_model, bits, symmetric, group, grid):
     spec += ":restricted" if grid == "restricted" else ""
     g = qpass.capture(fp_model)            # a private graph; the fp model's weights are the input
     fp_weights = {n.target: g.module(n).weight.detach().clone() for n in g.linears()}
-    P.RTN(spec).run(g, qpass.PassContext())
+    qpass.Pipeline([P.RTN(spec)], verify=False).apply(g)
     quantized = [n for n in g.linears() if isinstance(g.module(n), QuantLinear)]
     assert len(quantized) == 7 * fp_model.config.n_layers            # every linear but the head
     for n in quantized:
@@ -76,10 +76,10 @@ def test_group_not_dividing_k_names_layer_and_changes_nothing():
     g = qpass.capture(qpass.models.load("tiny-llada-random"))
     strict = replace(qpass.Scheme.parse("int4:g48"), strict_groups=True)
     with pytest.raises(qpass.SpecError) as e:
-        P.RTN(strict).run(g, qpass.PassContext())
+        qpass.Pipeline([P.RTN(strict)], verify=False).apply(g)
     assert "layer 'blocks.0." in str(e.value)
     assert not any(isinstance(m, QuantLinear) for m in g.gm.modules())
-    P.RTN("int4:g48").run(g, qpass.PassContext())
+    qpass.Pipeline([P.RTN("int4:g48")], verify=False).apply(g)
     assert g.gm.get_submodule("blocks.0.q_proj").weight_spec.group_size == 32
 
 

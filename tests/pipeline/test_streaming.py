@@ -1,7 +1,7 @@
 """Stage-wise execution over a checkpoint directory (DESIGN §12): the streamed checkpoint
 equals the in-memory one tensor for tensor for every preset (and a few hand-built pipelines),
-a killed run resumes to the same bytes, rotated runs included, and pipelines without a
-stage-wise form are one clear error."""
+a killed run resumes to the same bytes, rotated runs included; both forms go through the one
+executor, so a pass that inserts a node read by another stage is one clear error."""
 import json
 import os
 import signal
@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
-from qpass.cli.quantize import with_lowering
 from qpass.models.loading import save_checkpoint
 from qpass.pipeline.pass_base import PASSES
 
@@ -62,15 +61,24 @@ PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g3
                                                    P.RTN(), P.Lower()], scheme="w4a8"),
          "rotate-offline": lambda: qpass.Pipeline([P.FuseNorms(), P.Rotate(online_down=False,
                                                                            online_heads=False),
-                                                   P.RTN()], scheme="w8a8")}
+                                                   P.RTN()], scheme="w8a8"),
+         # the two cases that once had no stage-wise form: Hessians from the float model, and
+         # static observers (both read the earlier stages as they were before the pass)
+         "gptq-float-hessians": lambda: qpass.Pipeline([P.GPTQ(sequential=False)],
+                                                       scheme="int4:g32:sym"),
+         "gptq-static-observer": lambda: qpass.Pipeline(
+             [P.GPTQ("int4:g32:sym"), P.ObserveActivations("int8:tensor:static:mse"),
+              P.Lower()])}
+
+
+def _lowered(pipe):
+    """The pipeline as `qpass quantize` runs it: ending in Lower unless it lowers already."""
+    return pipe if any(p.is_lowering for p in pipe.passes) else pipe.with_pass(P.Lower())
+
+
 # Every preset, as `qpass quantize` runs it (lowered): a new preset is covered automatically.
-# Presets that cannot stream would be listed in NOT_STREAMED (none today; see the test below).
-NOT_STREAMED: set = set()
 for _preset in qpass.presets.names():
-    if _preset not in NOT_STREAMED:
-        PIPES[_preset] = lambda name=_preset: with_lowering(qpass.presets.get(name), "auto")
-# (a static observer after GPTQ is the one case that differs by design: streamed, each block's
-# GPTQ calibrates on earlier blocks whose static activation scales are already set)
+    PIPES[_preset] = lambda name=_preset: _lowered(qpass.presets.get(name))
 CASES = [("tiny-llada", name) for name in PIPES]
 # the Dream/Qwen2 layout (GQA, q/k/v biases, shifted logits) for the rotations and one
 # preset of each other family; MoE models have no HF checkpoint naming in qpass yet
@@ -90,7 +98,7 @@ def test_streamed_equals_in_memory(hf_dirs, tmp_path, zoo, name):
     calib = _calib(model) if any(p.needs_calibration for p in pipe.passes) else None
     mem = pipe.run(model, calib, progress=False)
     mem.save(tmp_path / "mem")
-    path = PIPES[name]().run(str(hf_dir), calib, out=tmp_path / "st", progress=False)
+    path = PIPES[name]().run(str(hf_dir), calib, out=tmp_path / "st", progress=False).path
     a, b = _tensors(tmp_path / "mem"), _tensors(path)
     assert set(a) == set(b)
     for k in a:
@@ -108,40 +116,12 @@ def test_streamed_equals_in_memory(hf_dirs, tmp_path, zoo, name):
             assert rec["verified_rel_change"] is not None and rec["verified_rel_change"] < 1e-4
 
 
-def test_every_preset_streams_unless_listed(hf_dir, tmp_path):
-    """The presets without a stage-wise form are exactly NOT_STREAMED, and those are refused
-    with one PipelineError before anything is written."""
-    cannot = {name for name in qpass.presets.names()
-              if not all(p.stage_wise for p in qpass.presets.get(name).passes)}
-    assert cannot == NOT_STREAMED
-    for name in sorted(cannot):
-        with pytest.raises(qpass.PipelineError, match="have no stage-wise form"):
-            qpass.presets.get(name).run(str(hf_dir), _calib(qpass.models.load(hf_dir)),
-                                        out=tmp_path / name)
-        assert not (tmp_path / name).exists()
-
-
-@dataclass(eq=False, repr=False)
-class _InMemoryOnly(qpass.Pass):          # underscore: not registered among the passes
-    exact = True
-
-    def run(self, g, ctx):
-        return qpass.PassResult()
-
-
-def test_a_pipeline_without_stage_wise_passes_is_refused(hf_dir, tmp_path):
-    with pytest.raises(qpass.PipelineError, match="pass\\(es\\) _InMemoryOnly have no stage-wise form"):
-        qpass.Pipeline([P.FuseNorms(), _InMemoryOnly(), P.RTN()], scheme="w4a8").run(
-            str(hf_dir), out=tmp_path / "o")
-    assert not (tmp_path / "o").exists()
-
-
 @dataclass(eq=False, repr=False)
 class _InsertsANodeReadByTheNextStage(qpass.Pass):
     """Negates the embedding output in the prefix and hands the negation to block 0."""
 
-    def run_stage(self, g, ctx, stage, runner, cache):
-        emb = next(n for n in stage.nodes if n.op == "call_module")
+    def run(self, g, ctx):
+        emb = next(n for n in ctx.stage.nodes if n.op == "call_module")
         with g.graph.inserting_after(emb):
             neg = g.graph.call_function(torch.neg, (emb,))
         emb.replace_all_uses_with(neg, delete_user_cb=lambda u: u is not neg)
@@ -151,8 +131,8 @@ class _InsertsANodeReadByTheNextStage(qpass.Pass):
 def test_an_inserted_node_read_by_another_stage_is_refused(hf_dir, tmp_path):
     """Stage boundaries are fixed when the run starts: a node a pass inserts must stay in
     its stage (Rotate's and DuQuant's do), or the run stops naming the node."""
-    with pytest.raises(qpass.PipelineError, match="prefix: node neg inserted by a stage-wise "
-                                                  "pass is read outside its stage"):
+    with pytest.raises(qpass.PipelineError, match="prefix: node neg inserted by a pass is read "
+                                                  "outside its stage"):
         qpass.Pipeline([_InsertsANodeReadByTheNextStage(), P.RTN()], scheme="w8a8").run(
             str(hf_dir), out=tmp_path / "o", progress=False)
 
@@ -161,9 +141,9 @@ def test_an_inserted_node_read_by_another_stage_is_refused(hf_dir, tmp_path):
 class _RotateMissingAWriter(P.Rotate):
     """A broken rotation: Q is not folded into the last block's last stream writer."""
 
-    def begin_stream(self, g, ctx, saved=None):
-        state = super().begin_stream(g, ctx, saved)
-        self._streamed[0].writers.pop()
+    def start(self, g, ctx, saved=None):
+        state = super().start(g, ctx, saved)
+        state.plan.writers.pop()
         return state
 
 
@@ -200,24 +180,24 @@ def _stream_in_subprocess(tmp_path, hf_dir, pipeline: str, out, kill_after=None,
         "import sys, os, signal, qpass\n"
         "from qpass import passes as P\n"
         "from qpass import hadamard\n"
-        "from qpass.pipeline import streaming\n"
+        "from qpass.pipeline.disk_store import DiskStore\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "if os.environ.get('QPASS_TEST_FLIP_SIGNS'):\n"
         "    from test_streaming import _first_sign_flipped\n"
         "    hadamard.random_signs = _first_sign_flipped(hadamard.random_signs)\n"
         "if len(sys.argv) > 4:\n"
-        "    orig = streaming.StreamingRun._save_progress\n"
-        "    def save(self, key, records):\n"
-        "        orig(self, key, records)\n"
+        "    orig = DiskStore.save\n"
+        "    def save(self, g, stage, records, *caches):\n"
+        "        orig(self, g, stage, records, *caches)\n"
         "        if len(records) == int(sys.argv[4]):\n"
         "            os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    streaming.StreamingRun._save_progress = save\n"
-        "load = streaming.StreamingRun._load_progress\n"
-        "def loaded(self, key):\n"
-        "    done = load(self, key)\n"
+        "    DiskStore.save = save\n"
+        "load = DiskStore.resume\n"
+        "def loaded(self, pipeline, calib):\n"
+        "    done, shared = load(self, pipeline, calib)\n"
         "    print(f'resumed {len(done)} stages', file=sys.stderr)\n"
-        "    return done\n"
-        "streaming.StreamingRun._load_progress = loaded\n"
+        "    return done, shared\n"
+        "DiskStore.resume = loaded\n"
         "import torch\n"
         "from qpass.calibration import CalibrationSet\n"
         "calib = CalibrationSet.from_ids(torch.arange(4000) % 90, mask_id=258, n=4, seq_len=32, seed=3)\n"
@@ -242,7 +222,7 @@ def _assert_resumed_equals_one_run(tmp_path, hf_dir, pipeline: str, env=None) ->
     assert "resumed 3 stages" in again.stderr       # skipped, not silently recomputed
     model = qpass.models.load("tiny-llada", device="meta")
     assert model.config.mask_token_id == 258
-    once = eval(pipeline).run(str(hf_dir), _calib(model), out=tmp_path / "once", progress=False)
+    once = eval(pipeline).run(str(hf_dir), _calib(model), out=tmp_path / "once", progress=False).path
     a, b = _tensors(tmp_path / "r"), _tensors(once)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     # the graph edits of the stages done before the kill (lowered attention with K/V bits,
@@ -279,7 +259,7 @@ def test_killed_rotated_run_resumes_with_the_recorded_rotation(hf_dir, tmp_path,
     # above is the recorded Q at work, not an ineffective flip
     monkeypatch.setattr(qpass.hadamard, "random_signs", _first_sign_flipped(qpass.hadamard.random_signs))
     fresh = eval(ROTATED).run(str(hf_dir), _calib(qpass.models.load(hf_dir)), out=tmp_path / "f",
-                              progress=False)
+                              progress=False).path
     a, b = _tensors(tmp_path / "r"), _tensors(fresh)
     assert not torch.equal(a["embed.weight"], b["embed.weight"])
 
@@ -287,7 +267,7 @@ def test_killed_rotated_run_resumes_with_the_recorded_rotation(hf_dir, tmp_path,
 def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monkeypatch):
     import errno
 
-    from qpass.pipeline import streaming
+    from qpass.pipeline import disk_store
     pipe = lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g32:sym")  # noqa: E731
     calls = {"n": 0}
     import safetensors.torch as st
@@ -304,8 +284,8 @@ def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monk
     monkeypatch.setattr(st, "save_file", st_save)
     progress = json.loads((tmp_path / ".o.qpass-stream" / "progress.json").read_text())
     assert len(progress["stages"]) == 2                       # what was written is kept
-    path = pipe().run(str(hf_dir), out=tmp_path / "o", progress=False)   # resumes and finishes
+    path = pipe().run(str(hf_dir), out=tmp_path / "o", progress=False).path   # resumes, finishes
     assert qpass.load_compiled(path) is not None
-    monkeypatch.setattr(streaming, "available_bytes", lambda device: 1024)
+    monkeypatch.setattr(disk_store, "available_bytes", lambda device: 1024)
     with pytest.raises(qpass.PipelineError, match=r"prefix needs about .* GiB on cpu, but only"):
         pipe().run(str(hf_dir), out=tmp_path / "p", progress=False)

@@ -151,7 +151,7 @@ def gptq_block(w, xs, cfg, hessians=None):
 
 def _streamed(sharded, tmp_path, pass_, calib):
     path = qpass.Pipeline([pass_], scheme=f"int4:g{GROUP}:sym").run(
-        str(sharded), calib, out=tmp_path / "q", progress=False)
+        str(sharded), calib, out=tmp_path / "q", progress=False).path
     return qpass.load_compiled(path)
 
 
@@ -238,7 +238,7 @@ def test_a_shard_missing_mid_run_is_one_clear_error_and_resumes(sharded, tmp_pat
     progress = json.loads((tmp_path / ".q.qpass-stream" / "progress.json").read_text())
     assert len(progress["stages"]) == 2                 # prefix and block 0 were written
     gone.write_bytes(kept)
-    resumed = pipe().run(str(src), out=tmp_path / "q", progress=False)
-    clean = pipe().run(str(sharded), out=tmp_path / "clean", progress=False)
+    resumed = pipe().run(str(src), out=tmp_path / "q", progress=False).path
+    clean = pipe().run(str(sharded), out=tmp_path / "clean", progress=False).path
     shards = lambda d: {p.name: p.read_bytes() for p in sorted(d.glob("*.safetensors"))}  # noqa: E731
     assert shards(resumed) == shards(clean)

@@ -1,4 +1,4 @@
-"""What lets a streamed run (streaming.py) resume: the run key, the per-stage records in
+"""What lets a run from a checkpoint directory (disk_store.py) resume: the run key, the per-stage records in
 progress.json with their hashes, a full disk turned into a resumable error, and the graph
 state (modules, buffers) of the stages an interrupted run completed."""
 from __future__ import annotations
@@ -7,31 +7,18 @@ import errno
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from qpass.errors import CheckpointError
+from qpass.pipeline.stage_results import StageRecord
 from qpass.runtime.checkpoint import sha256 as sha256_file
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                        "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 PROGRESS = "progress.json"
-
-
-@dataclass
-class StageRecord:
-    index: int
-    shard: str
-    sha256: str
-    cache: str
-    cache_sha256: str
-    results: dict = field(default_factory=dict)     # pass name -> {"metrics", "notes", ...}
-    modules: dict = field(default_factory=dict)     # module path -> graph_io module entry
-    kinds: dict = field(default_factory=dict)       # tensor name -> checkpoint tensor kind
-    nodes: list = field(default_factory=list)       # the stage's nodes after every pass
 
 
 def written(path: Path, write) -> None:
@@ -66,7 +53,7 @@ def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
 
 def load_progress(work: Path, key: str, shared: dict) -> tuple[list[StageRecord], dict]:
     """(the completed stages of an interrupted run with this key, hash-checked; the passes'
-    begin_stream states it recorded) — ([], shared) when there is nothing to resume."""
+    start states it recorded) — ([], shared) when there is nothing to resume."""
     path = work / PROGRESS
     if not path.exists():
         return [], shared
