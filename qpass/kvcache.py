@@ -17,9 +17,32 @@ activate a `KVCache` around the forward, and the ops read it.
 * attention ops hand their key-side tensors to `attend()`: in a refresh each layer's tensors
   are stored (any representation whose token axis is -2: float K/V, or int codes and
   per-token scales for a quantized cache); in a window the layer's cached tensors are returned
-  with rows [lo, hi) replaced by the fresh ones, and the full-length key mask. Layers are told
-  apart by call order, which is fixed for a graph.
-The cache is per canvas: its batch is the batch of the refresh, and a window must use it."""
+  with rows [lo, hi) replaced by the fresh ones, and the full-length key mask.
+The cache is per canvas: its batch is the batch of the refresh, and a window must use it.
+
+THE one context channel of qpass. The active cache reaches the ops through a ContextVar
+(`active()`), not through an argument; no other per-call state reaches an op implicitly (the
+backend registry and the kernel-call tally are process-wide tables, not per forward). Why: the
+ops sit inside graphs that are captured, saved and reloaded (FP, captured, simulated, lowered;
+docs/FORMATS.md's closed graph vocabulary). Passing the cache explicitly, as gpt-fast's
+`setup_caches` does, would mean either cache buffers on the modules (a mutable state that the
+saved checkpoint and every pass would have to know about) or an extra input threaded through
+every captured graph to every attention node (a new graph signature and vocabulary version,
+and checkpoints saved before would no longer load). The context channel leaves every graph as
+it is; outside `refresh()`/`window()` it is None and every op runs as if it did not exist.
+
+Layers are keyed by call order: the i-th `attend()` of a window gets the tensors of the i-th
+`attend()` of the refresh. This relies on
+  1. the model running the same attention ops in the same order in every forward: true of a
+     traced/compiled graph (one fixed node order) and of the reference Denoiser (a plain loop
+     over blocks); a forward whose attention calls depend on the data (early exit, a skipped
+     or reordered layer) would be keyed wrongly and must not be run under a cache;
+  2. one forward at a time per cache: the contextvar is per thread/asyncio task, and a cache
+     refuses to be entered while it is active (no nesting, no second thread on the same cache).
+What is checked: the count of attention calls per window equals the refresh's, and each call's
+key-side tensors have the cached layer's shape (heads, head dim, number of tensors) and the
+window's row count; a mismatch is a QpassError. tests/sampling/test_cache.py tests a forward
+with two attention calls whose cached K/V differ (each call must get its own)."""
 from __future__ import annotations
 
 import contextlib
@@ -93,14 +116,21 @@ class KVCache:
         if tensors[0].shape[-2] != hi - lo or len(tensors) != len(cached):
             raise QpassError(f"attention call {i} got {tensors[0].shape[-2]} rows for the cache "
                              f"window [{lo}, {hi})")
+        if any(c.shape[:-2] != t.shape[:-2] or c.shape[-1] != t.shape[-1]
+               for c, t in zip(cached, tensors)):
+            raise QpassError(f"attention call {i} does not match layer {i} of the refresh "
+                             f"(shapes {[tuple(t.shape) for t in tensors]} vs "
+                             f"{[tuple(c.shape) for c in cached]}): the forward ran its "
+                             "attention ops in another order than the refresh did")
         out = tuple(torch.cat([c[..., :lo, :], t.to(c.dtype), c[..., hi:, :]], dim=-2)
                     for c, t in zip(cached, tensors))
         return out, self.key_mask
 
     @contextlib.contextmanager
     def _active(self, mode: str, start: int, stop: int):
-        if _ACTIVE.get() is not None:
-            raise QpassError("a K/V cache is already active; caches do not nest")
+        if _ACTIVE.get() is not None or self.mode is not None:
+            raise QpassError("a K/V cache is already active; caches do not nest and one cache "
+                             "serves one forward at a time")
         self.mode, self.start, self.stop, self._calls = mode, start, stop, 0
         token = _ACTIVE.set(self)
         try:

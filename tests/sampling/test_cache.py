@@ -125,6 +125,43 @@ def test_cached_window_on_compiled_models(lowered):
     assert cache.nbytes() == 2 * 2 * (2 * 4 * 20 * 16) * 4     # 2 layers × (K, V), fp32
 
 
+def _two_calls(q, kv1, kv2):
+    """One forward with two attention calls (two 'layers') whose K/V differ."""
+    return qpass.ops.attention(q, *kv1), qpass.ops.attention(q, *kv2)
+
+
+def test_two_attention_calls_in_one_forward_are_keyed_apart():
+    """Call order is the key (qpass.kvcache): the i-th call of a window must get the i-th
+    call's cached K/V. A cache that handed call 0 layer 1's tensors (or the last ones stored)
+    changes both outputs."""
+    g = torch.Generator().manual_seed(3)
+    B, H, L, D = 1, 2, 12, 8
+    q = torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
+    kv1 = tuple(torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(2))
+    kv2 = tuple(10 * torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(2))
+    cache = KVCache()
+    with cache.refresh():
+        full1, full2 = _two_calls(q, kv1, kv2)
+    lo, hi = 4, 9
+    rows = lambda kv: tuple(t[..., lo:hi, :] for t in kv)   # noqa: E731
+    with cache.window(lo, hi):
+        win1, win2 = _two_calls(q[..., lo:hi, :], rows(kv1), rows(kv2))
+    assert torch.allclose(win1, full1[..., lo:hi, :], atol=1e-12, rtol=0)
+    assert torch.allclose(win2, full2[..., lo:hi, :], atol=1e-12, rtol=0)
+    assert not torch.allclose(full1, full2)
+    # a second 'layer' of another shape, called first in the window: refused, not mixed up
+    kv3 = tuple(torch.randn(B, 1, L, D, generator=g, dtype=torch.float64) for _ in range(2))
+    with cache.refresh():
+        _two_calls(q, kv1, kv3)
+    with pytest.raises(QpassError, match="another order"):
+        with cache.window(lo, hi):
+            _two_calls(q[..., lo:hi, :], rows(kv3), rows(kv1))
+    # one forward at a time: the cache cannot be entered while it is active
+    with pytest.raises(QpassError, match="already active"):
+        with cache.refresh(), cache.refresh():
+            pass
+
+
 # ----- samplers -------------------------------------------------------------------------------
 KINDS = ("fp", "captured", "simulated", "lowered")
 
