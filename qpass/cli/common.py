@@ -27,10 +27,8 @@ def is_compiled_dir(name_or_dir) -> bool:
 def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False):
     """The model MODEL names, by the rule above. `structure_ok`: accept a structure-only
     config (loaded on meta); otherwise such a name is one clear error."""
-    import torch
-
     from qpass.models import load
-    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dt = torch_dtype(dtype)
     if is_structure_only(name_or_dir):
         if not structure_ok:
             raise PipelineError(f"{name_or_dir!r} is a structure-only config (no weights); pass an "
@@ -41,6 +39,12 @@ def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False)
 
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def torch_dtype(name):
+    """The torch dtype of a --dtype value (None stays None)."""
+    import torch
+    return getattr(torch, name) if isinstance(name, str) else name
 
 
 def add_device_args(p) -> None:

@@ -1,17 +1,18 @@
-"""`qpass quantize MODEL --pipeline P --out DIR` and `qpass inspect MODEL --pipeline P --after
-PASS [--diff]`. Errors are QpassError subclasses, printed by qpass.cli as one line."""
+"""`qpass quantize MODEL --pipeline P --out DIR`: resolve the pipeline, load the model (an HF
+checkpoint directory only on the meta device: it streams stage by stage, DESIGN §12), build
+the calibration, `Pipeline.run(..., out=DIR)`, print what was written. Errors are QpassError
+subclasses, printed by qpass.cli as one line."""
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 
 from qpass.calibration import build_calibration
-from qpass.calibration.builder import is_zoo_model
 from qpass.errors import PipelineError
 
 from .args import positive_int as _positive, seed as _seed
 from .common import (add_device_args, is_compiled_dir, load_model, resolve_device,
-                     resolve_pipeline)
+                     resolve_pipeline, torch_dtype)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
@@ -68,119 +69,69 @@ BACKEND_CHOICES = ("auto", "reference", "triton", "none")
 def with_lowering(pipe, backend: str):
     """The pipeline, ending in Lower(backend) unless backend is "none" or it lowers already."""
     from qpass import passes
-    from qpass.pipeline import Pipeline
-    if backend == "none" or any(getattr(p, "is_lowering", False) for p in pipe.passes):
+    if backend == "none" or any(p.is_lowering for p in pipe.passes):
         return pipe
-    return Pipeline(pipe.passes + [passes.Lower(backend=backend)], scheme=pipe.scheme_given,
-                    verify=pipe.verify, allow_uncovered=pipe.allow_uncovered,
-                    initial_facts=pipe.initial_facts)
-
-
-def add_inspect_pipeline_args(p) -> None:
-    p.add_argument("--pipeline", metavar="P", help="a preset; with --after, run it up to a pass")
-    p.add_argument("--after", metavar="PASS", help="show the graph after this pass of --pipeline")
-    p.add_argument("--diff", action="store_true", help="show only what PASS changed, node by node")
-    p.add_argument("--calib-n", type=_positive, default=16, help="calibration windows, if needed")
-
-
-
-
-def cmd_quantize(args) -> int:
-    from rich.console import Console
-
-    from qpass.runtime.output import check_free_space, check_output_dir
-    check_output_dir(args.out, "--out")                 # before anything slow (DESIGN §9)
-    pipe = resolve_pipeline(args.pipeline)
-    pipe.allow_uncovered = args.allow_uncovered
-    if args.strict_groups:
-        pipe.strict_groups()
-    if args.group_fit != "model":
-        pipe.group_fit(args.group_fit)
-    device = resolve_device(args.device)
-    from qpass.calibration.distributed import init_from_env, rank_and_world, shard
-    parallel = init_from_env(device)                     # under torchrun: one rank of several
-    if streams(args.model) and parallel:
-        raise PipelineError("streaming a checkpoint directory runs in one process for now; "
-                            "drop torchrun, or load a model that fits in memory")
-    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
-    if streams(args.model):
-        return _quantize_streaming(args, pipe, device)
-    model = load_model(args.model, device=device, dtype=args.dtype)
-    # the compiled checkpoint is at most the float model's size (+ manifest, tokenizer)
-    fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    check_free_space(args.out, int(fp_bytes * 1.1) + (8 << 20), "--out")
-    calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
-                              masking=args.masking, model_name=args.model)
-    out = pipe.run(model, shard(calib), progress=not args.quiet and rank_and_world()[0] == 0,
-                   seed=args.seed)
-    if rank_and_world()[0] != 0:
-        return 0                                         # every rank agrees; rank 0 writes
-    path = out.save(args.out)
-    console = Console(stderr=True)
-    if not args.quiet:
-        out.report.print(console)
-    nb = out.weight_nbytes()
-    console.print(f"saved {path} ({len(out.quantized_linears())} quantized linears; linear "
-                  f"weights {nb['linear'] / 2**20:.2f} MiB, total {nb['total'] / 2**20:.2f} MiB)",
-                  soft_wrap=True)
-    from qpass.runtime import binding
-    rows = out.bind_kernels()
-    console.print("kernels here: " + (binding.summary(rows) if rows else
-                                      "none (simulated model, --backend none)"), soft_wrap=True)
-    return 0
+    return pipe.with_pass(passes.Lower(backend=backend))
 
 
 def streams(model_name) -> bool:
     """An HF checkpoint directory (not a zoo model, not a compiled checkpoint) is quantized
     stage by stage, its weights read one block at a time (DESIGN §12)."""
-    from pathlib import Path
-    return Path(model_name).is_dir() and not is_compiled_dir(model_name) and not is_zoo_model(model_name)
+    from qpass.models import zoo_names
+    return (Path(model_name).is_dir() and not is_compiled_dir(model_name)
+            and str(model_name) not in zoo_names())
 
 
-def _quantize_streaming(args, pipe, device: str) -> int:
-    import torch
+def cmd_quantize(args) -> int:
     from rich.console import Console
 
-    from qpass.models import load
-    structure = load(args.model, device="meta")          # config and tokenizer, no weights
-    calib = build_calibration(pipe, structure, args.calib_n, args.seq_len, args.seed,
-                              path=args.calib, masking=args.masking, model_name=args.model)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    path = pipe.run(args.model, calib, out=args.out, device=device, dtype=dtype,
-                    progress=not args.quiet, seed=args.seed)
-    Console(stderr=True).print(f"saved {path} (streamed stage by stage from {args.model})",
-                               soft_wrap=True)
-    return 0
-
-
-def cmd_inspect_pipeline(args) -> int:
-    from rich.console import Console
-
-    from qpass.inspect.diff import changes_json, inspect_after, render_changes
-    if not args.pipeline:
-        raise PipelineError("--after needs --pipeline P, e.g. --pipeline w4a16-rtn --after RTN")
-    pipe = resolve_pipeline(args.pipeline)
-    model = load_model(args.model, structure_ok=True)
-    if not args.after:
-        return _planned_coverage(model, pipe, getattr(args, "format", "text"))
-    calib = build_calibration(pipe, model, args.calib_n, 128, 0)
-    info = inspect_after(model, pipe, args.after, calib)
-    if getattr(args, "format", "text") == "json":
-        print(json.dumps(changes_json(info), indent=1, default=str))
+    from qpass.calibration.distributed import init_from_env, rank_and_world, shard
+    from qpass.runtime.output import check_free_space, check_output_dir
+    check_output_dir(args.out, "--out")                 # before anything slow (DESIGN §9)
+    pipe = resolve_pipeline(args.pipeline).replace(allow_uncovered=args.allow_uncovered)
+    if args.strict_groups:
+        pipe = pipe.strict_groups()
+    if args.group_fit != "model":
+        pipe = pipe.group_fit(args.group_fit)
+    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
+    device = resolve_device(args.device)
+    parallel = init_from_env(device)                     # under torchrun: one rank of several
+    streamed = streams(args.model)
+    if streamed and parallel:
+        raise PipelineError("streaming a checkpoint directory runs in one process for now; "
+                            "drop torchrun, or load a model that fits in memory")
+    if streamed:                                         # config and tokenizer, no weights
+        from qpass.models import load
+        model = load(args.model, device="meta")
     else:
-        render_changes(info, Console(), diff=args.diff)
+        model = load_model(args.model, device=device, dtype=args.dtype)
+        # the compiled checkpoint is at most the float model's size (+ manifest, tokenizer)
+        fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        check_free_space(args.out, int(fp_bytes * 1.1) + (8 << 20), "--out")
+    calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
+                              masking=args.masking, model_name=args.model)
+    rank = rank_and_world()[0]                           # every rank agrees; rank 0 writes
+    out = pipe.run(model, shard(calib), out=args.out if rank == 0 else None, device=device,
+                   dtype=torch_dtype(args.dtype), progress=not args.quiet and rank == 0,
+                   seed=args.seed)
+    if rank != 0:
+        return 0
+    _print(out, args, streamed, Console(stderr=True))
     return 0
 
 
-def _planned_coverage(model, pipe, fmt: str) -> int:
-    """Without --after: the coverage table the pipeline's scheme plans (works on meta models)."""
-    from rich.console import Console
-
-    from qpass.ir import capture
-    from qpass.pipeline import coverage, coverage_table
-    rows = coverage(capture(model), pipe.scheme())
-    if fmt == "json":
-        print(json.dumps([r.to_dict() for r in rows], indent=1))
-    else:
-        Console().print(coverage_table(rows, title=f"Planned coverage of {pipe!r}"))
-    return 0
+def _print(out, args, streamed: bool, console) -> None:
+    """The report, what was written and, in memory, the kernels the model binds here."""
+    if not args.quiet:
+        out.report.print(console)
+    nb = out.weight_nbytes()
+    how = f"; streamed stage by stage from {args.model}" if streamed else ""
+    console.print(f"saved {out.path} ({len(out.quantized_linears())} quantized linears; linear "
+                  f"weights {nb['linear'] / 2**20:.2f} MiB, total {nb['total'] / 2**20:.2f} MiB"
+                  f"{how})", soft_wrap=True)
+    if streamed:                                         # nothing bound: the tensors are on disk
+        return
+    from qpass.runtime import binding
+    rows = out.bind_kernels()
+    console.print("kernels here: " + (binding.summary(rows) if rows else
+                                      "none (simulated model, --backend none)"), soft_wrap=True)
