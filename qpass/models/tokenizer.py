@@ -47,6 +47,17 @@ class ByteTokenizer:
                                   f"{e}); re-save the checkpoint") from None
 
 
+def save_tokenizer(tokenizer, directory: str | Path) -> None:
+    """Write a tokenizer's files into `directory` (HF save_pretrained, or the byte tokenizer's
+    save); nothing for None. load_tokenizer reads them back."""
+    if tokenizer is None:
+        return
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(directory))
+    elif hasattr(tokenizer, "save"):
+        tokenizer.save(directory)
+
+
 def load_tokenizer(directory: str | Path):
     """The checkpoint's tokenizer: qpass byte tokenizer, else a local HF tokenizer, else None."""
     directory = Path(directory)

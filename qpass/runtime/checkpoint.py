@@ -12,25 +12,20 @@ Layout of DIR (docs/FORMATS.md "Compiled checkpoint"):
 save() writes everything into a temporary sibling directory `.DIR.qpass-tmp-PID-HEX`, fsyncs it,
 then swaps it with DIR in one renameat2(RENAME_EXCHANGE) (a plain rename when DIR is absent), so
 at every instant DIR holds the old or the new complete checkpoint; temporaries of dead processes
-are removed by the next save next to them. A DIR that holds anything qpass did not write (no
+are removed by the next save next to them (qpass.runtime.atomic_dir). A DIR that holds anything qpass did not write (no
 format marker, or files its manifest does not list) is refused, never replaced. load() checks
 every hash before reading a tensor and raises CheckpointError for a missing, truncated or
 modified file and for missing keys."""
 from __future__ import annotations
 
-import ctypes
-import errno
 import hashlib
 import json
 import os
-import re
-import shutil
-import uuid
 from pathlib import Path
 
-import torch
-
 from qpass.errors import CheckpointError
+from qpass.models.tokenizer import save_tokenizer
+from qpass.runtime.atomic_dir import commit, discard, new_temporary
 from qpass.runtime.graph_io import build_graph_module, graph_to_json
 from qpass.runtime.tensor_records import tensor_records
 
@@ -51,14 +46,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def qpass_files(directory: Path) -> set[str] | None:
@@ -100,91 +87,20 @@ def check_target(directory) -> Path:
     return out
 
 
-_RENAME_EXCHANGE = 2
-_active: set[str] = set()          # temporaries this process is writing right now
-
-
-def exchange_paths(a: Path, b: Path) -> None:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); OSError where
-    the kernel or filesystem cannot."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available")
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(a))
-
-
-def _stale_temporaries(out: Path) -> list[Path]:
-    pat = re.compile(rf"\.{re.escape(out.name)}\.(qpass-tmp-(\d+)-[0-9a-f]{{8}}|(tmp|old)-[0-9a-f]{{8}})\Z")
-    stale = []
-    for p in out.parent.iterdir() if out.parent.is_dir() else ():
-        m = pat.match(p.name)
-        if not m or str(p) in _active or not p.is_dir() or p.is_symlink():
-            continue
-        pid = int(m.group(2)) if m.group(2) else None     # older qpass: .NAME.tmp-/.old-HEX
-        if pid is not None and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue                                  # its writer is still running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        stale.append(p)
-    return stale
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    try:
-        exchange_paths(tmp, out)                          # tmp now holds the old checkpoint
-    except OSError as e:
-        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise
-        # no atomic swap on this filesystem: two renames (docs/FORMATS.md names the window)
-        old = out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        os.rename(old, tmp)
-
-
-def _new_temporary(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for p in _stale_temporaries(out):
-        shutil.rmtree(p, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    _active.add(str(tmp))
-    tmp.mkdir()
-    return tmp
-
-
 def _finish(tmp: Path, out: Path, tokenizer, manifest: dict) -> None:
     """Tokenizer, manifest (with every file's hash), SHA256SUMS, fsync, then the atomic swap."""
-    if tokenizer is not None:
-        if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(tmp))
-        elif hasattr(tokenizer, "save"):
-            tokenizer.save(tmp)
+    save_tokenizer(tokenizer, tmp)
     manifest = dict(manifest, files={p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()})
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
     (tmp / SUMS).write_text(f"{sha256(tmp / MANIFEST)}  {MANIFEST}\n")
-    for p in tmp.iterdir():
-        _fsync(p)
-    _fsync(tmp)
-    _move_into_place(tmp, out)
-    _fsync(out.parent)
+    commit(tmp, out)
 
 
 def save(compiled, directory) -> Path:
     """Write `compiled` (a CompiledDenoiser) to `directory` atomically."""
     from safetensors.torch import save_file
     out = check_target(directory)
-    tmp = _new_temporary(out)
+    tmp = new_temporary(out)
     try:
         store, kinds = tensor_records(compiled.gm)
         save_file(store, str(tmp / WEIGHTS), metadata={"format": FORMAT})
@@ -192,8 +108,7 @@ def save(compiled, directory) -> Path:
                         graph=graph_to_json(compiled.gm), tensors=kinds)
         _finish(tmp, out, compiled.tokenizer, manifest)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)            # the half-written or the old save
-        _active.discard(str(tmp))
+        discard(tmp)                                      # the half-written or the old save
     return out
 
 
@@ -203,7 +118,7 @@ def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
     manifest `weights`; `manifest` already holds graph, tensors and the rest. If anything
     fails, the shards go back to the work directory, so the run stays resumable."""
     out = check_target(out)
-    tmp = _new_temporary(out)
+    tmp = new_temporary(out)
     moved = []
     try:
         for p in shards:
@@ -216,8 +131,7 @@ def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
         for now, before in moved:
             if now.exists():
                 os.replace(now, before)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _active.discard(str(tmp))
+        discard(tmp)
     return out
 
 

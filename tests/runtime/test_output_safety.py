@@ -71,7 +71,7 @@ def test_json_output_never_overwrites_a_checkpoint_file(small, tmp_path, capsys)
 def test_target_always_holds_a_complete_checkpoint(small, tmp_path, monkeypatch):
     """A crash after the first filesystem move of the replacement must leave a loadable
     checkpoint (old or new) at the target, never nothing."""
-    import qpass.runtime.checkpoint as ck
+    import qpass.runtime.atomic_dir as ck
     target = tmp_path / "ck"
     small.save(target)
     ids = torch.randint(0, 101, (1, 6), generator=torch.Generator().manual_seed(0))
