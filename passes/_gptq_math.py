@@ -18,7 +18,7 @@ for the group's columns g that is w_g + P_g·A_gg⁻¹, one small triangular sol
 act-order the walk is permuted, so groups would no longer be contiguous in K; qpass's packed
 layout stores groups along the ORIGINAL K order, hence act-order + groups always uses static
 groups (parameters from the original weights before any update), and
-`info["static_groups_forced"]` says so.
+`GPTQInfo.static_groups_forced` says so.
 
 act_order="group" is group-aware reordering (GAR, Gafni et al. 2025): the groups are walked in
 order of their most important column (largest diag H) and each group's columns in order of
@@ -28,16 +28,15 @@ is unchanged.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
 
 from qpass.errors import CalibrationError, SpecError
-from qpass.formats import QuantizedWeight, compute_qparams
+from qpass.formats import QuantizedWeight
 from qpass.specs import QuantSpec
 
-from ._gptq_refine import refine_walk
+from ._gptq_solve import ColumnSolve, _one_cpu_thread, plan_walk
 
 MAX_ESCALATIONS = 6        # damping 1% -> 10% -> ... of mean diag(H), then give up
 
@@ -74,46 +73,6 @@ def hessian_root(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tens
                            f"(NaN, or far too few tokens); add calibration data")
 
 
-def _params_for_columns(Wcols: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale/zero (N, 1) for a slab of columns quantized as one group per row."""
-    if spec.granularity == "tensor":
-        s, z = compute_qparams(Wcols, spec)
-        return s.expand(Wcols.shape[0], 1), z.expand(Wcols.shape[0], 1)
-    # the same spec (grid, observer, clip, scale dtype) with one group per row of the slab
-    row_spec = dataclasses.replace(spec, granularity="channel", group_size=None)
-    return compute_qparams(Wcols, row_spec)
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """The per-column work is many tiny memory-bound ops: on CPU, thread fan-out costs more
-    than it saves (10-100x on a loaded machine), so run it on one thread."""
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-SUB_BLOCK = 32     # columns per rank-1 slab inside a block; the rest of the block by one GEMM
-
-
-def _group_now(WT, A, P, i1: int, col: int, gs: int) -> torch.Tensor:
-    """(N, gs) optimal values of the group starting at walk column `col` given every earlier
-    column: w_g + P_g·Ã_gg⁻¹ (transposed here: WT rows still hold the original weights, P the
-    block's current left-looking sums, Ã_gg the group's diagonal block of the unit factor)."""
-    Agg = A[col:col + gs, col:col + gs]
-    # the (gs, gs) inverse then one GEMM: a triangular solve with N right-hand sides runs
-    # several times slower than the GEMM on CPU
-    inv_t = torch.linalg.solve_triangular(Agg, torch.eye(gs, dtype=A.dtype, device=A.device),
-                                          upper=True, unitriangular=True).t()
-    return torch.addmm(WT[col:col + gs], inv_t, P[col - i1:col - i1 + gs]).t()
-
-
 def walk_order(H: torch.Tensor, act_order, gs: int) -> torch.Tensor | None:
     """The permutation of K the solve walks: None (K order), diag H descending (act-order), or
     group-aware: groups by their largest diag H, columns by diag H inside each group."""
@@ -127,18 +86,6 @@ def walk_order(H: torch.Tensor, act_order, gs: int) -> torch.Tensor | None:
     groups = torch.argsort(by_group.amax(dim=1), descending=True, stable=True)
     base = torch.arange(0, d.numel(), gs, device=d.device)[:, None]
     return (inner + base)[groups].reshape(-1)
-
-
-def _sub_blocks(i1: int, i2: int, gs: int, dynamic_groups: bool):
-    """[j1, j2) column ranges covering [i1, i2); a dynamic group's first column always starts
-    one, so its parameters are taken after every earlier in-block update has landed."""
-    j1 = i1
-    while j1 < i2:
-        j2 = min(j1 + SUB_BLOCK, i2)
-        if dynamic_groups:
-            j2 = min(j2, (j1 // gs + 1) * gs)      # the next group start after j1
-        yield j1, j2
-        j1 = j2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,22 +160,25 @@ def _walk_hessian(H: torch.Tensor, factor: HessianFactor, dt: torch.dtype) -> to
     return Hd
 
 
-def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
-                    act_order: bool | str = False, damp: float = 0.01,
-                    static_groups: bool = False, factor: HessianFactor | None = None,
-                    refine: int = 0) -> tuple[torch.Tensor, dict]:
-    """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
+@dataclasses.dataclass(frozen=True)
+class GPTQInfo:
+    """What quantize_weight reports besides Wq: the packed weight (standard layout along the
+    original K order), the relative damping used (to mean diag H) after `escalations` x10 steps,
+    `loss` = Σ err²/d (GPTQ's objective), the number of `dead` input channels, whether act-order
+    forced static groups, and the refinement's sweeps and relative decrease of the objective."""
+    qweight: QuantizedWeight
+    damp_used: float
+    escalations: int
+    loss: float
+    dead: int
+    static_groups_forced: bool
+    refine_sweeps: int
+    refine_gain: float
 
-    Returns (Wq, info): Wq the dequantized weight (W's shape and dtype); info has `qweight`
-    (qpass.formats.QuantizedWeight, standard layout along the original K order), `damp_used`
-    (relative to mean diag H), `escalations`, `loss` (Σ err²/d, GPTQ's objective), `dead`
-    (number of dead input channels), `static_groups_forced`. act_order: False, True (diag H
-    descending) or "group" (group-aware reordering, see the module docstring). `factor`: H's
-    factorisation from factor_hessian, shared by linears that read the same input (q/k/v,
-    gate/up) so it is computed once; H is then not read unless `refine` > 0 and the factor
-    was made without keep_hessian. refine: that many sweeps of coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
-    same grid and group parameters, only codes move; info["refine_gain"] is the relative
-    decrease of the objective)."""
+
+def _checked_spec(W: torch.Tensor, H: torch.Tensor, spec, block_size: int, act_order,
+                  refine) -> QuantSpec:
+    """quantize_weight's arguments checked (one SpecError each); the parsed spec."""
     spec = QuantSpec.parse(spec)
     if act_order not in (False, True, "group"):
         raise SpecError(f"act_order must be False, True or 'group', got {act_order!r}")
@@ -241,115 +191,49 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
         raise SpecError(f"block_size must be >= 1, got {block_size}")
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
         raise SpecError(f"refine is a number of sweeps (an int >= 0), got {refine!r}")
-    N, K = W.shape
-    spec.check_shape(K)
-    out_dtype, dt = W.dtype, _compute_dtype(W)
-    grouped = spec.granularity == "group"
-    gs = spec.group_size if grouped else K
-    if factor is None:
-        factor = factor_hessian(H, spec, act_order, damp, dt, keep_hessian=bool(refine))
-    elif factor.key != _factor_key(spec, act_order, damp, dt, K):
-        raise SpecError(f"this HessianFactor was made for {factor.key}, not for "
-                        f"{_factor_key(spec, act_order, damp, dt, K)}: make one per setting")
-    dead, n_dead, perm, A = factor.dead, factor.n_dead, factor.perm, factor.A
-    group_aware = act_order == "group" and grouped
-    forced = bool(act_order and grouped and not static_groups and not group_aware)
-    dynamic_groups = grouped and not static_groups and (not act_order or group_aware)
-    if dynamic_groups:      # whole groups per block: a group's values need only its block's P
-        block_size = max(1, block_size // gs) * gs
-    n_groups = K // gs if grouped else 1
-    W = W.detach().to(dt)
-    if n_dead:
-        W = W.clone()
-        W[:, dead] = 0.0
-    scale = torch.empty(N, n_groups, dtype=torch.float32, device=W.device)
-    zero = torch.empty(N, n_groups, dtype=torch.int32, device=W.device)
-    if not dynamic_groups:
-        # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
-        for g in range(n_groups):
-            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(W[:, g * gs:(g + 1) * gs], spec)
-    if perm is not None:
-        W = W[:, perm]
+    spec.check_shape(W.shape[1])
+    return spec
 
-    # Work on Wᵀ (K, N) in walk order: a column of W is then a contiguous row. A row holds the
-    # original weight until its column is decided, then its residual w − q (what P reads).
-    # a copy always: for N == 1, W.t().contiguous() would be the caller's own tensor
-    WT = torch.empty(K, N, dtype=dt, device=W.device).copy_(W.t())
-    del W
-    CT = torch.empty_like(WT)             # codes, as floats while they can still move
-    B = min(block_size, K)
-    P = torch.empty(B, N, dtype=dt, device=WT.device)            # the block's Σ_{i<j} R_i Ã_ij
-    # errors e_j = current w_j − q_j (GPTQ's objective is Σ a_j²·e_j²): all kept when the
-    # refinement reads them
-    ET = torch.empty(K if refine else B, N, dtype=dt, device=WT.device)
-    cur = torch.empty(N, dtype=dt, device=WT.device)
-    tmp = torch.empty(N, dtype=dt, device=WT.device)
-    col_group = ((perm if perm is not None else torch.arange(K, device=WT.device)) // gs).tolist()
-    scale_t, zero_t = scale.t().to(dt).contiguous(), zero.t().to(dt).contiguous()
-    top = float(spec.levels - 1)
-    a2 = factor.a.square()
-    # row views made once: indexing a tensor per column costs more than the column's arithmetic
-    w_rows, c_rows, p_rows = WT.unbind(0), CT.unbind(0), P.unbind(0)
-    a_rows, e_rows, s_rows, z_rows = A.unbind(0), ET.unbind(0), scale_t.unbind(0), zero_t.unbind(0)
-    loss = torch.zeros((), dtype=torch.float64, device=WT.device)
-    with _one_cpu_thread(WT.device):
-        for i1 in range(0, K, B):
-            i2 = min(i1 + B, K)
-            Pb = P[:i2 - i1]
-            if i1:      # every earlier residual reaches this block at once
-                torch.mm(A[:i1, i1:i2].t(), WT[:i1], out=Pb)
-            else:
-                Pb.zero_()
-            e0 = i1 if refine else 0
-            for j1, j2 in _sub_blocks(i1, i2, gs, dynamic_groups):
-                if dynamic_groups and j1 % gs == 0:
-                    g = col_group[j1]              # the walk's j1-th column's group
-                    sg, zg = _params_for_columns(_group_now(WT, A, Pb, i1, j1, gs), spec)
-                    scale[:, g:g + 1], zero[:, g:g + 1] = sg, zg
-                    scale_t[g], zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)
-                for col in range(j1, j2):
-                    g = col_group[col]
-                    s, z, w, u = s_rows[g], z_rows[g], w_rows[col], c_rows[col]
-                    torch.add(w, p_rows[col - i1], out=cur)          # the column's value now
-                    # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention
-                    torch.div(cur, s, out=u).round_().add_(z).clamp_(0.0, top)
-                    torch.sub(u, z, out=tmp)
-                    torch.addcmul(cur, tmp, s, value=-1, out=e_rows[col - i1 + e0])
-                    w.addcmul_(tmp, s, value=-1)                      # row col: w − q
-                    if col + 1 < j2:
-                        Pb[col + 1 - i1:j2 - i1].addr_(a_rows[col][col + 1:j2], w)
-                if j2 < i2:     # the sub-block's residuals reach the rest of the block at once
-                    Pb[j2 - i1:].addmm_(A[j1:j2, j2:i2].t(), WT[j1:j2])
-            Eb = ET[e0:e0 + i2 - i1]
-            # GPTQ's objective tr(R·Hd·Rᵀ) = Σ_j a_j²·‖e_j‖²
-            loss += (Eb.square().sum(1, dtype=torch.float64) * a2[i1:i2]).sum()
+
+def _factor_for(H: torch.Tensor, spec: QuantSpec, act_order, damp: float, dt: torch.dtype,
+                factor: HessianFactor | None, refine: int) -> HessianFactor:
+    """The caller's factor, checked against this setting, or H factored here."""
+    if factor is None:
+        return factor_hessian(H, spec, act_order, damp, dt, keep_hessian=bool(refine))
+    want = _factor_key(spec, act_order, damp, dt, H.shape[0])
+    if factor.key != want:
+        raise SpecError(f"this HessianFactor was made for {factor.key}, not for {want}: make "
+                        f"one per setting")
+    return factor
+
+
+def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
+                    act_order: bool | str = False, damp: float = 0.01,
+                    static_groups: bool = False, factor: HessianFactor | None = None,
+                    refine: int = 0) -> tuple[torch.Tensor, GPTQInfo]:
+    """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
+
+    Returns (Wq, info): Wq the dequantized weight (W's shape and dtype), info a GPTQInfo.
+    act_order: False, True (diag H descending) or "group" (group-aware reordering, see the
+    module docstring). `factor`: H's factorisation from factor_hessian, shared by linears that
+    read the same input (q/k/v, gate/up) so it is computed once; H is then not read unless
+    `refine` > 0 and the factor was made without keep_hessian. refine: that many sweeps of
+    coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
+    same grid and group parameters, only codes move)."""
+    spec = _checked_spec(W, H, spec, block_size, act_order, refine)
+    dt = _compute_dtype(W)
+    factor = _factor_for(H, spec, act_order, damp, dt, factor, refine)
+    plan = plan_walk(spec, W.shape[1], act_order, static_groups, block_size)
+    solve = ColumnSolve(W, factor, spec, plan, dt, keep_errors=bool(refine))
+    loss = solve.run()
     gain = 0.0
     if refine:
-        with _one_cpu_thread(CT.device):
-            ET.mul_(a2[:, None])                # G = R·Hd = (a²·E)·Ãᵀ at the solve's state
-            gain = refine_walk(WT, CT, ET, A, _walk_hessian(H, factor, dt), col_group,
-                               s_rows, z_rows, top, refine, B)
-        gain /= max(float(loss), torch.finfo(torch.float64).tiny)
-    del ET, P
-    QT = WT                                    # the residuals are spent: the buffer takes Q
-    groups_t = torch.tensor(col_group, device=CT.device)
-    for i1 in range(0, K, B):                  # q = (u − z)·s, as the solve computed it
-        g = groups_t[i1:i1 + B]
-        torch.sub(CT[i1:i1 + B], zero_t[g], out=QT[i1:i1 + B]).mul_(scale_t[g])
-    CT = CT.to(torch.uint8)
-    Q, codes = QT.t(), CT.t()
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q, codes = Q[:, inv], codes[:, inv]
-    if not grouped:
-        scale, zero = scale[:, :1], zero[:, :1]
-        if spec.granularity == "tensor":
-            scale, zero = scale[:1], zero[:1]
-    qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, spec)
-    info = {"qweight": qweight, "damp_used": factor.damp_used, "escalations": factor.escalations,
-            "loss": float(loss) * 0.5, "dead": n_dead, "static_groups_forced": forced,
-            "refine_sweeps": refine, "refine_gain": gain}
-    return Q.to(out_dtype), info
+        with _one_cpu_thread(W.device):
+            gain = solve.refine(_walk_hessian(H, factor, dt), refine)
+        gain /= max(loss, torch.finfo(torch.float64).tiny)
+    Wq, qweight = solve.result(W.dtype)
+    return Wq, GPTQInfo(qweight, factor.damp_used, factor.escalations, loss * 0.5, factor.n_dead,
+                        plan.forced, refine, gain)
 
 
 def reconstruction_error(W: torch.Tensor, Wq: torch.Tensor, H: torch.Tensor) -> float:

@@ -58,5 +58,5 @@ def test_gptq_keeps_fp16_scales(act_order):
     W = torch.randn(32, 64, generator=gen)
     X = torch.randn(64, 256, generator=gen)
     _, info = quantize_weight(W, X @ X.T, "int4:g32:sym:f16scale", act_order=act_order)
-    s = info["qweight"].scale
+    s = info.qweight.scale
     assert torch.equal(s.half().float(), s)

@@ -75,7 +75,7 @@ def test_equals_textbook_gptq(spec, bits, group, sym, block):
     ref = textbook_gptq(W, H, bits, group, sym,
                         grid="restricted" if spec.endswith("restricted") else "full")
     assert (Wq - ref).abs().max() < 1e-6
-    assert torch.allclose(info["qweight"].dequantize(torch.float64), Wq, atol=1e-6)
+    assert torch.allclose(info.qweight.dequantize(torch.float64), Wq, atol=1e-6)
     e, e_ref = reconstruction_error(W, Wq, H), reconstruction_error(W, ref, H)
     assert abs(e - e_ref) <= 1e-6 * max(e_ref, 1e-12)
 
@@ -99,9 +99,9 @@ def test_group_aware_reordering_is_textbook_gptq_on_the_permuted_problem(spec, b
     want = torch.empty_like(W)
     want[:, perm] = textbook_gptq(W[:, perm], H[perm][:, perm], bits, group, sym)
     got, info = quantize_weight(W, H, spec, block_size=64, act_order="group")
-    assert not info["static_groups_forced"]
+    assert not info.static_groups_forced
     assert float((got - want).abs().max()) < 1e-9
-    assert torch.allclose(info["qweight"].dequantize(torch.float64), got, atol=1e-6)   # packed once, K order
+    assert torch.allclose(info.qweight.dequantize(torch.float64), got, atol=1e-6)   # packed once, K order
 
 
 def test_reconstruction_error_matches_explicit_outputs():
@@ -124,8 +124,8 @@ def test_error_at_most_rtn_on_correlated_inputs(bits, sym, act_order, seed):
     assert Wq.dtype == torch.float32 and Wq.shape == W.shape
     assert reconstruction_error(W, Wq, H) <= reconstruction_error(W, rtn(W.float(), spec), H) + 1e-9
     # the stored codes are the returned weights, in the standard (original-K) layout
-    assert torch.allclose(info["qweight"].dequantize(), Wq, atol=1e-6)
-    assert info["static_groups_forced"] == act_order
+    assert torch.allclose(info.qweight.dequantize(), Wq, atol=1e-6)
+    assert info.static_groups_forced == act_order
 
 
 def test_dead_input_channel_is_zeroed_and_finite():
@@ -135,7 +135,7 @@ def test_dead_input_channel_is_zeroed_and_finite():
     assert torch.linalg.matrix_rank(H) < 64
     W = torch.randn(8, 64, dtype=torch.float64)
     Wq, info = quantize_weight(W, H, "int4:g32:sym")
-    assert info["dead"] == 1 and torch.isfinite(Wq).all()
+    assert info.dead == 1 and torch.isfinite(Wq).all()
     assert (Wq[:, 5] == 0).all()
 
 
@@ -145,7 +145,7 @@ def test_non_positive_definite_hessian_escalates_damping():
     H[0, 0] = -20.0                               # indefinite: 1% damping cannot fix it
     W = torch.randn(4, K, dtype=torch.float64)
     Wq, info = quantize_weight(W, H, "int4:g32:sym", damp=0.01)
-    assert info["escalations"] >= 1 and info["damp_used"] > 0.01
+    assert info.escalations >= 1 and info.damp_used > 0.01
     assert torch.isfinite(Wq).all()
     with pytest.raises(qpass.CalibrationError, match="NaN"):
         quantize_weight(W, torch.full((K, K), float("nan"), dtype=torch.float64), "int4:g32")
@@ -160,6 +160,24 @@ def test_bad_arguments_raise_spec_error():
     with pytest.raises(qpass.SpecError, match="divisible"):
         quantize_weight(W, H, "int4:g24")
 
+
+def test_info_is_a_frozen_record_with_typed_fields():
+    """quantize_weight's info is read by attribute, one type per field, and cannot be changed."""
+    import dataclasses
+
+    from qpass.passes._gptq_math import GPTQInfo
+    W, H = torch.randn(4, 32), torch.eye(32)
+    _, info = quantize_weight(W, H, "int4:g16:sym", act_order=True, refine=1)
+    assert isinstance(info, GPTQInfo) and isinstance(info.qweight, QuantizedWeight)
+    types = {"damp_used": float, "escalations": int, "loss": float, "dead": int,
+             "static_groups_forced": bool, "refine_sweeps": int, "refine_gain": float}
+    assert [f.name for f in dataclasses.fields(info)] == ["qweight", *types]
+    assert all(type(getattr(info, k)) is t for k, t in types.items())
+    assert info.static_groups_forced and info.refine_sweeps == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.loss = 0.0
+    with pytest.raises(TypeError):
+        info["loss"]
 
 # ---- the pass on tiny-llada ------------------------------------------------------------------
 @pytest.fixture(scope="module")

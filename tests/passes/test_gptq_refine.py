@@ -73,17 +73,17 @@ def test_one_sweep_equals_the_brute_force_sweep(spec, act_order, moved_as, keep,
                                 factor=factor)
     Hd = damped(H)
     order = torch.argsort(H.diag(), descending=True) if act_order else torch.arange(48)
-    codes, Qref = brute_force_sweep(W, info0["qweight"], Hd, order)
-    assert torch.equal(info1["qweight"].codes().long(), codes)
+    codes, Qref = brute_force_sweep(W, info0.qweight, Hd, order)
+    assert torch.equal(info1.qweight.codes().long(), codes)
     assert torch.allclose(Q1, Qref, rtol=0, atol=1e-12)
     # only codes moved: the same scales and zeros, the returned Q is what the packed weight holds
-    assert torch.equal(info1["qweight"].scale, info0["qweight"].scale)
+    assert torch.equal(info1.qweight.scale, info0.qweight.scale)
     # (the packed weight dequantizes in float32, this solve ran in float64)
-    assert torch.allclose(info1["qweight"].dequantize(torch.float64), Q1, rtol=0, atol=1e-7)
+    assert torch.allclose(info1.qweight.dequantize(torch.float64), Q1, rtol=0, atol=1e-7)
     f0, f1 = objective(W, Q0, Hd), objective(W, Q1, Hd)
     assert f1 < f0
-    assert info1["refine_gain"] == pytest.approx((f0 - f1) / f0, rel=1e-9)
-    assert info1["refine_sweeps"] == 1 and info0["refine_gain"] == 0.0
+    assert info1.refine_gain == pytest.approx((f0 - f1) / f0, rel=1e-9)
+    assert info1.refine_sweeps == 1 and info0.refine_gain == 0.0
 
 
 @settings(max_examples=25, deadline=None)
@@ -97,9 +97,9 @@ def test_refinement_never_raises_the_objective_and_keeps_codes_on_the_grid(N, K,
     H = H.float()
     Q0, _ = quantize_weight(W, H, spec, block_size=8)
     Q1, info = quantize_weight(W, H, spec, block_size=8, refine=sweeps)
-    Hd = damped(H.double(), info["damp_used"])         # the damping the solve used
+    Hd = damped(H.double(), info.damp_used)         # the damping the solve used
     assert objective(W, Q1, Hd) <= objective(W, Q0, Hd) * (1 + 1e-6)
-    qw = info["qweight"]
+    qw = info.qweight
     assert torch.equal(qw.dequantize(), Q1)                       # pack -> unpack of the result
     assert int(qw.codes().max()) < qw.spec.levels
 
@@ -108,8 +108,8 @@ def test_sweeps_converge_to_a_coordinate_wise_optimum():
     """After enough sweeps no single entry can move to another level and lower f."""
     W, H = _layer(6, 32, 200, 3, "int3:g8:sym")
     _, info = quantize_weight(W, H, "int3:g8:sym", block_size=8, refine=30)
-    codes, _ = brute_force_sweep(W, info["qweight"], damped(H), torch.arange(32))
-    assert torch.equal(codes, info["qweight"].codes().long())
+    codes, _ = brute_force_sweep(W, info.qweight, damped(H), torch.arange(32))
+    assert torch.equal(codes, info.qweight.codes().long())
 
 
 @pytest.mark.parametrize("N", [1, 3])
@@ -126,7 +126,7 @@ def test_dead_inputs_stay_zero_after_refinement():
     H[3, :] = 0
     H[:, 3] = 0
     Q, info = quantize_weight(W, H, "int4:g8:sym", block_size=8, refine=2)
-    assert torch.all(Q[:, 3] == 0) and info["dead"] == 1
+    assert torch.all(Q[:, 3] == 0) and info.dead == 1
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "two", True])

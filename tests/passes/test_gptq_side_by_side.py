@@ -26,8 +26,8 @@ def test_a_shared_factor_gives_the_same_bits(act_order, spec):
         alone, info_a = quantize_weight(W, H, spec, act_order=act_order)
         shared, info_s = quantize_weight(W, H, spec, act_order=act_order, factor=factor)
         assert torch.equal(alone, shared)
-        assert torch.equal(info_a["qweight"].codes(), info_s["qweight"].codes())
-        assert info_s["dead"] == 1
+        assert torch.equal(info_a.qweight.codes(), info_s.qweight.codes())
+        assert info_s.dead == 1
 
 
 def test_a_factor_for_another_setting_is_refused():
