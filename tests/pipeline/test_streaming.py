@@ -4,6 +4,7 @@ a killed run resumes to the same bytes, rotated runs included; both forms go thr
 executor, so a pass that inserts a node read by another stage is one clear error."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -289,3 +290,72 @@ def test_full_disk_and_too_little_memory_are_clear_errors(hf_dir, tmp_path, monk
     monkeypatch.setattr(disk_store, "available_bytes", lambda device: 1024)
     with pytest.raises(qpass.PipelineError, match=r"prefix needs about .* GiB on cpu, but only"):
         pipe().run(str(hf_dir), out=tmp_path / "p", progress=False)
+
+
+@dataclass(eq=False, repr=False)
+class _ClaimsQuantized(qpass.Pass):
+    """Claims WEIGHTS_QUANTIZED and rounds nothing."""
+    provides = frozenset({qpass.pipeline.Fact.WEIGHTS_QUANTIZED})
+
+    def run(self, g, ctx):
+        return qpass.PassResult()
+
+
+@dataclass(eq=False, repr=False)
+class _QuantizesBlock0Only(qpass.Pass):
+    """Rounds block 0's linears and nothing else: the fact holds, witnessed by one stage."""
+    provides = frozenset({qpass.pipeline.Fact.WEIGHTS_QUANTIZED})
+
+    def run(self, g, ctx):
+        if ctx.stage.name != "block 0":
+            return qpass.PassResult()
+        return P.RTN("int8:channel").run(g, ctx)
+
+
+@dataclass(eq=False, repr=False)
+class _FusesAllButTheLastBlock(P.FuseNorms):
+    """Claims NORMS_FUSED but leaves the last block's norms as they are."""
+
+    def run(self, g, ctx):
+        if ctx.stage.block is not None and ctx.stage.block.index == len(g.blocks()) - 1:
+            return qpass.PassResult()
+        return super().run(g, ctx)
+
+
+CLAIMS = "qpass.Pipeline([__import__('test_streaming')._ClaimsQuantized()])"
+BLOCK0 = "qpass.Pipeline([__import__('test_streaming')._QuantizesBlock0Only()], allow_uncovered=True)"
+LAST = "qpass.Pipeline([__import__('test_streaming')._FusesAllButTheLastBlock()])"
+
+
+@pytest.mark.parametrize("pipeline, match", [
+    (CLAIMS, "_ClaimsQuantized claims WEIGHTS_QUANTIZED, but it does not hold after the pass: "
+             "no linear has quantized weights"),
+    (LAST, "_FusesAllButTheLastBlock claims NORMS_FUSED, but it does not hold after the pass: "
+           "norm blocks.5.attn_norm still has a weight .*block 5")])
+def test_a_false_fact_is_one_error_in_memory_streamed_and_resumed(hf_dir, tmp_path, pipeline, match):
+    """The same PipelineError whichever form runs the pipeline, also when the run resumes
+    after its first three stages were written by a killed process."""
+    calib = _calib(qpass.models.load(hf_dir, device="meta"))
+    with pytest.raises(qpass.PipelineError, match=match):
+        eval(pipeline).run(qpass.models.load(hf_dir), calib, progress=False)
+    with pytest.raises(qpass.PipelineError, match=match):
+        eval(pipeline).run(str(hf_dir), calib, out=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    killed = _stream_in_subprocess(tmp_path, hf_dir, pipeline, tmp_path / "r", kill_after=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = _stream_in_subprocess(tmp_path, hf_dir, pipeline, tmp_path / "r")
+    assert again.returncode != 0 and "resumed 3 stages" in again.stderr
+    assert "PipelineError" in again.stderr and re.search(match, again.stderr), again.stderr
+
+
+def test_a_fact_witnessed_by_a_completed_stage_holds_on_resume(hf_dir, tmp_path):
+    """Block 0 alone witnesses WEIGHTS_QUANTIZED; killed after it, the resumed run counts the
+    witness its record keeps and finishes."""
+    killed = _stream_in_subprocess(tmp_path, hf_dir, BLOCK0, tmp_path / "r", kill_after=3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = _stream_in_subprocess(tmp_path, hf_dir, BLOCK0, tmp_path / "r")
+    assert again.returncode == 0 and "resumed 3 stages" in again.stderr, again.stderr
+    graph = json.loads((tmp_path / "r" / "manifest.json").read_text())["graph"]
+    assert {k for k, m in graph["modules"].items() if m["class"] == "QuantLinear"} == \
+        {f"blocks.0.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                    "up_proj", "down_proj")}
