@@ -5,6 +5,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+# THE list of lowered ops: backends/op_schemas.py defines one `qpass::<op>` torch.library op per
+# name, the registry accepts only these, and a backend's kernels are keyed by them.
+OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "linear_int_codes",
+       "quant_per_token", "rmsnorm_quant", "silu_mul_quant", "hadamard", "attention",
+       "attention_kv")
+
+
+def kernels_named(namespace: dict, ops: tuple[str, ...] = OPS) -> dict[str, Callable]:
+    """{op: the function of that name in `namespace`} for every op of `ops`: a backend that
+    names its kernels after the ops builds its table with `kernels_named(globals())`."""
+    missing = [op for op in ops if not callable(namespace.get(op))]
+    if missing:
+        raise TypeError(f"no kernel function named {', '.join(missing)}")
+    return {op: namespace[op] for op in ops}
+
 
 class Backend:
     """Base class. Subclasses set `name`, `priority` and `kernels`, and override

@@ -50,12 +50,19 @@ def reset_kernel_calls() -> None:
     _calls.clear()
 
 
+def _schema(fn):
+    """`fn` as the torch.library custom op `qpass::<its name>` (it mutates no argument). The
+    names are backends/base.py's OPS (tests/backends/test_backend_registry.py checks both
+    ways)."""
+    return torch.library.custom_op(f"qpass::{fn.__name__}", mutates_args=())(fn)
+
+
 def _out_shape(x: Tensor, n: int) -> list[int]:
     return [*x.shape[:-1], n]
 
 
 # ----- linear ops --------------------------------------------------------------------------
-@torch.library.custom_op("qpass::linear_w4a16", mutates_args=())
+@_schema
 def linear_w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Tensor], bits: int,
                  group_size: int, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Weight-only: y = x @ dequant(qweight).T + bias, any 1..8 bits (w3a16 too), float acts."""
@@ -69,7 +76,7 @@ def _(x, qweight, scales, zeros, bits, group_size, bias=None, backend="auto"):
     return x.new_empty(_out_shape(x, qweight.shape[0]))
 
 
-@torch.library.custom_op("qpass::linear_w8a8", mutates_args=())
+@_schema
 def linear_w8a8(x: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
                 backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Per-channel int8 weights × per-token dynamic int8 activations, int32 accumulation,
@@ -83,7 +90,7 @@ def _(x, w_int8, w_scales, bias=None, backend="auto", act_grid="full"):
     return x.new_empty(_out_shape(x, w_int8.shape[0]))
 
 
-@torch.library.custom_op("qpass::linear_w4a8", mutates_args=())
+@_schema
 def linear_w4a8(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
                 group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights (packed) × per-token dynamic int8 activations; w_scales (N, 1)
@@ -98,7 +105,7 @@ def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="f
     return x.new_empty(_out_shape(x, qweight.shape[0]))
 
 
-@torch.library.custom_op("qpass::linear_w4a4", mutates_args=())
+@_schema
 def linear_w4a4(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
                 group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights × per-token dynamic int4 activations (codes in int8 containers)."""
@@ -113,7 +120,7 @@ def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="f
 
 
 # ----- activation ops ----------------------------------------------------------------------
-@torch.library.custom_op("qpass::quant_per_token", mutates_args=())
+@_schema
 def quant_per_token(x: Tensor, bits: int, hadamard: bool = False, signs: Optional[Tensor] = None,
                     backend: str = "auto", grid: str = "full") -> tuple[Tensor, Tensor]:
     """Symmetric dynamic per-token codes (int8, x's shape) and scales (fp32, (..., 1)),
@@ -129,7 +136,7 @@ def _(x, bits, hadamard=False, signs=None, backend="auto", grid="full"):
             x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
 
 
-@torch.library.custom_op("qpass::linear_int_codes", mutates_args=())
+@_schema
 def linear_int_codes(xq: Tensor, xs: Tensor, qweight: Tensor, w_scales: Tensor,
                      bias: Optional[Tensor], w_bits: int, group_size: int, out_dtype: torch.dtype,
                      backend: str = "auto") -> Tensor:
@@ -146,7 +153,7 @@ def _(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype, backend="a
     return xq.new_empty(_out_shape(xq, qweight.shape[0]), dtype=out_dtype)
 
 
-@torch.library.custom_op("qpass::rmsnorm_quant", mutates_args=())
+@_schema
 def rmsnorm_quant(x: Tensor, weight: Tensor, eps: float, bits: int, grid: str = "full",
                   backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RMSNorm (qpass.models.denoiser.rms_norm) fused with symmetric per-token quantization:
@@ -161,7 +168,7 @@ def _(x, weight, eps, bits, grid="full", backend="auto"):
             x.new_empty([*x.shape[:-1], 1], dtype=torch.float32))
 
 
-@torch.library.custom_op("qpass::silu_mul_quant", mutates_args=())
+@_schema
 def silu_mul_quant(gate: Tensor, up: Tensor, bits: int, grid: str = "full",
                    backend: str = "auto") -> tuple[Tensor, Tensor]:
     """silu(gate)·up (in gate's dtype, as the MLP computes it) fused with symmetric per-token
@@ -176,7 +183,7 @@ def _(gate, up, bits, grid="full", backend="auto"):
             gate.new_empty([*gate.shape[:-1], 1], dtype=torch.float32))
 
 
-@torch.library.custom_op("qpass::hadamard", mutates_args=())
+@_schema
 def hadamard(x: Tensor, signs: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Online Hadamard: qpass.hadamard.transform(x, signs=signs) along the last dim."""
     fn = _kernel("hadamard", x, backend, n=x.shape[-1])
@@ -188,7 +195,7 @@ def _(x, signs=None, backend="auto"):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("qpass::attention", mutates_args=())
+@_schema
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
               causal: bool = False, int8: bool = False, backend: str = "auto") -> Tensor:
     """Scaled dot-product attention on (B, H, L, D), bidirectional unless causal; GQA when k/v
@@ -202,8 +209,7 @@ def _(q, k, v, key_mask=None, causal=False, int8=False, backend="auto"):
     return torch.empty_like(q)
 
 
-
-@torch.library.custom_op("qpass::attention_kv", mutates_args=())
+@_schema
 def attention_kv(q: Tensor, k_codes: Tensor, k_scales: Tensor, v_codes: Tensor, v_scales: Tensor,
                  key_mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Bidirectional attention of float q (B, H, L, D) over quantized K/V: int8 containers of

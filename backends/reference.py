@@ -17,12 +17,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qpass import formats, hadamard
+from qpass import formats
 from qpass.formats.attention import kv_attention
+from qpass.hadamard import transform as hadamard_transform
 from qpass.formats.integer import (dequant_weight, int_linear, int_linear_codes, int_matmul,
                                    signed_weight)
 
-from .base import Backend
+from .base import Backend, kernels_named
 
 # ----- kernels (argument lists match qpass.backends.op_schemas) ----------------------------------
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
@@ -60,14 +61,18 @@ def silu_mul_quant(gate, up, bits, grid="full"):
     return formats.quantize_per_token(F.silu(gate) * up, bits, grid)
 
 
-def hadamard_op(x, signs):
-    return hadamard.transform(x, signs=signs)
+def hadamard(x, signs):
+    return hadamard_transform(x, signs=signs)
 
 
 def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     if use_hadamard:
-        x = hadamard.transform(x.to(torch.float32), signs=signs)
+        x = hadamard_transform(x.to(torch.float32), signs=signs)
     return formats.quantize_per_token(x, bits, grid)
+
+
+def attention_kv(q, k_codes, k_scales, v_codes, v_scales, key_mask):
+    return kv_attention(q, k_codes, k_scales, v_codes, v_scales, key_mask)
 
 
 def quantize_rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,11 +130,7 @@ class ReferenceBackend(Backend):
     """Always available; every op, any device, any float dtype."""
     name = "reference"
     priority = 0
-    kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
-               "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
-               "linear_int_codes": linear_int_codes, "quant_per_token": quant_per_token,
-               "rmsnorm_quant": rmsnorm_quant, "silu_mul_quant": silu_mul_quant,
-               "hadamard": hadamard_op, "attention": attention, "attention_kv": kv_attention}
+    kernels = kernels_named(globals())     # every op of OPS, each the function of its name
 
     def available(self):
         return True, "pure torch"

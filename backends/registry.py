@@ -16,12 +16,9 @@ import torch
 
 from qpass.errors import BackendError
 
-from .base import Backend
+from .base import OPS, Backend
 
 ENTRY_POINT_GROUP = "qpass.backends"
-OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "linear_int_codes",
-       "quant_per_token", "rmsnorm_quant", "silu_mul_quant", "hadamard", "attention",
-       "attention_kv")                                   # the qpass:: ops of backends/op_schemas.py
 
 
 @dataclass

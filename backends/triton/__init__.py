@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..base import Backend
+from ..base import Backend, kernels_named
 from ._common import HAVE_TRITON, IMPORT_ERROR, hadamard_split, interpreting
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -78,7 +78,7 @@ def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
 
 
-def hadamard_op(x, signs):
+def hadamard(x, signs):
     from .quant import hadamard_rows
     return hadamard_rows(_rows(x), signs, None).reshape(x.shape)
 
@@ -96,11 +96,7 @@ def attention_kv(q, k_codes, k_scales, v_codes, v_scales, key_mask):
 class TritonBackend(Backend):
     name = "triton"
     priority = 10
-    kernels = {"linear_w4a16": linear_w4a16, "linear_w8a8": linear_w8a8,
-               "linear_w4a8": linear_w4a8, "linear_w4a4": linear_w4a4,
-               "linear_int_codes": linear_int_codes, "quant_per_token": quant_per_token,
-               "rmsnorm_quant": rmsnorm_quant, "silu_mul_quant": silu_mul_quant,
-               "hadamard": hadamard_op, "attention": attention, "attention_kv": attention_kv}
+    kernels = kernels_named(globals())     # every op of OPS, each the function of its name
 
     def available(self):
         if not HAVE_TRITON:
@@ -123,21 +119,24 @@ class TritonBackend(Backend):
         dev = torch.device(device) if device is not None else torch.device("cpu")
         return dev.type == "cuda" or (dev.type == "cpu" and interpreting())
 
-    def why_not(self, op, spec, device, dtype):
+    def _reason(self, op, spec, device, dtype) -> str | None:
+        """Why this backend declines the call, or None: the one rule behind supports() and
+        why_not()."""
+        if op not in self.kernels:
+            return f"no kernel for {op}"
         if not self._device_ok(device):
             return f"triton runs on CUDA devices, not {device}"
         if dtype not in _FLOATS:
             return f"triton kernels take fp16/bf16/fp32 inputs, not {dtype}"
         if interpreting() and torch.bfloat16 in (dtype, dict(spec or {}).get("out_dtype")):
             return "the Triton interpreter has no bf16"
-        return _shape_reason(op, dict(spec or {})) or super().why_not(op, spec, device, dtype)
+        return _shape_reason(op, dict(spec or {}))
+
+    def why_not(self, op, spec, device, dtype):
+        return self._reason(op, spec, device, dtype) or super().why_not(op, spec, device, dtype)
 
     def supports(self, op, spec=None, device=None, dtype=None):
-        if op not in self.kernels or not self._device_ok(device) or dtype not in _FLOATS:
-            return False
-        if interpreting() and torch.bfloat16 in (dtype, dict(spec or {}).get("out_dtype")):
-            return False
-        return _shape_reason(op, dict(spec or {})) is None
+        return self._reason(op, spec, device, dtype) is None
 
 
 def _shape_reason(op: str, spec: dict) -> str | None:

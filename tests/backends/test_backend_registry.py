@@ -117,3 +117,14 @@ def test_fake_impls_trace_on_meta():
     assert q.dtype == torch.int8 and s.shape == (2, 5, 1)
     a = torch.ops.qpass.attention(*(torch.empty(1, 2, 7, 16, device="meta"),) * 3)
     assert a.shape == (1, 2, 7, 16)
+
+
+def test_one_op_list():
+    """backends/base.py's OPS is the one list: every op has a torch.library schema
+    (backends/op_schemas.py) and a kernel in each built-in backend, and nothing else does."""
+    from qpass.backends.reference import ReferenceBackend
+    from qpass.backends.triton import TritonBackend
+    defined = {name for name in dir(torch.ops.qpass) if not name.startswith("_")
+               and isinstance(getattr(torch.ops.qpass, name), torch._ops.OpOverloadPacket)}
+    assert defined == set(registry.OPS) == set(qpass.backends.OPS)
+    assert tuple(ReferenceBackend.kernels) == registry.OPS == tuple(TritonBackend.kernels)
