@@ -393,14 +393,24 @@ class Scheme:
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
+        """The scheme of a to_dict() record. A key the record lacks takes the field's default,
+        except where OLD_RECORD_MEANING says what a record written before the key existed meant."""
+        if not isinstance(d, dict) or "name" not in d or "weight" not in d:
+            raise SpecError(f"scheme dict needs 'name' and 'weight' keys, got {d!r}")
+        kw = {**OLD_RECORD_MEANING, **{k: d[k] for k in RECORDED_FIELDS if k in d}}
         try:
-            return cls(name=d["name"], weight=d["weight"], act=d.get("act"), attn=d.get("attn"),
-                       overrides=tuple(tuple(o) for o in d.get("overrides", ())),
-                       keep_roles=frozenset(d.get("keep_roles", ("head", "embed"))),
-                       strict_groups=bool(d.get("strict_groups", False)),
-                       group_fit=d.get("group_fit", "layer"))
-        except (KeyError, TypeError) as e:
-            raise SpecError(f"scheme dict needs 'name' and 'weight' keys: {e}") from None
+            return cls(**kw)
+        except TypeError as e:
+            raise SpecError(f"scheme dict {d!r}: {e}") from None
+
+
+# What a Scheme record (manifests, pass configs) written before a field existed meant, where
+# that differs from the field's default today: before `group_fit` (issue 18) every layer's
+# group size was fitted alone, i.e. "layer"; the default became "model". Every other missing
+# key takes the dataclass default (keep_roles, strict_groups: records always held keep_roles,
+# and strict_groups=False is what they did before it existed).
+OLD_RECORD_MEANING = {"group_fit": "layer"}
+RECORDED_FIELDS = tuple(f.name for f in dataclasses.fields(Scheme) if f.compare)  # to_dict's keys
 
 
 def _matches(pattern: str, name: str, role: str | None) -> bool:

@@ -192,3 +192,26 @@ def test_scheme_dict_round_trip_through_json():
     assert Scheme.from_dict(d) == s
     with pytest.raises(SpecError, match="name"):
         Scheme.from_dict({"weight": "int4:g128"})
+
+
+def test_scheme_record_round_trip_and_defaults():
+    """from_dict(to_dict(s)) == s; a missing key takes the dataclass default, except group_fit:
+    a record from before group_fit existed meant per-layer fitting (specs.OLD_RECORD_MEANING)."""
+    from qpass.specs import OLD_RECORD_MEANING
+    for s in (Scheme.parse("w4a4"), Scheme.parse("w4a16"),
+              Scheme("x", "int4:g64", overrides=[("*.o_proj", None), ("role:head", "int8:channel")],
+                     keep_roles={"head"}, strict_groups=True, group_fit="layer")):
+        assert Scheme.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    default = Scheme("x", "int4:g128")
+    bare = Scheme.from_dict({"name": "x", "weight": "int4:g128"})
+    assert bare.keep_roles == default.keep_roles and bare.strict_groups == default.strict_groups
+    assert bare.group_fit == OLD_RECORD_MEANING["group_fit"] == "layer" != default.group_fit
+    # the records of tests/fixtures/ckpt_v1 (keep_roles written, no group_fit/strict_groups)
+    old = Scheme.from_dict({"name": "w8a8", "weight": "int8:channel", "act": "int8:token:dyn",
+                            "attn": None, "keep_roles": ["embed", "head"]})
+    assert old == Scheme("w8a8", "int8:channel", "int8:token:dyn", keep_roles={"embed", "head"},
+                         group_fit="layer")
+    with pytest.raises(SpecError, match="'name' and 'weight'"):
+        Scheme.from_dict({"weight": "int4:g128"})
+    with pytest.raises(SpecError, match="group_fit"):
+        Scheme.from_dict({"name": "x", "weight": "int4:g128", "group_fit": "nope"})
