@@ -19,11 +19,6 @@ def is_structure_only(name: str) -> bool:
     return str(name) in NAMED_CONFIGS and not str(name).startswith("tiny")
 
 
-def is_compiled_dir(name_or_dir) -> bool:
-    from qpass.runtime.loading import is_compiled_dir as compiled
-    return compiled(name_or_dir)
-
-
 def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False):
     """The model MODEL names, by the rule above. `structure_ok`: accept a structure-only
     config (loaded on meta); otherwise such a name is one clear error."""

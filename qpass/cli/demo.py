@@ -12,6 +12,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from .args import positive_int
+
 # Strongest first; the demo runs the first available of each group.
 WEIGHT_ONLY = ("w4a16-gptq", "w4a16-rtn")
 WEIGHT_ACT = ("w4a4-quarot", "w8a8-gptq", "w8a8-rtn")
@@ -24,8 +26,8 @@ def add_demo_command(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  qpass demo --pipelines w4a16-rtn,w4a4-rtn")
     p.add_argument("--pipelines", default=None, help="comma-separated preset names")
-    p.add_argument("--calib-n", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--calib-n", type=positive_int, default=32)
+    p.add_argument("--seq-len", type=positive_int, default=256)
     p.set_defaults(func=run_demo)
 
 
@@ -53,9 +55,12 @@ def _generate(model, tok, prompt: str) -> str:
 
 
 def run_demo(args) -> int:
+    import sys
+
+    from qpass import presets
+    from qpass.calibration import build_calibration
     from qpass.eval import evaluate
     from qpass.models import load
-    import sys
     con = Console() if sys.stdout.isatty() else Console(width=110)  # readable when piped
     fp = load("tiny-llada")
     tok = fp.tokenizer
@@ -63,16 +68,11 @@ def run_demo(args) -> int:
               f"parameters, {fp.config.n_layers} blocks, byte tokenizer")
     names = args.pipelines.split(",") if args.pipelines else _pick((WEIGHT_ONLY, WEIGHT_ACT))
     models = {"FP32": (fp, 0.0)}
-    if names:
-        from qpass import presets
-        from qpass.calibration import CalibrationSet
-        from qpass.data import calibration_texts
-        calib = CalibrationSet.from_texts(calibration_texts(), tok, n=args.calib_n,
-                                          seq_len=args.seq_len, masking="diffusion", seed=0)
     for name in names:
         t0 = time.perf_counter()
-        compiled = presets.get(name).run(load("tiny-llada"), calib, verify=False)
-        models[name] = (compiled, time.perf_counter() - t0)
+        pipe = presets.get(name)
+        calib = build_calibration(pipe, fp, args.calib_n, args.seq_len)   # the embedded corpora
+        models[name] = (pipe.run(fp, calib, verify=False), time.perf_counter() - t0)
     results = {}
     for label, (m, _) in models.items():
         t0 = time.perf_counter()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
+from qpass.runtime.loading import is_compiled_dir
 
 from .args import positive_int as _positive, seed as _seed
-from .common import (add_device_args, is_compiled_dir, load_model, resolve_device,
-                     resolve_pipeline, torch_dtype)
+from .common import add_device_args, load_model, resolve_device, resolve_pipeline, torch_dtype
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/

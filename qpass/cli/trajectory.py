@@ -10,9 +10,10 @@ from pathlib import Path
 
 from qpass.calibration import build_calibration
 from qpass.errors import QpassError
+from qpass.runtime.loading import is_compiled_dir
 
 from .args import positive_int
-from .common import is_compiled_dir, load_model, resolve_pipeline
+from .common import load_model, resolve_pipeline
 
 MODES = ("none", "quantize-one", "restore-one")
 
@@ -43,7 +44,7 @@ def add_trajectory_args(p) -> None:
 def _quantized(item: str, fp, args):
     """(model, fresh-pipeline factory, calibration) for one --trajectory entry."""
     from qpass.pipeline import Pipeline
-    from qpass.runtime.compiled import load_compiled
+    from qpass.runtime import load_compiled
     if is_compiled_dir(item):
         make = lambda: Pipeline.from_manifest(item)  # noqa: E731
         model = load_compiled(item, device=args.device)
