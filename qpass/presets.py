@@ -1,8 +1,9 @@
 """Named pipelines (DESIGN §11), used by `qpass quantize --pipeline NAME` and the study.
 
 Each preset is a zero-argument factory, so `get(name)` always returns fresh pass objects.
-To add one, append an entry above the END-OF-PRESETS marker, e.g.
-    "w4a16-gptq": lambda: _pipe(P().FuseNorms(), P().GPTQ(), scheme="w4a16g128"),
+To add one, append an entry above the END-OF-PRESETS marker, e.g. (what `_gptq` builds for
+the weight-only GPTQ preset; weight-only presets do not fuse norms, see below)
+    "w4a16-gptq": lambda: _pipe(P().GPTQ(act_order=True), scheme="w4a16g128"),
 """
 from __future__ import annotations
 

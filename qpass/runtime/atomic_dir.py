@@ -8,11 +8,11 @@ step, so that at every instant the target holds the old complete directory or th
     finally:
         discard(tmp)                  # the half-written directory, or the swapped-out old one
 
-The swap is one renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it, else two
-renames (docs/FORMATS.md names that window). Temporaries of dead processes are removed by the
-next write next to them. Used by compiled checkpoints (qpass.runtime.checkpoint) and exported
-directories (qpass.interop.writer); whether an existing OUT may be replaced is the caller's
-check."""
+The swap is one renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it, else three
+renames (docs/FORMATS.md names the window where OUT is absent). Temporaries of dead processes
+are removed by the next write next to them. Used by compiled checkpoints
+(qpass.runtime.checkpoint) and exported directories (qpass.interop.writer); whether an
+existing OUT may be replaced is the caller's check (commit(replace=False) never replaces)."""
 from __future__ import annotations
 
 import ctypes
@@ -110,7 +110,7 @@ def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise
-        # no atomic swap on this filesystem: two renames (docs/FORMATS.md names the window)
+        # no atomic swap on this filesystem: three renames (docs/FORMATS.md names the window)
         old = _temporary_name(out)
         os.rename(out, old)
         os.rename(tmp, out)

@@ -1,6 +1,6 @@
-"""The one model-loading rule, below the CLI so that qpass.eval (lm-eval adapter, study) uses
-it too: a compiled checkpoint dir (qpass's manifest.json) → load_compiled; anything else (a zoo
-name or an HF checkpoint dir) → qpass.models.load."""
+"""The one model-loading rule, below the CLI so that qpass.eval (lm-eval adapter) and
+qpass.study use it too: a compiled checkpoint dir (qpass's manifest.json) → load_compiled;
+anything else (a zoo name or an HF checkpoint dir) → qpass.models.load."""
 from __future__ import annotations
 
 import json

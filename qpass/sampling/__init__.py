@@ -29,11 +29,13 @@ def resolve_sampler(model, sampler: str = "auto") -> str:
 
 
 def generate(model, prompt_ids, sampler: str = "auto", **kw):
-    """Run `generate_llada` or `generate_dream` (keyword arguments pass through).
+    """Run one of the three samplers, `generate_llada`, `generate_dream` or
+    `generate_block_diffusion` (keyword arguments pass through).
 
-    "auto" chooses Dream when `model.config.logit_shift` is true (LLaDA when there is no config).
-    Both take cache="none"|"prefix"|"dual", threshold=, refresh_every= (qpass.sampling.cache);
-    Dream takes block_length= too (default: one block, as Dream v0). "block"
+    "auto" (resolve_sampler) chooses the block-diffusion sampler for block-causal models, Dream
+    when `model.config.logit_shift` is true, LLaDA otherwise (and when there is no config).
+    LLaDA and Dream take cache="none"|"prefix"|"dual", threshold=, refresh_every=
+    (qpass.sampling.cache); Dream takes block_length= too (default: one block, as Dream v0). "block"
     (generate_block_diffusion) takes steps= and threshold=, and no cache."""
     which = resolve_sampler(model, sampler)
     if which == "block":
