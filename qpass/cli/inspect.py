@@ -39,6 +39,10 @@ def add_inspect_command(sub) -> None:
                         "a pass")
     p.add_argument("--after", metavar="PASS", help="show the graph after this pass of --pipeline")
     p.add_argument("--diff", action="store_true", help="show only what PASS changed, node by node")
+    p.add_argument("--calib", metavar="PATH", default=None,
+                   help="calibration data for --after/--outliers when the pipeline calibrates "
+                        "(.txt, .jsonl, a folder of them or a saved HF dataset; zoo models: "
+                        "the embedded corpora)")
     p.add_argument("--calib-n", type=positive_int, default=16,
                    help="calibration windows, if needed")
     p.add_argument("--outliers", action="store_true",
@@ -90,7 +94,7 @@ def _pipeline(args) -> int:
             Console().print(coverage_table(rows, title=f"Planned coverage of {pipe!r}"))
         return 0
     model = load_model(args.model, device=args.device, structure_ok=True)
-    calib = build_calibration(pipe, model, args.calib_n, PROBE_LEN)
+    calib = _calibration(pipe, model, args)
     info = inspect_after(model, pipe, args.after, calib)
     if args.format == "json":
         print(json.dumps(changes_json(info), indent=1, default=str))
@@ -110,9 +114,16 @@ def _outliers(args) -> int:
     pipe = resolve_pipeline(args.pipeline)
     prefix = outlier_prefix(pipe, args.after)
     model = load_model(args.model, device=args.device)
-    calib = build_calibration(pipe, model, args.calib_n, PROBE_LEN)
+    calib = _calibration(pipe, model, args)
     fuse = [p for p in prefix if p.name == "FuseNorms"]
     rows = outlier_table(model, prefix, calib, baseline=fuse or None)
     render_outliers(rows, png=args.png,
                     title=f"Linear inputs before / after {' → '.join(p.name for p in prefix)}")
     return 0
+
+
+def _calibration(pipe, model, args):
+    """--calib (a real checkpoint needs it when the pipeline calibrates), else the embedded
+    corpora of the zoo models; PROBE_LEN tokens or the model's maximum when shorter."""
+    return build_calibration(pipe, model, args.calib_n, min(PROBE_LEN, model.config.max_seq_len),
+                             path=args.calib, model_name=args.model)

@@ -41,3 +41,16 @@ def test_inspect_planned_coverage_of_a_recipe(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     linears = [r for r in rows if r["status"] == "quantized"]
     assert linears and all(r["reason"].startswith("planned") for r in linears)
+
+
+def test_inspect_of_a_real_checkpoint_asks_for_calibration_data(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    qpass.models.save_checkpoint(qpass.models.load("tiny-llada"), ckpt)
+    for view in (["--after", "GPTQ"], ["--outliers"]):          # GPTQ calibrates
+        assert main(["inspect", str(ckpt), "--pipeline", "w4a16-gptq", *view]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--calib PATH" in err[0], err
+    data = tmp_path / "calib.txt"
+    data.write_text("To be, or not to be, that is the question.\n" * 40)
+    assert main(["inspect", str(ckpt), "--pipeline", "w4a16-gptq", "--after", "GPTQ",
+                 "--calib", str(data), "--calib-n", "2", "--format", "json"]) == 0
