@@ -90,33 +90,36 @@ def _(x, w_int8, w_scales, bias=None, backend="auto", act_grid="full"):
     return x.new_empty(_out_shape(x, w_int8.shape[0]))
 
 
+def _int4_weight_linear(op, x, qweight, w_scales, bias, group_size, backend, act_grid):
+    fn = _kernel(op, x, backend, group_size=group_size, K=x.shape[-1], N=qweight.shape[0],
+                 act_grid=act_grid)
+    return fn(x, qweight, w_scales, bias, group_size, act_grid)
+
+
+def _int4_weight_linear_fake(x, qweight, w_scales, bias=None, group_size=0, backend="auto",
+                             act_grid="full"):
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
 @_schema
 def linear_w4a8(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
                 group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights (packed) × per-token dynamic int8 activations; w_scales (N, 1)
     or (N, K/group_size) with int32 sums flushed per group."""
-    fn = _kernel("linear_w4a8", x, backend, group_size=group_size, K=x.shape[-1],
-                 N=qweight.shape[0], act_grid=act_grid)
-    return fn(x, qweight, w_scales, bias, group_size, act_grid)
-
-
-@linear_w4a8.register_fake
-def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="full"):
-    return x.new_empty(_out_shape(x, qweight.shape[0]))
+    return _int4_weight_linear("linear_w4a8", x, qweight, w_scales, bias, group_size, backend,
+                               act_grid)
 
 
 @_schema
 def linear_w4a4(x: Tensor, qweight: Tensor, w_scales: Tensor, bias: Optional[Tensor] = None,
                 group_size: int = 0, backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Symmetric int4 weights × per-token dynamic int4 activations (codes in int8 containers)."""
-    fn = _kernel("linear_w4a4", x, backend, group_size=group_size, K=x.shape[-1],
-                 N=qweight.shape[0], act_grid=act_grid)
-    return fn(x, qweight, w_scales, bias, group_size, act_grid)
+    return _int4_weight_linear("linear_w4a4", x, qweight, w_scales, bias, group_size, backend,
+                               act_grid)
 
 
-@linear_w4a4.register_fake
-def _(x, qweight, w_scales, bias=None, group_size=0, backend="auto", act_grid="full"):
-    return x.new_empty(_out_shape(x, qweight.shape[0]))
+linear_w4a8.register_fake(_int4_weight_linear_fake)
+linear_w4a4.register_fake(_int4_weight_linear_fake)
 
 
 # ----- activation ops ----------------------------------------------------------------------
