@@ -4,6 +4,7 @@ import ast
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # subsystem -> layer; a file may import its own layer's subsystems or lower ones
@@ -112,3 +113,13 @@ def test_no_private_names_across_packages():
                     bad += [f"{name} imports {node.module}.{a.name}" for a in node.names
                             if a.name.startswith("_") and a.name != "__version__"]
     assert not bad, "private names imported across packages:\n" + "\n".join(bad)
+
+
+def test_every_package_is_installed():
+    """A new subsystem folder is listed in pyproject.toml's packages (a non-editable install
+    would leave it out otherwise)."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {n for n, _, is_pkg in _module_files() if is_pkg}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
