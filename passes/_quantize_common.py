@@ -85,8 +85,8 @@ def replace_linear(g, node: fx.Node, new_module: nn.Module, reason: str | None =
 def mark_attention(g, scheme, nodes=None) -> list[str]:
     """Give every attention node the scheme's K/V bits (a `kv8` / `kv4` suffix): the node then
     quantizes K/V per head per token and runs integer Q·Kᵀ and P·V (qpass.ops.attention's
-    kv_bits; Lower maps it to qpass::attention_kv). `nodes`: only those (a stage's, when
-    streaming: a later stage's attention stays float until its own passes ran, as in memory).
+    kv_bits; Lower maps it to qpass::attention_kv). `nodes`: only those (the stage's: a
+    later stage's attention stays float until its own passes ran there).
     Returns the nodes marked."""
     scheme = Scheme.parse(scheme)
     marked = []

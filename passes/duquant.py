@@ -205,7 +205,7 @@ class DuQuant(Pass):
             while hasattr(g.gm, buf):
                 buf += "_"
             g.gm.register_buffer(buf, M.to(device=ref.device, dtype=ref.dtype))
-            with g.graph.inserting_before(lins[0]):     # names fixed by the group (streaming)
+            with g.graph.inserting_before(lins[0]):     # names fixed by the group, not the stage
                 mat = g.graph.create_node("get_attr", buf, name=buf)
                 node = g.graph.create_node("call_function", channel_transform, (inp, mat), {},
                                            name=f"duquant_{lins[0].name}")

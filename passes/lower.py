@@ -132,7 +132,7 @@ class Lower(Pass):
         fused, added, erased = _fuse_act_quant.fuse(g.gm, nodes, self.backend, _set_submodule)
         if not fused:
             return
-        if stage is not None:       # streaming: the stage re-runs its (now rewritten) nodes
+        if stage is not None:       # the stage re-runs its (now rewritten) nodes
             keep = (set(stage.nodes) - set(erased)) | set(added)
             stage.nodes[:] = [n for n in g.graph.nodes if n in keep]
         names = set(fused)

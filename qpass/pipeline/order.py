@@ -89,6 +89,15 @@ def check_order(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> N
             lowered_by = where
 
 
+def facts_after(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> frozenset:
+    """The facts that hold after `passes` ran in this order on a model with `initial_facts`."""
+    have = {Fact(f) for f in initial_facts}
+    for p in passes:
+        have -= set(p.destroys)
+        have |= set(p.provides)
+    return frozenset(have)
+
+
 def auto_order(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> list[Pass]:
     """A valid order of `passes` by their facts, as close to the given order as possible
     (networkx lexicographic topological sort keyed by the original position)."""

@@ -1,4 +1,4 @@
-"""A stage's graph edits, recorded so that a resumed streaming run rebuilds the same graph.
+"""A stage's graph edits, recorded so that a resumed run from a checkpoint dir rebuilds the same graph.
 
 Passes change more than weights: Lower retargets attention and Hadamard nodes to kernel ops,
 K/V schemes add `kv_bits` to attention nodes, Rotate and DuQuant insert online transforms

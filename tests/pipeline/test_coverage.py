@@ -43,6 +43,8 @@ class QuantizeOnlyFirstLinear(Pass):
 
     def run(self, g, ctx):
         node = g.linears()[0]
+        if node not in ctx.nodes:               # a pass changes only its stage's nodes
+            return PassResult()
         from qpass.passes._quantize_common import replace_linear
         replace_linear(g, node, QuantLinear.from_linear(g.module(node), self.scheme.weight))
         return PassResult([node.name])
