@@ -47,8 +47,9 @@ def build_calibration(pipeline, model, n: int, seq_len: int | None, seed: int = 
     else:
         need = ", ".join(p.name for p in pipeline.passes if p.needs_calibration)
         raise CalibrationError(f"{need} calibrate(s) on activations, and {model_name} is not an "
-                               f"embedded zoo model: pass your calibration data with --calib PATH "
-                               f"(.txt, .jsonl with a \"text\" field, a folder of them, or a saved "
+                               f"embedded zoo model: pass your calibration data (--calib PATH, or "
+                               f"path = ... under [calibration] in a study config: "
+                               f".txt, .jsonl with a \"text\" field, a folder of them, or a saved "
                                f"Hugging Face dataset)")
     return CalibrationSet.from_texts(texts, model.tokenizer, n=n, seq_len=seq_len, seed=seed,
                                      masking=masking, vocab_size=model.config.vocab_size,

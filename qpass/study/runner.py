@@ -15,7 +15,8 @@ Config (TOML; YAML too when PyYAML is installed):
     [[models]]  name, path              (zoo name, HF checkpoint dir or compiled dir)
     [grid]   pipelines = ["fp", "w4a16-rtn", ...]   ("fp" = the unquantized model)
              tasks = ["general", "math", "code"]    (qpass task names)
-    [eval]  limit and TaskSettings fields     [calibration]  n, seq_len"""
+    [eval]  limit and TaskSettings fields     [calibration]  n, seq_len, path (texts for
+                                              models that are not embedded zoo models)"""
 from __future__ import annotations
 
 import hashlib
@@ -232,7 +233,9 @@ def _quantized(cfg, m, pname, pipe, seed, cell, log):
     if (ckpt / "manifest.json").is_file():
         return load_compiled(ckpt), 0.0
     t0 = time.perf_counter()
-    calib = build_calibration(pipe, model, seed=seed, **cfg.calibration)
+    # a real checkpoint calibrates on the user's data ([calibration] path = ...), never
+    # silently on the embedded corpora (build_calibration says so when it is missing)
+    calib = build_calibration(pipe, model, seed=seed, model_name=m["path"], **cfg.calibration)
     out = pipe.run(model, calib, verify=False, progress=False, seed=seed)
     seconds = round(time.perf_counter() - t0, 3)
     out.save(ckpt)

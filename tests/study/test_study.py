@@ -86,10 +86,23 @@ def test_foreign_output_folder_and_bad_configs_are_refused(tmp_path):
     (foreign / "notes.txt").write_text("keep me")
     cfg = _write(tmp_path, ["fp"])
     with pytest.raises(QpassError, match="not written by qpass study"):
-        study_mod.run_study(study_mod.read_config(cfg, out=str(foreign)), None, None)
+        study_mod.run_study(study_mod.read_config(cfg, out=str(foreign)), None)
     assert (foreign / "notes.txt").read_text() == "keep me"
     bad = tmp_path / "bad.toml"
     bad.write_text(CONFIG.format(pipelines='["fp"]').replace('"math", "code"', '"maths"'))
     with pytest.raises(QpassError, match="unknown task"):
         study_mod.read_config(bad)
     assert main(["study", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_a_real_checkpoint_in_a_study_asks_for_calibration_data(tmp_path):
+    """A model that is not an embedded zoo model is never calibrated silently on the embedded
+    corpora: the quantizing cell stops with one error naming [calibration] path."""
+    import qpass
+    from qpass.models.loading import save_checkpoint
+    save_checkpoint(qpass.models.load("tiny-llada"), tmp_path / "hf")
+    cfg = tmp_path / "real.toml"
+    cfg.write_text(CONFIG.format(pipelines='["w4a16-gptq"]').replace(
+        'path = "tiny-llada"', f'path = "{tmp_path / "hf"}"'))
+    with pytest.raises(QpassError, match=r"not an embedded zoo model.*\[calibration\]"):
+        study_mod.run_study(study_mod.read_config(cfg, out=str(tmp_path / "out")), qpass.presets.get)
