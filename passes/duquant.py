@@ -217,7 +217,7 @@ class DuQuant(Pass):
             res.nodes_changed.append(node.name)
             before[str(lins[0].target)] = info["ratio_before"]
             after[str(lins[0].target)] = info["ratio_after"]
-            ctx.advance(task)                # the manager recompiles the edited graph
+            ctx.advance(task)                # the executor recompiles the edited graph
         res.metrics.update(transforms=len(groups), ratio_before=before, ratio_after=after)
         return res
 

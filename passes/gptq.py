@@ -103,7 +103,7 @@ class GPTQ(WeightRounding):
                             f"{self.act_order!r}")
         nodes = ctx.nodes
         targets = [t for t in quantize_targets(g, self.scheme) if t[0] in nodes]
-        work = _StageWork({n.target: _Target(n, w, a, r) for n, _, w, a, r in targets
+        work = _StageWork({n.target: _Target(w, a, r) for n, _, w, a, r in targets
                            if w is not None})
         for node, lin, wspec, aspec, reason in targets:         # activation-only: nothing to solve
             if wspec is None and aspec is not None:
@@ -237,8 +237,7 @@ class GPTQ(WeightRounding):
 
 @dataclass(frozen=True)
 class _Target:
-    """A linear GPTQ rounds: its node, weight and activation specs, and the coverage rule."""
-    node: Any
+    """A linear GPTQ rounds: its weight and activation specs, and the coverage rule."""
     wspec: Any
     aspec: Any
     reason: str

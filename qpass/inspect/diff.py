@@ -14,6 +14,7 @@ import torch
 
 from qpass.errors import PipelineError
 from qpass.ir import capture
+from qpass.models import on_meta
 
 _SKIP_META = {"role", "block", "weight_sqnr_db"}
 
@@ -93,7 +94,7 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
     if need and calib is None:
         raise PipelineError(f"pass(es) {', '.join(need)} need calibration data (--calib-n)")
     from qpass.pipeline.order import facts_after
-    g = capture(copy.deepcopy(model) if not _on_meta(model) else model)
+    g = capture(model if on_meta(model) else copy.deepcopy(model))
     passes = pipeline.passes
     try:
         if idx:          # the passes before `after`, then `after` alone on what they left
@@ -103,7 +104,7 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
                                 initial_facts=facts_after(passes[:idx], pipeline.initial_facts))
         report = last.apply(g, calib=calib, seed=seed)
     except RuntimeError as e:
-        if _on_meta(model) and "meta" in str(e):           # a structure-only (meta) model
+        if on_meta(model) and "meta" in str(e):           # a structure-only (meta) model
             raise PipelineError(f"pass {passes[idx].name} (or one before it) needs real "
                                 f"weights and cannot run on a structure-only (meta) model; "
                                 f"inspect an earlier pass or use a checkpoint directory") from None
@@ -113,10 +114,6 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
             "changes": diff_snapshots(before, now), "graph": g,
             "notes": list(report.passes[0].notes)}
 
-
-def _on_meta(model) -> bool:
-    p = next(iter(model.parameters()), None)
-    return p is not None and p.device.type == "meta"
 
 
 def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 400) -> None:

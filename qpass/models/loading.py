@@ -33,6 +33,14 @@ def build(cfg: ModelConfig, device=None, dtype=None, seed: int | None = 0) -> De
     return model.eval()
 
 
+def on_meta(model) -> bool:
+    """True when `model` (any nn.Module, or anything else: False) is structure only: its
+    parameters live on the meta device."""
+    params = getattr(model, "parameters", None)
+    p = next(iter(params()), None) if callable(params) else None
+    return p is not None and p.device.type == "meta"
+
+
 def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0) -> Denoiser:
     """Zoo name (`tiny-llada`), named config (`llada-8b`, random weights — use device='meta'
     for structure only) or an HF checkpoint directory in LLaDA, Dream/Qwen2 or LLaMA naming."""

@@ -80,10 +80,11 @@ class DiskStore:
 
     def resume(self, pipeline, calib):
         """(completed stage records of an interrupted run of this pipeline, hash-checked;
-        the passes' start states it recorded)."""
+        the passes' start states it recorded, by pass index). The executor adds this run's
+        states to that dict, which every progress record then saves."""
         self.key = run_key(pipeline, self.checkpoint_dir, calib, self.device, self.dtype)
-        records, shared = load_progress(self.work, self.key, {})
-        return records, dict(shared)
+        records, self.shared = load_progress(self.work, self.key)
+        return records, self.shared
 
     def restore(self, g, stage, record, runner, known: set, last: bool):
         """A stage an earlier run completed: its graph edits, modules and buffers come back
@@ -97,7 +98,6 @@ class DiskStore:
             runner.adopt(stage, new)
         restore_attrs(g.gm, self.work, stage, record)
         restore_modules(g.gm, record)
-        g.recompile()
         return load_cache(self.work / record.cache) if last else None
 
     # ---- per stage ----------------------------------------------------------------------
@@ -220,6 +220,7 @@ class DiskStore:
                                            streamed=True)
         shards = [self.work / r.shard for r in records] + [globals_file]
         result.path = save_streamed(result.manifest, self.model.tokenizer, shards, self.target)
+        result.on_disk_only = True
         for f in self.work.iterdir():                     # the run is complete: drop its state
             f.unlink()
         self.work.rmdir()

@@ -68,9 +68,12 @@ class Executor:
         if not (calibrating or self.verify):
             return None, split_stages(g)
         from qpass.calibration.stats import iter_batches
-        data = _Batches([probe]) if self.calib is None else self.calib \
-            if hasattr(self.calib, "batches") else _Batches(list(iter_batches(self.calib,
-                                                                              self.batch_size)))
+        if self.calib is None:
+            data = _Batches([probe])
+        elif hasattr(self.calib, "batches"):
+            data = self.calib
+        else:                                   # a (B, L) id tensor or batches of them
+            data = _Batches(list(iter_batches(self.calib, self.batch_size)))
         if self.calib is not None and hasattr(self.calib, "check_vocab") and \
                 getattr(g.config, "vocab_size", None) is not None:
             self.calib.check_vocab(g.config.vocab_size)
@@ -102,8 +105,7 @@ class Executor:
             self.states[k] = p.start(g, self._ctx(), saved.get(str(k)))
             record = getattr(self.states[k], "record", None)
             if callable(record):
-                saved[str(k)] = record()
-        self.store.shared = saved
+                saved[str(k)] = record()        # the store's dict: saved with its progress
         self.known = {n for st in stages for n in st.nodes}     # nodes a stage owns
         records: list[StageRecord] = list(done)
         cache = shadows = None
@@ -119,6 +121,7 @@ class Executor:
                 if stage.index < len(done):           # completed by an earlier run
                     loaded = self.store.restore(g, stage, done[stage.index], runner, self.known,
                                                 last=stage.index == len(done) - 1)
+                    g.recompile()                # the one place a graph is recompiled
                     if loaded is not None:
                         cache, shadows = loaded
                     self._advance(task, stage)
@@ -184,7 +187,7 @@ class Executor:
         new = stage_nodes.adopt(g.gm.graph, stage, self.known)
         if runner is not None:
             runner.adopt(stage, new)
-        g.recompile()                            # the one place a graph is recompiled
+        g.recompile()                            # (and after a restored stage, run())
         out = {"metrics": res.metrics, "notes": res.notes, "nodes_changed": res.nodes_changed,
                "seconds": seconds}
         if check is not None:

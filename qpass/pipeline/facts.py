@@ -28,8 +28,9 @@ def _on_meta(t) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
 
-def _norms_fused(g, nodes) -> str | None:
+def _norms_fused(g, stage) -> str | None:
     """Every norm read only by linears is weightless (γ = 1, β = 0): what Rotate relies on."""
+    nodes = set(stage.nodes)
     for r in norm_regions(g):
         if r.producer not in nodes or r.others or not r.consumers:
             continue                      # not foldable: FuseNorms leaves it (and says so)
@@ -44,11 +45,15 @@ def _norms_fused(g, nodes) -> str | None:
     return None
 
 
-def _static_scales(g, nodes) -> str | None:
+def _linears(g, stage) -> list:
+    """The stage's linears as the graph counts them (the head and MoE routers included)."""
+    nodes = set(stage.nodes)
+    return [n for n in g.linears() if n in nodes]
+
+
+def _static_scales(g, stage) -> str | None:
     """Every linear with a static activation spec has a finite, positive calibrated scale."""
-    for n in g.linears():
-        if n not in nodes:
-            continue
+    for n in _linears(g, stage):
         m = g.module(n)
         spec = getattr(m, "act_spec", None)
         if spec is None or spec.dynamic:
@@ -61,16 +66,16 @@ def _static_scales(g, nodes) -> str | None:
     return None
 
 
-def _meta_in(nodes, *keys: str) -> bool:
-    return any(k in n.meta.get("qpass", {}) for n in nodes for k in keys)
+def _meta_in(stage, *keys: str) -> bool:
+    return any(k in n.meta.get("qpass", {}) for n in stage.nodes for k in keys)
 
 
-def _quantized_modules(g, nodes) -> list:
-    return [g.module(n) for n in g.linears() if n in nodes and is_quantized_module(g.module(n))]
+def _quantized_modules(g, stage) -> list:
+    return [g.module(n) for n in _linears(g, stage) if is_quantized_module(g.module(n))]
 
 
-def _lowered(g, nodes) -> bool:
-    for n in nodes:
+def _lowered(g, stage) -> bool:
+    for n in stage.nodes:
         if n.op == "call_module" and type(g.module(n)).__name__ == "LoweredLinear":
             return True
         if n.op == "call_function" and str(getattr(n.target, "__module__", "")).endswith("lowered"):
@@ -80,15 +85,15 @@ def _lowered(g, nodes) -> bool:
 
 # fact -> (does this stage witness it, what is wrong when no stage did)
 WITNESSES: dict[Fact, tuple[Callable, str]] = {
-    Fact.ROTATED: (lambda g, nodes: _meta_in(nodes, "rotate", "duquant"),
+    Fact.ROTATED: (lambda g, stage: _meta_in(stage, "rotate", "duquant"),
                    "no node records a rotation (meta 'rotate' or 'duquant')"),
-    Fact.SMOOTHED: (lambda g, nodes: _meta_in(nodes, "smoothing", "duquant"),
+    Fact.SMOOTHED: (lambda g, stage: _meta_in(stage, "smoothing", "duquant"),
                     "no smoothing scale was folded into any producer (every pair was skipped?)"),
-    Fact.WEIGHTS_QUANTIZED: (lambda g, nodes: any(getattr(m, "weight_spec", None) is not None
-                                                  for m in _quantized_modules(g, nodes)),
+    Fact.WEIGHTS_QUANTIZED: (lambda g, stage: any(getattr(m, "weight_spec", None) is not None
+                                                  for m in _quantized_modules(g, stage)),
                              "no linear has quantized weights"),
-    Fact.ACTS_QUANTIZED: (lambda g, nodes: any(getattr(m, "act_spec", None) is not None
-                                               for m in _quantized_modules(g, nodes)),
+    Fact.ACTS_QUANTIZED: (lambda g, stage: any(getattr(m, "act_spec", None) is not None
+                                               for m in _quantized_modules(g, stage)),
                           "no linear has an activation spec"),
     Fact.LOWERED: (_lowered, "no node calls a kernel op"),
 }
@@ -106,15 +111,14 @@ def _claim_error(p: Pass, fact: Fact, problem: str) -> PipelineError:
 def check_stage(p: Pass, g, stage) -> set[str]:
     """After `p` ran on `stage`: raise PipelineError when a fact about every node does not
     hold there; return the names of the facts this stage witnesses."""
-    nodes = set(stage.nodes)
     seen = set()
     for fact in sorted(p.provides, key=str):
         check = EVERY_NODE.get(fact)
-        problem = check(g, nodes) if check is not None else None
+        problem = check(g, stage) if check is not None else None
         if problem:
             raise _claim_error(p, fact, f"{problem} ({stage.name})")
         witness = WITNESSES.get(fact)
-        if witness is not None and witness[0](g, nodes):
+        if witness is not None and witness[0](g, stage):
             seen.add(fact.name)
     return seen
 

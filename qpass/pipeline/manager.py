@@ -181,7 +181,8 @@ class Pipeline:
     def _store(model_or_dir, probe, dtype, out, device):
         from qpass.pipeline.memory_store import MemoryStore
         source = getattr(model_or_dir, "checkpoint_dir", None)
-        meta = _on_meta(model_or_dir)
+        from qpass.models import on_meta
+        meta = on_meta(model_or_dir)
         if isinstance(model_or_dir, (str, os.PathLike)) or \
                 (meta and source is not None and out is not None):
             from qpass.pipeline.disk_store import DiskStore
@@ -195,14 +196,6 @@ class Pipeline:
             from qpass.runtime.checkpoint import check_target
             check_target(out)                          # before any compute
         return MemoryStore(model_or_dir, probe, dtype, out)
-
-
-def _on_meta(model) -> bool:
-    params = getattr(model, "parameters", None)
-    if not callable(params):
-        return False
-    p = next(iter(params()), None)
-    return p is not None and p.device.type == "meta"
 
 
 class _NoProgress:

@@ -38,9 +38,9 @@ class MemoryStore:
             model = self.source
             if is_transformers_model(model):
                 model = from_hf(model)     # shares weights; the deep copy below owns its own
+            from qpass.models import on_meta
             p = next(iter(model.parameters()), None)
-            on_meta = p is not None and p.device.type == "meta"
-            model = model if on_meta else copy.deepcopy(model)
+            model = model if on_meta(model) else copy.deepcopy(model)
             if self.dtype_arg is not None:
                 model = model.to(self.dtype_arg)
             device = p.device if p is not None else torch.device("cpu")
@@ -70,10 +70,7 @@ class MemoryStore:
 
     # ---- per stage: nothing to read, write or free ----------------------------------------
     def resume(self, pipeline, calib):
-        return [], {}
-
-    def restore(self, *args, **kw):
-        raise AssertionError("an in-memory run has nothing to resume")   # never called
+        return [], {}                   # nothing to resume: restore() is never asked for
 
     def load(self, g, stage) -> None:
         pass

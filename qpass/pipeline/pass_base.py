@@ -95,8 +95,8 @@ class Pass:
 
     requires: every fact must hold before; requires_any: at least one of them must (e.g.
     Lower needs weights or activations quantized); provides: facts that hold after — the
-    manager checks each one on the graph (qpass/pipeline/facts.py) and raises PipelineError
-    naming the pass and the fact when it does not; destroys: facts no longer true after."""
+    executor checks each one on every stage and over the run (qpass/pipeline/facts.py) and
+    raises PipelineError naming the pass and the fact when it does not; destroys: facts no longer true after."""
     VERSION: ClassVar[int] = 1
     requires: frozenset = frozenset()
     requires_any: frozenset = frozenset()

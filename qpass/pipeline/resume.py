@@ -51,18 +51,18 @@ def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
     return h.hexdigest()
 
 
-def load_progress(work: Path, key: str, shared: dict) -> tuple[list[StageRecord], dict]:
+def load_progress(work: Path, key: str) -> tuple[list[StageRecord], dict]:
     """(the completed stages of an interrupted run with this key, hash-checked; the passes'
-    start states it recorded) — ([], shared) when there is nothing to resume."""
+    start states it recorded) — ([], {}) when there is nothing to resume."""
     path = work / PROGRESS
     if not path.exists():
-        return [], shared
+        return [], {}
     try:
         data = json.loads(path.read_text())
     except ValueError:
-        return [], shared
+        return [], {}
     if data.get("run") != key:
-        return [], shared
+        return [], {}
     shared = dict(data.get("shared", {}))
     records = []
     for r in data.get("stages", []):
@@ -76,7 +76,7 @@ def load_progress(work: Path, key: str, shared: dict) -> tuple[list[StageRecord]
     if records:
         cache = work / records[-1].cache
         if not (cache.exists() and sha256_file(cache) == records[-1].cache_sha256):
-            return [], shared
+            return [], {}
     return records, shared
 
 

@@ -12,6 +12,8 @@ the stage before the pass runs on those inputs taken back (x·Qᵀ), and its out
 to the new basis before the comparison."""
 from __future__ import annotations
 
+from itertools import islice
+
 import torch
 
 from qpass.errors import VerificationError
@@ -48,7 +50,7 @@ class StageCheck:
         if not self.trace:
             return ""
         after: dict = {}
-        self.runner.run_stage(self.stage, _First(self.cache), trace=after)
+        self.runner.run_stage(self.stage, islice(self.cache, 1), trace=after)
         for n in self.stage.nodes:
             if n.name in self.trace and n.name in after:
                 rel = relative_change(self.trace[n.name], after[n.name])
@@ -65,18 +67,6 @@ def stage_outputs(runner, stage, cache, trace: dict | None = None) -> list[dict[
     return [{n.name: values[n.name].double() for n in stage.live_out
              if isinstance(values.get(n.name), torch.Tensor) and values[n.name].is_floating_point()}
             for values in out]
-
-
-class _First:
-    """The first batch of a boundary cache (zip with the runner's batches stops after it)."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def __iter__(self):
-        for values in self.cache:
-            yield values
-            return
 
 
 class _Mapped:

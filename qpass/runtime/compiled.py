@@ -36,22 +36,16 @@ class CompiledDenoiser(nn.Module):
             report.attach_specs(self.specs())
         self.report = report
         self.path = path            # the checkpoint directory it was saved to or loaded from
+        # a streamed run's result: its tensors stay on the meta device, the checkpoint at
+        # `path` holds them (qpass.load_compiled(path) computes with it); set by DiskStore
+        self.on_disk_only = False
         self.kernels: list[dict] | None = None     # set by load_compiled (binding rows)
 
     @classmethod
-    def from_run(cls, g, pipeline, report: Report, path: Path | None = None,
-                 **manifest_extra) -> "CompiledDenoiser":
-        """The result of a run of `pipeline` that left the graph `g` (Pipeline.run). A run
-        that streamed to disk passes its `path`; its tensors stay on the meta device."""
+    def from_run(cls, g, pipeline, report: Report, **manifest_extra) -> "CompiledDenoiser":
+        """The result of a run of `pipeline` that left the graph `g` (Pipeline.run)."""
         manifest = build_manifest(g.config, pipeline, report, **manifest_extra)
-        return cls(g.gm, g.config, g.tokenizer, manifest, report, path)
-
-    @property
-    def on_disk_only(self) -> bool:
-        """True for a streamed run's result: its tensors are on the meta device and the
-        checkpoint at `path` holds them (qpass.load_compiled(path) computes with it)."""
-        first = next(iter(self.gm.parameters()), None)
-        return self.path is not None and first is not None and first.device.type == "meta"
+        return cls(g.gm, g.config, g.tokenizer, manifest, report)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.on_disk_only:

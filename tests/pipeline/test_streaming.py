@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import qpass
 from qpass import passes as P
 from qpass.calibration import CalibrationSet
+from qpass.cli.quantize import with_lowering
 from qpass.models.loading import save_checkpoint
 from qpass.pipeline.pass_base import PASSES
 
@@ -72,14 +73,9 @@ PIPES = {"rtn": lambda: qpass.Pipeline([P.FuseNorms(), P.RTN()], scheme="int4:g3
               P.Lower()])}
 
 
-def _lowered(pipe):
-    """The pipeline as `qpass quantize` runs it: ending in Lower unless it lowers already."""
-    return pipe if any(p.is_lowering for p in pipe.passes) else pipe.with_pass(P.Lower())
-
-
 # Every preset, as `qpass quantize` runs it (lowered): a new preset is covered automatically.
 for _preset in qpass.presets.names():
-    PIPES[_preset] = lambda name=_preset: _lowered(qpass.presets.get(name))
+    PIPES[_preset] = lambda name=_preset: with_lowering(qpass.presets.get(name), "auto")
 CASES = [("tiny-llada", name) for name in PIPES]
 # the Dream/Qwen2 layout (GQA, q/k/v biases, shifted logits) for the rotations and one
 # preset of each other family; MoE models have no HF checkpoint naming in qpass yet
