@@ -41,3 +41,9 @@ class BackendError(QpassError):
 class OutputPathError(QpassError):
     """An output path (--out, --json, --png) cannot be written, or would overwrite something
     qpass did not write; raised before any compute."""
+
+
+class UnsafeFileError(CheckpointError):
+    """A file in a folder qpass reads breaks the folder rule (DESIGN §6): a symlink that leaves
+    the folder, a device, FIFO or socket, a file over its size cap, or JSON too deep or of the
+    wrong shape. Raised before the file's content is used."""
