@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import folders
 from ..errors import CheckpointError
 from .config import NAMED_CONFIGS, ModelConfig
 from .denoiser import Denoiser, init_weights
@@ -56,39 +57,41 @@ def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0)
     raise CheckpointError(f"'{key}' is neither a known model ({known}) nor a checkpoint directory")
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; CheckpointError naming the file and line when it is not."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path} is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column "
-                              f"{e.colno}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+def read_json(path: Path, folder=None, cap_kind: str = "config", schema=dict) -> dict:
+    """A JSON object from `path`, a regular size-capped file inside `folder` (default: its
+    directory); one CheckpointError naming the file, line and field when it is not
+    (qpass.folders)."""
+    path = Path(path)
+    return folders.read_json(path, folder if folder is not None else path.parent,
+                             folders.CAPS[cap_kind], schema)
 
 
 def _tensor_files(path: Path) -> dict[str, Path]:
-    """checkpoint tensor name -> safetensors file holding it (single file or sharded index)."""
+    """checkpoint tensor name -> safetensors file holding it (single file or sharded index),
+    each checked to be a regular file inside `path` (its real path is returned, so nothing
+    later follows a link)."""
     index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(
-                isinstance(f, str) and "/" not in f and not f.startswith(".")
-                for f in weight_map.values()):
-            raise CheckpointError(f"{index} needs a 'weight_map' of tensor name -> shard file "
-                                  f"name in {path}")
-        return {k: path / f for k, f in weight_map.items()}
-    files = sorted(path.glob("*.safetensors"))
+    if os.path.lexists(index):
+        weight_map = read_json(index, path, "index", {"weight_map": folders.Mapping(str)})["weight_map"]
+        shards = {f: _shard(path, folders.check_name(f, "shard")) for f in set(weight_map.values())}
+        return {k: shards[f] for k, f in weight_map.items()}
+    files = sorted(p for p in path.iterdir() if p.name.endswith(".safetensors"))
     if not files:
         raise CheckpointError(f"{path} has no *.safetensors file and no model.safetensors.index.json")
     from safetensors import safe_open
     out = {}
     for f in files:
-        out.update({k: f for k in _open_safetensors(f, safe_open, lambda fh: list(fh.keys()))})
+        real = _shard(path, f.name)
+        out.update({k: real for k in _open_safetensors(real, safe_open, lambda fh: list(fh.keys()))})
     return out
+
+
+def _shard(folder: Path, name: str) -> Path:
+    """The real path of shard `name`: a regular file inside `folder` (qpass.folders); a missing
+    one is named when it is read."""
+    if not os.path.lexists(folder / name):
+        return folder / name
+    return folders.regular_file(folder / name, folder, "shard")
 
 
 def _open_safetensors(f: Path, safe_open, read):
@@ -120,7 +123,7 @@ def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoise
 def read_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig of an HF checkpoint directory (CheckpointError when it has none)."""
     cfg_file = Path(path) / "config.json"
-    if not cfg_file.exists():
+    if not os.path.lexists(cfg_file):
         raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
     try:
         return config_from_hf(read_json(cfg_file), str(cfg_file))

@@ -23,7 +23,9 @@ import json
 import os
 from pathlib import Path
 
-from qpass.errors import CheckpointError
+from qpass import folders
+from qpass.errors import CheckpointError, UnsafeFileError
+from qpass.folders import Mapping, Optional
 from qpass.models.tokenizer import save_tokenizer
 from qpass.runtime.atomic_dir import commit, discard, new_temporary
 from qpass.runtime.graph_io import build_graph_module, graph_to_json
@@ -48,15 +50,38 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# What every reader of a manifest relies on, checked before any field is used (qpass.folders);
+# the graph's nodes and modules are validated node by node in graph_io.
+MANIFEST_SCHEMA = {
+    "format": str, "version": Optional(int), "files": Mapping(str), "config": dict,
+    "graph": {"nodes": [dict], "modules": Mapping(dict)}, "tensors": Mapping(dict),
+    "weights": Optional([str]), "pipeline": Optional([{"name": str, "config": Optional(dict)}]),
+    "pipeline_scheme": Optional((str, dict, type(None))), "report": Optional((dict, type(None))),
+    "specs": Optional((dict, type(None))),
+}
+
+
+def _manifest_of(directory: Path) -> dict | None:
+    """The manifest.json object of `directory` when it is a regular, size-capped file inside
+    it holding a JSON object of the qpass format; None otherwise (the format-marker test)."""
+    try:
+        manifest = folders.read_json(directory / MANIFEST, directory, folders.CAPS["manifest"],
+                                     {"format": str, "files": Mapping(str)}, "manifest")
+    except (OSError, UnsafeFileError):
+        return None
+    return manifest if manifest["format"] == FORMAT else None
+
+
+def has_format_marker(directory) -> bool:
+    """Whether `directory` holds a qpass compiled checkpoint's manifest (not yet verified)."""
+    return Path(directory).is_dir() and _manifest_of(Path(directory)) is not None
+
+
 def qpass_files(directory: Path) -> set[str] | None:
     """Names of the files a qpass checkpoint in `directory` wrote (None: not one, by its format
     marker: a manifest.json of format qpass-compiled next to SHA256SUMS)."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
-            not (directory / SUMS).is_file() or not isinstance(manifest.get("files"), dict):
+    manifest = _manifest_of(directory)
+    if manifest is None or not (directory / SUMS).is_file():
         return None
     return set(manifest["files"]) | {MANIFEST, SUMS}
 
@@ -135,38 +160,41 @@ def save_streamed(manifest: dict, tokenizer, shards: list[Path], out) -> Path:
     return out
 
 
-def _check_hash(path: Path, want: str) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
-    got = sha256(path)
+def _check_hash(d: Path, name: str, want: str) -> Path:
+    """The real path of file `name` of checkpoint `d` after checking it is a regular file
+    inside `d` whose sha256 is `want`."""
+    path = d / folders.check_name(name, "checkpoint file")
+    try:
+        got = folders.sha256_file(path, d, "checkpoint file")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete") from None
     if got != want:
         raise CheckpointError(f"{path.name} is corrupt (sha256 {got[:12]}… != recorded "
                               f"{want[:12]}…): truncated or modified; save the model again")
+    return folders.regular_file(path, d)
 
 
 def read_manifest(directory) -> dict:
+    """The manifest of checkpoint `directory`, hash-checked against SHA256SUMS and validated
+    against MANIFEST_SCHEMA (one CheckpointError naming what is wrong)."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d} is not a directory")
     sums = d / SUMS
-    if not sums.exists():
+    if not os.path.lexists(sums):
         raise CheckpointError(f"{d} has no {SUMS}: not a qpass compiled checkpoint (or incomplete)")
-    parts = sums.read_text().split()
-    if len(parts) != 2 or parts[1] != MANIFEST:
+    parts = folders.read_text(sums, d, folders.CAPS["sums"], SUMS).split()
+    if len(parts) != 2 or parts[1] != MANIFEST or len(parts[0]) != 64:
         raise CheckpointError(f"{sums} is malformed; expected '<sha256>  {MANIFEST}'")
-    _check_hash(d / MANIFEST, parts[0])
-    try:
-        manifest = json.loads((d / MANIFEST).read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{d / MANIFEST} is not valid JSON: {e}") from None
+    _check_hash(d, MANIFEST, parts[0])
+    manifest = folders.read_json(d / MANIFEST, d, folders.CAPS["manifest"], dict, "manifest")
     if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{d} holds format {manifest.get('format')!r}, not {FORMAT!r}")
-    if manifest.get("version", 0) > VERSION:
+        raise CheckpointError(f"{d} holds format {str(manifest.get('format'))[:40]!r}, not {FORMAT!r}")
+    version = manifest.get("version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise CheckpointError(f"{d} was written by a newer qpass (format version "
-                              f"{manifest['version']} > {VERSION}); upgrade qpass")
-    for key in ("graph", "tensors", "files", "config"):
-        if key not in manifest:
-            raise CheckpointError(f"{d / MANIFEST} lacks the key {key!r}")
+                              f"{version} > {VERSION}); upgrade qpass")
+    folders.check_shape(manifest, MANIFEST_SCHEMA, str(d / MANIFEST))
     return manifest
 
 
@@ -207,18 +235,14 @@ def load(directory) -> tuple:
     d = Path(directory)
     manifest = read_manifest(d)
     weights = manifest.get("weights", [WEIGHTS])     # streamed runs write one shard per stage
-    if not isinstance(weights, list) or not weights or \
-            any(not isinstance(w, str) or w not in manifest["files"] for w in weights):
-        raise CheckpointError(f"{d / MANIFEST} lists weight files {weights!r} that are not all "
-                              f"among its hashed files")
-    for name, digest in manifest["files"].items():
-        if "/" in name or name.startswith("."):
-            raise CheckpointError(f"bad file name {name!r} in manifest")
-        _check_hash(d / name, digest)
+    if not weights or any(w not in manifest["files"] for w in weights):
+        raise CheckpointError(f"{d / MANIFEST} lists weight files {weights!r:.200} that are not "
+                              f"all among its hashed files")
+    real = {name: _check_hash(d, name, digest) for name, digest in manifest["files"].items()}
     tensors = {}
     for w in weights:
         try:
-            part = load_file(str(d / w))
+            part = load_file(str(real[w]))
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"cannot read {d / w}: {e}") from None
         dup = sorted(set(part) & set(tensors))
@@ -230,6 +254,7 @@ def load(directory) -> tuple:
     gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"])
     try:
         config = ModelConfig.from_dict(manifest["config"])
-    except (TypeError, KeyError) as e:
+    except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"bad model config in manifest: {e}") from None
-    return gm, config, load_tokenizer(d), manifest
+    # the tokenizer reads only files the manifest lists and hashes (checked above)
+    return gm, config, load_tokenizer(d, files=set(real) - {MANIFEST, *weights}), manifest

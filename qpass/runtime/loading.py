@@ -3,19 +3,12 @@ qpass.study use it too: a compiled checkpoint dir (qpass's manifest.json) → lo
 anything else (a zoo name or an HF checkpoint dir) → qpass.models.load."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def is_compiled_dir(name_or_dir) -> bool:
-    from .checkpoint import FORMAT, MANIFEST
-    p = Path(str(name_or_dir)) / MANIFEST
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (OSError, ValueError):
-        return False
+    """Whether `name_or_dir` is a folder holding a qpass compiled checkpoint's manifest (the
+    format marker, read under the folder rule of qpass.folders; load_compiled verifies it)."""
+    from .checkpoint import has_format_marker
+    return has_format_marker(str(name_or_dir))
 
 
 def load_any(name_or_dir, device=None, dtype=None):
