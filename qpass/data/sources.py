@@ -96,7 +96,9 @@ def eval_dir(model_dir: str | Path) -> Path:
 
 
 def read_eval_text(model_dir: str | Path, name: str, max_bytes: int | None = None) -> str:
-    text = (eval_dir(model_dir) / name).read_text()
+    from qpass import folders
+    d = eval_dir(model_dir)
+    text = folders.read_text(d / folders.check_name(name), d, folders.CAPS["data"], "eval file")
     return text[:max_bytes] if max_bytes else text
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,9 +104,10 @@ def _rebuilt(name: str) -> str:
 
 
 def eval_text(name: str, data_dir: Path | None) -> str:
+    from qpass import folders
     for d in (data_dir, ZOO_EVAL_DIR):
-        if d is not None and (Path(d) / name).exists():
-            return (Path(d) / name).read_text()
+        if d is not None and os.path.lexists(Path(d) / name):
+            return folders.read_text(Path(d) / name, d, folders.CAPS["data"], "eval file")
     return _rebuilt(name)
 
 
@@ -157,7 +159,10 @@ def _binomial_se(p: float, n: int) -> float:
 
 def math_problems(ctx: TaskContext) -> list[tuple[str, str]]:
     """(prompt, answer) pairs: few-shot lines `a+b=c` from the training split, then `a+b=`."""
-    rows = [json.loads(ln) for ln in eval_text(sources.ARITH_FILE, ctx.data_dir).splitlines() if ln]
+    from qpass import folders
+    rows = [folders.parse_json(ln, f"{sources.ARITH_FILE} line {i}",
+                               {"a": int, "b": int, "answer": str})
+            for i, ln in enumerate(eval_text(sources.ARITH_FILE, ctx.data_dir).splitlines(), 1) if ln]
     rng = random.Random(ctx.seed)
     picked = rng.sample(rows, ctx.cap(min(ctx.settings.math_items, len(rows))))
     train = sources.arithmetic_problems("train")

@@ -19,7 +19,8 @@ def read_prompts(path) -> list[str]:
         from ..calibration.texts import read_texts
         prompts = read_texts(path, field="prompt")
     elif path.suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        from .. import folders
+        lines = folders.read_text(path, path.parent, folders.CAPS["data"], "--prompts").splitlines()
         prompts = [ln.replace("\\n", "\n") for ln in lines if ln.strip()]
     else:
         raise QpassError(f"--prompts {path}: expected a .txt file (one prompt per line) or a "

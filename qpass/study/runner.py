@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .. import folders
 from ..calibration import build_calibration
 from ..errors import QpassError
 from ..runtime.loading import load_any
@@ -55,7 +56,7 @@ def read_config(path, out: str | None = None) -> StudyConfig:
     p = Path(path)
     if not p.is_file():
         raise QpassError(f"study config {p} does not exist")
-    text = p.read_text()
+    text = folders.read_text(p, p.parent, folders.CAPS["config"], "study config")
     if p.suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -124,10 +125,12 @@ def model_identity(path: str) -> dict:
         return {"name": path}
     files = {}
     for f in sorted(d.rglob("*")):
-        if f.is_file() and "eval" not in f.relative_to(d).parts:
-            with f.open("rb") as fh:
-                head = fh.read(1 << 20)
-            files[str(f.relative_to(d))] = [f.stat().st_size, hashlib.sha256(head).hexdigest()]
+        if f.is_dir() or "eval" in f.relative_to(d).parts:
+            continue
+        fd = folders.open_regular(f, d, "model file")     # no link out, no FIFO or device
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(1 << 20)
+            files[str(f.relative_to(d))] = [os.fstat(fd).st_size, hashlib.sha256(head).hexdigest()]
     return {"name": path, "files": files}
 
 

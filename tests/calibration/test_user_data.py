@@ -26,7 +26,7 @@ def test_txt_jsonl_and_folders_in_a_fixed_order(tmp_path):
 
 
 @pytest.mark.parametrize("content, words", [("{\"txt\": \"x\"}\n", "string 'text' field"),
-                                            ("not json\n", "b.jsonl:1: not valid JSON")])
+                                            ("not json\n", "b.jsonl:1 is not valid JSON")])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, words):
     (tmp_path / "b.jsonl").write_text(content)
     with pytest.raises(qpass.CalibrationError, match=words):
