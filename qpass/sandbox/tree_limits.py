@@ -125,16 +125,16 @@ class TreeLimits:
             time.sleep(0.01)
 
     def memory_exceeded(self) -> bool:
-        for d in self.groups:
-            for fname in ("memory.failcnt", "memory.events"):
+        for d in self.groups:           # v1 counts in failcnt and oom_control, v2 in events
+            for fname in ("memory.failcnt", "memory.oom_control", "memory.events"):
                 try:
                     text = (d / fname).read_text()
                 except OSError:
                     continue
                 if fname == "memory.failcnt" and int(text.strip() or 0) > 0:
                     return True
-                if fname == "memory.events" and any(ln.startswith("oom_kill ") and ln.split()[1] != "0"
-                                                   for ln in text.splitlines()):
+                if any(ln.startswith("oom_kill ") and ln.split()[1] != "0"
+                       for ln in text.splitlines()):
                     return True
         return False
 
