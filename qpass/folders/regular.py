@@ -71,7 +71,13 @@ def regular_file(path, folder, what: str = "file") -> Path:
         raise UnsafeFileError(f"{what} {path} resolves to {real}, outside the folder {folder}; "
                               f"qpass reads only files inside the folder (replace the link with "
                               f"the file itself)")
-    st = os.stat(real)                     # lstat would do: real has no symlink component
+    try:
+        st = os.stat(real)                 # lstat would do: real has no symlink component
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise UnsafeFileError(f"{what} {path} is a link to nothing ({real}); replace it "
+                                  f"with the file itself") from None
+        raise
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeFileError(f"{what} {path} is not a regular file (a "
                               f"{_kind(st.st_mode)}); qpass reads only regular files")

@@ -102,11 +102,18 @@ class Report:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Report":
-        cov = d.get("coverage")
+        """The report a manifest recorded (CheckpointError when it has the wrong shape: a
+        checkpoint's report is read from a file a stranger may have written)."""
+        from qpass.errors import CheckpointError
         no_specs = {"weight_spec": None, "act_spec": None}     # filled by attach_specs
-        return cls([PassRecord(**p) for p in d.get("passes", [])],
-                   [LinearRecord(**{**no_specs, **r}) for r in d.get("linears", [])],
-                   None if cov is None else [CoverageRow(**{**no_specs, **r}) for r in cov])
+        try:
+            cov = d.get("coverage")
+            return cls([PassRecord(**p) for p in d.get("passes", [])],
+                       [LinearRecord(**{**no_specs, **r}) for r in d.get("linears", [])],
+                       None if cov is None else [CoverageRow(**{**no_specs, **r}) for r in cov])
+        except (TypeError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"the manifest's report is malformed ({type(e).__name__}: "
+                                  f"{str(e)[:120]}); the checkpoint was modified") from None
 
     def rich_tables(self) -> list:
         from rich.table import Table
