@@ -181,6 +181,14 @@ PLACEMENTS = st.sampled_from(["link-out", "dev-zero", "fifo", "dir", "dangling",
                               "empty"])
 
 
+@pytest.fixture(scope="module")
+def zoo_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "q4"
+    qpass.Pipeline([qpass.passes.RTN()], scheme="int4:g32:sym:f16scale").run(
+        models.load("tiny-llada"), out=out)
+    return out
+
+
 # ---- compiled checkpoints ----------------------------------------------------------------
 def _copy_checkpoint(tmp_path, case) -> Path:
     d = tmp_path / "ck"
@@ -308,3 +316,28 @@ def _snapshot(root: Path, skip: Path) -> dict:
         else:
             out[str(p)] = ("other", p.is_dir())
     return out
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, phases=NO_SHRINK,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data(), fmt=st.sampled_from(["gguf", "gptq", "compressed-tensors"]),
+       target=st.sampled_from(["manifest.json", "qpass_tokenizer.json"]))
+def test_fuzz_export_of_a_hostile_checkpoint(tmp_path, zoo_checkpoint, data, fmt, target):
+    """Exports read the same hostile checkpoint (tiny-llada, q4_0 RTN, with its tokenizer):
+    one error line, or a file only at --out."""
+    from qpass.interop import FORMATS, read_source
+    d = tmp_path / "ck"
+    if d.exists():
+        shutil.rmtree(d)
+    shutil.copytree(zoo_checkpoint, d)
+    doc = json.loads((d / target).read_text())
+    (d / target).write_text(json.dumps(mutate_json(doc, data.draw, data.draw(st.integers(1, 3)))))
+    rehash(d)
+    out = tmp_path / "x" / ("e.gguf" if fmt == "gguf" else "e")
+    if out.parent.exists():
+        shutil.rmtree(out.parent)
+    out.parent.mkdir()            # the output check's probe file goes there, not beside it
+    before = _snapshot(tmp_path, skip=out.parent)
+    outcome(lambda: FORMATS[fmt](read_source(load_compiled(d)), out, scale_dtype="float16"),
+            d, also=[out.parent])
+    assert _snapshot(tmp_path, skip=out.parent) == before
