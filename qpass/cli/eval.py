@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from qpass.errors import QpassError
+from qpass.folders.owned import write_output
 
 from .args import positive_int, seed
 from .common import load_model
@@ -81,5 +82,5 @@ def run_eval_command(args) -> int:
     results["model"] = str(args.model)
     print_results(results, Console())
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n")
+        write_output(args.json_out, json.dumps(results, indent=1) + "\n", "--json")
     return 0

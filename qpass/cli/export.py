@@ -38,6 +38,8 @@ def add_export_command(sub) -> None:
 def cmd_export(args) -> int:
     from qpass.interop import FORMATS, read_source
     from qpass.runtime import load_compiled
+    from qpass.runtime.output import check_new_output
+    check_new_output(args.out, "--out")                  # before anything slow (DESIGN §9)
     src = read_source(load_compiled(args.directory))
     scale_dtype = args.scale_dtype or DEFAULT_SCALE_DTYPE[args.format]
     out = FORMATS[args.format](src, args.out, scale_dtype=scale_dtype)

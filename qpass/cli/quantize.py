@@ -5,6 +5,7 @@ subclasses, printed by qpass.cli as one line."""
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
 from qpass.calibration import build_calibration
@@ -83,10 +84,9 @@ def streams(model_name) -> bool:
 
 
 def cmd_quantize(args) -> int:
-    from rich.console import Console
-
-    from qpass.calibration.distributed import init_from_env, rank_and_world, shard
-    from qpass.runtime.output import check_free_space, check_output_dir
+    from qpass.calibration.distributed import init_from_env, rank_and_world
+    from qpass.pipeline.work_dir import hold
+    from qpass.runtime.output import check_output_dir
     check_output_dir(args.out, "--out")                 # before anything slow (DESIGN §9)
     pipe = resolve_pipeline(args.pipeline).replace(allow_uncovered=args.allow_uncovered)
     if args.strict_groups:
@@ -100,6 +100,18 @@ def cmd_quantize(args) -> int:
     if streamed and parallel:
         raise PipelineError("streaming a checkpoint directory runs in one process for now; "
                             "drop torchrun, or load a model that fits in memory")
+    rank = rank_and_world()[0]                           # every rank agrees; rank 0 writes
+    # --out's work folder, checked and locked before the model is read: a second run
+    # writing the same --out is one error now, naming this one's PID (work_dir.py)
+    with hold(args.out) if rank == 0 else nullcontext():
+        return _quantize(args, pipe, device, streamed, rank)
+
+
+def _quantize(args, pipe, device, streamed: bool, rank: int) -> int:
+    from rich.console import Console
+
+    from qpass.calibration.distributed import shard
+    from qpass.runtime.output import check_free_space
     if streamed:                                         # config and tokenizer, no weights
         from qpass.models import load
         model = load(args.model, device="meta")
@@ -110,7 +122,6 @@ def cmd_quantize(args) -> int:
         check_free_space(args.out, int(fp_bytes * 1.1) + (8 << 20), "--out")
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
-    rank = rank_and_world()[0]                           # every rank agrees; rank 0 writes
     out = pipe.run(model, shard(calib), out=args.out if rank == 0 else None, device=device,
                    dtype=torch_dtype(args.dtype), progress=not args.quiet and rank == 0,
                    seed=args.seed)

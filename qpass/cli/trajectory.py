@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qpass.calibration import build_calibration
 from qpass.errors import QpassError
+from qpass.folders.owned import write_output
 from qpass.runtime.loading import is_compiled_dir
 
 from .args import positive_int
@@ -107,7 +108,7 @@ def run_trajectory_command(args, data_dir=None) -> int:
     data["prompt_texts"] = prompts
     _print(data, Console())
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(data, indent=1) + "\n")
+        write_output(args.json_out, json.dumps(data, indent=1) + "\n", "--json")
     if args.png:
         plot_trajectory(data, args.png, title=f"{args.model}: trajectory error vs FP")
     return 0

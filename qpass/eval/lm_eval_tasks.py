@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from ..data import sources
+from ..folders.owned import write_output
 from .cloze import build_cloze
 from .tasks import TaskContext, TaskSettings, eval_text, math_problems
 
@@ -90,14 +91,16 @@ def arith_rows(n: int, seed: int = 0, shots: int = 3, data_dir=None) -> list[dic
 def write_local_tasks(directory, n_cloze: int = 40, n_arith: int = 40, seed: int = 0,
                       max_gen_toks: int = 4, data_dir=None) -> Path:
     """Write the two tasks' jsonl and YAML files into `directory` (made if missing); returns it.
-    Only these four files are written (an existing file of the same name is replaced)."""
+    Only these four files are written (an existing regular file of the same name is replaced;
+    a symlink there is refused, never written through)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows, template in (
             (CLOZE_TASK, cloze_rows(n_cloze, seed, data_dir), _CLOZE_YAML),
             (ARITH_TASK, arith_rows(n_arith, seed, data_dir=data_dir), _ARITH_YAML)):
-        data = out / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (out / f"{name}.yaml").write_text(template.format(name=name, data=json.dumps(str(data.resolve())),
-                                                          max_gen_toks=max_gen_toks))
+        data = out / f"{name}.jsonl"             # new files renamed into place, never via a link
+        write_output(data, "".join(json.dumps(r) + "\n" for r in rows), "task file")
+        write_output(out / f"{name}.yaml", template.format(
+            name=name, data=json.dumps(str(data.resolve())), max_gen_toks=max_gen_toks),
+            "task file")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import QpassError
+from ..folders.owned import replacing
 
 
 def _pyplot():
@@ -52,7 +53,8 @@ def plot_trajectory(report: dict, path: str | Path, title: str = "") -> Path:
                  f"gen {s['gen_length']}, {s['steps']} steps)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with replacing(path, "--png") as tmp:     # never written through a link (DESIGN §6)
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

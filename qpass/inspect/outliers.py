@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qpass.errors import PipelineError
+from qpass.folders.owned import replacing
 from qpass.ir import capture
 from qpass.pipeline.pass_base import Fact
 from qpass.calibration.stats import channel_ratio, collect_input_stats, iter_batches
@@ -134,6 +135,7 @@ def _plot(rows: list[dict], png, con: Console) -> None:
     ax.set_xticks(list(xs), [r["linear"] for r in rows], rotation=90, fontsize=6)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    with replacing(png, "--png") as tmp:      # never written through a link (DESIGN §6)
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     con.print(f"plot written to {png}")

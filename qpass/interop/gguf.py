@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from qpass.errors import CheckpointError
+from qpass.folders.owned import publish_new
 from qpass.interop.gguf_file import (ARRAY, BOOL, F32, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0,
                                      GGML_Q8_0, I32, STRING, U32, Tensor, Value, write_gguf)
 from qpass.interop.source import ExportSource, QLinear
 from qpass.models.naming import key_map
-from qpass.runtime.output import check_output_file
+from qpass.runtime.output import check_new_output
 
 ARCH = {"llada": "llada", "dream": "dream", "llama": "llama"}
 BLOCK = 32
@@ -230,20 +231,22 @@ def export_gguf(src: ExportSource, out, scale_dtype: str = "float16") -> Path:
                               f"float16 by definition; drop the option")
     if not src.linears:
         raise CheckpointError("the checkpoint has no quantized linears; nothing to export as GGUF")
-    out = check_output_file(out, "--out")
-    if out.exists():
-        raise CheckpointError(f"{out} already exists; choose a new file name (nothing was written)")
+    out = check_new_output(out, "--out")          # nothing there, not even a dangling link
     tensors = gguf_tensors(src)
     md = gguf_metadata(src, tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write_gguf(f, md, tensors)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, out)
-    except BaseException:
+        try:
+            publish_new(tmp, out)                 # never replaces what appeared meanwhile
+        except FileExistsError:
+            raise CheckpointError(f"{out} appeared while qpass was writing it; choose a new "
+                                  f"file name (nothing was written)") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
     return out

@@ -14,7 +14,12 @@ and the cached boundary activations. A run that dies restarts with the same argu
 the last complete stage (`resume`, `restore`; resume.py): the progress file names the run
 (pipeline configs, input files, calibration) and every completed stage's shard and cache by
 sha256; anything that does not match is recomputed. `finish` assembles the shards into a
-compiled checkpoint."""
+compiled checkpoint.
+
+The work directory `.OUT.qpass-stream` is the run's own and locked for it (work_dir.py): never
+a symlink, never another user's, a second run on OUT is refused at once; every file written
+there is first made free by unlinking what held its name (never written through a link), and
+only qpass's own names are removed when the run completes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,12 +29,12 @@ import torch
 
 from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.host_memory import available_bytes, release_freed_memory
-from qpass.pipeline.resume import (load_progress, restore_attrs, restore_modules, run_key,
-                                   save_progress, written)
+from qpass.folders.owned import clear_name
+from qpass.pipeline.resume import (cache_name, ignored, load_progress, restore_attrs,
+                                   restore_modules, run_key, save_progress, shard_name, written)
 from qpass.pipeline.stage_results import load_cache
+from qpass.pipeline.work_dir import WorkFolder
 from qpass.runtime.checkpoint import sha256 as sha256_file
-
-WORK = ".qpass-stream"            # the work directory inside the output's parent
 
 
 def stage_modules(stage) -> list[str]:
@@ -46,7 +51,8 @@ class DiskStore:
         from qpass.models.tokenizer import load_tokenizer
         from qpass.runtime.checkpoint import check_target
         self.target = check_target(out)                  # before any compute
-        self.work = self.target.parent / f".{self.target.name}{WORK}"
+        self.folder = WorkFolder(self.target)            # the run's own, locked below
+        self.work = self.folder.path
         self.device, self.dtype = torch.device(device), dtype
         self.checkpoint_dir = Path(checkpoint_dir)
         self.cfg = read_config(self.checkpoint_dir)
@@ -59,6 +65,12 @@ class DiskStore:
         self.shared: dict[str, Any] = {}      # pass index -> its start state (resume)
         self.key = None
         self.resumed = False
+        self.last_cache = None        # the boundary caches a resumed run starts from
+        self.folder.acquire()         # a second run writing `out` fails here, before compute
+
+    def close(self) -> None:
+        """Unlock the work folder (the run ended, however); it stays while resumable."""
+        self.folder.release()
 
     # ---- capture and resume -------------------------------------------------------------
     def capture(self, seed: int = 0):
@@ -66,7 +78,6 @@ class DiskStore:
         from qpass.ir import capture
         from qpass.models.rope import rope_tables
         from qpass.pipeline.verify import default_probe
-        self.work.mkdir(parents=True, exist_ok=True)
         g = capture(self.model, default_probe(self.cfg.vocab_size, "meta", seed))
         cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta,
                                self.cfg.rope_scaling, device=self.device)
@@ -84,6 +95,13 @@ class DiskStore:
         states to that dict, which every progress record then saves."""
         self.key = run_key(pipeline, self.checkpoint_dir, calib, self.device, self.dtype)
         records, self.shared = load_progress(self.work, self.key)
+        if records:                   # read now: an unreadable cache means starting over
+            path = self.work / records[-1].cache
+            try:
+                self.last_cache = load_cache(path)
+            except Exception as e:    # weights_only refuses anything but tensors and lists
+                ignored(path, f"{type(e).__name__}: {e}")
+                records, self.shared = [], {}
         return records, self.shared
 
     def restore(self, g, stage, record, runner, known: set, last: bool):
@@ -98,7 +116,7 @@ class DiskStore:
             runner.adopt(stage, new)
         restore_attrs(g.gm, self.work, stage, record)
         restore_modules(g.gm, record)
-        return load_cache(self.work / record.cache) if last else None
+        return self.last_cache if last else None
 
     # ---- per stage ----------------------------------------------------------------------
     def check_memory(self, g, stage) -> None:
@@ -156,11 +174,11 @@ class DiskStore:
         from qpass.pipeline import stage_nodes
         from qpass.runtime.graph_io import module_entry
         record = records[-1]
-        shard = self.work / f"stage-{stage.index:05d}.safetensors"
+        shard = clear_name(self.work / shard_name(stage.index))   # never written through a link
         tensors, kinds = self.stage_tensors(g, stage)
         written(shard, lambda: save_file(tensors, str(shard), metadata={"format": "qpass-stage"}))
         tensors = None                            # the shard's buffers go before the next stage
-        cache_file = self.work / f"cache-{stage.index:05d}.pt"
+        cache_file = clear_name(self.work / cache_name(stage.index))
         saved = {"main": list(cache or []),
                  "shadows": {str(k): list(v) for k, v in (shadows or {}).items()}}
         written(cache_file, lambda: torch.save(saved, cache_file))
@@ -171,9 +189,8 @@ class DiskStore:
         record.kinds, record.nodes = kinds, stage_nodes.record(stage.nodes)
         save_progress(self.work, self.key, self.shared, records)
         if stage.index > 0:                     # the previous cache is not needed again
-            prev = self.work / f"cache-{stage.index - 1:05d}.pt"
-            if prev.exists():
-                prev.write_bytes(b"")           # keep the name, drop the bytes
+            prev = clear_name(self.work / cache_name(stage.index - 1))
+            prev.touch(exist_ok=False)          # keep the name, drop the bytes
 
     def free(self, g, stage) -> None:
         """Back to meta: the graph's modules and the built model's (which still holds the
@@ -207,7 +224,7 @@ class DiskStore:
         extra = {k: v.detach().to("cpu").contiguous() for k, v in g.gm.named_buffers()
                  if k not in owned and v.device.type != "meta"}
         kinds = {k: {"kind": "buffer", "persistent": k in persistent} for k in extra}
-        globals_file = self.work / "globals.safetensors"
+        globals_file = clear_name(self.work / "globals.safetensors")
         save_file(extra, str(globals_file), metadata={"format": "qpass-stage"})
         graph = graph_to_json(g.gm)
         for r in records:
@@ -221,9 +238,7 @@ class DiskStore:
         shards = [self.work / r.shard for r in records] + [globals_file]
         result.path = save_streamed(result.manifest, self.model.tokenizer, shards, self.target)
         result.on_disk_only = True
-        for f in self.work.iterdir():                     # the run is complete: drop its state
-            f.unlink()
-        self.work.rmdir()
+        self.folder.clear()              # the run is complete: its state goes (close: the folder)
         for name, t in list(g.gm.named_buffers()):         # the result holds no tensors
             owner, _, attr = name.rpartition(".")
             (g.gm.get_submodule(owner) if owner else g.gm)._buffers[attr] = t.to("meta")

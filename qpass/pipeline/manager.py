@@ -162,9 +162,13 @@ class Pipeline:
         per stage run."""
         from qpass.pipeline.executor import Executor
         store = self._store(model_or_dir, probe, dtype, out, device)
-        verify = self.verify if verify is None else verify
-        with _progress(progress) as prog:
-            return Executor(self, store, calib, verify, seed, prog, offload_dir, batch_size).run()
+        try:
+            verify = self.verify if verify is None else verify
+            with _progress(progress) as prog:
+                return Executor(self, store, calib, verify, seed, prog, offload_dir,
+                                batch_size).run()
+        finally:
+            store.close()                 # the work folder's lock (work_dir.py)
 
     def apply(self, g, calib=None, probe=None, seed: int = 0, verify: bool | None = None,
               progress: bool = False):

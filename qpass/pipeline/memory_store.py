@@ -3,7 +3,7 @@ is read or written per stage, and nothing resumes. The store captures a private 
 model (the caller's model is never changed; a QGraph given by the caller is worked on in
 place), and at the end checks coverage, measures every quantized linear's output SQNR on the
 probe batch against the float graph and returns the CompiledDenoiser (saved when `out` is
-given)."""
+given; the run then holds `out`'s work-folder lock, work_dir.py)."""
 from __future__ import annotations
 
 import copy
@@ -11,6 +11,7 @@ import copy
 import torch
 
 from qpass.errors import CalibrationError
+from qpass.pipeline.work_dir import WorkFolder
 
 
 class MemoryStore:
@@ -22,6 +23,13 @@ class MemoryStore:
         self.on_meta = False
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.fp_linear_out: dict = {}
+        # a run writing `out` holds its work folder's lock (work_dir.py), as a streamed one
+        # does: a second run writing the same `out` fails at once, not after its compute
+        self.folder = WorkFolder(out).acquire() if out is not None else None
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.release()
 
     # ---- capture ------------------------------------------------------------------------
     def capture(self, seed: int = 0):

@@ -6,14 +6,20 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import stat
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from qpass.errors import CheckpointError
+from qpass import folders
+from qpass.errors import CheckpointError, UnsafeFileError
+from qpass.folders import Mapping
+from qpass.folders.owned import clear_name
 from qpass.pipeline.stage_results import StageRecord
-from qpass.runtime.checkpoint import sha256 as sha256_file
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
@@ -51,40 +57,98 @@ def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
     return h.hexdigest()
 
 
+# every field of progress.json typed (qpass.folders.read_json); file names are checked
+# against the one name each stage writes (_stage_record) before anything is opened
+_NODE = {"op": str, "name": str, "target": object, "args": object, "kwargs": {"dict": list}}
+_STAGE = {"index": int, "shard": str, "sha256": str, "cache": str, "cache_sha256": str,
+          "results": Mapping(dict), "facts": Mapping(list), "modules": Mapping(dict),
+          "kinds": Mapping(dict), "nodes": [_NODE]}
+PROGRESS_SCHEMA = {"run": str, "shared": Mapping(object), "stages": [_STAGE]}
+_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def shard_name(index: int) -> str:
+    return f"stage-{index:05d}.safetensors"
+
+
+def cache_name(index: int) -> str:
+    return f"cache-{index:05d}.pt"
+
+
+def own_file(work: Path, name: str, what: str) -> Path:
+    """`work`/`name` after checking that it is a regular file in the work folder itself (by
+    lstat: not a link, not even to a file inside the folder); UnsafeFileError otherwise,
+    FileNotFoundError when absent."""
+    path = work / folders.check_name(name, what)
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise UnsafeFileError(f"{what} {path} is not a regular file")
+    return folders.regular_file(path, work, what)
+
+
+def _stage_record(r: dict, i: int) -> StageRecord:
+    if r["index"] != i or r["shard"] != shard_name(i) or r["cache"] != cache_name(i):
+        raise UnsafeFileError(f"stage record {i} names {r['shard'][:80]!r} and "
+                              f"{r['cache'][:80]!r}; a run writes {shard_name(i)} and "
+                              f"{cache_name(i)} there")
+    if not (_HEX.match(r["sha256"]) and _HEX.match(r["cache_sha256"])):
+        raise UnsafeFileError(f"stage record {i} holds a malformed sha256")
+    return StageRecord(**{f.name: r[f.name] for f in fields(StageRecord)})
+
+
 def load_progress(work: Path, key: str) -> tuple[list[StageRecord], dict]:
     """(the completed stages of an interrupted run with this key, hash-checked; the passes'
-    start states it recorded) — ([], {}) when there is nothing to resume."""
+    start states it recorded) — ([], {}) when there is nothing to resume.
+
+    progress.json is read with qpass.folders.read_json (regular file in the work folder,
+    size-capped, every field typed) and its file names must be the ones each stage writes,
+    regular files in the work folder. A progress file that breaks any of this is not one a
+    qpass run wrote (or was cut short by a crash): it is ignored with one warning line and
+    the run starts over, which rewrites the folder's files (never through a link) and
+    computes the same result; the names in it are never opened."""
     path = work / PROGRESS
-    if not path.exists():
+    if not os.path.lexists(path):
         return [], {}
     try:
-        data = json.loads(path.read_text())
-    except ValueError:
+        data = folders.read_json(path, work, folders.CAPS["config"], PROGRESS_SCHEMA,
+                                 "progress file")
+        if data["run"] != key:
+            return [], {}                 # another pipeline or input: start over
+        records = []
+        for i, r in enumerate(data["stages"]):
+            rec = _stage_record(r, i)
+            try:
+                shard = own_file(work, rec.shard, "stage shard")
+            except FileNotFoundError:
+                break
+            if folders.sha256_file(shard, work, "stage shard") != rec.sha256:
+                break                     # recompute from the first stage that fails
+            records.append(rec)
+        # only the last stage's boundary cache is read again (earlier ones are emptied once
+        # used); without it the next stage has no inputs, so the run starts over
+        if records:
+            try:
+                cache = own_file(work, records[-1].cache, "stage cache")
+            except FileNotFoundError:
+                return [], {}
+            if folders.sha256_file(cache, work, "stage cache") != records[-1].cache_sha256:
+                return [], {}
+    except UnsafeFileError as e:
+        ignored(path, str(e))
         return [], {}
-    if data.get("run") != key:
-        return [], {}
-    shared = dict(data.get("shared", {}))
-    records = []
-    for r in data.get("stages", []):
-        rec = StageRecord(**r)
-        shard = work / rec.shard
-        if not (shard.exists() and sha256_file(shard) == rec.sha256):
-            break                         # recompute from the first stage that fails
-        records.append(rec)
-    # only the last stage's boundary cache is read again (earlier ones are emptied once
-    # used); without it the next stage has no inputs, so the run starts over
-    if records:
-        cache = work / records[-1].cache
-        if not (cache.exists() and sha256_file(cache) == records[-1].cache_sha256):
-            return [], {}
-    return records, shared
+    return records, dict(data["shared"])
+
+
+def ignored(path: Path, why: str) -> None:
+    """The one warning line of a resume state that is not used."""
+    logging.getLogger("qpass").warning("qpass: ignoring %s (%s); the run starts over", path,
+                                       why.splitlines()[0][:300])
 
 
 def save_progress(work: Path, key: str, shared: dict, records: list[StageRecord]) -> None:
-    tmp = work / (PROGRESS + ".tmp")
+    tmp = clear_name(work / (PROGRESS + ".tmp"))
     tmp.write_text(json.dumps({"run": key, "shared": shared,
                                "stages": [r.__dict__ for r in records]}, indent=1))
-    os.replace(tmp, work / PROGRESS)
+    os.replace(tmp, work / PROGRESS)      # replaces whatever is there, never through a link
 
 
 def restore_modules(gm, record: StageRecord) -> None:

@@ -36,7 +36,10 @@ def load_cache(path: Path):
         for values in items:
             c.append(values)
         return c
-    saved = torch.load(path, weights_only=True)     # written by this run, hash-checked
+    # written by a run, hash-checked; weights_only: a tampered file holding anything but
+    # tensors and containers is refused by torch's unpickler (never run); the caller
+    # (DiskStore.resume) then starts over
+    saved = torch.load(path, weights_only=True)
     return cache_of(saved["main"]), {int(k): cache_of(v) for k, v in saved["shadows"].items()}
 
 

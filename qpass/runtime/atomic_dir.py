@@ -10,20 +10,25 @@ step, so that at every instant the target holds the old complete directory or th
 
 The swap is one renameat2(RENAME_EXCHANGE) where the kernel and filesystem have it, else three
 renames (docs/FORMATS.md names the window where OUT is absent). Temporaries of dead processes
-are removed by the next write next to them. Used by compiled checkpoints
-(qpass.runtime.checkpoint) and exported directories (qpass.interop.writer); whether an
+are removed by the next write next to them (real directories of this user only: a symlink
+or a stranger's folder with such a name is never removed or followed). Used by compiled
+checkpoints (qpass.runtime.checkpoint) and exported directories (qpass.interop.writer); whether an
 existing OUT may be replaced is the caller's check (commit(replace=False) never replaces)."""
 from __future__ import annotations
 
-import ctypes
 import errno
+import fcntl
 import os
 import re
 import shutil
+import stat
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
-_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+from qpass.errors import CheckpointError
+from qpass.folders.owned import exchange_paths, publish_new
+
 _active: set[str] = set()          # temporaries this process is writing right now
 
 
@@ -35,44 +40,25 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _renameat2(a: Path, b: Path, flags: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available")
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(a))
-
-
-def exchange_paths(a: Path, b: Path) -> None:
-    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); OSError where
-    the kernel or filesystem cannot."""
-    _renameat2(a, b, _RENAME_EXCHANGE)
-
-
-def _rename_new(tmp: Path, out: Path) -> None:
-    """Rename onto a path that must not exist (FileExistsError if it appeared meanwhile)."""
-    try:
-        _renameat2(tmp, out, _RENAME_NOREPLACE)
-    except OSError as e:
-        if e.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-            raise
-        os.rename(tmp, out)          # fails on a non-empty OUT; an empty one is replaced
-
-
 def _temporary_name(out: Path) -> Path:
     return out.parent / f".{out.name}.qpass-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _stale_temporaries(out: Path) -> list[Path]:
+    """Temporaries of `out` left by dead qpass processes: by name, and by lstat a real
+    directory of this user (a symlink or a stranger's folder of that name is left alone)."""
     pat = re.compile(rf"\.{re.escape(out.name)}\."
                      rf"(qpass-tmp-(\d+)-[0-9a-f]{{8}}|(tmp|old)-[0-9a-f]{{8}})\Z")
     stale = []
     for p in out.parent.iterdir() if out.parent.is_dir() else ():
         m = pat.match(p.name)
-        if not m or str(p) in _active or not p.is_dir() or p.is_symlink():
+        if not m or str(p) in _active:
+            continue
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             continue
         pid = int(m.group(2)) if m.group(2) else None     # older qpass: .NAME.tmp-/.old-HEX
         if pid is not None and pid != os.getpid():
@@ -88,22 +74,44 @@ def _stale_temporaries(out: Path) -> list[Path]:
 
 
 def new_temporary(out: Path) -> Path:
-    """A new empty directory next to `out` (its parent created), stale ones of `out` removed."""
+    """A new empty directory next to `out` (its parent created; made by mkdir, which never
+    follows a link), stale ones of `out` removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in _stale_temporaries(out):
-        shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(p, ignore_errors=True)      # a real directory: rmtree follows no link
     tmp = _temporary_name(out)
     _active.add(str(tmp))
     tmp.mkdir()
     return tmp
 
 
+@contextmanager
+def _parent_locked(out: Path):
+    """An flock on OUT's parent directory while a commit moves things there: two saves to one
+    OUT commit one after the other (the last one wins, whole), never interleaved."""
+    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
-    if not replace:
-        _rename_new(tmp, out)
-        return
-    if not out.exists():
-        os.rename(tmp, out)
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise CheckpointError(f"{out} is a symbolic link; qpass never replaces or writes "
+                              f"through a link: choose another output directory (nothing was "
+                              f"written)")
+    if not replace or st is None:
+        try:
+            publish_new(tmp, out)                         # nothing may have appeared there
+        except FileExistsError:
+            raise CheckpointError(f"{out} appeared while qpass was writing it; choose a new "
+                                  f"output directory (nothing was written)") from None
         return
     try:
         exchange_paths(tmp, out)                          # tmp now holds the old directory
@@ -112,20 +120,27 @@ def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
             raise
         # no atomic swap on this filesystem: three renames (docs/FORMATS.md names the window)
         old = _temporary_name(out)
-        os.rename(out, old)
-        os.rename(tmp, out)
-        os.rename(old, tmp)
+        _active.add(str(old))                            # not a stale one to another save
+        try:
+            os.rename(out, old)
+            os.rename(tmp, out)
+            os.rename(old, tmp)
+        finally:
+            _active.discard(str(old))
 
 
 def commit(tmp: Path, out: Path, replace: bool = True) -> None:
     """fsync every file of `tmp` and `tmp` itself, move it into place at `out` (a rename, or a
     swap with the existing `out`), fsync the parent. `tmp` then holds the old `out`, if any.
     replace=False: `out` must not exist (an OUT that appeared since the caller checked is not
-    replaced: FileExistsError)."""
+    replaced: CheckpointError). Commits to one OUT are serialized (an flock on its parent),
+    so concurrent saves never interleave: each is whole, the last one stays. A symlink at OUT
+    is never replaced (CheckpointError)."""
     for p in tmp.iterdir():
         fsync(p)
     fsync(tmp)
-    _move_into_place(tmp, out, replace)
+    with _parent_locked(out):
+        _move_into_place(tmp, out, replace)
     fsync(out.parent)
 
 

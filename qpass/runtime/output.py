@@ -6,8 +6,10 @@ check_output_dir: a checkpoint directory (--out): not under /proc, /sys or /dev,
   path component is a file, the nearest existing ancestor accepts a new file (a probe file is
   created and removed: this catches read-only mounts, permissions and full inode tables), and
   the target itself is absent, empty or a qpass checkpoint holding only what qpass wrote.
-check_output_file: a result file (--json, --png): the same, and the path is not a directory and
-  not a file of a qpass checkpoint.
+check_output_file: a result file (--json, --png): the same, and the path is not a directory, not
+  a symlink (dangling or not: qpass never writes through one) and not a file of a qpass
+  checkpoint; write it with qpass.folders.owned.replacing / write_output.
+check_new_output: an output that must not exist yet (qpass export's directory or file).
 check_free_space: enough free bytes on the target's filesystem for an estimated size."""
 from __future__ import annotations
 
@@ -17,18 +19,21 @@ import tempfile
 from pathlib import Path
 
 from qpass.errors import CheckpointError, OutputPathError
+from qpass.folders.owned import check_replaceable
 from qpass.runtime import checkpoint
 
 _PSEUDO_FS = ("/proc", "/sys", "/dev")
 
 
 def _nearest_existing(path: Path, flag: str) -> Path:
-    """The deepest existing ancestor of `path`; every existing component must be a directory."""
+    """The deepest existing ancestor of `path` (a dangling link counts as existing); every
+    existing component must be a directory."""
     cur = path
-    while not cur.exists():
+    while not os.path.lexists(cur):
         cur = cur.parent
     if not cur.is_dir():
-        raise OutputPathError(f"{flag} {path}: {cur} is a file, not a directory; choose a path "
+        what = "a dangling symbolic link" if cur.is_symlink() else "a file"
+        raise OutputPathError(f"{flag} {path}: {cur} is {what}, not a directory; choose a path "
                               f"whose parents are directories")
     return cur
 
@@ -39,7 +44,7 @@ def _check_writable_place(path: Path, flag: str) -> None:
         if real == Path(top) or Path(top) in real.parents:
             raise OutputPathError(f"{flag} {path}: {top} is a kernel pseudo-filesystem, not a "
                                   f"place for outputs; choose a directory on a real disk")
-    anc = _nearest_existing(path.parent if path.exists() else path, flag)
+    anc = _nearest_existing(path.parent if os.path.lexists(path) else path, flag)
     try:
         fd, probe = tempfile.mkstemp(prefix=".qpass-probe-", dir=anc)
         os.close(fd)
@@ -61,15 +66,26 @@ def check_output_dir(path, flag: str = "--out") -> Path:
 
 def check_output_file(path, flag: str = "--json") -> Path:
     out = Path(path).absolute()
-    if out.is_dir():
+    if out.is_dir() and not out.is_symlink():
         raise OutputPathError(f"{flag} {out}: is a directory; give a file name, e.g. "
                               f"{out / 'results.json'}")
-    if out.exists() and not out.is_file():
-        raise OutputPathError(f"{flag} {out}: exists and is not a regular file")
+    check_replaceable(out, flag)                   # no symlink (dangling or not), no FIFO
     ours = checkpoint.qpass_files(out.parent)
     if ours is not None and out.name in ours:
         raise OutputPathError(f"{flag} {out}: is part of the qpass checkpoint in {out.parent}; "
                               f"write results elsewhere (e.g. {out.parent / 'eval' / 'results.json'})")
+    _check_writable_place(out, flag)
+    return out
+
+
+def check_new_output(path, flag: str = "--out") -> Path:
+    """An output that must not exist yet (an exported directory or file): a writable place
+    (as check_output_dir) and nothing at the path, not even a dangling symlink."""
+    out = Path(path).absolute()
+    if os.path.lexists(out):
+        link = " (a symbolic link, which qpass never replaces)" if out.is_symlink() else ""
+        raise OutputPathError(f"{flag} {out}: already exists{link}; choose a new name (nothing "
+                              f"was written)")
     _check_writable_place(out, flag)
     return out
 

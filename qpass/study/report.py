@@ -10,6 +10,8 @@ import io
 import json
 from pathlib import Path
 
+from ..folders.owned import replacing, write_output
+
 HEADLINE = {"general": ("cloze_acc", True), "math": ("exact_match", True),
             "code": ("bits_per_byte", False)}   # metric, higher is better
 
@@ -103,7 +105,8 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     written.append(out / "accuracy_vs_bits.png")
-    fig.savefig(written[-1], dpi=110)
+    with replacing(written[-1]) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     q = [s for s in summary if s["pipeline"] != "fp" and s["drop_vs_fp_pct"] is not None]
     if q:
@@ -114,7 +117,8 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel("drop vs FP (%, positive = worse)")
         fig.tight_layout()
         written.append(out / "drop_vs_fp.png")
-        fig.savefig(written[-1], dpi=110)
+        with replacing(written[-1]) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
     return written
 
@@ -123,10 +127,11 @@ def write_outputs(rows: list[dict], out: Path, title: str, with_plots: bool = Tr
     """Write results.{json,csv,md} (+ PNGs) into `out`; returns {kind: path}."""
     summary = summarize(rows)
     files = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
-    files["json"].write_text(json.dumps({"title": title, "rows": rows, "summary": summary},
-                                        indent=1) + "\n")
-    files["csv"].write_text(csv_text(rows))
-    files["md"].write_text(markdown(summary, title))
+    # each written into a new file, then renamed over the old one: never through a link
+    write_output(files["json"], json.dumps({"title": title, "rows": rows, "summary": summary},
+                                           indent=1) + "\n")
+    write_output(files["csv"], csv_text(rows))
+    write_output(files["md"], markdown(summary, title))
     if with_plots:
         for p in plots(summary, out):
             files[p.stem] = p

@@ -30,12 +30,16 @@ from typing import Callable
 from .. import folders
 from ..calibration import build_calibration
 from ..errors import QpassError
+from ..folders import CAPS, Mapping, read_json
+from ..folders.owned import own_dir, write_output
 from ..runtime.loading import load_any
 from ..eval.runner import evaluate
 from ..eval.tasks import TaskSettings, get_task
 
 FP = "fp"
 MARKER = "qpass-study.json"   # written in OUT; an OUT without it that is not empty is refused
+_RESULT_SCHEMA = {"metrics": Mapping(object), "eval_seconds": (int, float),
+                  "quantize_seconds": (int, float)}
 _CODE_DIRS = ("qpass", "passes", "backends")
 
 
@@ -90,13 +94,24 @@ def read_config(path, out: str | None = None) -> StudyConfig:
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise QpassError(f"{p}: study.seeds must be a list of integers")
     return StudyConfig(name=str(study.get("name", p.stem)),
-                       out=Path(out or study.get("out", f"study-{p.stem}")),
+                       out=Path(out) if out else _config_out(p, study.get("out", f"study-{p.stem}")),
                        models=[{"name": str(m.get("name", m["path"])), "path": str(m["path"])}
                                for m in models],
                        pipelines=[str(x) for x in data["pipelines"]],
                        tasks=[str(x) for x in data["tasks"]], seeds=seeds,
                        eval=dict(data.get("eval", {})),
                        calibration={"n": 32, "seq_len": 256, **data.get("calibration", {})})
+
+
+def _config_out(p: Path, out) -> Path:
+    """study.out from the config file: a folder under the current directory. A path read from
+    a file never chooses where qpass writes anywhere else (DESIGN §6): that takes --out."""
+    rel = Path(out) if isinstance(out, str) and out else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts or str(rel).startswith("~"):
+        raise QpassError(f"{p}: study.out {str(out)[:80]!r} must be a relative folder name under "
+                         f"the current directory (no '..', not absolute); give another place "
+                         f"with --out")
+    return rel
 
 
 # ---- content hashes ---------------------------------------------------------------------------
@@ -154,9 +169,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_output(path, text, "study file")    # a new file renamed into place, never via a link
 
 
 def bits_of(pipeline_name: str, pipe) -> tuple[int, int]:
@@ -174,8 +187,10 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
     """Run (or serve from the cache) every cell; returns one row per (model, pipeline, seed,
     task) with its metrics, `cached` telling whether it was served from the cache."""
     check_out_dir(cfg.out)
-    (cfg.out / "cache" / "models").mkdir(parents=True, exist_ok=True)
-    (cfg.out / "cache" / "results").mkdir(parents=True, exist_ok=True)
+    # the study's own folders: made here, or real directories of this user (never a symlink
+    # to somewhere else that the cache would then be written into)
+    for sub in ("cache", "cache/models", "cache/results"):
+        own_dir(cfg.out / sub, "study cache folder", private=False)
     _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
     pipes = {name: (None if name == FP else resolve_pipeline(name)) for name in cfg.pipelines}
     version, rows = code_version(), []
@@ -212,7 +227,8 @@ def _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, log):
             log(f"computed {m['name']} {pname} seed={seed} {t}")
             was_cached = False
         else:
-            entry, was_cached = json.loads(cached[t].read_text()), True
+            entry, was_cached = read_json(cached[t], cached[t].parent, CAPS["data"],
+                                          _RESULT_SCHEMA, "cached study result"), True
         w, a = bits_of(pname, pipe)
         rows.append({"model": m["name"], "pipeline": pname, "method": method_of(pname),
                      "w_bits": w, "a_bits": a, "seed": seed, "task": t,

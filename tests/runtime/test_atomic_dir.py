@@ -2,6 +2,7 @@
 exported directories: a commit replaces or creates OUT whole, never merges into it."""
 import pytest
 
+from qpass.errors import CheckpointError
 from qpass.runtime.atomic_dir import commit, discard, new_temporary
 
 
@@ -32,7 +33,7 @@ def test_no_replace_leaves_an_existing_directory_alone(tmp_path):
     _write(tmp, a="mine")
     out.mkdir()
     (out / "theirs").write_text("keep")    # appeared after the caller checked
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="appeared while qpass was writing"):
         commit(tmp, out, replace=False)
     discard(tmp)
     assert [p.name for p in out.iterdir()] == ["theirs"]
