@@ -149,6 +149,18 @@ def _byte_to_unicode() -> dict[int, str]:
     return table
 
 
+def _merges(merges) -> list[str]:
+    """BPE merges as GGUF strings "a b": tokenizer.json writes them as "a b" or ["a", "b"];
+    anything else is a malformed tokenizer file (one error, not a TypeError later)."""
+    ok = isinstance(merges, list) and all(
+        isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and
+                               all(isinstance(x, str) for x in m)) for m in merges)
+    if not ok:
+        raise CheckpointError("the tokenizer's BPE merges are neither \"a b\" strings nor "
+                              "[\"a\", \"b\"] pairs; the tokenizer.json is malformed")
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+
 def tokenizer_metadata(tok, vocab_size: int, family: str) -> dict[str, Value]:
     """tokenizer.ggml.* for qpass's byte tokenizer (bytes as GPT-2 byte characters, no merges,
     specials as control tokens) or an HF fast tokenizer with a BPE tokenizer.json."""
@@ -159,6 +171,10 @@ def tokenizer_metadata(tok, vocab_size: int, family: str) -> dict[str, Value]:
         tokens = [b2u[i] for i in range(256)] + [f"[PAD{i}]" for i in range(256, vocab_size)]
         types = [NORMAL] * 256 + [UNUSED] * (vocab_size - 256)
         for s, i in tok.specials.items():
+            if not 256 <= i < vocab_size:
+                raise CheckpointError(f"the byte tokenizer's special {s!r} has id {i}, outside "
+                                      f"256..{vocab_size - 1} of the model's vocabulary; the "
+                                      f"checkpoint's tokenizer does not fit its model")
             tokens[i], types[i] = s, CONTROL
         merges, pre = [], "default"
         special = {"eos": tok.eos_token_id, "padding": tok.pad_token_id}
@@ -180,7 +196,7 @@ def tokenizer_metadata(tok, vocab_size: int, family: str) -> dict[str, Value]:
             else:
                 tokens.append(rev[i])
                 types.append(CONTROL if i in added and added[i].special else NORMAL)
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        merges = _merges(model.get("merges", []))
         pre = "qwen2" if family == "dream" else "default"
         special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "padding": tok.pad_token_id}
     md = {"tokenizer.ggml.model": Value(STRING, "gpt2"),

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from qpass import folders
 from qpass.errors import CheckpointError, PipelineError
 from qpass.pipeline.host_memory import available_bytes, release_freed_memory
 from qpass.folders.owned import clear_name
@@ -150,7 +151,8 @@ class DiskStore:
             if not f.exists():
                 raise CheckpointError(f"shard {f} disappeared during the run; restore it and rerun "
                                       f"the same command to resume")
-            with safe_open(str(f), framework="pt") as fh:
+            real = folders.regular_file(f, self.checkpoint_dir, "shard")   # still inside, regular
+            with safe_open(str(real), framework="pt") as fh:
                 for mod, pname, key in items:
                     t = read_tensor(fh, key, getattr(mod, pname).shape, self.device, self.dtype)
                     mod._parameters[pname] = torch.nn.Parameter(t, requires_grad=False)
