@@ -5,6 +5,8 @@
   json_read.py every JSON file parsed with depth and type validation against a small schema
   staging.py   copy a folder's files into a private directory (for readers such as
                transformers' tokenizer loader that open whatever they find by path)
+  owned.py     the write side: folders qpass creates are its own (created exclusively, never
+               through a symlink, locked for the run), outputs never written through a link
 
 Layer 0: imports nothing of qpass but qpass.errors."""
 from .json_read import Mapping, Optional, check_shape, parse_json, read_json
