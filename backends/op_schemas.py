@@ -57,6 +57,12 @@ def _schema(fn):
     return torch.library.custom_op(f"qpass::{fn.__name__}", mutates_args=())(fn)
 
 
+def _dim(t: Tensor, i: int) -> int:
+    """Size `i` of `t` for choosing a kernel; -1 when `t` has no such dim (the kernel's own
+    operand check then refuses the call: backends/bounds.py)."""
+    return t.shape[i] if -t.dim() <= i < t.dim() else -1
+
+
 def _out_shape(x: Tensor, n: int) -> list[int]:
     return [*x.shape[:-1], n]
 
@@ -67,7 +73,7 @@ def linear_w4a16(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Optional[Ten
                  group_size: int, bias: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Weight-only: y = x @ dequant(qweight).T + bias, any 1..8 bits (w3a16 too), float acts."""
     fn = _kernel("linear_w4a16", x, backend, bits=bits, group_size=group_size,
-                 asym=zeros is not None, K=x.shape[-1], N=qweight.shape[0])
+                 asym=zeros is not None, K=_dim(x, -1), N=_dim(qweight, 0))
     return fn(x, qweight, scales, zeros, bits, group_size, bias)
 
 
@@ -81,7 +87,7 @@ def linear_w8a8(x: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Optional[Tens
                 backend: str = "auto", act_grid: str = "full") -> Tensor:
     """Per-channel int8 weights × per-token dynamic int8 activations, int32 accumulation,
     fused rescale (+ bias)."""
-    fn = _kernel("linear_w8a8", x, backend, K=x.shape[-1], N=w_int8.shape[0], act_grid=act_grid)
+    fn = _kernel("linear_w8a8", x, backend, K=_dim(x, -1), N=_dim(w_int8, 0), act_grid=act_grid)
     return fn(x, w_int8, w_scales, bias, act_grid)
 
 
@@ -91,7 +97,7 @@ def _(x, w_int8, w_scales, bias=None, backend="auto", act_grid="full"):
 
 
 def _int4_weight_linear(op, x, qweight, w_scales, bias, group_size, backend, act_grid):
-    fn = _kernel(op, x, backend, group_size=group_size, K=x.shape[-1], N=qweight.shape[0],
+    fn = _kernel(op, x, backend, group_size=group_size, K=_dim(x, -1), N=_dim(qweight, 0),
                  act_grid=act_grid)
     return fn(x, qweight, w_scales, bias, group_size, act_grid)
 
@@ -128,7 +134,7 @@ def quant_per_token(x: Tensor, bits: int, hadamard: bool = False, signs: Optiona
                     backend: str = "auto", grid: str = "full") -> tuple[Tensor, Tensor]:
     """Symmetric dynamic per-token codes (int8, x's shape) and scales (fp32, (..., 1)),
     optionally after the online Hadamard transform (x·signs) @ Hᵀ/√n, fused."""
-    fn = _kernel("quant_per_token", x, backend, bits=bits, hadamard=hadamard, n=x.shape[-1],
+    fn = _kernel("quant_per_token", x, backend, bits=bits, hadamard=hadamard, n=_dim(x, -1),
                  grid=grid)
     return fn(x, bits, hadamard, signs, grid)
 
@@ -147,7 +153,7 @@ def linear_int_codes(xq: Tensor, xs: Tensor, qweight: Tensor, w_scales: Tensor,
     silu_mul_quant): codes xq (..., K) int8, per-token scales xs (..., 1) fp32; weights int8
     (N, K) for w_bits 8, the packed int4 stream for 4; the W8A8/W4A8/W4A4 epilogue."""
     fn = _kernel("linear_int_codes", xs, backend, w_bits=w_bits, group_size=group_size,
-                 K=xq.shape[-1], N=qweight.shape[0], out_dtype=out_dtype)
+                 K=_dim(xq, -1), N=_dim(qweight, 0), out_dtype=out_dtype)
     return fn(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype)
 
 
@@ -161,7 +167,7 @@ def rmsnorm_quant(x: Tensor, weight: Tensor, eps: float, bits: int, grid: str = 
                   backend: str = "auto") -> tuple[Tensor, Tensor]:
     """RMSNorm (qpass.models.denoiser.rms_norm) fused with symmetric per-token quantization:
     the codes and scales quant_per_token would give for the norm's output, in one pass."""
-    fn = _kernel("rmsnorm_quant", x, backend, bits=bits, grid=grid, K=x.shape[-1])
+    fn = _kernel("rmsnorm_quant", x, backend, bits=bits, grid=grid, K=_dim(x, -1))
     return fn(x, weight, eps, bits, grid)
 
 
@@ -176,7 +182,7 @@ def silu_mul_quant(gate: Tensor, up: Tensor, bits: int, grid: str = "full",
                    backend: str = "auto") -> tuple[Tensor, Tensor]:
     """silu(gate)·up (in gate's dtype, as the MLP computes it) fused with symmetric per-token
     quantization: the codes and scales quant_per_token would give for the product."""
-    fn = _kernel("silu_mul_quant", gate, backend, bits=bits, grid=grid, K=gate.shape[-1])
+    fn = _kernel("silu_mul_quant", gate, backend, bits=bits, grid=grid, K=_dim(gate, -1))
     return fn(gate, up, bits, grid)
 
 
@@ -189,7 +195,7 @@ def _(gate, up, bits, grid="full", backend="auto"):
 @_schema
 def hadamard(x: Tensor, signs: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """Online Hadamard: qpass.hadamard.transform(x, signs=signs) along the last dim."""
-    fn = _kernel("hadamard", x, backend, n=x.shape[-1])
+    fn = _kernel("hadamard", x, backend, n=_dim(x, -1))
     return fn(x, signs)
 
 
@@ -203,7 +209,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
               causal: bool = False, int8: bool = False, backend: str = "auto") -> Tensor:
     """Scaled dot-product attention on (B, H, L, D), bidirectional unless causal; GQA when k/v
     have fewer heads; key_mask (B, L) bool, True for real tokens; optional int8 Q·Kᵀ."""
-    fn = _kernel("attention", q, backend, D=q.shape[-1], int8=int8, causal=causal)
+    fn = _kernel("attention", q, backend, D=_dim(q, -1), int8=int8, causal=causal)
     return fn(q, k, v, key_mask, causal, int8)
 
 
@@ -218,7 +224,7 @@ def attention_kv(q: Tensor, k_codes: Tensor, k_scales: Tensor, v_codes: Tensor, 
     """Bidirectional attention of float q (B, H, L, D) over quantized K/V: int8 containers of
     int8/int4 codes (B, H_kv, L_k, D) with per-head per-token fp32 scales (B, H_kv, L_k, 1);
     integer Q·Kᵀ and P·V as qpass.formats.attention defines them."""
-    fn = _kernel("attention_kv", q, backend, D=q.shape[-1])
+    fn = _kernel("attention_kv", q, backend, D=_dim(q, -1))
     return fn(q, k_codes, k_scales, v_codes, v_scales, key_mask)
 
 

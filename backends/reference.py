@@ -24,8 +24,11 @@ from qpass.formats.integer import (dequant_weight, int_linear, int_linear_codes,
                                    signed_weight)
 
 from .base import Backend, kernels_named
+from .bounds import checked
 
-# ----- kernels (argument lists match qpass.backends.op_schemas) ----------------------------------
+# ----- kernels (argument lists match qpass.backends.op_schemas; each checks its operands first:
+# backends/bounds.py) ----------------------------------------------------------------------------
+@checked
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     K = x.shape[-1]
     w = dequant_weight(qweight, scales, zeros, bits, group_size, K)
@@ -33,44 +36,53 @@ def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     return F.linear(x.to(torch.float32), w, b).to(x.dtype)
 
 
+@checked
 def linear_w8a8(x, w_int8, w_scales, bias, act_grid="full"):
     return int_linear(x, w_int8, w_scales, bias, 8, 0, act_grid)
 
 
+@checked
 def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 8, group_size,
                       act_grid)
 
 
+@checked
 def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return int_linear(x, signed_weight(qweight, 4, x.shape[-1]), w_scales, bias, 4, group_size,
                       act_grid)
 
 
+@checked
 def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype):
     w = qweight if w_bits == 8 else signed_weight(qweight, 4, xq.shape[-1])
     return int_linear_codes(xq, xs, w, w_scales, bias, group_size, out_dtype)
 
 
+@checked
 def rmsnorm_quant(x, weight, eps, bits, grid="full"):
     from qpass.models.denoiser import rms_norm
     return formats.quantize_per_token(rms_norm(x, weight, eps), bits, grid)
 
 
+@checked
 def silu_mul_quant(gate, up, bits, grid="full"):
     return formats.quantize_per_token(F.silu(gate) * up, bits, grid)
 
 
+@checked
 def hadamard(x, signs):
     return hadamard_transform(x, signs=signs)
 
 
+@checked
 def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     if use_hadamard:
         x = hadamard_transform(x.to(torch.float32), signs=signs)
     return formats.quantize_per_token(x, bits, grid)
 
 
+@checked
 def attention_kv(q, k_codes, k_scales, v_codes, v_scales, key_mask):
     return kv_attention(q, k_codes, k_scales, v_codes, v_scales, key_mask)
 
@@ -81,6 +93,7 @@ def quantize_rows_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return formats.quantize_per_token(t, 8, "restricted")
 
 
+@checked
 def attention(q, k, v, key_mask, causal, int8):
     """Bidirectional (or causal) attention on (B, H, L, D); k/v may have fewer heads (GQA).
     fp32 compute (fp64 for fp64 inputs). The float path is SDPA, as qpass.ops.attention, so a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..base import Backend, kernels_named
+from ..bounds import checked
 from ._common import HAVE_TRITON, IMPORT_ERROR, hadamard_split, interpreting
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
@@ -21,6 +22,7 @@ def _rows(x):
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+@checked
 def linear_w4a16(x, qweight, scales, zeros, bits, group_size, bias):
     if bits == 4:
         from .gemm_w4a16_mma import w4a16_mma
@@ -40,18 +42,22 @@ def _int_linear(x, w, w_scales, bias, act_bits, w_bits, group_size=0, act_grid="
     return y.reshape(*x.shape[:-1], -1)
 
 
+@checked
 def linear_w8a8(x, w_int8, w_scales, bias, act_grid="full"):
     return _int_linear(x, w_int8, w_scales, bias, 8, 8, 0, act_grid)
 
 
+@checked
 def linear_w4a8(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return _int_linear(x, qweight, w_scales, bias, 8, 4, group_size, act_grid)
 
 
+@checked
 def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
     return _int_linear(x, qweight, w_scales, bias, 4, 4, group_size, act_grid)
 
 
+@checked
 def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype):
     from .gemm_int import int_gemm
     y = int_gemm(_rows(xq), xs.reshape(-1, 1), qweight.contiguous(), w_scales, bias, out_dtype,
@@ -59,18 +65,21 @@ def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dt
     return y.reshape(*xq.shape[:-1], -1)
 
 
+@checked
 def rmsnorm_quant(x, weight, eps, bits, grid="full"):
     from .fused_quant import rmsnorm_quant_rows
     q, s = rmsnorm_quant_rows(_rows(x), weight, eps, bits, grid)
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
 
 
+@checked
 def silu_mul_quant(gate, up, bits, grid="full"):
     from .fused_quant import silu_mul_quant_rows
     q, s = silu_mul_quant_rows(_rows(gate), _rows(up), bits, grid)
     return q.reshape(gate.shape), s.reshape(*gate.shape[:-1], 1)
 
 
+@checked
 def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     from .quant import hadamard_rows, quant_rows
     x2 = _rows(x)
@@ -78,16 +87,19 @@ def quant_per_token(x, bits, use_hadamard, signs, grid="full"):
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1)
 
 
+@checked
 def hadamard(x, signs):
     from .quant import hadamard_rows
     return hadamard_rows(_rows(x), signs, None).reshape(x.shape)
 
 
+@checked
 def attention(q, k, v, key_mask, causal, int8):
     from .attention import flash_attention
     return flash_attention(q, k, v, key_mask, causal, int8)
 
 
+@checked
 def attention_kv(q, k_codes, k_scales, v_codes, v_scales, key_mask):
     from .attention_kv import kv_attention
     return kv_attention(q, k_codes, k_scales, v_codes, v_scales, key_mask)

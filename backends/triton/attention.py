@@ -12,6 +12,9 @@ import math
 
 import torch
 
+from qpass.errors import BackendError
+
+from .. import bounds
 from ._common import ROUND_MAGIC, SCALE_FLOOR, configs, interpreting, tl, triton
 
 _FULL = [
@@ -96,7 +99,16 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, L, LK, L_BUCKET, H, n_rep
              out.to(o_ptr.dtype.element_ty), mask=(rm < L)[:, None])
 
 
+def check_head_dim(op: str, D: int) -> None:
+    """The kernels hold a (rows, D) tile: D must be a power of two in [16, 256]."""
+    if D & (D - 1) or not 16 <= D <= 256:
+        raise BackendError(f"qpass::{op}: the Triton kernel takes head dims that are powers of "
+                           f"two in [16, 256], got {D}")
+
+
 def flash_attention(q, k, v, key_mask, causal: bool, int8: bool) -> torch.Tensor:
+    bounds.attention(q, k, v, key_mask, causal, int8)
+    check_head_dim("attention", q.shape[-1])
     B, H, L, D = q.shape
     n_rep, LK = H // k.shape[1], k.shape[2]     # LK > L: a K/V-cache window of L query rows
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

@@ -15,8 +15,9 @@ import torch
 
 from qpass.formats.attention import v_code_scale
 
+from .. import bounds
 from ._common import ROUND_MAGIC, configs, tl, triton
-from .attention import _q8, _q_tile
+from .attention import _q8, _q_tile, check_head_dim
 
 _FULL = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
@@ -77,6 +78,8 @@ def _kv_attn_kernel(q_ptr, kc_ptr, ks_ptr, vc_ptr, vs_ptr, sp_ptr, mask_ptr, o_p
 
 
 def kv_attention(q, kc, ks, vc, vs, key_mask):
+    bounds.attention_kv(q, kc, ks, vc, vs, key_mask)
+    check_head_dim("attention_kv", q.shape[-1])
     B, H, L, D = q.shape
     H_kv, LK = kc.shape[1], kc.shape[2]
     q = q if q.stride(-1) == 1 else q.contiguous()

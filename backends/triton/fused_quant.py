@@ -14,6 +14,7 @@ import torch
 
 from qpass.specs import QuantSpec
 
+from .. import bounds
 from ._common import SCALE_FLOOR, tl, triton
 from .quant import _rint
 
@@ -82,6 +83,8 @@ def _outputs(x2: torch.Tensor, want_y: bool):
 
 def rmsnorm_quant_rows(x2, weight, eps: float, bits: int, grid: str, want_y: bool = False):
     """x2 (M, K) -> codes (M, K) int8, scales (M, 1) fp32[, the normalized rows]."""
+    bounds.rows("rmsnorm_quant", "x", x2)
+    bounds.rmsnorm_quant(x2, weight, eps, bits, grid)
     M, K = x2.shape
     q, s, y = _outputs(x2, want_y)
     _rmsnorm_quant_kernel[(M,)](x2, weight.contiguous(), q, s, y, K, x2.stride(0), q.stride(0),
@@ -91,6 +94,9 @@ def rmsnorm_quant_rows(x2, weight, eps: float, bits: int, grid: str, want_y: boo
 
 def silu_mul_quant_rows(g2, u2, bits: int, grid: str, want_y: bool = False):
     """gate, up (M, K) -> codes of silu(gate)·up (M, K) int8, scales (M, 1)[, the product]."""
+    bounds.rows("silu_mul_quant", "gate", g2)
+    bounds.rows("silu_mul_quant", "up", u2)
+    bounds.silu_mul_quant(g2, u2, bits, grid)
     M, K = g2.shape
     q, s, y = _outputs(g2, want_y)
     _silu_mul_quant_kernel[(M,)](g2, u2, q, s, y, K, g2.stride(0), u2.stride(0), q.stride(0),

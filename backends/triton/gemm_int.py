@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import bounds
 from ._common import configs, tl, triton
 
 _FULL = [
@@ -99,13 +100,12 @@ def int_gemm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, w_scales: torc
     """xq (M, K) int8, xs (M, 1) fp32, w int8 (N, K) or packed int4 (N, K/8) int32;
     group_size 0 is one group per row (as in the reference backend), else it must match the
     scales' (N, K/group_size) shape."""
+    bounds.rows("linear_int_codes", "the activation codes", xq)
+    bounds.linear_int_codes(xq, xs, w, w_scales, bias, w_bits, group_size, out_dtype)
     M, K = xq.shape
     N = w.shape[0]
     sw = w_scales.to(torch.float32).reshape(N, -1).contiguous()
     G = sw.shape[1]
-    if G != (K // group_size if group_size else 1):
-        raise ValueError(f"int_gemm: {G} weight-scale groups per row, but group_size "
-                         f"{group_size} over K={K} gives {K // group_size if group_size else 1}")
     gs = 0 if G == 1 else group_size
     out = torch.empty((M, N), device=xq.device, dtype=out_dtype)
     bias_t = bias.contiguous() if bias is not None else sw

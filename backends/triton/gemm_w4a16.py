@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import bounds
 from ._common import configs, interpreting, split_k_epilogue, tl, triton
 
 _FULL = [
@@ -93,6 +94,8 @@ def w4a16_gemm(x2: torch.Tensor, qweight, scales, zeros, bits: int, group_size: 
                bias) -> torch.Tensor:
     """x2 (M, K) float; returns (M, N) in x2's dtype."""
     from .gemm_int import m_bucket
+    bounds.rows("linear_w4a16", "x", x2)
+    bounds.linear_w4a16(x2, qweight, scales, zeros, bits, group_size, bias)
     M, K = x2.shape
     N = qweight.shape[0]
     s = scales.to(torch.float32).reshape(N, -1).contiguous()

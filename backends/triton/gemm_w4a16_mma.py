@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from qpass.errors import BackendError
+
+from .. import bounds
 from ._common import configs, interpreting, split_k_epilogue, tl, triton
 from .w4_layout import RepackedW4
 
@@ -86,9 +89,34 @@ def regime(M: int) -> str:
     return "small" if M <= SMALL_M else "large"
 
 
+def _check(x2, r: RepackedW4, bias) -> None:
+    """The repacked operands fit x2 and each other (w4_layout.py's shapes), else BackendError."""
+    op = "linear_w4a16"
+    bounds.rows(op, "x", x2)
+    K, dev = x2.shape[1], x2.device
+    if not isinstance(r, RepackedW4) or r.K != K or r.tile_k % 128 or r.tile_k <= 0 or \
+            r.group_size <= 0 or K % r.group_size:
+        raise BackendError(f"qpass::{op}: the repacked weight (K={getattr(r, 'K', None)}, group "
+                           f"{getattr(r, 'group_size', None)}) does not fit activations of K={K}")
+    rows = -(-K // r.tile_k) * r.tile_k // 8
+    p = bounds.tensor(op, "the repacked weight", r.packed, (torch.int32,), None, dev)
+    N = p.shape[1] if p.dim() == 2 else -1
+    bounds.tensor(op, "the repacked weight", p, (torch.int32,), (rows, N), dev)
+    G = K // r.group_size
+    bounds.tensor(op, "the repacked scales", r.scales, (torch.float32,), (G, N), dev)
+    if r.zeros is not None:
+        bounds.tensor(op, "the repacked zeros", r.zeros, (torch.int32,), (G, N), dev)
+    if bias is not None:
+        bounds.tensor(op, "bias", bias, bounds.FLOATS, (N,), dev)
+    for t in (p, r.scales, r.zeros):
+        if t is not None and not t.is_contiguous():
+            raise BackendError(f"qpass::{op}: the repacked tensors must be contiguous")
+
+
 def w4a16_mma(x2: torch.Tensor, r: RepackedW4, bias) -> torch.Tensor:
     """x2 (M, K) float (row stride free, unit column stride) -> (M, N) in x2's dtype."""
     from .gemm_int import m_bucket
+    _check(x2, r, bias)
     M, K = x2.shape
     N = r.packed.shape[1]
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)

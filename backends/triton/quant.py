@@ -15,8 +15,10 @@ import math
 
 import torch
 
+from qpass.errors import BackendError
 from qpass.specs import QuantSpec
 
+from .. import bounds
 from ._common import ROUND_MAGIC, SCALE_FLOOR, hadamard_split, tl, triton
 
 
@@ -91,6 +93,8 @@ def _divisor(bits: int, grid: str) -> float:
 
 
 def quant_rows(x2: torch.Tensor, bits: int, grid: str = "full") -> tuple[torch.Tensor, torch.Tensor]:
+    bounds.rows("quant_per_token", "x", x2)
+    bounds.quant_per_token(x2, bits, False, None, grid)
     M, K = x2.shape
     q = torch.empty((M, K), device=x2.device, dtype=torch.int8)
     s = torch.empty((M, 1), device=x2.device, dtype=torch.float32)
@@ -105,8 +109,15 @@ def quant_rows(x2: torch.Tensor, bits: int, grid: str = "full") -> tuple[torch.T
 
 def hadamard_rows(x2: torch.Tensor, signs, quant_bits: int | None, grid: str = "full"):
     """Transform (and optionally quantize) each row of x2 (M, n)."""
+    bounds.rows("hadamard", "x", x2)
+    bounds.hadamard(x2, signs)
     M, n = x2.shape
+    if hadamard_split(n) is None:
+        raise BackendError(f"qpass::hadamard: the Triton kernel takes rows of 2^k elements, "
+                           f"256 <= n <= 16384, got n={n}")
     a, b = hadamard_split(n)
+    if quant_bits is not None:
+        bounds.quant_per_token(x2, quant_bits, True, signs, grid)
     sg = signs.to(device=x2.device, dtype=torch.float32).contiguous() if signs is not None else x2
     if quant_bits is None:
         out, s = torch.empty_like(x2), x2

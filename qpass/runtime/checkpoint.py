@@ -251,10 +251,11 @@ def load(directory) -> tuple:
         tensors.update(part)
     if manifest.get("version", 0) < GRID_VERSION:
         _read_specs_as_restricted(manifest)
-    gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"])
     try:
         config = ModelConfig.from_dict(manifest["config"])
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"bad model config in manifest: {e}") from None
+    # every tensor is checked against its module, and the RoPE tables against the config
+    gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"], config)
     # the tokenizer reads only files the manifest lists and hashes (checked above)
     return gm, config, load_tokenizer(d, files=set(real) - {MANIFEST, *weights}), manifest

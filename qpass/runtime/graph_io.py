@@ -18,8 +18,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from qpass.errors import CheckpointError
+from qpass.errors import CheckpointError, QpassError
 from qpass.runtime import graph_vocab as vocab
+from qpass.runtime.tensor_checks import check_tensors
 
 _MODULE_CLASSES: dict[str, tuple[type, Callable[[nn.Module], dict]]] = {}
 _PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,99}\Z|_[A-Za-z0-9][A-Za-z0-9_]{0,99}\Z")
@@ -233,8 +234,14 @@ def module_from_entry(path: str, ms: dict) -> nn.Module:
         raise CheckpointError(f"module {path!r} has class {cls_name!r:.60}, which is not "
                               f"registered; import the package that registers it")
     cls = _MODULE_CLASSES[cls_name][0]
-    with torch.device("meta"):
-        mod = cls(**_check_kwargs(path, cls, ms.get("kwargs", {})))
+    kwargs = _check_kwargs(path, cls, ms.get("kwargs", {}))
+    try:
+        with torch.device("meta"):
+            mod = cls(**kwargs)
+    except (ValueError, TypeError, KeyError, RuntimeError, QpassError) as e:
+        raise CheckpointError(f"module {path!r} ({cls_name}): its arguments are refused "
+                              f"({type(e).__name__}: {e}); the checkpoint was modified or is "
+                              f"damaged; save the model again or re-download it") from None
     for b in ms.get("none_buffers", []):
         if not vocab.is_identifier(b) or hasattr(mod, b) and b not in mod._buffers:
             raise CheckpointError(f"module {path!r}: {cls_name} has no buffer {b!r:.60}")
@@ -346,10 +353,13 @@ def _build_graph(nodes, modules: dict, tensor_names: set) -> fx.Graph:
     return graph
 
 
-def build_graph_module(spec: dict, tensors: dict[str, torch.Tensor], tensor_kinds: dict) -> fx.GraphModule:
+def build_graph_module(spec: dict, tensors: dict[str, torch.Tensor], tensor_kinds: dict,
+                       config=None) -> fx.GraphModule:
     """Rebuild the GraphModule from graph_to_json output, the tensors and their kinds
     ({name: {"kind": "param"|"buffer", "alias_of": name|None, ...}}), validating every node,
-    module and tensor name first (CheckpointError naming the first one that is not allowed)."""
+    module and tensor name first, then every tensor against its module, spec and the op that
+    reads it (qpass.runtime.tensor_checks; `config`, the ModelConfig, sizes the RoPE tables):
+    a CheckpointError naming the first one that is not allowed."""
     _register_builtins()
     if not isinstance(spec, dict):
         raise CheckpointError("manifest 'graph' must be an object")
@@ -360,7 +370,9 @@ def build_graph_module(spec: dict, tensors: dict[str, torch.Tensor], tensor_kind
         root = _build_modules(spec.get("modules"), tensors, tensor_kinds)
         graph = _build_graph(spec.get("nodes"), spec["modules"], set(tensor_kinds))
         graph.lint()
-        return fx.GraphModule(root, graph, "CompiledGraph")
+        gm = fx.GraphModule(root, graph, "CompiledGraph")
+        check_tensors(gm, spec["modules"], config)
+        return gm
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, SyntaxError) as e:

@@ -10,7 +10,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-CASE_FILES = ["triton_cases.py", "triton_cases_w4mma.py", "triton_cases_fused_quant.py"]
+CASE_FILES = ["triton_cases.py", "triton_cases_w4mma.py", "triton_cases_fused_quant.py",
+              "triton_cases_bounds.py"]
 
 
 @pytest.mark.parametrize("name", CASE_FILES)
