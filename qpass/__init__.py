@@ -4,8 +4,8 @@ This file is the package's face (DESIGN §11): it re-exports the public names an
 module allowed to import from every layer."""
 from . import calibration, hadamard, models, ops, sampling
 from . import eval  # noqa: A004  (qpass.eval, the evaluation package)
-from .errors import (BackendError, CalibrationError, CaptureError, CheckpointError, HadamardError,
-                     PipelineError, QpassError, SpecError, VerificationError)
+from .errors import (BackendError, CalibrationError, CaptureError, CheckpointError, ConfigError,
+                     HadamardError, PipelineError, QpassError, SpecError, VerificationError)
 from .ir import QGraph, capture
 from .pipeline import Fact, Pass, PassContext, PassResult, Pipeline
 from .runtime import CompiledDenoiser, load_compiled

@@ -22,6 +22,12 @@ class CheckpointError(QpassError):
     """A checkpoint directory is missing keys, has wrong shapes, or is corrupt."""
 
 
+class ConfigError(CheckpointError):
+    """A model config (config.json, a checkpoint manifest's config, or a ModelConfig built in
+    code) has a field of the wrong type, out of range, inconsistent, or describing a model
+    too large to allocate; raised before anything is allocated."""
+
+
 class CalibrationError(QpassError):
     """Calibration data is empty, too short, mismatched, or produced NaN/Inf."""
 

@@ -8,6 +8,11 @@ import math
 MAX_SEED = 2 ** 63 - 1      # torch.manual_seed's range
 
 
+def _max_length() -> int:
+    from qpass.models.config_limits import LIMITS
+    return LIMITS["max_seq_len"]     # no model has more positions (config_limits says why)
+
+
 def positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -15,6 +20,16 @@ def positive_int(s: str) -> int:
         v = 0
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def length(s: str) -> int:
+    """A sequence length (--seq-len, --gen-length, --steps, --block-length): a positive
+    integer no model could exceed; the model's own max_seq_len is checked once it is loaded."""
+    v = positive_int(s)
+    if v > _max_length():
+        raise argparse.ArgumentTypeError(f"{s} is beyond any model's positions (at most "
+                                         f"{_max_length()})")
     return v
 
 

@@ -10,7 +10,7 @@ import time
 
 from qpass.errors import QpassError
 
-from .args import nonneg_float, positive_int, seed
+from .args import length, nonneg_float, seed
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
@@ -26,10 +26,10 @@ def add_generate_command(sub) -> None:
     p.add_argument("model", metavar="MODEL_OR_DIR")
     p.add_argument("--prompt", required=True, action="append",
                    help="prompt text (repeat for a batch)")
-    p.add_argument("--gen-length", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, default=None,
+    p.add_argument("--gen-length", type=length, default=64)
+    p.add_argument("--steps", type=length, default=None,
                    help="denoising steps (default: --gen-length, one token per step)")
-    p.add_argument("--block-length", type=positive_int, default=None,
+    p.add_argument("--block-length", type=length, default=None,
                    help="LLaDA: default 32; Dream: default one block over the whole generation")
     p.add_argument("--temperature", type=nonneg_float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=("low_confidence", "random"))

@@ -10,7 +10,7 @@ import json
 from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 
-from .args import positive_int
+from .args import length, positive_int
 from .common import load_model, resolve_pipeline
 
 EXAMPLE = """examples:
@@ -32,7 +32,8 @@ def add_inspect_command(sub) -> None:
     p.add_argument("--format", choices=("text", "json", "dot"), default="text")
     p.add_argument("--device", default=None,
                    help="default: meta for the large named configs, cpu otherwise")
-    p.add_argument("--seq-len", type=int, default=16, help="example input length for shapes")
+    p.add_argument("--seq-len", type=length, default=16,
+                   help="example input length for shapes (at most the model's max_seq_len)")
     p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
     p.add_argument("--pipeline", metavar="P",
                    help="a preset or recipe.py: its planned coverage; with --after, run it up to "
@@ -73,6 +74,10 @@ def _capture(args):
 
     from qpass.ir import capture
     model = load_model(args.model, device=args.device, structure_ok=True)
+    limit = model.config.max_seq_len
+    if args.seq_len > limit:
+        raise PipelineError(f"--seq-len {args.seq_len} exceeds {args.model}'s {limit} positions "
+                            f"(max_seq_len); use --seq-len {limit} or less")
     dev = next(iter(model.parameters())).device
     return capture(model, (torch.zeros(1, args.seq_len, dtype=torch.long, device=dev),))
 

@@ -13,7 +13,7 @@ from qpass.errors import QpassError
 from qpass.folders.owned import write_output
 from qpass.runtime.loading import is_compiled_dir
 
-from .args import positive_int
+from .args import length, positive_int
 from .common import load_model, resolve_pipeline
 
 MODES = ("none", "quantize-one", "restore-one")
@@ -29,9 +29,9 @@ def add_trajectory_args(p) -> None:
                         "held-out Shakespeare, Python and addition prompts")
     g.add_argument("--n-prompts", type=positive_int, default=6,
                    help="number of default prompts (default 6)")
-    g.add_argument("--gen-length", type=positive_int, default=32)
-    g.add_argument("--steps", type=positive_int, default=32)
-    g.add_argument("--block-length", type=positive_int, default=16)
+    g.add_argument("--gen-length", type=length, default=32)
+    g.add_argument("--steps", type=length, default=32)
+    g.add_argument("--block-length", type=length, default=16)
     g.add_argument("--attribution", choices=MODES, default="none",
                    help="per-block attribution: quantize-one (only block b quantized) or "
                         "restore-one (all but block b); one pipeline run per block")
@@ -39,7 +39,7 @@ def add_trajectory_args(p) -> None:
     g.add_argument("--calib", metavar="PATH", default=None,
                    help="calibration data for pipelines that calibrate (zoo models: built in)")
     g.add_argument("--calib-n", type=positive_int, default=32)
-    g.add_argument("--seq-len", type=positive_int, default=256)
+    g.add_argument("--seq-len", type=length, default=256)
 
 
 def _quantized(item: str, fp, args):
@@ -92,6 +92,9 @@ def run_trajectory_command(args, data_dir=None) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else \
         default_prompts(args.n_prompts, data_dir=data_dir, seed=args.seed)
     fp = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.gen_length >= fp.config.max_seq_len:
+        raise QpassError(f"--gen-length {args.gen_length} leaves no room for a prompt in "
+                         f"{args.model}'s {fp.config.max_seq_len} positions (max_seq_len)")
     models, attribution = {}, {}
     for item in items:
         model, make, calib = _quantized(item, fp, args)

@@ -125,6 +125,18 @@ def _example(model: nn.Module, example_inputs):
     return (torch.randint(0, vocab, (1, 16), device=p.device),)
 
 
+def _check_length(model: nn.Module, ex: tuple) -> None:
+    """Example ids longer than the model's positions: one CaptureError, not a shape error
+    deep inside RoPE."""
+    from qpass.errors import CaptureError
+    limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+    ids = ex[0] if ex else None
+    if isinstance(limit, int) and isinstance(ids, torch.Tensor) and ids.dim() >= 2 \
+            and ids.shape[1] > limit:
+        raise CaptureError(f"example inputs of length {ids.shape[1]} exceed the model's "
+                           f"max_seq_len {limit}; capture with at most {limit} positions")
+
+
 def capture(model: nn.Module, example_inputs=None, shapes: bool = True) -> QGraph:
     """Trace `model` to a QGraph (raises CaptureError). With `shapes`, every node gets
     `tensor_meta` from a forward on `example_inputs` (runs on the meta device for free).
@@ -135,6 +147,7 @@ def capture(model: nn.Module, example_inputs=None, shapes: bool = True) -> QGrap
         model = from_hf(model)
     gm = trace(model)
     ex = _example(model, example_inputs)
+    _check_length(model, ex)
     if shapes:
         from torch.fx.passes.shape_prop import ShapeProp
         with torch.no_grad():

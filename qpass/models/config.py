@@ -49,68 +49,13 @@ class ModelConfig:
     qk_norm: bool = False          # RMSNorm on each head's q and k before RoPE (Qwen3, SDAR)
 
     def __post_init__(self) -> None:
-        from ..errors import CheckpointError
-        self._check_fields(CheckpointError)
-        if self.explicit_head_dim is None and self.d_model % self.n_heads:
-            raise CheckpointError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise CheckpointError(
-                f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads} (GQA needs it)")
-
-    def _check_fields(self, err) -> None:
-        """Types and ranges, so a bad config.json is one clear error, not a crash later."""
-        import math
-        for f in ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "vocab_size",
-                  "max_seq_len"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise err(f"model config field {f} must be a positive integer, got {v!r}")
-        hd = self.explicit_head_dim
-        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd <= 0 or hd % 2):
-            raise err(f"model config field explicit_head_dim must be a positive even integer "
-                      f"or null, got {hd!r}")
-        from .rope import check_scaling
-        check_scaling(self.rope_scaling)
-        for f in ("mask_token_id", "eos_token_id", "pad_token_id"):
-            v = getattr(self, f)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)
-                                  or not 0 <= v < self.vocab_size):
-                raise err(f"model config field {f} must be a token id in [0, {self.vocab_size}), "
-                          f"got {v!r}")
-        for f in ("rope_theta", "norm_eps"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise err(f"model config field {f} must be a positive number, got {v!r}")
-        for f in ("n_experts", "n_experts_per_tok", "moe_hidden", "n_shared_experts",
-                  "first_dense_layers", "attn_block_size", "n_expert_groups", "topk_groups"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise err(f"model config field {f} must be a non-negative integer, got {v!r}")
-        if self.n_experts and not (1 <= self.n_experts_per_tok <= self.n_experts
-                                   and self.moe_hidden > 0):
-            raise err(f"an MoE config needs 1 <= n_experts_per_tok <= n_experts "
-                      f"({self.n_experts}) and moe_hidden > 0, got n_experts_per_tok="
-                      f"{self.n_experts_per_tok}, moe_hidden={self.moe_hidden}")
-        if self.n_experts and (not self.n_expert_groups or self.n_experts % self.n_expert_groups
-                               or not 1 <= self.topk_groups <= self.n_expert_groups):
-            raise err(f"group-limited routing needs n_expert_groups dividing n_experts "
-                      f"({self.n_experts}) and 1 <= topk_groups <= n_expert_groups, got "
-                      f"{self.n_expert_groups} / {self.topk_groups}")
-        if isinstance(self.routed_scaling_factor, bool) or \
-                not isinstance(self.routed_scaling_factor, (int, float)) or \
-                not math.isfinite(self.routed_scaling_factor) or self.routed_scaling_factor <= 0:
-            raise err(f"model config field routed_scaling_factor must be a positive number, got "
-                      f"{self.routed_scaling_factor!r}")
-        if self.attn_block_size and (self.causal or self.logit_shift):
-            raise err("attn_block_size (block diffusion) is its own attention pattern: it cannot "
-                      "be combined with causal or logit_shift")
-        for f in ("qkv_bias", "o_bias", "mlp_bias", "tie_embeddings", "causal", "logit_shift",
-                  "norm_topk_prob",
-                  "qk_norm", "router_sigmoid", "router_bias", "router_fp32"):
-            if not isinstance(getattr(self, f), bool):
-                raise err(f"model config field {f} must be true or false, got "
-                          f"{getattr(self, f)!r}")
+        # Types, limits, consistency and the allocation estimate, before anything is built
+        # (qpass.models.config_limits); integral floats of size fields become ints.
+        from .config_limits import check_config
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k, v in check_config(fields).items():
+            if v is not fields[k]:
+                setattr(self, k, v)
 
     def is_moe_layer(self, i: int) -> bool:
         return self.n_experts > 0 and i >= self.first_dense_layers
@@ -123,9 +68,24 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict, where: str = "model config",
+                  names: dict | None = None) -> "ModelConfig":
+        """A config from a dict (a manifest's, or a reader's); keys it does not know are
+        ignored. Every problem is one ConfigError naming `where` (the source) and the field,
+        as the source calls it (`names`: field -> the source's key)."""
+        from ..errors import ConfigError
+        from .config_limits import check_config
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where} must be a JSON object, not {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        missing = [n for n, f in fields.items() if n not in d and
+                   f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{where} lacks the field(s) {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in fields}
+        full = {n: kw[n] if n in kw else getattr(cls, n, None) for n in fields}
+        full["extra"] = kw.get("extra", {})
+        return cls(**check_config(full, where, names))
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -95,10 +95,10 @@ class Denoiser(nn.Module):
 
     def _build_rope(self) -> None:
         device = self.embed.weight.device
-        # RoPE tables are derived, so they are non-persistent and rebuilt on the real device.
-        tab_device = None if device.type == "meta" else device
+        # RoPE tables are derived, so they are non-persistent and rebuilt on the real device;
+        # on meta they are shapes only (a 128k-context model inspects without allocating them).
         cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
-                               self.config.rope_theta, self.config.rope_scaling, device=tab_device)
+                               self.config.rope_theta, self.config.rope_scaling, device=device)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 

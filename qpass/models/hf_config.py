@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from ..errors import CheckpointError
 from .config import ModelConfig
+from .config_limits import LIMITS, as_number, as_size
 from .rope import read_hf_rope
 
 KNOWN_TYPES = {"llada": "llada", "dream": "dream", "qwen2": "qwen2", "llama": "llama"}
+# ModelConfig field -> the config.json key it is read from, so that errors name both.
+LLADA_NAMES = {"max_seq_len": "max_sequence_length", "mlp_hidden": "mlp_hidden_size",
+               "norm_eps": "rms_norm_eps", "tie_embeddings": "weight_tying",
+               "qkv_bias": "include_qkv_bias", "name": "name_or_path"}
+HF_NAMES = {"d_model": "hidden_size", "n_layers": "num_hidden_layers",
+            "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+            "mlp_hidden": "intermediate_size", "max_seq_len": "max_position_embeddings",
+            "explicit_head_dim": "head_dim", "norm_eps": "rms_norm_eps",
+            "tie_embeddings": "tie_word_embeddings", "name": "_name_or_path"}
 
 
 def detect_family(cfg: dict) -> str:
@@ -61,22 +71,39 @@ def _llada(cfg: dict, where: str) -> ModelConfig:
     if cfg.get("rope_scaling"):
         _refuse(where, "rope_scaling", cfg["rope_scaling"],
                 "is ignored by LLaDA's modeling code (plain RoPE of rope_theta)")
-    return ModelConfig(
+    mlp = cfg.get("mlp_hidden_size")
+    if not mlp:              # OLMo: mlp_ratio · d_model, both checked before the product
+        ratio = _size(cfg, "mlp_ratio", where, hi=LIMITS["mlp_hidden"])
+        mlp = ratio * _size(cfg, "d_model", where)
+    fields = dict(
         d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=n_heads, n_kv_heads=n_kv,
-        mlp_hidden=cfg.get("mlp_hidden_size") or cfg["mlp_ratio"] * cfg["d_model"],
-        vocab_size=cfg.get("embedding_size") or cfg["vocab_size"],
+        mlp_hidden=mlp, vocab_size=cfg.get("embedding_size") or cfg["vocab_size"],
         mask_token_id=cfg.get("mask_token_id"), eos_token_id=cfg.get("eos_token_id"),
-        pad_token_id=cfg.get("pad_token_id"), rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+        pad_token_id=cfg.get("pad_token_id"),
+        rope_theta=as_number(cfg.get("rope_theta", 10000.0), "rope_theta", where, above=1.0),
+        norm_eps=as_number(cfg.get("rms_norm_eps", 1e-5), "rms_norm_eps", where, below=1.0),
         qkv_bias=bool(cfg.get("include_qkv_bias", False)),
         tie_embeddings=bool(cfg.get("weight_tying", False)),
-        max_seq_len=int(cfg.get("max_sequence_length", 4096)),
+        max_seq_len=cfg.get("max_sequence_length", 4096),
         family="llada", name=cfg.get("name_or_path", "llada"))
+    names = dict(LLADA_NAMES, vocab_size="embedding_size" if cfg.get("embedding_size")
+                 else "vocab_size")
+    return ModelConfig.from_dict(fields, where, names)
+
+
+def _size(cfg: dict, key: str, where: str, field: str | None = None, default=None,
+          hi: int | None = None) -> int:
+    """config.json's `key` as an in-range size, checked before any arithmetic or loop uses it
+    (num_hidden_layers: 10**9 must not build a list of 10**9 layer types first)."""
+    if default is None and key not in cfg:
+        raise KeyError(key)
+    label = f"{key} ({field})" if field and field != key else key
+    return as_size(cfg.get(key, default), label, where, 1, hi or LIMITS[field or key])
 
 
 def _norm_eps(cfg: dict, where: str) -> float:
     if "rms_norm_eps" in cfg:
-        return float(cfg["rms_norm_eps"])
+        return as_number(cfg["rms_norm_eps"], "rms_norm_eps", where, below=1.0)
     for other in ("layer_norm_epsilon", "layer_norm_eps", "norm_epsilon", "norm_eps"):
         if other in cfg:
             _refuse(where, other, cfg[other], "is not read by LLaMA/Qwen2 modeling code "
@@ -106,9 +133,10 @@ def _sliding(cfg: dict, where: str, fam: str, n_layers: int, max_pos: int) -> No
 def _hf(cfg: dict, where: str, fam: str) -> ModelConfig:
     """LLaMA / Qwen2 / Dream naming, as LlamaForCausalLM / Qwen2ForCausalLM / Dream read it."""
     _must(cfg, where, "hidden_act", ("silu",), "silu", "selects another MLP activation")
-    n_heads, d = cfg["num_attention_heads"], cfg["hidden_size"]
-    n_layers = cfg["num_hidden_layers"]
-    max_pos = int(cfg.get("max_position_embeddings", 4096))
+    n_heads = _size(cfg, "num_attention_heads", where, "n_heads")
+    d = _size(cfg, "hidden_size", where, "d_model")
+    n_layers = _size(cfg, "num_hidden_layers", where, "n_layers")
+    max_pos = _size(cfg, "max_position_embeddings", where, "max_seq_len", default=4096)
     head_dim = cfg.get("head_dim")
     if head_dim is not None and fam == "dream" and head_dim != d // n_heads:
         _refuse(where, "head_dim", head_dim, "differs from hidden_size // num_attention_heads, "
@@ -121,7 +149,7 @@ def _hf(cfg: dict, where: str, fam: str) -> ModelConfig:
         mlp_bias = bool(cfg.get("mlp_bias", False))
     else:                     # Qwen2 layout: q/k/v always biased, o and the MLP never
         qkv_bias, o_bias, mlp_bias = True, False, False
-    return ModelConfig(
+    return ModelConfig.from_dict(dict(
         d_model=d, n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
         mlp_hidden=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
@@ -130,7 +158,8 @@ def _hf(cfg: dict, where: str, fam: str) -> ModelConfig:
         norm_eps=_norm_eps(cfg, where), qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias,
         explicit_head_dim=explicit, tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         causal=fam != "dream", logit_shift=fam == "dream", max_seq_len=max_pos,
-        family="dream" if fam == "dream" else "llama", name=cfg.get("_name_or_path", fam))
+        family="dream" if fam == "dream" else "llama", name=cfg.get("_name_or_path", fam)),
+        where, HF_NAMES)
 
 
 def _one_id(v):

@@ -52,9 +52,9 @@ def read_hf_rope(cfg: dict, max_position_embeddings: int, where: str = "config.j
                  default_theta: float = 10000.0) -> tuple[float, dict | None]:
     """(rope_theta, scaling dict or None for plain RoPE) of an HF config dict."""
     rp, key = _rope_dict(cfg, where)
-    theta = rp.get("rope_theta", cfg.get("rope_theta", default_theta))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-        raise CheckpointError(f"{where}: rope_theta must be a positive number, got {theta!r}")
+    from .config_values import as_number
+    theta = as_number(rp.get("rope_theta", cfg.get("rope_theta", default_theta)), "rope_theta",
+                      where, above=1.0)
     rope_type = rp.get("rope_type", rp.get("type", "default"))
     if rope_type not in SUPPORTED_TYPES:
         raise CheckpointError(
@@ -77,11 +77,8 @@ def read_hf_rope(cfg: dict, max_position_embeddings: int, where: str = "config.j
         rp.setdefault("original_max_position_embeddings", max_position_embeddings)
     scaling = {"rope_type": rope_type}
     for name in _REQUIRED[rope_type]:
-        v = rp.get(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise CheckpointError(f"{where}: {key}.{name} must be a positive number for rope "
-                                  f"type '{rope_type}', got {v!r}")
-        scaling[name] = float(v)
+        scaling[name] = as_number(rp.get(name), f"{key}.{name} (rope type '{rope_type}')",
+                                  where, 0.0, 2.0 ** 24)
     for name in _OPTIONAL.get(rope_type, ()):
         if rp.get(name) is not None:
             v = rp[name]
@@ -89,24 +86,43 @@ def read_hf_rope(cfg: dict, max_position_embeddings: int, where: str = "config.j
                 if not isinstance(v, bool):
                     raise CheckpointError(f"{where}: {key}.truncate must be true or false")
                 scaling[name] = v
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise CheckpointError(f"{where}: {key}.{name} must be a positive number, "
-                                      f"got {v!r}")
             else:
-                scaling[name] = float(v)
+                scaling[name] = as_number(v, f"{key}.{name}", where, 0.0, 2.0 ** 24)
     return float(theta), scaling
 
 
-def check_scaling(scaling: dict | None) -> None:
-    """A ModelConfig's stored scaling dict must be one this module computes."""
+def check_scaling(scaling: dict | None, where: str = "model config") -> None:
+    """A ModelConfig's stored scaling dict must be one this module computes: a supported
+    type, its required keys, no other keys, every parameter a finite positive number below
+    2**24 (what read_hf_rope admits; a factor beyond it is no model's) and llama3's
+    low_freq_factor below high_freq_factor (their difference divides)."""
+    from ..errors import ConfigError
+    from .config_values import as_number
     if scaling is None:
         return
     if not isinstance(scaling, dict) or scaling.get("rope_type") not in SUPPORTED_TYPES[1:]:
-        raise CheckpointError(f"model config field rope_scaling must be null or a dict with "
-                              f"rope_type in {SUPPORTED_TYPES[1:]}, got {scaling!r}")
-    missing = [k for k in _REQUIRED[scaling["rope_type"]] if k not in scaling]
+        raise ConfigError(f"{where}: rope_scaling must be null or a dict with rope_type in "
+                          f"{SUPPORTED_TYPES[1:]}, got {scaling!r:.120}")
+    kind = scaling["rope_type"]
+    missing = [k for k in _REQUIRED[kind] if k not in scaling]
     if missing:
-        raise CheckpointError(f"model config field rope_scaling lacks {', '.join(missing)}")
+        raise ConfigError(f"{where}: rope_scaling lacks {', '.join(missing)}")
+    known = set(_REQUIRED[kind]) | set(_OPTIONAL.get(kind, ())) | {"rope_type"}
+    unknown = sorted(str(k) for k in scaling if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: rope_scaling of type '{kind}' has unknown key(s) "
+                          f"{', '.join(unknown)}")
+    for k, v in scaling.items():
+        if k == "truncate":
+            if not isinstance(v, bool):
+                raise ConfigError(f"{where}: rope_scaling.truncate must be true or false, "
+                                  f"got {v!r:.80}")
+        elif k != "rope_type" and not (k in _OPTIONAL.get(kind, ()) and v is None):
+            as_number(v, f"rope_scaling.{k}", where, 0.0, 2.0 ** 24)
+    if kind == "llama3" and not scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+        raise ConfigError(f"{where}: rope_scaling.low_freq_factor "
+                          f"{scaling['low_freq_factor']} must be below high_freq_factor "
+                          f"{scaling['high_freq_factor']}")
 
 
 def inverse_frequencies(dim: int, theta: float, scaling: dict | None,
