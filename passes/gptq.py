@@ -131,6 +131,7 @@ class GPTQ(WeightRounding):
         ordered = sorted(groups.values(), key=lambda grp: stage.nodes.index(grp[0]))
         true_seq = self.sequential and self.true_sequential
         rounds = ordered if true_seq else [sum(ordered, [])]
+        task = ctx.task("GPTQ", total=len(rounds), unit="rounds")
         for round_nodes in rounds:
             sums = self._collect(g, ctx, round_nodes, regions)
             items = []
@@ -141,6 +142,7 @@ class GPTQ(WeightRounding):
             # an MoE expert no calibration token was routed to has no Hessian: RTN
             hessians = {t: st.hessian() for t, st in sums.items() if st.tokens}
             self._replace_all(g, work, items, hessians)
+            ctx.advance(task)
 
     def _collect(self, g, ctx: PassContext, nodes, regions) -> dict:
         """Σ xᵀx per input of `nodes` (float64 for fp64 models, else float32, on their device)."""

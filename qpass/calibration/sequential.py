@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.fx as fx
 
+from qpass import progress as progress_lines
 from qpass.errors import CalibrationError
 from qpass.ir.structure import BlockInfo, role
 
@@ -178,7 +179,7 @@ class SequentialRunner:
         self.g, self.calib, self.batch_size = g, calib, batch_size
         self.offload_dir = offload_dir
         self.device = device if device is not None else _graph_device(g.gm)
-        self.progress = progress            # a PassContext (task/advance) or None
+        self.progress = progress            # unused: run() reports through qpass.progress
         self.stages = split_stages(g)
         self.placeholders = [n for n in g.gm.graph.nodes if n.op == "placeholder"]
         self.output_node = next(n for n in g.gm.graph.nodes if n.op == "output")
@@ -256,16 +257,14 @@ class SequentialRunner:
         """Walk all stages: per stage with linears call callback(stage, self, cache), then
         recompute its outputs with the (possibly replaced) modules and move on. Returns the
         graph outputs per batch when keep_outputs, else None."""
-        ctx = self.progress
-        task = ctx.task(f"{description}: {len(self.stages) - 2} blocks",
-                        total=len(self.stages)) if ctx is not None else None
         cache = self.new_cache("input")
         for batch in self.batches():
             cache.append({})
         outputs = None
+        task = progress_lines.begin(description, total=len(self.stages), unit="stages")
         try:
             for stage in self.stages:
-                self._describe(task, f"{description}: {stage.name} of {len(self.stages) - 2} blocks")
+                task.describe(stage.name)
                 if callback is not None and stage.linears:
                     callback(stage, self, cache)
                 is_last = stage is self.stages[-1]
@@ -279,19 +278,14 @@ class SequentialRunner:
                         raise
                     cache.clear()
                     cache = nxt
-                if ctx is not None:
-                    ctx.advance(task)
-            self._describe(task, f"{description}: {len(self.stages) - 2} blocks")
+                task.advance()
             if keep_outputs:
                 outputs = [self._output_value(values) for values in cache]
+            task.close()
         finally:
+            task.close(ok=False)                  # (closed above unless this raised)
             cache.clear()
         return outputs
-
-    def _describe(self, task, text: str) -> None:
-        ctx = self.progress
-        if ctx is not None and ctx.progress is not None and task is not None:
-            ctx.progress.update(task, description=text)
 
     def _output_value(self, values: dict[str, Any]):
         by_name = {n: values[n.name] for n in self.output_node.all_input_nodes}

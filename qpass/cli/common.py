@@ -50,6 +50,18 @@ def add_device_args(p) -> None:
                    help="compute dtype of the loaded model (default: float32)")
 
 
+def add_progress_args(p, quiet: bool = True) -> None:
+    """--quiet (unless the command has its own) and --progress-every: progress is on for every
+    command (qpass.progress: bars on a terminal, else a line on stderr at each phase's start
+    and end and at most one every SECONDS between); main() reads both."""
+    from .args import nonneg_float
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+    p.add_argument("--progress-every", type=nonneg_float, default=None, metavar="SECONDS",
+                   help="when stderr is not a terminal, at most one progress line every SECONDS "
+                        "(default 10, or $QPASS_PROGRESS_EVERY)")
+
+
 def resolve_device(device: str | None) -> str:
     import torch
     if device is None:

@@ -12,7 +12,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from qpass import progress
+
 from .args import positive_int
+from .common import add_progress_args
 
 # Strongest first; the demo runs the first available of each group.
 WEIGHT_ONLY = ("w4a16-gptq", "w4a16-rtn")
@@ -28,6 +31,7 @@ def add_demo_command(sub) -> None:
     p.add_argument("--pipelines", default=None, help="comma-separated preset names")
     p.add_argument("--calib-n", type=positive_int, default=32)
     p.add_argument("--seq-len", type=positive_int, default=256)
+    add_progress_args(p)
     p.set_defaults(func=run_demo)
 
 
@@ -67,17 +71,22 @@ def run_demo(args) -> int:
     con.print(f"[bold]tiny-llada[/]: {sum(p.numel() for p in fp.parameters()) / 1e6:.2f}M "
               f"parameters, {fp.config.n_layers} blocks, byte tokenizer")
     names = args.pipelines.split(",") if args.pipelines else _pick((WEIGHT_ONLY, WEIGHT_ACT))
+    pipes = {name: presets.get(name) for name in names}      # unknown names fail first
     models = {"FP32": (fp, 0.0)}
-    for name in names:
-        t0 = time.perf_counter()
-        pipe = presets.get(name)
-        calib = build_calibration(pipe, fp, args.calib_n, args.seq_len)   # the embedded corpora
-        models[name] = (pipe.run(fp, calib, verify=False), time.perf_counter() - t0)
     results = {}
-    for label, (m, _) in models.items():
-        t0 = time.perf_counter()
-        with con.status(f"evaluating {label} on general / math / code"):
-            results[label] = (evaluate(m, **EVAL), time.perf_counter() - t0)
+    with progress.phase("demo", total=2 * len(names) + 1, unit="steps") as shown:
+        for name, pipe in pipes.items():
+            shown.describe(f"quantize {name}")
+            t0 = time.perf_counter()
+            calib = build_calibration(pipe, fp, args.calib_n, args.seq_len)   # embedded corpora
+            models[name] = (pipe.run(fp, calib, verify=False, progress=None),
+                            time.perf_counter() - t0)
+            shown.advance()
+        for label, (m, _) in models.items():
+            shown.describe(f"evaluate {label} on general / math / code")
+            t0 = time.perf_counter()
+            results[label] = (evaluate(m, progress=None, **EVAL), time.perf_counter() - t0)
+            shown.advance()
     for prompt in PROMPTS:
         con.print(f"\n[bold]prompt[/] {prompt!r}")
         for label, (m, _) in models.items():

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from qpass.errors import QpassError
 from qpass.folders.owned import write_output
 
 from .args import positive_int, seed
-from .common import load_model
+from .common import add_progress_args, load_model
 from .trajectory import add_trajectory_args, run_trajectory_command
 
 EXAMPLE = """example:
@@ -40,7 +41,9 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--n-mc", type=positive_int, default=None, help="ELBO masking draws per chunk")
     p.add_argument("--text-bytes", type=positive_int, default=None, help="held-out bytes for bits/byte")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    add_progress_args(p)
+    p.add_argument("--progress", action="store_const", const=True, default=None,
+                   help="kept for old scripts: progress is on by default (--quiet: off)")
     p.add_argument("--unsafe-code-exec", action="store_true",
                    help="where no sandbox exists (no bubblewrap / namespaces), run generated "
                         "code anyway with rlimits only; never on untrusted models")
@@ -83,4 +86,5 @@ def run_eval_command(args) -> int:
     print_results(results, Console())
     if args.json_out:
         write_output(args.json_out, json.dumps(results, indent=1) + "\n", "--json")
+        print(f"wrote {args.json_out}", file=sys.stderr)
     return 0

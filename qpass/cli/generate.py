@@ -11,6 +11,7 @@ import time
 from qpass.errors import QpassError
 
 from .args import length, nonneg_float, seed
+from .common import add_progress_args
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
@@ -47,6 +48,7 @@ def add_generate_command(sub) -> None:
     p.add_argument("--device", default=None, help="run on this device (e.g. cpu, cuda); a "
                    "lowered checkpoint binds that device's kernels")
     p.add_argument("--seed", type=seed, default=0)
+    add_progress_args(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -88,7 +90,7 @@ def cmd_generate(args) -> int:
     stats = StepStats()
     kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature,
               seed=args.seed, cache=args.cache, threshold=args.threshold,
-              refresh_every=args.refresh_every, stats=stats)
+              refresh_every=args.refresh_every, stats=stats, progress=None)
     which = resolve_sampler(model, args.sampler)
     if which == "block":
         if args.block_length is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qpass import progress
 from qpass.errors import QpassError
 
 from .backends import add_backends_command
@@ -32,7 +33,9 @@ def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with progress.session(enabled=not getattr(args, "quiet", False),
+                              every=getattr(args, "progress_every", None)):
+            return int(args.func(args) or 0)
     except (QpassError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"qpass {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ from qpass.errors import PipelineError
 from qpass.runtime.loading import is_compiled_dir
 
 from .args import positive_int as _positive, seed as _seed
-from .common import add_device_args, load_model, resolve_device, resolve_pipeline, torch_dtype
+from .common import (add_device_args, add_progress_args, load_model, resolve_device,
+                     resolve_pipeline, torch_dtype)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
@@ -49,6 +50,7 @@ def add_quantize_command(sub) -> None:
                    help="lower to kernel ops (default auto: the best backend per device at run "
                         "time; reference/triton: pin one; none: keep the simulated model)")
     p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
+    add_progress_args(p, quiet=False)
     p.set_defaults(func=cmd_quantize)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_progress_args
+
 EXAMPLE = """example:
   qpass study studies/paper.toml                 # tiny zoo, CPU
   qpass study studies/paper.toml --out runs/paper --no-plots
@@ -21,6 +23,7 @@ def add_study_command(sub) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="set the path of the config's model NAME (e.g. a local checkpoint)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_progress_args(p)
     p.set_defaults(func=cmd_study)
 
 
@@ -44,10 +47,11 @@ def cmd_study(args) -> int:
     _override_paths(cfg, args.model)
     check_out_dir(cfg.out)   # before any compute
     console = Console(stderr=True)
-    rows = run_study(cfg, presets.get, log=lambda msg: console.print(msg, style="dim"))
+    rows = run_study(cfg, presets.get,
+                     log=lambda msg: console.print(msg, style="dim", soft_wrap=True))
     files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots)
     Console().print(rich_table(summarize(rows), f"qpass study: {cfg.name}"))
     n_cached = sum(r["cached"] for r in rows)
     console.print(f"{len(rows)} results ({n_cached} from the cache); wrote "
-                  + ", ".join(str(p) for p in files.values()))
+                  + ", ".join(str(p) for p in files.values()), soft_wrap=True)
     return 0

@@ -6,6 +6,7 @@ and --png, and prints a summary table."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from qpass.calibration import build_calibration
@@ -112,8 +113,10 @@ def run_trajectory_command(args, data_dir=None) -> int:
     _print(data, Console())
     if args.json_out:
         write_output(args.json_out, json.dumps(data, indent=1) + "\n", "--json")
+        print(f"wrote {args.json_out}", file=sys.stderr)
     if args.png:
         plot_trajectory(data, args.png, title=f"{args.model}: trajectory error vs FP")
+        print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
 

@@ -97,7 +97,7 @@ def draw_masks(length: int, n_mc: int, eps: float, keep: int, gen: torch.Generat
 def elbo_ppl(model, texts_or_ids, *, tokenizer=None, seq_len: int = 256, n_mc: int = 8,
              batch_size: int = 8, seed: int = 0, eps: float = 1e-3,
              max_tokens: int | None = None, mask_id: int | None = None,
-             stratified: bool = True, progress: bool = False) -> EvalResult:
+             stratified: bool = True, progress: bool | None = False) -> EvalResult:
     """Negative-ELBO perplexity of `model` on texts (str or list of str, tokenized with
     `tokenizer` or model.tokenizer) or token ids (1-D/2-D tensor or list of 1-D sequences).
 
@@ -130,7 +130,7 @@ def elbo_ppl(model, texts_or_ids, *, tokenizer=None, seq_len: int = 256, n_mc: i
     for r, (c, _, _) in enumerate(rows):
         by_len.setdefault(len(chunks[c]), []).append(r)
     batches = [idx[i:i + batch_size] for idx in by_len.values() for i in range(0, len(idx), batch_size)]
-    with step_progress(len(batches), progress, "elbo") as advance:
+    with step_progress(len(batches), progress, "elbo", "batches") as advance:
         for batch in batches:
             clean = torch.stack([chunks[rows[r][0]] for r in batch]).to(device)
             masked = torch.stack([rows[r][2] for r in batch]).to(device)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import QpassError
-from ..sampling.common import denoise, encode_text, model_device, special_ids
+from ..sampling.common import denoise, encode_text, model_device, special_ids, step_progress
 
 Request = tuple  # (prefix_ids, continuation_ids) or (prefix_ids, continuation_ids, suffix_ids)
 
@@ -50,10 +50,11 @@ def _draws(n_pos: int, mc_num: int, gen: torch.Generator) -> list[torch.Tensor]:
 @torch.no_grad()
 def loglikelihood_draws(model, requests: Sequence[Request], mc_num: int = 128,
                         batch_size: int = 32, mask_id: int | None = None,
-                        seed: int = 0) -> list[torch.Tensor]:
+                        seed: int = 0, progress: bool | None = None) -> list[torch.Tensor]:
     """Per request a (mc_num,) float64 tensor of single-draw estimates of
     log p(continuation | prefix[, suffix]). Rows of all requests share forward batches
-    (right-padded and key-masked when their lengths differ)."""
+    (right-padded and key-masked when their lengths differ). progress: the batches as a
+    qpass.progress phase (None: as the enclosing step says)."""
     if mc_num < 1 or batch_size < 1:
         raise QpassError("mc_num and batch_size must be >= 1")
     mask = special_ids(model, mask_id=mask_id).mask
@@ -79,28 +80,35 @@ def loglikelihood_draws(model, requests: Sequence[Request], mc_num: int = 128,
     device = model_device(model)
     values = torch.zeros(len(rows), dtype=torch.float64)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))  # similar lengths together
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(rows[i][1]) for i in batch)
-        clean = torch.full((len(batch), width), mask, dtype=torch.long)
-        masked = torch.zeros(len(batch), width, dtype=torch.bool)
-        real = torch.zeros(len(batch), width, dtype=torch.bool)
-        for b, i in enumerate(batch):
-            n = len(rows[i][1])
-            clean[b, :n], masked[b, :n], real[b, :n] = rows[i][1], rows[i][2], True
-        key_mask = None if bool(real.all()) else real.to(device)
-        clean, masked = clean.to(device), masked.to(device)
-        logits = denoise(model, clean.masked_fill(masked, mask), key_mask)
-        ce = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none")
-        per_row = torch.zeros(len(batch), dtype=torch.float64, device=device)
-        per_row.index_add_(0, masked.nonzero()[:, 0], ce.double())
-        weights = torch.tensor([rows[i][3] for i in batch], dtype=torch.float64)
-        values[batch] = -per_row.cpu() * weights
+    starts = range(0, len(order), batch_size)
+    with step_progress(len(starts), progress, "likelihood", "batches") as advance:
+        for start in starts:
+            _score_batch(model, rows, order[start:start + batch_size], mask, device, values)
+            advance()
 
     out = [[] for _ in requests]
     for i, (r, *_rest) in enumerate(rows):
         out[r].append(values[i])
     return [torch.stack(v) for v in out]
+
+
+def _score_batch(model, rows, batch, mask, device, values) -> None:
+    """values[batch] = the draws' estimates for these rows, in one forward pass."""
+    width = max(len(rows[i][1]) for i in batch)
+    clean = torch.full((len(batch), width), mask, dtype=torch.long)
+    masked = torch.zeros(len(batch), width, dtype=torch.bool)
+    real = torch.zeros(len(batch), width, dtype=torch.bool)
+    for b, i in enumerate(batch):
+        n = len(rows[i][1])
+        clean[b, :n], masked[b, :n], real[b, :n] = rows[i][1], rows[i][2], True
+    key_mask = None if bool(real.all()) else real.to(device)
+    clean, masked = clean.to(device), masked.to(device)
+    logits = denoise(model, clean.masked_fill(masked, mask), key_mask)
+    ce = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none")
+    per_row = torch.zeros(len(batch), dtype=torch.float64, device=device)
+    per_row.index_add_(0, masked.nonzero()[:, 0], ce.double())
+    weights = torch.tensor([rows[i][3] for i in batch], dtype=torch.float64)
+    values[batch] = -per_row.cpu() * weights
 
 
 def loglikelihood(model, prefix_ids, continuation_ids, mc_num: int = 128, batch_size: int = 32,

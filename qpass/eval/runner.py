@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import progress as progress_lines
 from ..errors import QpassError
 from .tasks import TaskContext, TaskSettings, get_task
 
@@ -15,11 +16,14 @@ DEFAULT_TASKS = ("general", "math", "code")
 
 @torch.no_grad()
 def evaluate(model, tasks=DEFAULT_TASKS, limit: int | None = None, seed: int = 0,
-             tokenizer=None, data_dir=None, progress: bool = False, **settings) -> dict:
+             tokenizer=None, data_dir=None, progress: bool | None = False,
+             **settings) -> dict:
     """{"tasks": {name: {metric: value}}, "seconds": {name: s}, "seed", "limit", "settings"}.
 
     limit caps the items of every task (cloze questions, math problems, scored text chunks);
-    keyword settings override TaskSettings fields (e.g. n_mc=8, text_bytes=65536)."""
+    keyword settings override TaskSettings fields (e.g. n_mc=8, text_bytes=65536). progress:
+    report the tasks and their loops through qpass.progress (True: bars on a terminal; None:
+    as the enclosing step or the command line says; False: silent)."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     known = {f.name for f in fields(TaskSettings)}
@@ -37,10 +41,14 @@ def evaluate(model, tasks=DEFAULT_TASKS, limit: int | None = None, seed: int = 0
         model.eval()
     results, seconds = {}, {}
     try:
-        for task in resolved:
-            start = time.perf_counter()
-            results[task.name] = task.run(model, ctx)
-            seconds[task.name] = round(time.perf_counter() - start, 3)
+        with progress_lines.phase("eval", total=len(resolved), unit="tasks",
+                                  enabled=progress) as shown:
+            for task in resolved:
+                shown.describe(task.name)
+                start = time.perf_counter()
+                results[task.name] = task.run(model, ctx)
+                seconds[task.name] = round(time.perf_counter() - start, 3)
+                shown.advance()
     finally:
         if was_training:
             model.train()

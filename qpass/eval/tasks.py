@@ -54,7 +54,7 @@ class TaskContext:
     data_dir: Path | None = None
     seed: int = 0
     limit: int | None = None    # cap on items (cloze, math problems) and on scored chunks
-    progress: bool = False
+    progress: bool | None = False
     settings: TaskSettings = field(default_factory=TaskSettings)
 
     def cap(self, n: int) -> int:
@@ -142,7 +142,7 @@ def general_task(model, ctx: TaskContext) -> dict:
     reqs = [(encode_text(tok, it.left), encode_text(tok, o), encode_text(tok, it.right))
             for it in items for o in it.options]
     draws = loglikelihood_draws(model, reqs, mc_num=s.cloze_mc, batch_size=max(s.batch_size, 32),
-                                seed=ctx.seed)
+                                seed=ctx.seed, progress=ctx.progress)
     correct, pos = 0, 0
     for it in items:
         scores = [float(d.mean()) for d in draws[pos:pos + len(it.options)]]

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import torch
 
+from .. import progress as progress_lines
 from ..errors import QpassError
 from ..ir import capture
 from ..ir.structure import role
@@ -71,14 +72,19 @@ def block_variants(fp_model, make_pipeline, calib=None, mode: str = "quantize-on
         raise QpassError(f"attribution mode must be one of {MODES}, got {mode!r}")
     per_block = block_node_names(fp_model)
     chosen = range(len(per_block)) if blocks is None else blocks
-    out = {}
     for b in chosen:
         if not 0 <= b < len(per_block):
             raise QpassError(f"block {b} does not exist: the model has {len(per_block)} blocks")
-        if mode == "quantize-one":
-            kept = [n for i, names in enumerate(per_block) if i != b for n in names]
-        else:
-            kept = per_block[b]
-        pipe = with_blocks_kept(make_pipeline(), kept)
-        out[b] = pipe.run(fp_model, calib, verify=False, progress=False, seed=seed)
+    out = {}
+    with progress_lines.phase(f"attribution ({mode})", total=len(chosen),
+                              unit="variants") as shown:
+        for b in chosen:
+            shown.describe(f"block {b}")
+            if mode == "quantize-one":
+                kept = [n for i, names in enumerate(per_block) if i != b for n in names]
+            else:
+                kept = per_block[b]
+            pipe = with_blocks_kept(make_pipeline(), kept)
+            out[b] = pipe.run(fp_model, calib, verify=False, progress=None, seed=seed)
+            shown.advance()
     return out

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import torch
 
+from .. import progress as progress_lines
 from ..errors import QpassError
 from ..sampling import generate, resolve_sampler
 from ..sampling.common import denoise, encode_text, special_ids
@@ -160,7 +161,7 @@ def trajectory(fp, quantized, prompts, gen_length: int = 32, steps: int = 32,
                block_length: int | None = 16, sampler: str = "auto", seed: int = 0,
                attribution: Mapping[str, Mapping[int, object]] | None = None,
                attribution_mode: str = "quantize-one", free_running: bool = True,
-               **sampler_kw) -> TrajectoryReport:
+               progress: bool | None = None, **sampler_kw) -> TrajectoryReport:
     """Step-by-step error of `quantized` (one model, or a mapping name → model) against `fp`.
 
     prompts: texts (encoded with fp's tokenizer) or token-id lists. The sampler is qpass's
@@ -169,7 +170,9 @@ def trajectory(fp, quantized, prompts, gen_length: int = 32, steps: int = 32,
     off. Per step and model: KL(FP‖Q) (nats, mean and max over masked positions), top-1
     agreement, commit-set Jaccard and token agreement (module docstring); per prompt the
     first step at which free-running trajectories differ. attribution: for a model name,
-    {block index: variant model}, scored on the same canvases (see trajectory_blocks)."""
+    {block index: variant model}, scored on the same canvases (see trajectory_blocks).
+    progress: the scored steps as a qpass.progress phase (None: as the enclosing step or the
+    command line says)."""
     if "cache" in sampler_kw:
         raise QpassError("trajectory scores every step on the whole canvas: the cache cannot be "
                          "used (leave cache unset)")
@@ -181,37 +184,48 @@ def trajectory(fp, quantized, prompts, gen_length: int = 32, steps: int = 32,
     kw = dict(gen_length=gen_length, steps=steps, seed=seed, **sampler_kw)
     if block_length is not None:
         kw["block_length"] = block_length
-    mask_id = special_ids(fp).mask
-    rows = len(ids)
-    fp_tap = _Tap(fp, gen_length, models)
-    fp_final = _run(fp_tap, ids, which, kw)
-    after_fp = _after_steps(fp_tap, fp_final, rows)
-    lo = fp_final.shape[1] - gen_length
-    report = TrajectoryReport(settings={
-        "sampler": which, "gen_length": gen_length, "steps": steps,
-        "steps_taken": len(fp_tap.canvases), "block_length": block_length, "seed": seed,
-        "prompts": rows, "sampler_kw": {k: v for k, v in sampler_kw.items()},
-        "attribution_mode": attribution_mode if attribution else None,
-        "kl": "nats, over the vocabulary without the mask token, mean over masked positions"})
-    for name in models:
-        per_step = []
-        for s, canvas in enumerate(fp_tap.canvases):
-            masked = canvas[:rows, lo:] == mask_id
-            q_logits = fp_tap.scored_logits[name][s]
-            rec = {"step": s, **step_measures(fp_tap.logits[s][:rows], q_logits[:rows],
-                                              masked.cpu(), mask_id)}
-            after_q = _replayed_commit(fp_tap, q_logits, s, ids, which, kw, fp_final)
-            rec.update(commit_measures(canvas[:rows, lo:], after_fp[s][:, lo:],
-                                       after_q[:rows, lo:], mask_id))
-            per_step.append(rec)
-        entry = {"steps": per_step, "summary": summarize(per_step)}
-        if free_running:
-            entry["free_running"] = _free_running(models[name], ids, which, kw, gen_length,
-                                                  after_fp, fp_final, rows, lo)
-        if attribution and name in attribution:
-            entry["attribution"] = score_variants(fp_tap, attribution[name], rows, lo, mask_id,
-                                                  attribution_mode, entry["summary"]["kl_mean"])
-        report.models[name] = entry
+    with progress_lines.phase("trajectory", unit="steps", enabled=progress) as shown:
+        shown.describe("FP reference run")
+        mask_id = special_ids(fp).mask
+        rows = len(ids)
+        fp_tap = _Tap(fp, gen_length, models)
+        fp_final = _run(fp_tap, ids, which, kw)
+        after_fp = _after_steps(fp_tap, fp_final, rows)
+        lo = fp_final.shape[1] - gen_length
+        n = len(fp_tap.canvases)
+        shown.set_total(sum(n + int(free_running) + n * len((attribution or {}).get(name, ()))
+                            for name in models))
+        report = TrajectoryReport(settings={
+            "sampler": which, "gen_length": gen_length, "steps": steps,
+            "steps_taken": len(fp_tap.canvases), "block_length": block_length, "seed": seed,
+            "prompts": rows, "sampler_kw": {k: v for k, v in sampler_kw.items()},
+            "attribution_mode": attribution_mode if attribution else None,
+            "kl": "nats, over the vocabulary without the mask token, mean over masked positions"})
+        for name in models:
+            per_step = []
+            for s, canvas in enumerate(fp_tap.canvases):
+                shown.describe(f"{name}: step {s + 1} of {n}")
+                masked = canvas[:rows, lo:] == mask_id
+                q_logits = fp_tap.scored_logits[name][s]
+                rec = {"step": s, **step_measures(fp_tap.logits[s][:rows], q_logits[:rows],
+                                                  masked.cpu(), mask_id)}
+                after_q = _replayed_commit(fp_tap, q_logits, s, ids, which, kw, fp_final)
+                rec.update(commit_measures(canvas[:rows, lo:], after_fp[s][:, lo:],
+                                           after_q[:rows, lo:], mask_id))
+                per_step.append(rec)
+                shown.advance()
+            entry = {"steps": per_step, "summary": summarize(per_step)}
+            if free_running:
+                shown.describe(f"{name}: free-running")
+                entry["free_running"] = _free_running(models[name], ids, which, kw, gen_length,
+                                                      after_fp, fp_final, rows, lo)
+                shown.advance()
+            if attribution and name in attribution:
+                shown.describe(f"{name}: block attribution")
+                entry["attribution"] = score_variants(fp_tap, attribution[name], rows, lo, mask_id,
+                                                      attribution_mode, entry["summary"]["kl_mean"],
+                                                      advance=shown.advance)
+            report.models[name] = entry
     return report
 
 
@@ -228,7 +242,7 @@ def _free_running(model, ids, which, kw, gen_length, after_fp, fp_final, rows, l
 
 @torch.no_grad()
 def score_variants(fp_tap: _Tap, variants: Mapping[int, object], rows: int, lo: int,
-                   mask_id: int, mode: str, full_kl: float) -> dict:
+                   mask_id: int, mode: str, full_kl: float, advance=lambda: None) -> dict:
     """Per-step KL of each block variant on the recorded FP canvases.
 
     mode "quantize-one": variant b = FP with only block b quantized; its KL is block b's own
@@ -241,6 +255,7 @@ def score_variants(fp_tap: _Tap, variants: Mapping[int, object], rows: int, lo: 
             masked = canvas[:rows, lo:] == mask_id
             logits = _kept(denoise(model, canvas, fp_tap.key_mask)[:rows, lo:])
             per_step.append(step_measures(fp_tap.logits[s][:rows], logits, masked.cpu(), mask_id))
+            advance()
         kl = [r["kl"] for r in per_step]
         live = [r["kl"] for r in per_step if r["masked"]]
         kl_mean = sum(live) / len(live) if live else 0.0

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from qpass import progress as progress_lines
 from qpass.errors import CalibrationError, PipelineError
 from qpass.pipeline.facts import check_stage, check_witnessed
 from qpass.pipeline.pass_base import PassContext
@@ -49,7 +50,8 @@ class Executor:
     """One run of `pipeline` over the stages `store` holds (MemoryStore or DiskStore)."""
 
     def __init__(self, pipeline, store, calib=None, verify: bool = True, seed: int = 0,
-                 progress=None, offload_dir: str | None = None, batch_size: int = 8):
+                 progress: bool | None = None, offload_dir: str | None = None,
+                 batch_size: int = 8):
         self.pipeline, self.store, self.calib = pipeline, store, calib
         self.verify, self.seed, self.progress = verify, seed, progress
         self.offload_dir, self.batch_size = offload_dir, batch_size
@@ -115,35 +117,39 @@ class Executor:
                 cache.append({})
             shadows = {k: copy_cache(cache) for k, p in enumerate(passes)
                        if p.stage_inputs != "processed"}
-        task = self.progress.add_task("stages", total=len(stages)) if self.progress else None
-        try:
-            for stage in stages:
-                if stage.index < len(done):           # completed by an earlier run
-                    loaded = self.store.restore(g, stage, done[stage.index], runner, self.known,
-                                                last=stage.index == len(done) - 1)
-                    g.recompile()                # the one place a graph is recompiled
-                    if loaded is not None:
-                        cache, shadows = loaded
-                    self._advance(task, stage)
-                    continue
-                record, cache, shadows = self._stage(g, stage, runner, cache, shadows,
-                                                     stage is stages[-1], task)
-                records.append(record)
-                self.store.save(g, stage, records, cache, shadows)
-                self.store.free(g, stage)
-                self._advance(task, stage)
-        finally:
-            for c in [cache] + list((shadows or {}).values()):
-                if c is not None:
-                    c.clear()
-        seen = [set().union(*(set(r.facts.get(str(k), [])) for r in records)) for k in range(len(passes))]
-        for p, facts in zip(passes, seen):
-            check_witnessed(p, facts)
-        return self.store.finish(g, self.pipeline, self._report(records), records)
-
-    def _advance(self, task, stage) -> None:
-        if self.progress is not None and task is not None:
-            self.progress.update(task, advance=1, description=f"stages: {stage.name} done")
+        with progress_lines.phase("quantize" if self.pipeline.quantizes else "pipeline",
+                                  total=len(stages), unit="stages", done=len(done),
+                                  enabled=self.progress) as task:
+            if done:
+                progress_lines.say(f"resuming: {len(done)} of {len(stages)} stages done by an "
+                                   f"earlier run are read back, not recomputed")
+            try:
+                for stage in stages:
+                    if stage.index < len(done):           # completed by an earlier run
+                        task.describe(f"{stage.name}: restoring")
+                        loaded = self.store.restore(g, stage, done[stage.index], runner,
+                                                    self.known,
+                                                    last=stage.index == len(done) - 1)
+                        g.recompile()                # the one place a graph is recompiled
+                        if loaded is not None:
+                            cache, shadows = loaded
+                        continue
+                    record, cache, shadows = self._stage(g, stage, runner, cache, shadows,
+                                                         stage is stages[-1], task)
+                    records.append(record)
+                    self.store.save(g, stage, records, cache, shadows)
+                    self.store.free(g, stage)
+                    task.advance()
+            finally:
+                for c in [cache] + list((shadows or {}).values()):
+                    if c is not None:
+                        c.clear()
+            task.describe("finishing")
+            seen = [set().union(*(set(r.facts.get(str(k), [])) for r in records))
+                    for k in range(len(passes))]
+            for p, facts in zip(passes, seen):
+                check_witnessed(p, facts)
+            return self.store.finish(g, self.pipeline, self._report(records), records)
 
     def _stage(self, g, stage, runner, cache, shadows, is_last: bool, task):
         """Run every pass on `stage`; returns (its record, the next stage's caches)."""
@@ -155,8 +161,7 @@ class Executor:
         nxt_shadows = {k: BoundaryCache() for k in (shadows or {})}
         carried = is_last or runner is None       # nothing reads the suffix's outputs
         for k, p in enumerate(passes):
-            if self.progress is not None and task is not None:
-                self.progress.update(task, description=f"stages: {stage.name}: {p.name}")
+            task.describe(f"{stage.name}: {p.name}")
             if p.is_lowering and not carried:
                 # the next stage calibrates on the simulated model, as the kernels compute it
                 runner.run_stage(stage, cache, collect=nxt)
@@ -179,8 +184,12 @@ class Executor:
         check = StageCheck(p, g, stage, runner, inputs, self.store.dtype, self.states[k]) \
             if self.verify and p.exact else None
         t0 = time.perf_counter()
-        with torch.no_grad():
-            res = p.run(g, self._ctx(stage=stage, runner=runner, inputs=inputs, run=self.states[k]))
+        ctx = self._ctx(stage=stage, runner=runner, inputs=inputs, run=self.states[k])
+        try:
+            with torch.no_grad():
+                res = p.run(g, ctx)
+        finally:
+            ctx.close_tasks()
         seconds = time.perf_counter() - t0
         if res is None:
             raise PipelineError(f"pass {p.name}.run returned None; it must return a PassResult")

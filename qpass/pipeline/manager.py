@@ -147,7 +147,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------
     def run(self, model_or_dir, calib=None, probe=None, verify: bool | None = None,
-            dtype=None, progress: bool = True, seed: int = 0, out=None, device=None,
+            dtype=None, progress: bool | None = True, seed: int = 0, out=None, device=None,
             offload_dir: str | None = None, batch_size: int = 8):
         """Run the passes stage by stage through the one executor; returns a
         CompiledDenoiser (with `.report`; `.path` where it was written).
@@ -159,27 +159,26 @@ class Pipeline:
         result holds no tensors (qpass.load_compiled(result.path) computes with it); a rerun
         after a crash resumes after the last complete stage. offload_dir: keep the cached
         stage inputs on disk there instead of in memory; batch_size: calibration sequences
-        per stage run."""
+        per stage run. progress: report the stage loop through qpass.progress (True: bars on
+        a terminal; None: as the enclosing step or the command line says; False: silent)."""
         from qpass.pipeline.executor import Executor
         store = self._store(model_or_dir, probe, dtype, out, device)
         try:
             verify = self.verify if verify is None else verify
-            with _progress(progress) as prog:
-                return Executor(self, store, calib, verify, seed, prog, offload_dir,
-                                batch_size).run()
+            return Executor(self, store, calib, verify, seed, progress, offload_dir,
+                            batch_size).run()
         finally:
             store.close()                 # the work folder's lock (work_dir.py)
 
     def apply(self, g, calib=None, probe=None, seed: int = 0, verify: bool | None = None,
-              progress: bool = False):
+              progress: bool | None = False):
         """Run the passes on the QGraph `g` in place (no copy, no coverage check): what
         `qpass inspect` uses to look at the graph after a pass. Returns the report."""
         from qpass.pipeline.executor import Executor
         from qpass.pipeline.memory_store import MemoryStore
         verify = self.verify if verify is None else verify
-        with _progress(progress) as prog:
-            return Executor(self, MemoryStore(g, probe, finish=False), calib, verify, seed,
-                            prog).run().report
+        return Executor(self, MemoryStore(g, probe, finish=False), calib, verify, seed,
+                        progress).run().report
 
     @staticmethod
     def _store(model_or_dir, probe, dtype, out, device):
@@ -201,19 +200,3 @@ class Pipeline:
             check_target(out)                          # before any compute
         return MemoryStore(model_or_dir, probe, dtype, out)
 
-
-class _NoProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=False)

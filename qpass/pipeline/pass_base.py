@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from qpass import progress as progress_lines
 from qpass.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -48,26 +49,32 @@ class PassContext:
     calib: Any = None
     scheme: Any = None
     seed: int = 0
-    progress: Any = None                 # a rich Progress, or None when quiet
+    progress: Any = None                 # the run's progress flag; passes use task()/advance()
     stage: Any = None
     runner: Any = None
     inputs: Any = None
     run: Any = None
+    _tasks: list = field(default_factory=list, repr=False)
 
     @property
     def nodes(self) -> set:
         """The stage's nodes as a set (membership tests)."""
         return set(self.stage.nodes) if self.stage is not None else set()
 
-    def task(self, description: str, total: int | None = None):
-        """A progress task id (or None); passes call advance(task) as they go."""
-        if self.progress is None:
-            return None
-        return self.progress.add_task(description, total=total)
+    def task(self, description: str, total: int | None = None, unit: str = ""):
+        """A qpass.progress phase inside the stage's; passes call advance(task) as they go
+        and the executor closes it when the pass returns."""
+        ph = progress_lines.begin(description, total=total, unit=unit)
+        self._tasks.append(ph)
+        return ph
 
     def advance(self, task, n: int = 1) -> None:
-        if self.progress is not None and task is not None:
-            self.progress.advance(task, n)
+        if task is not None:
+            task.advance(n)
+
+    def close_tasks(self) -> None:
+        while self._tasks:
+            self._tasks.pop().close()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
                              remasking: str = "low_confidence", threshold: float | None = None,
                              mask_id: int | None = None, eos_id: int | None = None,
                              pad_id: int | None = None, stop_at_eos: bool = False,
-                             attention_mask=None, seed: int = 0, progress: bool = False,
+                             attention_mask=None, seed: int = 0, progress: bool | None = False,
                              stats: StepStats | None = None, block_size: int | None = None,
                              cache: str = "none", refresh_every: int | None = None
                              ) -> torch.Tensor:
@@ -66,7 +66,7 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
     gen = make_generator(seed, device)
     stats = stats if stats is not None else StepStats()
     bounds = [(lo, min((lo // bs + 1) * bs, end)) for lo in _starts(Lp, end, bs)]
-    with step_progress(len(bounds), progress, "block diffusion") as advance:
+    with step_progress(len(bounds), progress, "sampling (block diffusion)", "blocks") as advance:
         for lo, hi in bounds:
             n_steps = max(1, round(steps * (hi - lo) / gen_length))
             masked = x[:, lo:hi] == ids.mask

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .. import progress as progress_lines
 from ..errors import QpassError
 
 
@@ -130,16 +131,12 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 @contextlib.contextmanager
-def step_progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[], None]]:
-    """Yields advance(); draws a rich progress bar over denoising steps when enabled."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
+def step_progress(total: int, enabled: bool | None, label: str,
+                  unit: str = "steps") -> Iterator[Callable[[], None]]:
+    """Yields advance(): the loop's steps as a qpass.progress phase (enabled True: bars on a
+    terminal; None: as the enclosing step or the command line says; False: silent)."""
+    with progress_lines.phase(label, total=total, unit=unit, enabled=enabled) as ph:
+        yield ph.advance
 
 
 def top_k_per_row(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

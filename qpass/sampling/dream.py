@@ -66,7 +66,7 @@ def generate_dream(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                    alg: str = "origin", temperature: float = 0.0, top_p: float | None = None,
                    top_k: int | None = None, eps: float = 1e-3, alg_temp: float | None = None,
                    mask_id: int | None = None, pad_id: int | None = None,
-                   attention_mask=None, seed: int = 0, progress: bool = False,
+                   attention_mask=None, seed: int = 0, progress: bool | None = False,
                    block_length: int | None = None, cache: str = "none",
                    threshold: float | None = None, refresh_every: int | None = None,
                    stats: StepStats | None = None) -> torch.Tensor:
@@ -106,7 +106,7 @@ def generate_dream(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     fwd = BlockForward(model, cache, refresh_every, logit_shift=True, stats=stats)
 
     total = n_blocks * (block_length if threshold is not None else spb)
-    with step_progress(total, progress, f"dream/{alg}") as advance:
+    with step_progress(total, progress, f"sampling (dream/{alg})") as advance:
         for blk in range(n_blocks):
             lo, hi = Lp + blk * block_length, Lp + (blk + 1) * block_length
             i = 0

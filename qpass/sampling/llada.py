@@ -89,7 +89,7 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                    remasking: str = "low_confidence", cfg_scale: float = 0.0,
                    mask_id: int | None = None, eos_id: int | None = None,
                    pad_id: int | None = None, stop_at_eos: bool = False,
-                   attention_mask=None, seed: int = 0, progress: bool = False,
+                   attention_mask=None, seed: int = 0, progress: bool | None = False,
                    cache: str = "none", threshold: float | None = None,
                    refresh_every: int | None = None, stats: StepStats | None = None
                    ) -> torch.Tensor:
@@ -147,7 +147,7 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     fwd = BlockForward(model, cache, refresh_every, stats=stats)
 
     total = n_blocks * (block_length if threshold is not None else steps_per_block)
-    with step_progress(total, progress, "llada") as advance:
+    with step_progress(total, progress, "sampling (llada)") as advance:
         for b in range(n_blocks):
             lo, hi = Lp + b * block_length, Lp + (b + 1) * block_length
             schedule = transfer_schedule((x[:, lo:hi] == ids.mask).sum(dim=1), steps_per_block)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import folders
+from .. import progress as progress_lines
 from ..calibration import build_calibration
 from ..errors import QpassError
 from ..folders import CAPS, Mapping, read_json
@@ -193,7 +194,7 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
         own_dir(cfg.out / sub, "study cache folder", private=False)
     _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
     pipes = {name: (None if name == FP else resolve_pipeline(name)) for name in cfg.pipelines}
-    version, rows = code_version(), []
+    version, cells = code_version(), []
     eval_settings = dict(cfg.eval)
     limit = eval_settings.pop("limit", None)
     for m in cfg.models:
@@ -202,29 +203,42 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
             for seed in cfg.seeds:
                 cell = {"model": ident, "pipeline": pipeline_identity(pipe), "seed": seed,
                         "calibration": None if pipe is None else cfg.calibration, "code": version}
-                rows += _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, log)
+                keys = {t: _digest({**cell, "task": t, "eval": eval_settings, "limit": limit})
+                        for t in cfg.tasks}
+                cached = {t: cfg.out / "cache" / "results" / f"{k}.json" for t, k in keys.items()}
+                cells.append((m, pname, pipe, seed, cell, cached))
+    total = len(cells) * len(cfg.tasks)
+    hits = sum(p.is_file() for *_, cached in cells for p in cached.values())
+    log(f"{hits} of {total} results from the cache ({cfg.out / 'cache'}); {total - hits} to "
+        f"compute")
+    rows = []
+    with progress_lines.phase("study", total=total, unit="results", done=hits) as shown:
+        for m, pname, pipe, seed, cell, cached in cells:
+            rows += _run_cell(cfg, m, pname, pipe, seed, cell, cached, eval_settings, limit, log,
+                              shown)
     return rows
 
 
-def _run_cell(cfg, m, pname, pipe, seed, cell, eval_settings, limit, log):
-    keys = {t: _digest({**cell, "task": t, "eval": eval_settings, "limit": limit})
-            for t in cfg.tasks}
-    cached = {t: cfg.out / "cache" / "results" / f"{k}.json" for t, k in keys.items()}
+def _run_cell(cfg, m, pname, pipe, seed, cell, cached, eval_settings, limit, log, shown):
     todo = [t for t in cfg.tasks if not cached[t].is_file()]
     model = None
     if todo:
+        shown.describe(f"{m['name']} {pname} seed={seed}: model")
         model, qseconds = _quantized(cfg, m, pname, pipe, seed, cell, log)
     rows = []
     for t in cfg.tasks:
         if t in todo:
+            shown.describe(f"{m['name']} {pname} seed={seed} {t}")
             t0 = time.perf_counter()
-            res = evaluate(model, tasks=[t], limit=limit, seed=seed, **eval_settings)
+            res = evaluate(model, tasks=[t], limit=limit, seed=seed, progress=None,
+                           **eval_settings)
             metrics = res["tasks"][t]
             entry = {"metrics": {k: v for k, v in metrics.items() if k != "example"},
                      "eval_seconds": round(time.perf_counter() - t0, 3),
                      "quantize_seconds": qseconds}
             _write_atomic(cached[t], json.dumps(entry, indent=1) + "\n")
             log(f"computed {m['name']} {pname} seed={seed} {t}")
+            shown.advance()
             was_cached = False
         else:
             entry, was_cached = read_json(cached[t], cached[t].parent, CAPS["data"],
@@ -255,7 +269,7 @@ def _quantized(cfg, m, pname, pipe, seed, cell, log):
     # a real checkpoint calibrates on the user's data ([calibration] path = ...), never
     # silently on the embedded corpora (build_calibration says so when it is missing)
     calib = build_calibration(pipe, model, seed=seed, model_name=m["path"], **cfg.calibration)
-    out = pipe.run(model, calib, verify=False, progress=False, seed=seed)
+    out = pipe.run(model, calib, verify=False, progress=None, seed=seed)
     seconds = round(time.perf_counter() - t0, 3)
     out.save(ckpt)
     log(f"quantized {m['name']} {pname} seed={seed} in {seconds:.1f}s")
