@@ -113,7 +113,7 @@ class Report:
                        None if cov is None else [CoverageRow(**{**no_specs, **r}) for r in cov])
         except (TypeError, AttributeError, ValueError) as e:
             raise CheckpointError(f"the manifest's report is malformed ({type(e).__name__}: "
-                                  f"{str(e)[:120]}); the checkpoint was modified") from None
+                                  f"{str(e)[:120]!r}); the checkpoint was modified") from None
 
     def rich_tables(self) -> list:
         from rich.table import Table
