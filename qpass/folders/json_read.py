@@ -5,6 +5,7 @@ AttributeError or RecursionError somewhere later.
 
 A schema is plain data:
   a type or tuple of types   isinstance (bool is not an int unless bool is listed)
+  a tuple of specs           any one of them
   [spec]                     a list whose every item matches spec
   Mapping(spec)              an object with string keys, every value matching spec
   {"key": spec, ...}         an object holding at least these keys (Optional(spec): may be
@@ -95,6 +96,10 @@ def check_shape(value, schema, where: str) -> None:
             continue
         if isinstance(s, Optional):
             s = s.spec
+        if isinstance(s, tuple) and not all(isinstance(x, type) for x in s):
+            if not any(_matches(v, alt, at) for alt in s):      # alternatives of any spec
+                raise _wrong(at, s, v)
+            continue
         if isinstance(s, list):
             if not isinstance(v, list):
                 raise _wrong(at, s, v)
@@ -102,7 +107,7 @@ def check_shape(value, schema, where: str) -> None:
         elif isinstance(s, Mapping):
             if not isinstance(v, dict):
                 raise _wrong(at, s, v)
-            stack.extend((x, s.spec, f"{at}.{k}") for k, x in v.items())
+            stack.extend((x, s.spec, _field(at, k)) for k, x in v.items())
         elif isinstance(s, dict):
             if not isinstance(v, dict):
                 raise _wrong(at, s, v)
@@ -114,6 +119,21 @@ def check_shape(value, schema, where: str) -> None:
                 stack.append((v[key], sub, f"{at}.{key}"))
         elif not _is(v, s):
             raise _wrong(at, s, v)
+
+
+def _field(at: str, key: str) -> str:
+    """`at.key`, or `at['key']` for a key that is not a plain name (it comes from the file:
+    quoted, it cannot break the one-line message)."""
+    plain = key.replace("_", "a").replace("-", "a").replace(".", "a").isalnum() and len(key) < 80
+    return f"{at}.{key}" if plain else f"{at}[{key[:80]!r}]"
+
+
+def _matches(value, spec, at: str) -> bool:
+    try:
+        check_shape(value, spec, at)
+        return True
+    except UnsafeFileError:
+        return False
 
 
 def _wrong(at: str, spec, value) -> UnsafeFileError:

@@ -105,7 +105,18 @@ class Report:
         """The report a manifest recorded (CheckpointError when it has the wrong shape: a
         checkpoint's report is read from a file a stranger may have written)."""
         from qpass.errors import CheckpointError
+        from qpass.folders import Optional, check_shape
         no_specs = {"weight_spec": None, "act_spec": None}     # filled by attach_specs
+        num = (float, type(None))
+        check_shape(d, {"passes": Optional([{"name": str, "repr": str, "seconds": num,
+                                             "nodes_changed": [str], "notes": Optional([str]),
+                                             "metrics": Optional(dict),
+                                             "verified_rel_change": Optional(num)}]),
+                        "linears": Optional([{"name": str, "weight_sqnr_db": num,
+                                              "output_sqnr_db": num}]),
+                        "coverage": Optional(([{"name": str, "role": (str, type(None)),
+                                                "status": str, "reason": str}], type(None)))},
+                    "the manifest's report")
         try:
             cov = d.get("coverage")
             return cls([PassRecord(**p) for p in d.get("passes", [])],
