@@ -234,6 +234,10 @@ def load(directory) -> tuple:
     from qpass.models.tokenizer import load_tokenizer
     d = Path(directory)
     manifest = read_manifest(d)
+    try:            # before any weight is read: a config that lies is refused first
+        config = ModelConfig.from_dict(manifest["config"], where=f"{d / MANIFEST} config")
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"bad model config in manifest: {str(e)[:200]!r}") from None
     weights = manifest.get("weights", [WEIGHTS])     # streamed runs write one shard per stage
     if not weights or any(w not in manifest["files"] for w in weights):
         raise CheckpointError(f"{d / MANIFEST} lists weight files {weights!r:.200} that are not "
@@ -251,10 +255,6 @@ def load(directory) -> tuple:
         tensors.update(part)
     if manifest.get("version", 0) < GRID_VERSION:
         _read_specs_as_restricted(manifest)
-    try:
-        config = ModelConfig.from_dict(manifest["config"])
-    except (TypeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"bad model config in manifest: {e}") from None
     # every tensor is checked against its module, and the RoPE tables against the config
     gm = build_graph_module(manifest["graph"], tensors, manifest["tensors"], config)
     # the tokenizer reads only files the manifest lists and hashes (checked above)
