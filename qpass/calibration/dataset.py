@@ -1,17 +1,20 @@
 """dLLM-aware calibration data (DESIGN §5).
 
 A CalibrationSet holds `n` token windows of `seq_len` cut at seeded offsets from one
-concatenated token stream. With `masking="diffusion"` every window draws t ~ U(eps, 1) and each
-non-prompt token becomes the mask id with probability t — the inputs a masked-diffusion
-denoiser actually sees while sampling. `masking="none"` keeps plain text (what earlier dLLM PTQ
-work calibrated on), for comparison. Everything is drawn from one CPU generator seeded with
-`seed`, so the same arguments always give the same tensor.
+concatenated token stream, or the rows a user hands over as the windows themselves (a 2-D
+tensor, as given to llm-compressor; `from_ids`). With `masking="diffusion"` every window draws
+t ~ U(eps, 1) and each non-prompt token becomes the mask id with probability t — the inputs a
+masked-diffusion denoiser actually sees while sampling. `masking="none"` keeps plain text
+(what earlier dLLM PTQ work calibrated on), for comparison. Everything is drawn from one CPU
+generator seeded with `seed`, so the same arguments always give the same tensor.
 
     calib = CalibrationSet.from_texts(texts, tokenizer, n=128, seq_len=512, masking="diffusion")
     for (input_ids,) in calib.batches(8): model(input_ids)
 """
 from __future__ import annotations
 
+import logging
+import numbers
 from typing import Iterator, Sequence
 
 import torch
@@ -57,14 +60,25 @@ class CalibrationSet:
                    eps: float = 1e-3, seed: int = 0, mask_id: int | None = None,
                    vocab_size: int | None = None) -> "CalibrationSet":
         """Tokenize `texts`, concatenate them (EOS between documents when the tokenizer has
-        one) and cut windows. `vocab_size` (the model's) defaults to the tokenizer's; the mask
-        id defaults to `tokenizer.mask_token_id`."""
+        one) and cut `n` windows of `seq_len` at seeded random offsets (from_ids). Fewer tokens
+        than n·seq_len still work, but the windows then repeat text: one warning on the
+        "qpass" logger says how many tokens there are and how many the windows need.
+        `vocab_size` (the model's) defaults to the tokenizer's; the mask id defaults to
+        `tokenizer.mask_token_id`."""
         if tokenizer is None:
             raise CalibrationError("from_texts needs a tokenizer (the model has none?); pass "
                                    "tokenizer=, or tokenize yourself and use from_ids")
         if isinstance(texts, str):
             texts = [texts]
-        texts = [t for t in (texts or []) if t]
+        try:
+            texts = [] if texts is None else \
+                list(texts) if not isinstance(texts, (torch.Tensor, bytes)) else [texts]
+        except TypeError:                     # not iterable: reported as not text below
+            texts = [texts]
+        if any(not isinstance(t, str) for t in texts):
+            raise CalibrationError("from_texts takes a str or a list of str; for token ids use "
+                                   "CalibrationSet.from_ids(ids, mask_id=...)")
+        texts = [t for t in texts if t]
         if not texts:
             raise CalibrationError("no calibration text: got an empty list (or only empty "
                                    "strings); pass a few documents, e.g. a dataset sample")
@@ -86,18 +100,43 @@ class CalibrationSet:
                             seed=seed, vocab_size=vocab_size or tok_vocab)
 
     @classmethod
-    def from_ids(cls, ids, mask_id: int | None = None, n: int = 128, seq_len: int = 512,
-                 masking: str = "diffusion", ratios_per_sample: int = 1, prompt_len: int = 0,
-                 eps: float = 1e-3, seed: int = 0, vocab_size: int | None = None,
-                 windows: str = "random") -> "CalibrationSet":
-        """Windows from token ids: a 1-D stream, a list of sequences, or a 2-D tensor (rows are
-        concatenated). windows="random": n windows at seeded random offsets (they may overlap;
-        what GPTQ's reference does on a long corpus); "tile": the first n·seq_len tokens cut
-        into n consecutive windows, each token used once (a (n, seq_len) tensor is then used
-        row for row, e.g. to calibrate on exactly the tokens a peer tool gets). Raises
-        CalibrationError for empty/too-short input, ids outside the vocabulary, or diffusion
-        masking without a mask id."""
-        stream = _flatten_ids(ids)
+    def from_ids(cls, ids, mask_id: int | None = None, n: int | None = None,
+                 seq_len: int | None = None, masking: str = "diffusion",
+                 ratios_per_sample: int = 1, prompt_len: int = 0, eps: float = 1e-3,
+                 seed: int = 0, vocab_size: int | None = None,
+                 windows: str | None = None) -> "CalibrationSet":
+        """Windows from token ids.
+
+        Rows (a 2-D tensor or array with at least two rows, or a list of at least two
+        sequences of equal length) are the windows themselves, row for row, as a user hands
+        them to llm-compressor: n defaults to the number of rows and must equal it, seq_len
+        defaults to the row length and may be shorter (each row is then truncated to its first
+        seq_len tokens), never longer. A 1-D stream (a tensor, a list of ints, a (1, N) tensor
+        as a tokenizer returns for one text, or a list of sequences of different lengths,
+        concatenated) is cut into windows (n defaults to 128, seq_len to 512):
+        windows="random" (the default for a stream): n windows at seeded random offsets (they
+        may overlap; what GPTQ's reference does on a long corpus; a stream shorter than
+        n·seq_len is logged as a warning, since the windows must then repeat text); "tile":
+        the first n·seq_len tokens of the stream, rows concatenated, cut into n consecutive
+        windows, each token used once. windows="rows" asks for the rows rule explicitly and
+        windows="random" for rows flattens them into a stream (the behaviour before rows were
+        windows). Raises CalibrationError for empty/too-short input, n/seq_len that contradict
+        given rows, ids outside the vocabulary, or diffusion masking without a mask id."""
+        if windows is not None and windows not in WINDOWS:
+            raise CalibrationError(f"unknown windows {windows!r}; use one of {WINDOWS}")
+        rows = _rows(ids)
+        if windows is None:
+            windows = "rows" if rows is not None else "random"
+        if windows == "rows":
+            if rows is None:
+                raise CalibrationError("windows='rows' takes a 2-D tensor (or a list of "
+                                       "equal-length sequences) with one window per row")
+            clean_rows, n, seq_len = _given_rows(rows, n, seq_len)
+            stream = clean_rows.reshape(-1)
+        else:
+            stream = _flatten_ids(ids)
+            n = 128 if n is None else n
+            seq_len = 512 if seq_len is None else seq_len
         _check_args(n, seq_len, masking, ratios_per_sample, prompt_len, eps)
         if stream.numel() == 0:
             raise CalibrationError("no calibration tokens: the input is empty")
@@ -117,16 +156,19 @@ class CalibrationSet:
             if vocab_size is not None and not 0 <= int(mask_id) < vocab_size:
                 raise CalibrationError(f"mask id {mask_id} is outside the vocabulary "
                                        f"(size {vocab_size})")
-        if windows not in WINDOWS:
-            raise CalibrationError(f"unknown windows {windows!r}; use one of {WINDOWS}")
         if windows == "tile" and stream.numel() < n * seq_len:
             raise CalibrationError(f"windows='tile' needs n·seq_len = {n * seq_len} tokens, the "
                                    f"input has {stream.numel()}; lower n or seq_len, or use "
                                    f"windows='random'")
+        if windows == "random" and stream.numel() < n * seq_len:
+            _warn_overlap(stream.numel(), n, seq_len)
         gen = torch.Generator().manual_seed(int(seed))
-        offsets = torch.arange(n) * seq_len if windows == "tile" else \
-            torch.randint(0, stream.numel() - seq_len + 1, (n,), generator=gen)
-        clean = torch.stack([stream[o:o + seq_len] for o in offsets.tolist()])
+        if windows == "rows":
+            clean = clean_rows
+        else:
+            offsets = torch.arange(n) * seq_len if windows == "tile" else \
+                torch.randint(0, stream.numel() - seq_len + 1, (n,), generator=gen)
+            clean = torch.stack([stream[o:o + seq_len] for o in offsets.tolist()])
         if masking == "none":
             return cls(clean.clone(), clean, torch.zeros(n), masking, mask_id, seed, prompt_len)
         clean = clean.repeat_interleave(ratios_per_sample, dim=0)
@@ -176,23 +218,89 @@ class CalibrationSet:
                 f"masking={s['masking']!r}, masked_fraction={s['masked_fraction']})")
 
 
+def _as_tensor(ids) -> torch.Tensor | None:
+    """A tensor or array given as ids, checked to hold integers; None for anything else."""
+    if not isinstance(ids, torch.Tensor):
+        if not hasattr(ids, "__array__") or isinstance(ids, (list, tuple)):
+            return None
+        ids = torch.as_tensor(ids)                  # a numpy array
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise CalibrationError(f"token ids must be integers, got a {ids.dtype} tensor")
+    return ids.long().cpu()
+
+
+def _rows(ids) -> torch.Tensor | None:
+    """(R, L) ids when they are given as rows (R >= 2): a 2-D tensor/array, or a list of
+    sequences that all have the same length; None for a stream."""
+    t = _as_tensor(ids)
+    if t is not None:
+        return t if t.dim() == 2 and t.shape[0] > 1 else None
+    if not isinstance(ids, (list, tuple)) or len(ids) < 2 or \
+            any(isinstance(s, (numbers.Integral, str, bytes)) for s in ids):
+        return None
+    try:
+        parts = [_as_tensor(s) for s in ids]
+        parts = [p if p is not None else torch.as_tensor(list(s), dtype=torch.long)
+                 for p, s in zip(parts, ids)]
+    except (TypeError, ValueError, RuntimeError):   # not ids: _flatten_ids says so
+        return None
+    if any(p.dim() != 1 for p in parts) or len({p.numel() for p in parts}) != 1 or \
+            parts[0].numel() == 0:
+        return None
+    return torch.stack(parts)
+
+
+def _given_rows(rows: torch.Tensor, n, seq_len) -> tuple[torch.Tensor, int, int]:
+    """(windows, n, seq_len) for rows taken as the windows; n/seq_len must agree with them."""
+    count, length = rows.shape
+    how = (f"the ids are {count} rows of {length} tokens, taken as the windows themselves; "
+           f"pass ids.reshape(-1) (or windows='random') to cut windows from them as one stream")
+    if n is not None and int(n) != count:
+        fewer = f", or slice the rows (ids[:{n}])" if 0 < int(n) < count else ""
+        raise CalibrationError(f"n={n} contradicts the rows: {how}, or leave n out (or pass "
+                               f"n={count}){fewer}")
+    if seq_len is not None and int(seq_len) > length:
+        raise CalibrationError(f"seq_len={seq_len} is longer than the rows: {how}, or pass "
+                               f"seq_len <= {length} (longer rows are truncated to seq_len)")
+    seq_len = length if seq_len is None else int(seq_len)
+    if seq_len < 1:
+        raise CalibrationError(f"seq_len must be >= 1, got {seq_len}")
+    return rows[:, :seq_len].contiguous(), count, seq_len
+
+
+def _warn_overlap(have: int, n: int, seq_len: int) -> None:
+    need = n * seq_len
+    logging.getLogger("qpass").warning(
+        "qpass: the calibration data has %s tokens but n=%d windows of seq_len=%d need %s: the "
+        "windows overlap and repeat text (each token used %.1f times on average); add text, or "
+        "lower n or seq_len so that n*seq_len <= %s", f"{have:,}", n, seq_len, f"{need:,}",
+        need / have, f"{have:,}")
+
+
 def _flatten_ids(ids) -> torch.Tensor:
     if ids is None:
         return torch.zeros(0, dtype=torch.long)
-    if isinstance(ids, torch.Tensor):
-        if ids.is_floating_point():
-            raise CalibrationError(f"token ids must be integers, got a {ids.dtype} tensor")
-        return ids.reshape(-1).long().cpu()
-    ids = list(ids)
-    if ids and not isinstance(ids[0], int):   # a list of sequences
-        parts = [torch.as_tensor(list(s) if not isinstance(s, torch.Tensor) else s).reshape(-1)
-                 for s in ids]
-        parts = [p for p in parts if p.numel()]
-        return torch.cat(parts).long() if parts else torch.zeros(0, dtype=torch.long)
-    return torch.as_tensor(ids, dtype=torch.long)
+    t = _as_tensor(ids)
+    if t is not None:
+        return t.reshape(-1)
+    if isinstance(ids, (str, bytes)):
+        raise CalibrationError("token ids expected, got text: use CalibrationSet.from_texts("
+                               "texts, tokenizer, ...) for text")
+    try:
+        ids = list(ids)
+        if ids and not isinstance(ids[0], numbers.Integral):   # a list of sequences
+            parts = [_as_tensor(s) for s in ids]
+            parts = [(p if p is not None else torch.as_tensor(list(s), dtype=torch.long))
+                     .reshape(-1) for p, s in zip(parts, ids)]
+            parts = [p for p in parts if p.numel()]
+            return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return torch.as_tensor(ids, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CalibrationError(f"token ids must be integers: a tensor, a list of ints or a list "
+                               f"of int sequences (got {type(ids).__name__}: {e})") from None
 
 
-WINDOWS = ("random", "tile")
+WINDOWS = ("random", "tile", "rows")
 
 
 def _check_args(n, seq_len, masking, ratios_per_sample, prompt_len, eps) -> None:

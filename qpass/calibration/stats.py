@@ -19,6 +19,9 @@ def iter_batches(calib, batch_size: int = 8) -> Iterator[tuple]:
                                "CalibrationSet.from_texts(...) (or a (B, L) tensor of token ids)")
     if hasattr(calib, "batches"):
         yield from calib.batches(batch_size)
+    elif isinstance(calib, (str, bytes)):       # iterating text would recurse forever
+        raise CalibrationError("calibration batches are token ids, not text: build "
+                               "qpass.calibration.CalibrationSet.from_texts(texts, tokenizer, ...)")
     elif isinstance(calib, torch.Tensor):
         ids = calib if calib.dim() == 2 else calib.unsqueeze(0)
         for i in range(0, ids.shape[0], batch_size):

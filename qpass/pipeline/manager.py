@@ -152,6 +152,20 @@ class Pipeline:
         """Run the passes stage by stage through the one executor; returns a
         CompiledDenoiser (with `.report`; `.path` where it was written).
 
+        Arguments are checked before any compute, each mistake one QpassError line
+        (run_args.py). model_or_dir: a model (qpass.models.load(...), a transformers model, a
+        QGraph), a checkpoint directory, or a zoo name (its embedded checkpoint, streamed like
+        any directory, so it needs out= too; load it for an in-memory run). calib: a
+        CalibrationSet; text (a str or a list of str), cut by CalibrationSet.from_texts(texts,
+        model.tokenizer, n=128, seq_len=512 or the model's maximum, seed=seed); or token ids
+        (an integer tensor, a list of ints or of equal-length int lists), given to
+        CalibrationSet.from_ids: (n, seq_len) rows are the windows themselves, a 1-D stream is
+        cut with the same defaults as text. Text and ids are masked as the dLLM sees them
+        ("diffusion"; "none" for a causal model). A list of (B, L) id tensors or (input_ids,)
+        tuples is fed as given (nothing masked); anything else is a CalibrationError naming
+        what is accepted (qpass/calibration/coerce.py). probe: None or a (B, L) id tensor;
+        out: None or a directory path; batch_size: an int >= 1.
+
         Given a model (or QGraph), the run works on a private copy in memory and saves the
         result to `out` when given. Given an HF checkpoint directory (a path, or a model
         loaded on the meta device from one), it streams (DESIGN §12): weights are read per
@@ -162,8 +176,16 @@ class Pipeline:
         per stage run. progress: report the stage loop through qpass.progress (True: bars on
         a terminal; None: as the enclosing step or the command line says; False: silent)."""
         from qpass.pipeline.executor import Executor
+        from qpass.calibration.coerce import as_calibration
+        from qpass.pipeline import run_args
+        model_or_dir = run_args.check_model(model_or_dir)
+        run_args.check_out(out)
+        run_args.check_batch_size(batch_size)
         store = self._store(model_or_dir, probe, dtype, out, device)
         try:
+            tokenizer, config = run_args.model_parts(store, model_or_dir)
+            run_args.check_probe(probe, config)
+            calib = as_calibration(calib, tokenizer, config, seed)
             verify = self.verify if verify is None else verify
             return Executor(self, store, calib, verify, seed, progress, offload_dir,
                             batch_size).run()
@@ -174,9 +196,12 @@ class Pipeline:
               progress: bool | None = False):
         """Run the passes on the QGraph `g` in place (no copy, no coverage check): what
         `qpass inspect` uses to look at the graph after a pass. Returns the report."""
+        from qpass.calibration.coerce import as_calibration
         from qpass.pipeline.executor import Executor
         from qpass.pipeline.memory_store import MemoryStore
         verify = self.verify if verify is None else verify
+        calib = as_calibration(calib, getattr(g, "tokenizer", None), getattr(g, "config", None),
+                               seed)
         return Executor(self, MemoryStore(g, probe, finish=False), calib, verify, seed,
                         progress).run().report
 
@@ -190,8 +215,9 @@ class Pipeline:
                 (meta and source is not None and out is not None):
             from qpass.pipeline.disk_store import DiskStore
             if out is None:
-                raise PipelineError("streaming a checkpoint directory writes the result to disk: "
-                                    "pass out=DIR")
+                raise PipelineError(f"streaming the checkpoint directory {model_or_dir} writes "
+                                    f"the result to disk: pass out=DIR, or load the model for an "
+                                    f"in-memory run: run(qpass.models.load(...), calib)")
             directory = model_or_dir if source is None or not meta else source
             return DiskStore(directory, out, device or "cpu", dtype,
                              model=model_or_dir if meta else None)

@@ -2,6 +2,7 @@
 
     ids = qpass.sampling.generate(model, prompt_ids, gen_length=64, steps=64, block_length=32)
     texts = qpass.sampling.decode_generated(ids, prompt_ids, tokenizer)
+    ids = qpass.sampling.generate(model, "ROMEO:", gen_length=64)   # text: model.tokenizer
 
 `generate` picks the block-diffusion sampler for block-causal models (config.attn_block_size),
 Dream's for logit-shift models and LLaDA's otherwise."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 from ..errors import QpassError
 from .block import block_size_of, generate_block_diffusion
 from .cache import CACHES, StepStats
-from .common import batch_prompts, decode_text, encode_text, special_ids
+from .common import batch_prompts, decode_text, encode_prompts, encode_text, is_text, special_ids
 from .dream import ALGS, generate_dream
 from .llada import REMASKING, generate_llada, transfer_schedule
 
@@ -36,7 +37,14 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
     when `model.config.logit_shift` is true, LLaDA otherwise (and when there is no config).
     LLaDA and Dream take cache="none"|"prefix"|"dual", threshold=, refresh_every=
     (qpass.sampling.cache); Dream takes block_length= too (default: one block, as Dream v0). "block"
-    (generate_block_diffusion) takes steps= and threshold=, and no cache."""
+    (generate_block_diffusion) takes steps= and threshold=, and no cache.
+
+    prompt_ids: token ids (a tensor, a list of ints, a list of 1-D prompts) or text (a str or a
+    list of str), encoded with `model.tokenizer` as `qpass generate --prompt` does; text for a
+    model without a tokenizer is one QpassError. Pass the same prompt to decode_generated."""
+    if isinstance(model, (str, bytes)) or not callable(model):
+        raise QpassError(f"generate takes a loaded denoiser (qpass.models.load(...) or "
+                         f"qpass.load_compiled(...)), got a {type(model).__name__}")
     which = resolve_sampler(model, sampler)
     if which == "block":
         return generate_block_diffusion(model, prompt_ids, **kw)
@@ -45,26 +53,30 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
     return generate_llada(model, prompt_ids, **kw)
 
 
-def prompt_width(prompt_ids) -> int:
-    """Where generation starts in the output: the (padded) prompt length."""
-    ids, _ = batch_prompts(prompt_ids, pad_id=0)
+def prompt_width(prompt_ids, tokenizer=None) -> int:
+    """Where generation starts in the output: the (padded) prompt length. A text prompt needs
+    the tokenizer it was encoded with."""
+    ids, _ = batch_prompts(encode_prompts(tokenizer, prompt_ids), pad_id=0)
     return ids.shape[1]
 
 
-def generated_ids(out, prompt_ids, eos_id: int | None = None) -> list[list[int]]:
-    """The generated part of each row, cut at the first EOS when eos_id is given."""
-    rows = out[:, prompt_width(prompt_ids):].tolist()
+def generated_ids(out, prompt_ids, eos_id: int | None = None, tokenizer=None) -> list[list[int]]:
+    """The generated part of each row, cut at the first EOS when eos_id is given (a text
+    prompt needs its tokenizer)."""
+    rows = out[:, prompt_width(prompt_ids, tokenizer):].tolist()
     if eos_id is not None:
         rows = [r[:r.index(eos_id)] if eos_id in r else r for r in rows]
     return rows
 
 
 def decode_generated(out, prompt_ids, tokenizer, stop_at_eos: bool = True) -> list[str]:
-    """Decoded generated text of each row (special tokens dropped)."""
+    """Decoded generated text of each row (special tokens dropped); `prompt_ids` as given to
+    generate (ids or text)."""
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
-    return [decode_text(tokenizer, r) for r in generated_ids(out, prompt_ids, eos)]
+    return [decode_text(tokenizer, r) for r in generated_ids(out, prompt_ids, eos, tokenizer)]
 
 
 __all__ = ["generate", "generate_llada", "generate_dream", "generate_block_diffusion", "resolve_sampler", "transfer_schedule",
-           "special_ids", "batch_prompts", "encode_text", "decode_text", "prompt_width",
+           "special_ids", "batch_prompts", "encode_text", "encode_prompts", "is_text",
+           "decode_text", "prompt_width",
            "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS", "CACHES", "StepStats"]

@@ -63,12 +63,39 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def is_text(prompt) -> bool:
+    """A prompt given as text: a str, or a non-empty list/tuple of str."""
+    return isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and bool(prompt)
+                                       and all(isinstance(p, str) for p in prompt))
+
+
+def encode_prompts(tokenizer, prompt):
+    """Text prompts (a str or a list of str) as token ids: a list of ints for one prompt, a list
+    of such lists for several (left-padded later by batch_prompts). Encoded as `qpass generate
+    --prompt` does, `tokenizer.encode(text)` (a transformers tokenizer adds its BOS, as a prompt
+    starts). Anything else is returned unchanged. Text without a tokenizer is one QpassError."""
+    if not is_text(prompt):
+        return prompt
+    if tokenizer is None:
+        raise QpassError("the prompt is text but there is no tokenizer to encode it (the model "
+                         "has none): pass token ids (a list of ints or a tensor), or set "
+                         "model.tokenizer")
+    if isinstance(prompt, str):
+        return [int(i) for i in tokenizer.encode(prompt)]
+    return [[int(i) for i in tokenizer.encode(p)] for p in prompt]
+
+
 def batch_prompts(prompt_ids, pad_id: int, attention_mask=None, device=None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, Lp) ids and a (B, Lp) bool key mask (None when nothing is padded).
 
     Accepts a 1-D or 2-D tensor, a list of ints (one prompt) or a list of 1-D prompts of any
-    lengths; the latter are left-padded so that every prompt ends where generation starts."""
+    lengths; the latter are left-padded so that every prompt ends where generation starts.
+    Text must be encoded first (encode_prompts; the samplers do it with model.tokenizer)."""
+    if is_text(prompt_ids):
+        raise QpassError("the prompt is text: encode it with the model's tokenizer first "
+                         "(qpass.sampling.encode_prompts(model.tokenizer, prompt)), or pass "
+                         "token ids")
     if isinstance(prompt_ids, torch.Tensor):
         ids = prompt_ids.long()
         ids = ids[None] if ids.dim() == 1 else ids
@@ -173,9 +200,11 @@ def forbid_mask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
 
 
 def start_canvas(model, prompt_ids, gen_length: int, attention_mask, ids: SpecialIds):
-    """The sampling canvas: (left-padded) prompt followed by `gen_length` mask tokens.
+    """The sampling canvas: (left-padded) prompt followed by `gen_length` mask tokens; a text
+    prompt is encoded with model.tokenizer (encode_prompts).
     Returns (x, prompt, prompt_mask, key_mask, device)."""
     device = model_device(model)
+    prompt_ids = encode_prompts(getattr(model, "tokenizer", None), prompt_ids)
     prompt, prompt_mask = batch_prompts(prompt_ids, ids.pad, attention_mask, device)
     B, Lp = prompt.shape
     check_length(model, Lp + gen_length)

@@ -83,9 +83,12 @@ def _eos_done(gen_part: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor
     return is_eos.any(dim=1) & (masked_before == 0)
 
 
+DEFAULT_BLOCK_LENGTH = 32
+
+
 @torch.no_grad()
-def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
-                   block_length: int = 32, temperature: float = 0.0,
+def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int | None = 128,
+                   block_length: int | None = None, temperature: float = 0.0,
                    remasking: str = "low_confidence", cfg_scale: float = 0.0,
                    mask_id: int | None = None, eos_id: int | None = None,
                    pad_id: int | None = None, stop_at_eos: bool = False,
@@ -98,7 +101,10 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     prompt_ids: (B, Lp) / (Lp,) tensor (with an optional (B, Lp) `attention_mask`, True = real
     token), or a list of 1-D prompts of different lengths, which are left-padded with the pad
     id and masked from attention; the generated tokens are then `out[:, Lp_max:]`.
-    steps are split evenly over the gen_length // block_length blocks. remasking
+    steps are split evenly over the gen_length // block_length blocks (block_length None, the
+    default: 32 where it divides gen_length, else one block; steps None: gen_length). A text
+    prompt (a str or a list of str) is encoded with model.tokenizer as `qpass generate
+    --prompt` does. remasking
     "low_confidence" commits the masked positions whose proposed token has the highest
     softmax probability (of the untempered logits, as in LLaDA); "random" ranks them by a
     uniform random score. Positions outside the current block are never committed.
@@ -117,6 +123,10 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int = 128,
     step commits every masked position of the block whose confidence reaches it (at least
     one), `steps` is then unused; needs low_confidence remasking. `stats` (a StepStats) is
     filled with the forward passes and rows computed."""
+    if block_length is None:       # the default where it divides gen_length, else one block
+        block_length = DEFAULT_BLOCK_LENGTH if gen_length % DEFAULT_BLOCK_LENGTH == 0 \
+            else gen_length
+    steps = gen_length if steps is None else steps
     check_policy(cache, threshold, refresh_every)
     if threshold is not None and remasking != "low_confidence":
         raise QpassError("threshold decoding ranks by confidence: use remasking='low_confidence'")
