@@ -86,8 +86,77 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
 }
 
 
+# What each preset matches: the paper or tool it reproduces (`qpass presets` prints one line
+# per preset with its passes and bits; tests/cli/test_first_hour_flags.py: every preset has one).
+_STUDY = "the study (arXiv 2508.14896)"
+ABOUT: dict[str, str] = {
+    "w4a16-rtn": "round-to-nearest; llm-compressor QuantizationModifier W4A16, torchao int4 "
+                 "weight-only",
+    "w3a16-rtn": "round-to-nearest at 3 bits; " + _STUDY,
+    "w8a8-rtn": "round-to-nearest, per-token int8 activations; llm-compressor W8A8 without "
+                "SmoothQuant",
+    "w4a4-rtn": "round-to-nearest baseline of QuaRot/DuQuant at W4A4; " + _STUDY,
+    "w8a8-smoothquant": "SmoothQuant (Xiao et al. 2023), alpha 0.5; llm-compressor "
+                        "SmoothQuantModifier + W8A8",
+    "w4a8-smoothquant": "SmoothQuant, alpha 0.5, 4-bit weights; " + _STUDY,
+    "w4a4-smoothquant": "SmoothQuant, alpha 0.5, at W4A4; " + _STUDY,
+    "w4a16-awq": "AWQ (Lin et al. 2024); llm-compressor AWQModifier W4A16, AutoAWQ",
+    "w3a16-awq": "AWQ at 3 bits; " + _STUDY,
+    "w4a4-quarot": "QuaRot (Ashkboos et al. 2024): Hadamard rotation + GPTQ; " + _STUDY,
+    "w4a8-quarot": "QuaRot rotation + GPTQ, 8-bit activations",
+    "w8a8-quarot": "QuaRot rotation + GPTQ at W8A8",
+    "w4a4-duquant": "DuQuant (Lin et al. 2024): smoothing + block rotations + zig-zag "
+                    "permutation; " + _STUDY,
+    "w8a8-duquant": "DuQuant at W8A8; " + _STUDY,
+    "w4a16-gptq": "GPTQ (Frantar et al. 2023), act-order; llm-compressor GPTQModifier W4A16, "
+                  "GPTQModel bits=4 group_size=128",
+    "w3a16-gptq": "GPTQ act-order at 3 bits; GPTQModel bits=3",
+    "w8a8-gptq": "GPTQ weights, per-token int8 activations; llm-compressor GPTQModifier W8A8",
+    "w4a8-gptq": "GPTQ weights, per-token int8 activations; " + _STUDY,
+    "w4a4-gptq": "GPTQ weights, per-token int4 activations; " + _STUDY,
+    "q4_0-rtn": "llama.cpp Q4_0 blocks (llama-quantize); exports to GGUF",
+    "q4_0-gptq": "GPTQ into llama.cpp Q4_0 blocks; exports to GGUF",
+    "q8_0-rtn": "llama.cpp Q8_0 blocks (llama-quantize); exports to GGUF",
+    "w2a16-gptq": "2-bit GPTQ, Quant-dLLM's setting (without its dLLM-specific method)",
+    "w4a4-awq": "AWQ scales then RTN at W4A4: DLLMQuant's AWQ baseline",
+}
+
+
 def names() -> list[str]:
     return list(PRESETS)
+
+
+def for_scheme(scheme) -> Pipeline:
+    """The pipeline `qpass quantize --scheme S` (or --bits / --group-size / --ignore) runs
+    without --pipeline: GPTQ, as llm-compressor's GPTQModifier and GPTQModel quantize, with
+    the passes of w4a16-gptq (act-order, norms not fused) for a weight-only scheme and of
+    w8a8-gptq (fused norms, per-token activations observed) for one that quantizes
+    activations. Round-to-nearest is `--pipeline w4a16-rtn --scheme S`."""
+    from .specs import Scheme
+    scheme = Scheme.parse(scheme)
+    return _gptq(scheme, observe=scheme.act is not None)()
+
+
+def identify(manifest: dict) -> str | None:
+    """The preset whose passes (lowering aside) made the checkpoint `manifest` describes, or
+    None (a recipe, or a preset changed by flags)."""
+    import json
+
+    from .pipeline.pass_base import PASSES
+
+    def key(entries) -> str:
+        return json.dumps([[e.get("name"), e.get("config")] for e in entries
+                           if isinstance(e, dict) and not getattr(PASSES.get(e.get("name")),
+                                                                  "is_lowering", False)],
+                          sort_keys=True, default=str)
+    recorded = manifest.get("pipeline")
+    if not isinstance(recorded, list):
+        return None
+    want = key(recorded)
+    for name, make in PRESETS.items():
+        if key([{"name": p.name, "config": p.config()} for p in make().passes]) == want:
+            return name
+    return None
 
 
 def get(name: str) -> Pipeline:

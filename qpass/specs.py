@@ -152,36 +152,21 @@ class QuantSpec:
         if not head.startswith("int") or not head[3:].isdigit():
             raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym'); "
                             f"form: {_SPEC_FORM}")
-        kw: dict = {"bits": int(head[3:])}
-        for tok in tokens[1:]:
-            if tok in ("tensor", "channel", "token"):
-                key, val = "granularity", tok
-            elif tok.startswith("g") and tok[1:].isdigit():
-                _set(kw, "granularity", "group", s)
-                key, val = "group_size", int(tok[1:])
-            elif tok in ("sym", "asym"):
-                key, val = "symmetric", tok == "sym"
-            elif tok in ("dyn", "dynamic", "static"):
-                key, val = "dynamic", tok != "static"
-            elif tok.startswith("clip"):
-                try:
-                    key, val = "clip_ratio", float(tok[4:])
-                except ValueError:
-                    raise SpecError(f"bad clip token {tok!r} in {s!r}; write e.g. 'clip0.9'") from None
-            elif tok in OBSERVERS:
-                key, val = "observer", tok
-            elif tok in GRIDS:
-                key, val = "grid", tok
-            elif tok in SCALE_TOKENS:
-                key, val = "scale_dtype", SCALE_TOKENS[tok]
-            else:
-                raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
-            _set(kw, key, val, s)
+        kw = {"bits": int(head[3:]), **_token_fields(tokens[1:], s)}
         if kw.get("granularity") == "token" and kw.get("dynamic") is False:
             raise SpecError(f"{s!r}: per-token scales are computed at run time, so 'token' is "
                             f"always dynamic; write 'int{kw['bits']}:token:dyn', or 'tensor' / "
                             f"'channel' for static scales")
         return cls(**kw)
+
+    def with_tokens(self, tokens, s: str) -> QuantSpec:
+        """This spec with the fields the spec tokens (`['g64']`, `['asym', 'mse']`) set
+        replaced: what the modifiers of a scheme string such as `w4a16:g64` do to its weight
+        spec (`s`, the whole string, for the error messages)."""
+        kw = _token_fields(tokens, s)
+        if kw.get("granularity", "group") != "group":
+            kw["group_size"] = None
+        return replace(self, **kw)
 
     def __str__(self) -> str:
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
@@ -215,6 +200,36 @@ def legacy_grid(spec) -> QuantSpec:
     if spec.symmetric and spec.grid != "restricted":
         return dataclasses.replace(spec, grid="restricted")
     return spec
+
+
+def _token_fields(tokens, s: str) -> dict:
+    """The QuantSpec fields that spec tokens after `int<bits>` set (`g128`, `sym`, `dyn`, ...)."""
+    kw: dict = {}
+    for tok in tokens:
+        if tok in ("tensor", "channel", "token"):
+            key, val = "granularity", tok
+        elif tok.startswith("g") and tok[1:].isdigit():
+            _set(kw, "granularity", "group", s)
+            key, val = "group_size", int(tok[1:])
+        elif tok in ("sym", "asym"):
+            key, val = "symmetric", tok == "sym"
+        elif tok in ("dyn", "dynamic", "static"):
+            key, val = "dynamic", tok != "static"
+        elif tok.startswith("clip"):
+            try:
+                key, val = "clip_ratio", float(tok[4:])
+            except ValueError:
+                raise SpecError(f"bad clip token {tok!r} in {s!r}; write e.g. 'clip0.9'") from None
+        elif tok in OBSERVERS:
+            key, val = "observer", tok
+        elif tok in GRIDS:
+            key, val = "grid", tok
+        elif tok in SCALE_TOKENS:
+            key, val = "scale_dtype", SCALE_TOKENS[tok]
+        else:
+            raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
+        _set(kw, key, val, s)
+    return kw
 
 
 def _set(kw: dict, key: str, val, s: str) -> None:
@@ -313,7 +328,9 @@ class Scheme:
     @classmethod
     def parse(cls, x) -> Scheme:
         """A Scheme, a scheme name (`w4a4`, `w4a16g128`, optional `kv<bits>` suffix for
-        attention), or a weight spec (`'int4:g128:sym'`, activations unquantized)."""
+        attention) optionally followed by spec tokens that change its weight spec
+        (`w4a16:g64`, `w4a8:g128:asym`), or a weight spec (`'int4:g128:sym'`, activations
+        unquantized)."""
         if isinstance(x, Scheme):
             return x
         if isinstance(x, QuantSpec):
@@ -323,17 +340,21 @@ class Scheme:
         key = x.strip().lower()
         if key.startswith("int"):
             return cls(name=key, weight=QuantSpec.parse(key))
-        base, kv = key, None
-        if "kv" in key:
-            base, _, kv_bits = key.rpartition("kv")
+        named, *mods = [t.strip() for t in key.split(":")]
+        base, kv = named, None
+        if "kv" in named:
+            base, _, kv_bits = named.rpartition("kv")
             if not kv_bits.isdigit():
-                base = key
+                base = named
             else:
                 kv = QuantSpec(int(kv_bits), granularity="token", dynamic=True)
         if base not in SCHEMES:
             raise SpecError(f"unknown scheme {x!r}; known: {', '.join(SCHEMES)} (optionally with "
-                            f"a 'kv<bits>' suffix), or a weight spec such as 'int4:g128:sym'")
+                            f"a 'kv<bits>' suffix and weight spec tokens, e.g. 'w4a16:g64'), or "
+                            f"a weight spec such as 'int4:g128:sym'")
         weight, act = SCHEMES[base]
+        if mods:
+            weight = QuantSpec.parse(weight).with_tokens(mods, x)
         return cls(name=key, weight=weight, act=act, attn=kv)
 
     def fit_to(self, ks) -> Scheme:

@@ -1,6 +1,6 @@
 """Data-parallel calibration on torch.distributed (DESIGN §12).
 
-Under `torchrun --nproc-per-node N -m qpass.cli quantize …` every rank holds the whole model
+Under `torchrun --nproc-per-node N -m qpass quantize …` every rank holds the whole model
 and a shard of the calibration batches (batch i goes to rank i mod N, so the batches are the
 ones a single process would form); every statistic (InputStats: Σxᵀx, per-channel absmax and
 Σ|x|, token counts, min/max) is all-reduced in float64 before any pass uses it, so each rank
@@ -29,6 +29,8 @@ def init_from_env(device: str = "cpu") -> bool:
         return False
     import torch.distributed as dist
     if not dist.is_initialized():
+        if str(device).startswith("cuda"):          # nccl's buffers on this rank's GPU
+            torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
     return True
 

@@ -51,3 +51,26 @@ def nonneg_float(s: str) -> float:
     if not math.isfinite(v) or v < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
     return v
+
+
+def weight_bits(s: str) -> int:
+    v = _int(s)
+    if v is None or not 1 <= v <= 8:
+        raise argparse.ArgumentTypeError(f"expected weight bits from 1 to 8, got {s!r}")
+    return v
+
+
+def group_size(s: str) -> int:
+    """A weight group size, or -1: one scale per output channel (GPTQModel's group_size=-1)."""
+    v = _int(s)
+    if v is None or v == 0 or v < -1:
+        raise argparse.ArgumentTypeError(f"expected a positive group size, or -1 for one scale "
+                                         f"per output channel, got {s!r}")
+    return v
+
+
+def _int(s: str) -> int | None:
+    try:
+        return int(s)
+    except ValueError:
+        return None

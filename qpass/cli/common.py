@@ -8,6 +8,8 @@ a zoo name or HF checkpoint dir → qpass.models.load; a large named config (`ll
 (inspect, planned coverage) accept."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from qpass.errors import PipelineError
@@ -43,11 +45,17 @@ def torch_dtype(name):
 
 
 def add_device_args(p) -> None:
-    """--device / --dtype, shared by quantize, generate and eval."""
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, … (default: cuda when available, else cpu)")
+    """--device / --dtype, shared by quantize and eval."""
+    add_device_arg(p)
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute dtype of the loaded model (default: float32)")
+
+
+def add_device_arg(p, extra: str = "") -> None:
+    """--device, the same default in every command: auto (cuda when available, else cpu)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda when available, else cpu, said once on stderr), "
+                        "cpu, cuda, cuda:1, …" + extra)
 
 
 def add_progress_args(p, quiet: bool = True) -> None:
@@ -63,9 +71,13 @@ def add_progress_args(p, quiet: bool = True) -> None:
 
 
 def resolve_device(device: str | None) -> str:
+    """The torch device --device names; auto (or None): cuda when available, else cpu. Under
+    torchrun a plain cuda is this rank's GPU (cuda:LOCAL_RANK)."""
     import torch
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -74,6 +86,24 @@ def resolve_device(device: str | None) -> str:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"--device {device}: this machine has no CUDA device; use --device cpu")
     return str(dev)
+
+
+def device_of(args) -> str:
+    """args.device resolved in place (resolve_device), remembering whether auto chose it."""
+    args.auto_device = args.device in (None, "auto")
+    args.device = resolve_device(args.device)
+    return args.device
+
+
+def say_device(args) -> None:
+    """One stderr line naming the device --device auto chose (device_of), said when the work
+    starts, so that a mistake found before stays one line: 'device cpu (--device auto: no CUDA
+    device here)'. Not with --quiet, and only by rank 0 under torchrun."""
+    if not getattr(args, "auto_device", False) or getattr(args, "quiet", False) \
+            or os.environ.get("RANK", "0") != "0":
+        return
+    why = "" if str(args.device).startswith("cuda") else ": no CUDA device here"
+    print(f"device {args.device} (--device auto{why})", file=sys.stderr, flush=True)
 
 
 def resolve_pipeline(name_or_file: str):
@@ -98,3 +128,28 @@ def resolve_pipeline(name_or_file: str):
         raise PipelineError(f"recipe {path} must define `pipeline` as a qpass.Pipeline or a list "
                             f"of passes (found {type(pipe).__name__})")
     return pipe
+
+
+def print_rows(headers, rows, title: str = "") -> None:
+    """One line per row on stdout: a rich table on a terminal, else plain text in aligned
+    columns (the header first), for grep and scripts."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title=title or None)
+        for h in headers:
+            table.add_column(h)
+        for r in rows:
+            table.add_row(*r)
+        Console().print(table)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for r in (headers, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(r[:-1], widths)) + "  " + str(r[-1]))
+
+
+def scheme_bits(scheme) -> str:
+    """'w4a16 g128' from a scheme's specs (16: kept in float)."""
+    w, a = getattr(scheme, "weight", None), getattr(scheme, "act", None)
+    group = f" g{w.group_size}" if w is not None and w.granularity == "group" else ""
+    return f"w{w.bits if w else 16}a{a.bits if a else 16}{group}"

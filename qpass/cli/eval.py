@@ -10,7 +10,7 @@ from qpass.errors import QpassError
 from qpass.folders.owned import write_output
 
 from .args import positive_int, seed
-from .common import add_progress_args, load_model
+from .common import add_device_arg, add_progress_args, device_of, load_model, say_device
 from .trajectory import add_trajectory_args, run_trajectory_command
 
 EXAMPLE = """example:
@@ -37,7 +37,7 @@ def add_eval_command(subparsers) -> argparse.ArgumentParser:
                    help="also write the results as JSON")
     p.add_argument("--data-dir", default=None,
                    help="held-out data folder (default: MODEL_DIR/eval, then the zoo's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cpu)")
+    add_device_arg(p)
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--n-mc", type=positive_int, default=None, help="ELBO masking draws per chunk")
     p.add_argument("--text-bytes", type=positive_int, default=None, help="held-out bytes for bits/byte")
@@ -70,6 +70,7 @@ def run_eval_command(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise QpassError("--limit must be >= 1")
     data_dir = _data_dir(args)
+    device_of(args)
     if args.trajectory is not None:
         return run_trajectory_command(args, data_dir)
     if args.json_out:
@@ -79,6 +80,7 @@ def run_eval_command(args) -> int:
     if args.unsafe_code_exec:
         settings["unsafe_code_exec"] = True
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    say_device(args)
     results = evaluate(model, tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
                        limit=args.limit, seed=args.seed, data_dir=data_dir,
                        progress=args.progress, **settings)

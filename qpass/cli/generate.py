@@ -11,7 +11,7 @@ import time
 from qpass.errors import QpassError
 
 from .args import length, nonneg_float, seed
-from .common import add_progress_args
+from .common import add_device_arg, add_progress_args, device_of, say_device
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
@@ -45,8 +45,7 @@ def add_generate_command(sub) -> None:
                    help="parallel decoding: commit every position at least this confident")
     p.add_argument("--refresh-every", type=int, default=None,
                    help="full forward every N steps within a block (default: block starts only)")
-    p.add_argument("--device", default=None, help="run on this device (e.g. cpu, cuda); a "
-                   "lowered checkpoint binds that device's kernels")
+    add_device_arg(p, "; a lowered checkpoint binds that device's kernels")
     p.add_argument("--seed", type=seed, default=0)
     add_progress_args(p)
     p.set_defaults(func=cmd_generate)
@@ -78,7 +77,7 @@ def cmd_generate(args) -> int:
     if args.steps > args.gen_length:
         raise QpassError(f"--steps {args.steps} exceeds --gen-length {args.gen_length}: each step "
                          f"commits at least one token; use --steps <= --gen-length")
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=device_of(args))
     room = model.config.max_seq_len - args.gen_length
     if room < 1:
         raise QpassError(f"--gen-length {args.gen_length} leaves no room for the prompt in the "
@@ -102,6 +101,7 @@ def cmd_generate(args) -> int:
                   block_length=args.block_length or 32)
     elif args.block_length is not None:
         kw.update(block_length=args.block_length)
+    say_device(args)
     ops.reset_kernel_calls()
     t0 = time.perf_counter()
     out = generate(model, prompts if len(prompts) > 1 else prompts[0][None], sampler=args.sampler, **kw)

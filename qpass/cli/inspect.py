@@ -11,7 +11,7 @@ from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 
 from .args import length, positive_int
-from .common import load_model, resolve_pipeline
+from .common import add_device_arg, device_of, load_model, resolve_pipeline, say_device
 
 EXAMPLE = """examples:
   qpass inspect llada-8b --format json          # structure only (meta device), < 5 s
@@ -30,8 +30,7 @@ def add_inspect_command(sub) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--format", choices=("text", "json", "dot"), default="text")
-    p.add_argument("--device", default=None,
-                   help="default: meta for the large named configs, cpu otherwise")
+    add_device_arg(p, "; the large named configs (llada-8b, …) load on meta")
     p.add_argument("--seq-len", type=length, default=16,
                    help="example input length for shapes (at most the model's max_seq_len)")
     p.add_argument("--max-nodes", type=int, default=200, help="rows of the node table (text)")
@@ -53,6 +52,9 @@ def add_inspect_command(sub) -> None:
 
 
 def cmd_inspect(args) -> int:
+    if args.png and not args.outliers:              # never a file silently not written
+        raise PipelineError("--png plots --outliers; add --outliers --pipeline P, or drop --png")
+    device_of(args)
     if args.outliers:
         return _outliers(args)
     if args.pipeline or args.after:
@@ -101,6 +103,7 @@ def _pipeline(args) -> int:
     model = load_model(args.model, device=args.device, structure_ok=True)
     calib = _calibration(pipe, model, args)
     info = inspect_after(model, pipe, args.after, calib)
+    say_device(args)                                 # after the checks inspect_after makes
     if args.format == "json":
         print(json.dumps(changes_json(info), indent=1, default=str))
     else:
@@ -122,6 +125,7 @@ def _outliers(args) -> int:
     calib = _calibration(pipe, model, args)
     fuse = [p for p in prefix if p.name == "FuseNorms"]
     rows = outlier_table(model, prefix, calib, baseline=fuse or None)
+    say_device(args)
     render_outliers(rows, png=args.png,
                     title=f"Linear inputs before / after {' → '.join(p.name for p in prefix)}")
     return 0

@@ -15,7 +15,9 @@ from .eval import add_eval_command
 from .export import add_export_command
 from .generate import add_generate_command
 from .inspect import add_inspect_command
+from .presets import add_presets_command
 from .quantize import add_quantize_command
+from .schemes import add_schemes_command
 from .study import add_study_command
 
 
@@ -24,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "diffusion language models (LLaDA, Dream).")
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (add_inspect_command, add_quantize_command, add_eval_command, add_study_command,
-                add_generate_command, add_demo_command, add_export_command, add_backends_command):
+                add_generate_command, add_demo_command, add_export_command, add_backends_command,
+                add_presets_command, add_schemes_command):
         add(sub)
     return ap
 

@@ -1,4 +1,5 @@
-"""`qpass quantize MODEL --pipeline P --out DIR`: resolve the pipeline, load the model (an HF
+"""`qpass quantize MODEL --pipeline P [--scheme S] --out DIR`: resolve the pipeline (its scheme
+changed by the scheme flags, scheme_args.py), load the model (an HF
 checkpoint directory only on the meta device: it streams stage by stage, DESIGN §12), build
 the calibration, `Pipeline.run(..., out=DIR)`, print what was written. Errors are QpassError
 subclasses, printed by qpass.cli as one line."""
@@ -12,18 +13,21 @@ from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 from qpass.runtime.loading import is_compiled_dir
 
+from . import scheme_args
 from .args import positive_int as _positive, seed as _seed
-from .common import (add_device_args, add_progress_args, load_model, resolve_device,
-                     resolve_pipeline, torch_dtype)
+from .common import (add_device_args, add_progress_args, device_of, load_model, resolve_pipeline,
+                     say_device, torch_dtype)
 
 QUANTIZE_EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-rtn --out tiny-w4/
   qpass quantize ./my-llada-checkpoint --pipeline w4a16-gptq --out w4/ --calib data.jsonl
   qpass quantize tiny-llada --pipeline my_recipe.py --out mine/ --device cpu
   qpass quantize tiny-llada --pipeline w4a4-quarot --out w4a4/ --backend none   # stay simulated
-pipelines: a preset (`qpass.presets.names()`: w4a16-rtn, w4a16-gptq, w4a4-quarot, ...) or a
+pipelines: a preset (`qpass presets` lists them: w4a16-rtn, w4a16-gptq, w4a4-quarot, ...) or a
 Python recipe file that defines `pipeline`; the output is lowered to kernel ops unless
---backend none"""
+--backend none. An existing qpass checkpoint at --out is replaced only with --overwrite.
+
+""" + scheme_args.HELP
 
 
 def add_quantize_command(sub) -> None:
@@ -32,9 +36,12 @@ def add_quantize_command(sub) -> None:
                                    "and write a compiled checkpoint (safetensors + JSON) to DIR.",
                        epilog=QUANTIZE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--pipeline", required=True, metavar="P",
-                   help="a preset name, or a recipe.py that defines `pipeline`")
+    p.add_argument("--pipeline", metavar="P",
+                   help="a preset name (`qpass presets`), or a recipe.py that defines `pipeline`")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the qpass checkpoint already at DIR (refused otherwise)")
+    scheme_args.add_scheme_args(p)
     add_calibration_args(p, n=128)
     add_device_args(p)
     p.add_argument("--seed", type=_seed, default=0)
@@ -51,7 +58,7 @@ def add_quantize_command(sub) -> None:
                         "time; reference/triton: pin one; none: keep the simulated model)")
     p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
     add_progress_args(p, quiet=False)
-    p.set_defaults(func=cmd_quantize)
+    p.set_defaults(func=cmd_quantize, parser=p)
 
 
 def add_calibration_args(p, n: int) -> None:
@@ -88,20 +95,28 @@ def streams(model_name) -> bool:
 def cmd_quantize(args) -> int:
     from qpass.calibration.distributed import init_from_env, rank_and_world
     from qpass.pipeline.work_dir import hold
+    from qpass.presets import identify
+    from qpass.runtime.checkpoint import describe
     from qpass.runtime.output import check_output_dir
-    check_output_dir(args.out, "--out")                 # before anything slow (DESIGN §9)
-    pipe = resolve_pipeline(args.pipeline).replace(allow_uncovered=args.allow_uncovered)
+    scheme_args.check_conflicts(args, args.parser)
+    if is_compiled_dir(args.model):                     # not after loading it (DESIGN §9)
+        raise PipelineError(f"{args.model} is already a qpass compiled checkpoint "
+                            f"({describe(args.model, identify)}); quantize the original model, "
+                            f"or export this one with qpass export")
+    check_output_dir(args.out, "--out", overwrite=args.overwrite,   # before anything slow
+                     preset_of=identify)
+    pipe = scheme_args.pipeline(args, resolve_pipeline).replace(
+        allow_uncovered=args.allow_uncovered)
     if args.strict_groups:
         pipe = pipe.strict_groups()
     if args.group_fit != "model":
         pipe = pipe.group_fit(args.group_fit)
     pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
-    device = resolve_device(args.device)
+    device = device_of(args)
     parallel = init_from_env(device)                     # under torchrun: one rank of several
-    streamed = streams(args.model)
-    if streamed and parallel:
-        raise PipelineError("streaming a checkpoint directory runs in one process for now; "
-                            "drop torchrun, or load a model that fits in memory")
+    # under torchrun every rank holds the whole model (calibration/distributed.py): a
+    # checkpoint directory is loaded, not streamed (streaming runs in one process for now)
+    streamed = streams(args.model) and not parallel
     rank = rank_and_world()[0]                           # every rank agrees; rank 0 writes
     # --out's work folder, checked and locked before the model is read: a second run
     # writing the same --out is one error now, naming this one's PID (work_dir.py)
@@ -122,11 +137,13 @@ def _quantize(args, pipe, device, streamed: bool, rank: int) -> int:
         # the compiled checkpoint is at most the float model's size (+ manifest, tokenizer)
         fp_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         check_free_space(args.out, int(fp_bytes * 1.1) + (8 << 20), "--out")
+    scheme_args.check_ignore(args.ignore, model, args.model)
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
+    say_device(args)
     out = pipe.run(model, shard(calib), out=args.out if rank == 0 else None, device=device,
                    dtype=torch_dtype(args.dtype), progress=not args.quiet and rank == 0,
-                   seed=args.seed)
+                   seed=args.seed, overwrite=args.overwrite)
     if rank != 0:
         return 0
     _print(out, args, streamed, Console(stderr=True))

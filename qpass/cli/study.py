@@ -45,7 +45,9 @@ def cmd_study(args) -> int:
                              write_outputs)
     cfg = read_config(args.config, out=args.out)
     _override_paths(cfg, args.model)
-    check_out_dir(cfg.out)   # before any compute
+    from qpass.runtime.output import check_output_folder
+    check_output_folder(cfg.out, "--out" if args.out else "study.out")   # before any compute
+    check_out_dir(cfg.out)
     console = Console(stderr=True)
     rows = run_study(cfg, presets.get,
                      log=lambda msg: console.print(msg, style="dim", soft_wrap=True))

@@ -15,7 +15,7 @@ from qpass.folders.owned import write_output
 from qpass.runtime.loading import is_compiled_dir
 
 from .args import length, positive_int
-from .common import load_model, resolve_pipeline
+from .common import load_model, resolve_pipeline, say_device
 
 MODES = ("none", "quantize-one", "restore-one")
 
@@ -103,6 +103,7 @@ def run_trajectory_command(args, data_dir=None) -> int:
         if args.attribution != "none":
             attribution[item] = block_variants(fp, make, calib, args.attribution, args.seed)
     is_dream = getattr(fp.config, "logit_shift", False)
+    say_device(args)                          # after the items' own checks: one error line
     report = trajectory(fp, models, prompts, gen_length=args.gen_length, steps=args.steps,
                         block_length=None if is_dream else args.block_length, seed=args.seed,
                         attribution=attribution or None,

@@ -61,7 +61,9 @@ def rope_permutation(n_rows: int, n_head: int) -> torch.Tensor:
 
 def _why_not(q: QLinear) -> str | None:
     s, K = q.spec, q.codes.shape[1]
-    use = "int4:g32:sym:f16scale (Q4_0) or int8:channel:f16scale (Q8_0)"
+    use = ("the preset q4_0-gptq, q4_0-rtn or q8_0-rtn (qpass quantize MODEL --pipeline "
+           "q4_0-gptq), or --scheme q4_0 / q8_0 with another pipeline: weight specs "
+           "int4:g32:sym:f16scale (Q4_0), int8:g32:sym:f16scale or int8:channel:f16scale (Q8_0)")
     if not s.symmetric:
         return (f"it is asymmetric; Q4_1/Q8_1 would store the zero point as a float16 offset "
                 f"−d·z, rounding it. Quantize with {use}")
@@ -73,7 +75,7 @@ def _why_not(q: QLinear) -> str | None:
     if not torch.equal(q.scales.to(torch.float16).to(torch.float32), q.scales):
         return (f"its float32 scales are not float16 numbers and Q4_0/Q8_0 store float16 block "
                 f"scales; rounding them would change the weights. Quantize with ':f16scale' "
-                f"in the weight spec (codes chosen with the fp16 scale), e.g. {use}")
+                f"in the weight spec (codes chosen with the fp16 scale): {use}")
     return None
 
 

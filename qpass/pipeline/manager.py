@@ -21,6 +21,13 @@ QUANTIZING_FACTS = (Fact.WEIGHTS_QUANTIZED, Fact.ACTS_QUANTIZED)
 _KEEP = object()
 
 
+def _reads(p, scheme) -> bool:
+    """Whether pass `p` quantizes with `scheme` (ObserveActivations: up to its observer)."""
+    own = getattr(p, "scheme", None)
+    return (scheme is not None and hasattr(p, "SCHEME_FIELD") and isinstance(own, Scheme)
+            and _replace(own, act=scheme.act) == scheme)
+
+
 class Pipeline:
     """An ordered, checked list of passes.
 
@@ -92,6 +99,16 @@ class Pipeline:
             passes.append(p)
         return self.replace(passes=passes)
 
+    def with_scheme(self, scheme) -> "Pipeline":
+        """A new pipeline quantizing with `scheme` (a name, spec string or Scheme): every pass
+        that reads this pipeline's scheme reads the new one, a pass given another scheme of its
+        own keeps it. `presets.get("w4a16-gptq").with_scheme("w4a16:g64")` is the GPTQ preset
+        at group size 64 (`qpass quantize --pipeline P --scheme S`)."""
+        old = self.scheme()
+        passes = [_replace(p, **{p.SCHEME_FIELD: None}) if _reads(p, old) else p
+                  for p in self.passes]
+        return self.replace(passes=passes, scheme=Scheme.parse(scheme))
+
     def strict_groups(self) -> "Pipeline":
         """A new pipeline whose schemes refuse (SpecError) a group size that does not divide
         a layer's K, instead of fitting it (Scheme.fit_weight)."""
@@ -148,7 +165,7 @@ class Pipeline:
     # ------------------------------------------------------------------------------------
     def run(self, model_or_dir, calib=None, probe=None, verify: bool | None = None,
             dtype=None, progress: bool | None = True, seed: int = 0, out=None, device=None,
-            offload_dir: str | None = None, batch_size: int = 8):
+            offload_dir: str | None = None, batch_size: int = 8, overwrite: bool = False):
         """Run the passes stage by stage through the one executor; returns a
         CompiledDenoiser (with `.report`; `.path` where it was written).
 
@@ -174,7 +191,13 @@ class Pipeline:
         after a crash resumes after the last complete stage. offload_dir: keep the cached
         stage inputs on disk there instead of in memory; batch_size: calibration sequences
         per stage run. progress: report the stage loop through qpass.progress (True: bars on
-        a terminal; None: as the enclosing step or the command line says; False: silent)."""
+        a terminal; None: as the enclosing step or the command line says; False: silent).
+        overwrite: replace a qpass checkpoint already at `out` (default False: refused before
+        any compute, naming what it holds; CompiledDenoiser.save replaces, as save_pretrained
+        does)."""
+        if out is not None and not overwrite and isinstance(out, (str, os.PathLike)):
+            from qpass.runtime.output import check_not_replacing
+            check_not_replacing(out, "out=", "pass overwrite=True to replace it")
         from qpass.pipeline.executor import Executor
         from qpass.calibration.coerce import as_calibration
         from qpass.pipeline import run_args

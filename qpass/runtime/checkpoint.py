@@ -86,6 +86,29 @@ def qpass_files(directory: Path) -> set[str] | None:
     return set(manifest["files"]) | {MANIFEST, SUMS}
 
 
+def describe(directory, preset_of=None) -> str | None:
+    """What the qpass checkpoint in `directory` is, in one phrase ('preset w4a16-gptq:
+    GPTQ → Lower, scheme w4a16g128, written 2026-12-08 14:03'), or None when the folder
+    holds none (by its format marker). `preset_of(manifest)`: the preset name that made it,
+    or None (qpass.presets.identify; the runtime layer cannot import presets). The date is
+    manifest.json's modification time: manifests record no date, so that two runs of one
+    pipeline write identical bytes."""
+    from datetime import datetime
+    d = Path(directory)
+    manifest = _manifest_of(d) if d.is_dir() else None
+    if manifest is None:
+        return None
+    entries = manifest.get("pipeline") if isinstance(manifest.get("pipeline"), list) else []
+    names = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+    scheme = manifest.get("pipeline_scheme")
+    scheme = scheme.get("name") if isinstance(scheme, dict) else scheme
+    preset = preset_of(manifest) if preset_of is not None else None
+    what = " → ".join(names[:8]) or "no recorded pipeline"
+    when = datetime.fromtimestamp((d / MANIFEST).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    return (f"{f'preset {preset}: ' if preset else 'pipeline '}{what}"
+            f"{f', scheme {scheme}' if isinstance(scheme, str) else ''}, written {when}")
+
+
 def check_target(directory) -> Path:
     """Raise CheckpointError unless `directory` is absent, empty, or a qpass compiled checkpoint
     holding nothing but what that save wrote (so user files are never replaced). Callers check

@@ -9,6 +9,9 @@ check_output_dir: a checkpoint directory (--out): not under /proc, /sys or /dev,
 check_output_file: a result file (--json, --png): the same, and the path is not a directory, not
   a symlink (dangling or not: qpass never writes through one) and not a file of a qpass
   checkpoint; write it with qpass.folders.owned.replacing / write_output.
+  With overwrite=False (qpass quantize without --overwrite, Pipeline.run's default) an
+  existing qpass checkpoint is refused too, naming what it holds (check_not_replacing).
+check_output_folder: a folder of results (qpass study --out): a writable place, a directory.
 check_new_output: an output that must not exist yet (qpass export's directory or file).
 check_free_space: enough free bytes on the target's filesystem for an estimated size."""
 from __future__ import annotations
@@ -54,13 +57,38 @@ def _check_writable_place(path: Path, flag: str) -> None:
                               f"choose a writable location") from None
 
 
-def check_output_dir(path, flag: str = "--out") -> Path:
+def check_output_dir(path, flag: str = "--out", overwrite: bool = True,
+                     preset_of=None) -> Path:
     out = Path(path).absolute()
     _check_writable_place(out, flag)
     try:
         checkpoint.check_target(out)
     except CheckpointError as e:
         raise OutputPathError(f"{flag}: {e}") from None
+    if not overwrite:
+        check_not_replacing(out, flag, "pass --overwrite to replace it", preset_of)
+    return out
+
+
+def check_not_replacing(path, flag: str, how: str, preset_of=None) -> None:
+    """Refuse a `path` that already holds a qpass checkpoint: a run never silently replaces
+    another one's result (an hour of GPTQ by a minute of RTN); the user asks for it
+    (`--overwrite`, `overwrite=True`: `how` says which). The line names what is there
+    (checkpoint.describe; `preset_of` as there)."""
+    what = checkpoint.describe(path, preset_of)
+    if what is not None:
+        where = f"{flag}{path}" if flag.endswith("=") else f"{flag} {path}"
+        raise OutputPathError(f"{where} already holds a qpass checkpoint ({what}); {how}, or "
+                              f"choose another output directory (nothing was written)")
+
+
+def check_output_folder(path, flag: str = "--out") -> Path:
+    """A folder of results (qpass study's --out): a writable place whose existing components
+    are directories; what may already be inside is the command's own rule."""
+    out = Path(path).absolute()
+    _check_writable_place(out, flag)
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
+        raise OutputPathError(f"{flag} {out}: exists and is not a directory; give a directory")
     return out
 
 
@@ -69,12 +97,12 @@ def check_output_file(path, flag: str = "--json") -> Path:
     if out.is_dir() and not out.is_symlink():
         raise OutputPathError(f"{flag} {out}: is a directory; give a file name, e.g. "
                               f"{out / 'results.json'}")
+    _check_writable_place(out, flag)               # first: a parent that is a file is named
     check_replaceable(out, flag)                   # no symlink (dangling or not), no FIFO
     ours = checkpoint.qpass_files(out.parent)
     if ours is not None and out.name in ours:
         raise OutputPathError(f"{flag} {out}: is part of the qpass checkpoint in {out.parent}; "
                               f"write results elsewhere (e.g. {out.parent / 'eval' / 'results.json'})")
-    _check_writable_place(out, flag)
     return out
 
 

@@ -18,7 +18,7 @@ LAYERS = {
     "qpass.passes": 5, "qpass.sampling": 5, "qpass.eval": 5, "qpass.inspect": 5,
     "qpass.interop": 5,
     "qpass.study": 6,
-    "qpass.cli": 7, "qpass.presets": 7,
+    "qpass.cli": 7, "qpass.presets": 7, "qpass.__main__": 7,
 }
 FACE = "qpass"     # qpass/__init__.py re-exports the public names of every layer
 

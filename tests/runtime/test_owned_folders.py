@@ -270,14 +270,14 @@ def test_runs_in_one_process_release_the_lock_on_success_and_failure(hf_dir, tmp
 
         def other():
             try:
-                _pipe().run(model, out=tmp_path / "m", progress=False)
+                _pipe().run(model, out=tmp_path / "m", progress=False, overwrite=True)
             except OutputPathError as e:
                 errors.append(str(e))
         t = threading.Thread(target=other)
         t.start()
         t.join(60)
         assert errors and f"PID {os.getpid()}" in errors[0]
-        _pipe().run(model, out=tmp_path / "m", progress=False)     # same thread: re-entrant
+        _pipe().run(model, out=tmp_path / "m", progress=False, overwrite=True)   # re-entrant
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 

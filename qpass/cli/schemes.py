@@ -1,0 +1,53 @@
+"""`qpass schemes`: the scheme names (`--scheme NAME`, `Pipeline(..., scheme=NAME)`), one line
+each: name, bits, weight and activation specs, and whose format it is (DESIGN §4)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import print_rows, scheme_bits
+
+EXAMPLE = """examples:
+  qpass schemes
+  qpass quantize tiny-llada --scheme w4a16:g64 --out w4/    # a name, then weight spec tokens
+  qpass quantize tiny-llada --scheme int4:g32:sym:f16scale --out q4/"""
+
+FORMS = ("NAME[kv<bits>][:tokens]: kv<bits> also quantizes attention K/V (w4a4kv8); tokens "
+         "change the weight spec (w4a16:g64, w4a8:g128:asym). Or a weight spec alone: "
+         "int<bits>[:g<size>|channel|tensor][:sym|asym][:clip<r>][:minmax|percentile|mse]"
+         "[:full|restricted][:f16scale].")
+
+# Whose format each scheme is (tests: every name of qpass.specs.SCHEMES has a line).
+ABOUT = {
+    "w4a16g128": "llm-compressor W4A16, GPTQModel bits=4 group_size=128, AWQ",
+    "w4a16": "the common name of w4a16g128",
+    "w3a16g128": "3-bit weights; the study's W3A16 (arXiv 2508.14896), GPTQModel bits=3",
+    "w2a16g128": "2-bit weights; Quant-dLLM's setting",
+    "w8a16": "llm-compressor W8A16 (per-channel int8 weights)",
+    "w8a8": "llm-compressor W8A8 int8 (dynamic per-token activations), SmoothQuant",
+    "w4a8": "per-channel int4 weights, int8 activations; the study's W4A8, QServe",
+    "w4a8g128": "llm-compressor W4A8 (int4 g128 weights, int8 per-token activations)",
+    "w4a4": "int4 weights and per-token activations; QuaRot, DuQuant",
+    "q4_0": "llama.cpp Q4_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
+    "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
+}
+
+
+def add_schemes_command(sub) -> None:
+    p = sub.add_parser("schemes", help="list the quantization scheme names, one line each",
+                       description="The scheme names --scheme takes: bits, weight and "
+                                   "activation specs, whose format each is. A table on a "
+                                   "terminal, plain text otherwise. " + FORMS,
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=cmd_schemes)
+
+
+def cmd_schemes(args) -> int:
+    from qpass.specs import SCHEMES, Scheme
+    rows = []
+    for name, (weight, act) in SCHEMES.items():
+        rows.append((name, scheme_bits(Scheme.parse(name)), weight, act or "float", ABOUT.get(name, "")))
+    print_rows(("scheme", "bits", "weights", "activations", "matches"), rows,
+               "qpass schemes (--scheme NAME)")
+    print(FORMS, file=sys.stderr)
+    return 0
