@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qpass import progress
+from qpass.units import fmt_bytes
 
 from .args import positive_int
 from .common import add_progress_args
@@ -111,7 +112,8 @@ def _table(models, results) -> Table:
         t.add_row(task, title, *(f"{results[l][0]['tasks'][task][key]:.3f}" for l in models))
     fp_bytes = _linear_bytes(models["FP32"][0])
     t.add_row("size", "linear weight bytes",
-              *(f"{_linear_bytes(m) / 1e6:.2f} MB ({_linear_bytes(m) / fp_bytes:.3f}×)" for m, _ in models.values()))
+              *(f"{fmt_bytes(_linear_bytes(m))} ({_linear_bytes(m) / fp_bytes:.3f}×)"
+                for m, _ in models.values()))
     t.add_row("time", "quantize s", *(f"{q:.1f}" for _, q in models.values()))
     t.add_row("time", "evaluate s", *(f"{results[l][1]:.1f}" for l in models))
     return t

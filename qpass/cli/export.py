@@ -4,6 +4,9 @@ re-rounded)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from qpass.units import fmt_bytes
 
 EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-gptq --out ./w4
@@ -43,5 +46,13 @@ def cmd_export(args) -> int:
     src = read_source(load_compiled(args.directory))
     scale_dtype = args.scale_dtype or DEFAULT_SCALE_DTYPE[args.format]
     out = FORMATS[args.format](src, args.out, scale_dtype=scale_dtype)
-    print(f"wrote {args.format} export to {out}")
+    print(f"wrote {args.format} export to {out} ({fmt_bytes(disk_bytes(out))})")
     return 0
+
+
+def disk_bytes(path) -> int:
+    """Bytes of the regular files at `path` (a file, or a folder's tree; links not followed)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())

@@ -12,6 +12,7 @@ from pathlib import Path
 from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 from qpass.runtime.loading import is_compiled_dir
+from qpass.runtime.report_summary import float_size
 
 from . import scheme_args
 from .args import positive_int as _positive, seed as _seed
@@ -56,7 +57,11 @@ def add_quantize_command(sub) -> None:
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="lower to kernel ops (default auto: the best backend per device at run "
                         "time; reference/triton: pin one; none: keep the simulated model)")
-    p.add_argument("--quiet", action="store_true", help="no progress and no report tables")
+    p.add_argument("--report", choices=("summary", "full", "none"), default="summary",
+                   help="the run report on stderr: summary (default: a few lines of pass times, "
+                        "coverage, SQNR per role, size), full (every table: per pass, per "
+                        "linear, coverage), none")
+    p.add_argument("--quiet", action="store_true", help="no progress and no report (--report none)")
     add_progress_args(p, quiet=False)
     p.set_defaults(func=cmd_quantize, parser=p)
 
@@ -140,24 +145,26 @@ def _quantize(args, pipe, device, streamed: bool, rank: int) -> int:
     scheme_args.check_ignore(args.ignore, model, args.model)
     calib = build_calibration(pipe, model, args.calib_n, args.seq_len, args.seed, path=args.calib,
                               masking=args.masking, model_name=args.model)
+    size_before = float_size(model)    # the report's size before (a meta model: by shape)
     say_device(args)
     out = pipe.run(model, shard(calib), out=args.out if rank == 0 else None, device=device,
                    dtype=torch_dtype(args.dtype), progress=not args.quiet and rank == 0,
                    seed=args.seed, overwrite=args.overwrite)
     if rank != 0:
         return 0
-    _print(out, args, streamed, Console(stderr=True))
+    _print(out, args, streamed, Console(stderr=True), size_before)
     return 0
 
 
-def _print(out, args, streamed: bool, console) -> None:
+def _print(out, args, streamed: bool, console, size_before=None) -> None:
     """The report, what was written and, in memory, the kernels the model binds here."""
-    if not args.quiet:
-        out.report.print(console)
+    from qpass.units import fmt_bytes
+    out.report.print(console, level="none" if args.quiet else args.report, before=size_before,
+                     after=out.weight_nbytes())
     nb = out.weight_nbytes()
     how = f"; streamed stage by stage from {args.model}" if streamed else ""
     console.print(f"saved {out.path} ({len(out.quantized_linears())} quantized linears; linear "
-                  f"weights {nb['linear'] / 2**20:.2f} MiB, total {nb['total'] / 2**20:.2f} MiB"
+                  f"weights {fmt_bytes(nb['linear'])}, total {fmt_bytes(nb['total'])}"
                   f"{how})", soft_wrap=True)
     if streamed:                                         # nothing bound: the tensors are on disk
         return

@@ -13,6 +13,10 @@
               never replacing, a symlink or a directory
   publish_new a finished file or folder renamed to a path that must not exist
               (RENAME_NOREPLACE: a dangling symlink planted there is not replaced)
+  publish_modes  a finished output folder given the modes `cp` or save_pretrained leave
+              (files 0666, folders 0777, less the umask): what qpass exports or saves is
+              readable by a serving container running as another user; work folders are
+              never published and stay 0700
 
 A folder or file rewritten *while* qpass writes it by a running process of the same user is
 outside the threat model; what a stranger can leave behind beforehand (a symlink, a folder
@@ -264,3 +268,36 @@ def write_output(path, data: str | bytes, flag: str = "output") -> Path:
         with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
     return Path(path)
+
+
+def current_umask() -> int:
+    """The process's umask, read where Linux shows it (/proc/self/status) so that it is never
+    changed; elsewhere set and put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(directory) -> None:
+    """Give the folder `directory` (a finished output of this process, about to be moved into
+    place) and everything in it the modes a plain `cp` or save_pretrained gives: regular files
+    0o666 & ~umask, folders 0o777 & ~umask (0644 / 0755 under umask 022), whatever the writer
+    created them with (safetensors writes 0600; atomic_dir's temporary is 0700 while it
+    fills). Links and special files are left alone (lstat); folders deepest first."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files + dirs:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, 0o666 & ~mask)
+            elif stat.S_ISDIR(mode):
+                os.chmod(path, 0o777 & ~mask)
+    os.chmod(directory, 0o777 & ~mask)

@@ -116,28 +116,41 @@ def inspect_after(model, pipeline, after: str, calib=None, seed: int = 0) -> dic
 
 
 
+def _display(name: str, st: dict) -> str:
+    """A node as the user names it: a module's path for a module call, else the graph name."""
+    return st["target"] if st.get("op") == "call_module" and isinstance(st.get("target"), str) \
+        else name
+
+
 def render_changes(info: dict, console=None, diff: bool = True, max_rows: int = 400) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from qpass.runtime.report import name_column, wrapping_column
     console = console or Console()
+    states = {**info["before"], **info["after"]}
     if diff:
+        rows = info["changes"][:max_rows]
+        names = [_display(r["node"], states.get(r["node"], {})) for r in rows]
         t = Table(title=f"What {info['pass']} changed ({len(info['changes'])} nodes)")
-        for col in ("node", "change", "detail"):
-            t.add_column(col, overflow="fold")
-        for r in info["changes"][:max_rows]:
-            t.add_row(r["node"], r["change"], r["detail"])
+        name_column(t, "node", names)
+        for col in ("change", "detail"):
+            wrapping_column(t, col)
+        for name, r in zip(names, rows):
+            t.add_row(name, r["change"], r["detail"])
     else:
+        shown = [(name, st) for name, st in list(info["after"].items())[:max_rows]
+                 if st["role"] not in (None, "residual_add", "mul", "activation", "rope")
+                 or any(k.startswith("meta.") for k in st)]
         t = Table(title=f"Graph after {info['pass']} (linears, norms and pass-made nodes)")
-        for col in ("node", "role", "module", "weight", "act", "scales min/median/max", "notes"):
-            t.add_column(col, overflow="fold")
-        for name, st in list(info["after"].items())[:max_rows]:
-            if st["role"] in (None, "residual_add", "mul", "activation", "rope") and \
-                    not any(k.startswith("meta.") for k in st):
-                continue
+        name_column(t, "node", [_display(name, st) for name, st in shown])
+        for col in ("role", "module", "weight", "act", "scales min/median/max", "notes"):
+            wrapping_column(t, col)
+        for name, st in shown:
             notes = "; ".join(f"{k[5:]}={v}" for k, v in st.items() if k.startswith("meta."))
-            t.add_row(name, st["role"] or "", st.get("module", st["op"]), st.get("weight_spec", "-"),
-                      st.get("act_spec", "-"), st.get("scales min/median/max", "-"),
-                      notes or st.get("norm weight", ""))
+            t.add_row(_display(name, st), st["role"] or "", st.get("module", st["op"]),
+                      st.get("weight_spec", "-"), st.get("act_spec", "-"),
+                      st.get("scales min/median/max", "-"), notes or st.get("norm weight", ""))
     console.print(t)
     from qpass.inspect.smoothing import render_smoothing, smoothing_rows
     if smoothing_rows(info):                          # SmoothQuant / AWQ: scales per pair

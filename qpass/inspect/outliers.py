@@ -16,6 +16,7 @@ from qpass.errors import PipelineError
 from qpass.folders.owned import replacing
 from qpass.ir import capture
 from qpass.pipeline.pass_base import Fact
+from qpass.runtime.report import name_column, wrapping_column
 from qpass.calibration.stats import channel_ratio, collect_input_stats, iter_batches
 
 from .diff import find_pass
@@ -102,10 +103,10 @@ def render_outliers(rows: list[dict], png=None, console: Console | None = None,
     """Print the table (and return it); with `png`, also save a bar plot of the ratios when
     matplotlib is installed (a note is printed otherwise)."""
     t = Table(title=title)
-    for c in ("block", "linear", "in", "absmax before", "max/median before", "absmax after",
-              "max/median after"):
-        t.add_column(c, justify="left" if c == "linear" else "right",
-                     overflow="fold" if c == "linear" else "ellipsis")
+    wrapping_column(t, "block", justify="right")
+    name_column(t, "linear", [r["linear"] for r in rows])          # whole, never cut
+    for c in ("in", "absmax before", "max/median before", "absmax after", "max/median after"):
+        wrapping_column(t, c, justify="right")
     for r in rows:
         better = r["ratio_after"] is not None and r["ratio_after"] < r["ratio_before"]
         t.add_row("" if r["block"] is None else str(r["block"]), r["linear"], str(r["in_features"]),

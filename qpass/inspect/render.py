@@ -6,6 +6,9 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from qpass.runtime.report import name_column, wrapping_column
+from qpass.units import fmt_bytes
+
 from ..ir import QGraph
 
 
@@ -13,15 +16,22 @@ def _fmt_shape(s) -> str:
     return "×".join(str(x) for x in s) if s else ""
 
 
+def display_name(row: dict) -> str:
+    """A node as the user names it: a module's path (`blocks.0.q_proj`, as in recipes, the
+    run report and checkpoints) for a module call, the graph's own name otherwise."""
+    return row["target"] if row["op"] == "call_module" else row["name"]
+
+
 def render_text(summary: dict, console: Console | None = None, max_nodes: int = 200) -> None:
     con = console or Console()
     s = summary
     con.print(f"[bold]{s['model']}[/]: {s['n_blocks']} blocks, {s['n_linears']} linears "
-              f"(head: {', '.join(s['head'])}), {s['params'] / 1e6:.2f}M parameters, "
-              f"{s['n_nodes']} graph nodes")
+              f"(head: {', '.join(s['head'])}), {s['n_nodes']} graph nodes")
+    con.print(f"{s['params'] / 1e6:.2f}M parameters ({fmt_bytes(s['bytes'])}"
+              f"{' ' + s['dtype'] if s.get('dtype') else ''})", highlight=False)
     bt = Table(title="Blocks and discovered groups")
     for c in ("block", "linears", "norm → linears", "up → down", "v → o"):
-        bt.add_column(c)
+        wrapping_column(bt, c)
     for b in s["blocks"]:
         g = b["groups"]
         norms = "\n".join(f"{n.split('.')[-1]} → {{{', '.join(x.split('.')[-1] for x in ls)}}}"
@@ -31,12 +41,15 @@ def render_text(summary: dict, console: Console | None = None, max_nodes: int = 
             "\n".join(f"skipped: {r}" for _, _, r in g["v->o skipped"]) or "-"
         bt.add_row(str(b["block"]), str(b["n_linears"]), norms, ud, vo)
     con.print(bt)
-    nt = Table(title=f"Nodes (first {max_nodes} with a role)")
-    for c in ("node", "role", "block", "target", "shape", "dtype", "params"):
-        nt.add_column(c)
-    for r in s["nodes"][:max_nodes]:
-        nt.add_row(r["name"], str(r["role"] or r["op"]), "" if r["block"] is None else str(r["block"]),
-                   r["target"], _fmt_shape(r["shape"]), r["dtype"] or "", f"{r['params']:,}" if r["params"] else "")
+    rows = s["nodes"][:max_nodes]
+    nt = Table(title=f"Nodes (first {max_nodes} with a role; a module by its path)")
+    name_column(nt, "node", [display_name(r) for r in rows])       # whole, never `blocks_0_…`
+    for c in ("role", "block", "shape", "dtype", "params"):
+        wrapping_column(nt, c, justify="right" if c == "params" else "left")
+    for r in rows:
+        nt.add_row(display_name(r), str(r["role"] or r["op"]),
+                   "" if r["block"] is None else str(r["block"]), _fmt_shape(r["shape"]),
+                   r["dtype"] or "", f"{r['params']:,}" if r["params"] else "")
     con.print(nt)
 
 

@@ -62,10 +62,14 @@ def render_smoothing(rows: list[dict], console=None, title: str = "Smoothing sca
     """Print the rows as a rich table (and return it)."""
     from rich.console import Console
     from rich.table import Table
+    from qpass.runtime.report import name_column, wrapping_column
     t = Table(title=title)
     for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("producer", "consumers", "skipped because",
-                                               "kind") else "right", overflow="fold")
+        if c == "producer":                            # a module path: whole, never cut
+            name_column(t, c, [r["producer"] for r in rows])
+        else:
+            wrapping_column(t, c, justify="left" if c in ("consumers", "skipped because", "kind")
+                            else "right")
     for r in rows:
         short = [c.rsplit(".", 1)[-1] for c in r["consumers"]]      # the block is its own column
         t.add_row(_f(r["block"]), r["producer"], r["kind"], ", ".join(short),

@@ -54,6 +54,7 @@ def block_rows(g: QGraph) -> list[dict]:
 
 
 def summarize(g: QGraph, model_name: str = "") -> dict:
+    from qpass.runtime.report_summary import float_dtype, module_nbytes
     linears = g.linears()
     return {
         "model": model_name,
@@ -63,6 +64,8 @@ def summarize(g: QGraph, model_name: str = "") -> dict:
         "n_linears": len(linears),
         "head": [n.target for n in g.nodes("head")],
         "params": sum(p.numel() for p in g.gm.parameters()),
+        "bytes": module_nbytes(g.gm)["total"],     # what `qpass quantize` calls the size before
+        "dtype": float_dtype(g.gm),
         "blocks": block_rows(g),
         "nodes": node_rows(g),
     }

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import ConfigError
+from ..units import fmt_bytes
 from .config_values import FIX_LIMIT, as_number, as_size, say
 
 # field -> largest accepted value (sizes are integers >= 1, or >= 0 where LOWER says so)
@@ -169,25 +170,21 @@ def estimate(c: Mapping) -> dict:
     return {"parameters": params, "largest": largest, "rope_table": c["max_seq_len"] * hd}
 
 
-def _gib(n_bytes: int) -> str:
-    return f"{n_bytes / 2 ** 30:,.0f} GiB"
-
-
 def _check_budget(c: dict, where: str) -> None:
     est = estimate(c)
     p = est["parameters"]
     if p > MAX_PARAMETERS:
-        raise ConfigError(f"{where}: the config describes {p:.3g} parameters ({_gib(2 * p)} in "
-                          f"bf16, {_gib(4 * p)} in fp32), above the limit {MAX_PARAMETERS:.3g} "
-                          f"(2**41); {FIX_LIMIT}")
+        raise ConfigError(f"{where}: the config describes {p:.3g} parameters ({fmt_bytes(2 * p)} "
+                          f"in bf16, {fmt_bytes(4 * p)} in fp32), above the limit "
+                          f"{MAX_PARAMETERS:.3g} (2**41); {FIX_LIMIT}")
     name, n = est["largest"]
     if n > MAX_TENSOR_ELEMENTS:
         raise ConfigError(f"{where}: its {name} tensor would have {n:.3g} elements "
-                          f"({_gib(4 * n)} in fp32), above the limit {MAX_TENSOR_ELEMENTS:.3g} "
-                          f"(2**34) for one tensor; {FIX_LIMIT}")
+                          f"({fmt_bytes(4 * n)} in fp32), above the limit "
+                          f"{MAX_TENSOR_ELEMENTS:.3g} (2**34) for one tensor; {FIX_LIMIT}")
     r = est["rope_table"]
     if r > MAX_ROPE_TABLE_ELEMENTS:
         raise ConfigError(f"{where}: its RoPE tables (max_seq_len {c['max_seq_len']} x head_dim "
-                          f"{head_dim(c)}) would have {r:.3g} elements each ({_gib(8 * r)} for "
-                          f"cos and sin in fp32), above the limit {MAX_ROPE_TABLE_ELEMENTS:.3g} "
+                          f"{head_dim(c)}) would have {r:.3g} elements each ({fmt_bytes(8 * r)} "
+                          f"for cos and sin in fp32), above the limit {MAX_ROPE_TABLE_ELEMENTS:.3g} "
                           f"(2**31); lower max_seq_len, or {FIX_LIMIT}")

@@ -128,8 +128,9 @@ class DiskStore:
                               for p in g.gm.get_submodule(t).parameters(recurse=False))
         free = available_bytes(self.device)
         if free is not None and need > free:
-            raise PipelineError(f"{stage.name} needs about {need / 2**30:.1f} GiB on {self.device}, "
-                                f"but only {free / 2**30:.1f} GiB are free; free memory, use a "
+            from qpass.units import fmt_bytes
+            raise PipelineError(f"{stage.name} needs about {fmt_bytes(need)} on {self.device}, "
+                                f"but only {fmt_bytes(free)} are free; free memory, use a "
                                 f"smaller --dtype, or another device")
 
     def load(self, g, stage) -> None:

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from qpass.errors import CheckpointError
-from qpass.folders.owned import exchange_paths, publish_new
+from qpass.folders.owned import exchange_paths, publish_modes, publish_new
 
 _active: set[str] = set()          # temporaries this process is writing right now
 
@@ -75,13 +75,14 @@ def _stale_temporaries(out: Path) -> list[Path]:
 
 def new_temporary(out: Path) -> Path:
     """A new empty directory next to `out` (its parent created; made by mkdir, which never
-    follows a link), stale ones of `out` removed."""
+    follows a link; mode 0700 while it fills: commit gives it the modes of a finished
+    output), stale ones of `out` removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for p in _stale_temporaries(out):
         shutil.rmtree(p, ignore_errors=True)      # a real directory: rmtree follows no link
     tmp = _temporary_name(out)
     _active.add(str(tmp))
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
     return tmp
 
 
@@ -130,12 +131,15 @@ def _move_into_place(tmp: Path, out: Path, replace: bool) -> None:
 
 
 def commit(tmp: Path, out: Path, replace: bool = True) -> None:
-    """fsync every file of `tmp` and `tmp` itself, move it into place at `out` (a rename, or a
-    swap with the existing `out`), fsync the parent. `tmp` then holds the old `out`, if any.
+    """Give `tmp` the modes of a finished output (files 0644, folders 0755 under umask 022:
+    publish_modes, what `cp` or save_pretrained leave), fsync every file of `tmp` and `tmp`
+    itself, move it into place at `out` (a rename, or a swap with the existing `out`), fsync
+    the parent. `tmp` then holds the old `out`, if any.
     replace=False: `out` must not exist (an OUT that appeared since the caller checked is not
     replaced: CheckpointError). Commits to one OUT are serialized (an flock on its parent),
     so concurrent saves never interleave: each is whole, the last one stays. A symlink at OUT
     is never replaced (CheckpointError)."""
+    publish_modes(tmp)
     for p in tmp.iterdir():
         fsync(p)
     fsync(tmp)

@@ -22,13 +22,28 @@ class CoverageRow:
         return asdict(self)
 
 
+def name_column(table, header: str, names) -> None:
+    """Add `table`'s column of names (linears, nodes): never wrapped, never cut, as wide as
+    the longest name; the table's other columns wrap instead (add them with wrapping_column).
+    A name is what a user greps for or copies into a recipe (issue 26: `blocks_0_…`)."""
+    names = [str(n) for n in names]
+    table.add_column(header, no_wrap=True, overflow="ignore",
+                     min_width=max([len(header), *map(len, names)]))
+
+
+def wrapping_column(table, header: str, **kw) -> None:
+    """A column that gives way to the name column: folded onto more lines, never cut."""
+    table.add_column(header, overflow="fold", **kw)
+
+
 def coverage_table(rows: list[CoverageRow], title: str = "Coverage"):
     from rich.table import Table
     t = Table(title=f"{title}: {sum(r.status == 'quantized' for r in rows)} quantized, "
                     f"{sum(r.status == 'kept' for r in rows)} kept, "
                     f"{sum(r.status == 'uncovered' for r in rows)} uncovered of {len(rows)} linears")
-    for col in ("linear", "role", "status", "weight", "act", "rule / reason"):
-        t.add_column(col)
+    name_column(t, "linear", [r.name for r in rows])
+    for col in ("role", "status", "weight", "act", "rule / reason"):
+        wrapping_column(t, col)
     style = {"quantized": "green", "kept": "cyan", "uncovered": "bold red"}
     for r in rows:
         t.add_row(r.name, r.role or "", f"[{style[r.status]}]{r.status}[/]", r.weight_spec or "-",
@@ -131,7 +146,7 @@ class Report:
         tables = []
         t = Table(title="Passes")
         for col in ("pass", "time (s)", "nodes changed", "verified Δ", "notes"):
-            t.add_column(col)
+            wrapping_column(t, col)
         for p in self.passes:
             notes = "; ".join(p.notes[:3]) + (f" (+{len(p.notes) - 3} more)" if len(p.notes) > 3 else "")
             t.add_row(p.repr, f"{p.seconds:.3f}", str(len(p.nodes_changed)),
@@ -140,8 +155,9 @@ class Report:
         if self.linears:
             t = Table(title="Linears (SQNR in dB: weights vs. before rounding, output vs. FP graph "
                             "on the probe batch)")
-            for col in ("linear", "weight", "act", "weight SQNR", "output SQNR"):
-                t.add_column(col)
+            name_column(t, "linear", [r.name for r in self.linears])
+            for col in ("weight", "act", "weight SQNR", "output SQNR"):
+                wrapping_column(t, col)
             for r in self.linears:
                 t.add_row(r.name, r.weight_spec or "-", r.act_spec or "-", _db(r.weight_sqnr_db),
                           _db(r.output_sqnr_db))
@@ -150,8 +166,15 @@ class Report:
             tables.append(coverage_table(self.coverage))
         return tables
 
-    def print(self, console=None) -> None:
-        from rich.console import Console
-        console = console or Console()
-        for t in self.rich_tables():
-            console.print(t)
+    def summary(self, before: dict | None = None, after: dict | None = None,
+                width: int = 80) -> list[str]:
+        """A few lines of at most `width` columns: pass times, coverage counts, SQNR by role,
+        size before → after (qpass/runtime/report_summary.py)."""
+        from .report_summary import summary_lines
+        return summary_lines(self, before, after, width)
+
+    def print(self, console=None, level: str = "full", before: dict | None = None,
+              after: dict | None = None) -> None:
+        """Print at `level`: "summary", "full" (every table, then the summary) or "none"."""
+        from .report_summary import print_report
+        print_report(self, level, console, before, after)
