@@ -341,3 +341,16 @@ def test_fuzz_export_of_a_hostile_checkpoint(tmp_path, zoo_checkpoint, data, fmt
     outcome(lambda: FORMATS[fmt](read_source(load_compiled(d)), out, scale_dtype="float16"),
             d, also=[out.parent])
     assert _snapshot(tmp_path, skip=out.parent) == before
+
+
+@FUZZ
+@given(data=st.data(), case=st.sampled_from(CHECKPOINTS))
+def test_fuzz_pipeline_from_manifest(tmp_path, data, case):
+    """`eval --trajectory` rebuilds the pipeline a checkpoint records: its pass configs are
+    the stranger's too."""
+    d = _copy_checkpoint(tmp_path, case)
+    m = json.loads((d / "manifest.json").read_text())
+    m["pipeline"] = mutate_json(m["pipeline"], data.draw, data.draw(st.integers(1, 4)))
+    (d / "manifest.json").write_text(json.dumps(m))
+    rehash(d)
+    outcome(lambda: qpass.Pipeline.from_manifest(d), d)
