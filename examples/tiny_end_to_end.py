@@ -1,5 +1,8 @@
 """End to end on the embedded tiny dLLM: calibrate, quantize (GPTQ W4), save, reload, generate,
-evaluate. Runs on a laptop CPU in about a minute.
+evaluate. About a minute of CPU time. Measured on the shared 2-core dev box (2026-12-07) while
+it was quiet: 34 s wall / 62 s CPU on torch's default two threads, 55 s wall / 55 s CPU with
+OMP_NUM_THREADS=1; while other jobs kept it busy the two threads waited on each other and the
+same run took 4 min 43 s wall (set OMP_NUM_THREADS=1 on a busy machine).
 
     python examples/tiny_end_to_end.py [--pipeline w4a16-gptq] [--out /tmp/tiny-w4]"""
 import argparse

@@ -31,7 +31,9 @@ def add_generate_command(sub) -> None:
     p.add_argument("--steps", type=length, default=None,
                    help="denoising steps (default: --gen-length, one token per step)")
     p.add_argument("--block-length", type=length, default=None,
-                   help="LLaDA: default 32; Dream: default one block over the whole generation")
+                   help="default: the model's generation_config.json (tiny-llada: 2), else "
+                        "LLaDA 32 (one block where 32 does not divide --gen-length) and Dream "
+                        "one block over the whole generation")
     p.add_argument("--temperature", type=nonneg_float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=("low_confidence", "random"))
     p.add_argument("--cfg-scale", type=nonneg_float, default=0.0)
@@ -98,9 +100,9 @@ def cmd_generate(args) -> int:
         kw.update(remasking=args.remasking)
     elif which == "llada":
         kw.update(remasking=args.remasking, cfg_scale=args.cfg_scale,
-                  block_length=args.block_length or 32)
-    elif args.block_length is not None:
-        kw.update(block_length=args.block_length)
+                  block_length=args.block_length)
+    else:
+        kw.update(block_length=args.block_length)   # None: the model's default (generate)
     say_device(args)
     ops.reset_kernel_calls()
     t0 = time.perf_counter()

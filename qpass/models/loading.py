@@ -12,6 +12,7 @@ from ..folders.owned import current_umask
 from ..errors import CheckpointError
 from .config import NAMED_CONFIGS, ModelConfig
 from .denoiser import Denoiser, init_weights
+from .generation import GENERATION_FILE, generation_of, read_generation_config
 from .naming import config_from_hf, config_to_hf, key_map, key_mismatch
 from .tokenizer import load_tokenizer
 
@@ -122,17 +123,22 @@ def load_checkpoint(path: str | os.PathLike, device=None, dtype=None) -> Denoise
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig of an HF checkpoint directory (CheckpointError when it has none)."""
+    """The ModelConfig of an HF checkpoint directory (CheckpointError when it has none), with
+    its generation_config.json defaults in `extra["generation"]` (qpass.models.generation)."""
     cfg_file = Path(path) / "config.json"
     if not os.path.lexists(cfg_file):
         raise CheckpointError(f"{path} has no config.json: is it an HF-format checkpoint directory?")
     try:
-        return config_from_hf(read_json(cfg_file), str(cfg_file))
+        cfg = config_from_hf(read_json(cfg_file), str(cfg_file))
     except KeyError as e:
         raise CheckpointError(f"{cfg_file} lacks the config key {e}") from None
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{cfg_file} has a config value of the wrong type or range: "
                               f"{e}") from None
+    gen = read_generation_config(path, cfg.max_seq_len)   # generation_config.json, if any
+    if gen:
+        cfg.extra = {**cfg.extra, "generation": gen}
+    return cfg
 
 
 def tensor_sources(path: str | os.PathLike, cfg: ModelConfig) -> dict[str, tuple[Path, str]]:
@@ -212,6 +218,8 @@ def save_checkpoint(model: Denoiser, path: str | os.PathLike, dtype=None) -> Pat
     # safetensors writes 0600; a checkpoint is for others to read too (as save_pretrained's)
     os.chmod(path / "model.safetensors", 0o666 & ~current_umask())
     (path / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=1))
+    if generation_of(cfg):
+        (path / GENERATION_FILE).write_text(json.dumps(generation_of(cfg), indent=1))
     if model.tokenizer is not None and hasattr(model.tokenizer, "save"):
         model.tokenizer.save(path)
     return path

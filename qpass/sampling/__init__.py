@@ -12,6 +12,7 @@ from ..errors import QpassError
 from .block import block_size_of, generate_block_diffusion
 from .cache import CACHES, StepStats
 from .common import batch_prompts, decode_text, encode_prompts, encode_text, is_text, special_ids
+from .defaults import generation_defaults, with_generation_defaults
 from .dream import ALGS, generate_dream
 from .llada import REMASKING, generate_llada, transfer_schedule
 
@@ -38,6 +39,9 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
     LLaDA and Dream take cache="none"|"prefix"|"dual", threshold=, refresh_every=
     (qpass.sampling.cache); Dream takes block_length= too (default: one block, as Dream v0). "block"
     (generate_block_diffusion) takes steps= and threshold=, and no cache.
+    Keywords left out (or None) come from the model's generation defaults when it has them
+    (its checkpoint's generation_config.json: e.g. tiny-llada's block_length; see
+    qpass.sampling.defaults), else from the sampler's own defaults.
 
     prompt_ids: token ids (a tensor, a list of ints, a list of 1-D prompts) or text (a str or a
     list of str), encoded with `model.tokenizer` as `qpass generate --prompt` does; text for a
@@ -46,11 +50,8 @@ def generate(model, prompt_ids, sampler: str = "auto", **kw):
         raise QpassError(f"generate takes a loaded denoiser (qpass.models.load(...) or "
                          f"qpass.load_compiled(...)), got a {type(model).__name__}")
     which = resolve_sampler(model, sampler)
-    if which == "block":
-        return generate_block_diffusion(model, prompt_ids, **kw)
-    if which == "dream":
-        return generate_dream(model, prompt_ids, **kw)
-    return generate_llada(model, prompt_ids, **kw)
+    fn = {"block": generate_block_diffusion, "dream": generate_dream}.get(which, generate_llada)
+    return fn(model, prompt_ids, **with_generation_defaults(model, fn, kw))
 
 
 def prompt_width(prompt_ids, tokenizer=None) -> int:
@@ -77,6 +78,7 @@ def decode_generated(out, prompt_ids, tokenizer, stop_at_eos: bool = True) -> li
 
 
 __all__ = ["generate", "generate_llada", "generate_dream", "generate_block_diffusion", "resolve_sampler", "transfer_schedule",
+           "generation_defaults",
            "special_ids", "batch_prompts", "encode_text", "encode_prompts", "is_text",
            "decode_text", "prompt_width",
            "generated_ids", "decode_generated", "ALGS", "REMASKING", "SAMPLERS", "CACHES", "StepStats"]
