@@ -8,8 +8,9 @@ then what the CPU timings can and cannot show.
 
 Time: about 1.2 minutes of CPU (`python bench/demo_time.py` prints wall and CPU seconds). On
 the shared 2-core dev box, 2026-12-07: 71 s wall / 71 s CPU when it was quiet (41 s wall / 76 s
-CPU with --threads 2), 248 s wall / 87 s CPU under a load average of 6.
-The demo before this version: 66 s wall / 125 s CPU quiet, 23 min wall / 10 min CPU busy.
+CPU with --threads 2), 248 s wall / 87 s CPU under a load average of 6. The demo before this
+version: 66 s wall / 125 s CPU quiet, 23 min wall / 10 min CPU busy. Back to back beside a
+running test suite (load 3.4): this demo 76 s wall / 72 s CPU, the one before 334 s / 315 s.
 Threads (--threads, default 1): on an idle machine two threads halve the wall time for about
 the same CPU time, but when other jobs load the machine they spin and wait: the evaluation alone
 took 2.3x the wall and 4x the CPU time on two threads than on one at load 6, and the load
