@@ -4,7 +4,9 @@ boundary (before any compute or progress bar), or one CalibrationError naming wh
   - None: no calibration (a pass that calibrates then says so);
   - a CalibrationSet (anything with `.batches`): used as is;
   - text, a str or a list of str: CalibrationSet.from_texts with the model's tokenizer;
-  - token ids, an integer tensor/array, a list of ints or of equal-length int lists, or a
+  - a 2-D integer torch tensor (B, L): one batch of model inputs, used exactly as given
+    (unmasked, as qpass.capture takes it; build a CalibrationSet to have it masked);
+  - other token ids, a 1-D stream, an array, a list of ints or of equal-length int lists, or a
     tokenizer's output (a mapping with "input_ids"): CalibrationSet.from_ids, whose rows rule
     applies (rows are the windows themselves; a 1-D stream is cut into windows);
   - a list of (B, L) id tensors or (input_ids,) tuples: model inputs used exactly as given.
@@ -41,6 +43,9 @@ def as_calibration(calib, tokenizer=None, config=None, seed: int = 0):
         return calib
     if isinstance(calib, Mapping) and "input_ids" in calib:    # tokenizer(..., return_tensors)
         calib = calib["input_ids"]
+    if isinstance(calib, torch.Tensor) and calib.dim() == 2 and not calib.is_floating_point():
+        _check_batch(calib, config)                # one batch of model inputs, as given
+        return [calib]
     if isinstance(calib, str) or _all(calib, str):
         return _from_texts(calib, tokenizer, config, seed)
     if _is_ids(calib):

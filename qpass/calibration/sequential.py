@@ -206,7 +206,8 @@ class SequentialRunner:
 
     def batches(self) -> list[tuple]:
         """The model-input tuples of the data set, in the order the caches hold them."""
-        return list(self.calib.batches(self.batch_size))
+        from .stats import iter_batches      # a CalibrationSet, or batches given as they are
+        return list(iter_batches(self.calib, self.batch_size))
 
     def adopt(self, stage: Stage, new: list[fx.Node]) -> None:
         """Nodes a pass inserted into `stage` (qpass.pipeline.stage_nodes.adopt): the runner

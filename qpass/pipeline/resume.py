@@ -49,9 +49,10 @@ def run_key(pipeline, checkpoint_dir: Path, calib, device, dtype) -> str:
         if f.is_file():
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    if calib is not None:
-        for batch in calib.batches(8):
-            for t in batch:
+    if calib is not None:       # a CalibrationSet, or model-input batches given as they are
+        batches = calib.batches(8) if hasattr(calib, "batches") else calib
+        for batch in batches:
+            for t in (batch if isinstance(batch, (tuple, list)) else (batch,)):
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(f"{device}:{dtype}".encode())
     return h.hexdigest()

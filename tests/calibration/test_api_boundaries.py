@@ -149,8 +149,14 @@ def test_run_takes_token_rows_as_from_ids(tiny):
     ref = CalibrationSet.from_ids(rows, mask_id=tiny.config.mask_token_id, seed=2,
                                   vocab_size=tiny.config.vocab_size)
     assert torch.equal(ref.clean_ids, rows)
-    got = _observe().run(tiny, rows, progress=False, seed=2)
+    got = _observe().run(tiny, rows.tolist(), progress=False, seed=2)
     assert _same(got, _observe().run(tiny, ref, progress=False, seed=2))
+
+
+def test_a_2d_id_tensor_is_one_batch_used_as_given(tiny):
+    # the contract tests and users rely on: a (B, L) tensor is fed as qpass.capture takes it
+    rows = _rows(2, 32, seed=4)
+    assert _same(_observe().run(tiny, rows, progress=False), _observe().run(tiny, [rows], progress=False))
 
 
 def test_short_texts_given_to_run_are_one_error_before_compute(tiny):
