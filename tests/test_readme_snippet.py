@@ -22,3 +22,7 @@ def test_the_usage_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "w4" / "manifest.json").is_file()
     printed = capsys.readouterr().out
     assert "blocks," in printed and "EvalResult(" in printed
+    # the generation a newcomer sees first is text, not a newline and blanks (issue 26)
+    generated = next(ln for ln in printed.splitlines() if ln.startswith("['"))
+    letters = sum(c.isalpha() for c in generated)
+    assert letters >= 16 and generated.count(" ") < 0.4 * len(generated), generated
