@@ -66,7 +66,9 @@ def _register_builtins() -> None:
     linear_kwargs = lambda m: {"in_features": m.in_features, "out_features": m.out_features,  # noqa: E731
                                "bias": m.bias is not None}
     register_module_class(nn.Linear, linear_kwargs)
-    register_module_class(Router, linear_kwargs)
+    # fp32 routing and LLaDA2's expert bias change which experts a token gets: keep them
+    register_module_class(Router, lambda m: {**linear_kwargs(m), "fp32": bool(m.fp32),
+                                              "expert_bias": hasattr(m, "expert_bias")})
     register_module_class(nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings,
                                                    "embedding_dim": m.embedding_dim,
                                                    "padding_idx": m.padding_idx})

@@ -170,3 +170,17 @@ def test_bad_moe_config_is_one_clear_error():
         ModelConfig(d_model=64, n_layers=1, n_heads=4, n_kv_heads=4, mlp_hidden=64,
                     vocab_size=10, n_experts=-1)
     json.dumps(tiny_moe().to_dict())                    # configs stay serialisable
+
+
+def test_llada2_router_keeps_fp32_and_expert_bias_through_save_and_load(tmp_path):
+    # the router's fp32 routing and its expert bias are constructor arguments: a checkpoint
+    # that dropped them chose other experts after load (bf16 logits, no bias)
+    m = _model(**LLADA2_ROUTING).to(torch.bfloat16)
+    with torch.no_grad():
+        m.blocks[1].moe.router.expert_bias.copy_(torch.linspace(-0.5, 0.5, 8))
+    c = qpass.Pipeline([P.RTN("w4a16")]).run(m, progress=False)
+    c.save(tmp_path / "ck")
+    back = qpass.load_compiled(tmp_path / "ck")
+    router = back.gm.get_submodule("blocks.1.moe.router")
+    assert router.fp32 and torch.equal(router.expert_bias, c.gm.get_submodule("blocks.1.moe.router").expert_bias)
+    assert torch.equal(back(X), c(X))
