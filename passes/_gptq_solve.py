@@ -208,8 +208,18 @@ class ColumnSolve:
         """`sweeps` sweeps of coordinate descent on the codes from the solve's state (after run,
         with keep_errors; Hd: H + λI in walk order); returns the objective's decrease."""
         self.ET.mul_(self.a2[:, None])                # G = R·Hd = (a²·E)·Ãᵀ at the solve's state
-        return refine_walk(self.WT, self.CT, self.ET, self.factor.A, Hd, self.col_group,
-                           self.s_rows, self.z_rows, self.top, sweeps, self.plan.block)
+        codes, residuals = self.CT.clone(), self.WT.clone()
+        refine_walk(self.WT, self.CT, self.ET, self.factor.A, Hd, self.col_group,
+                    self.s_rows, self.z_rows, self.top, sweeps, self.plan.block)
+        # each step lowers f in exact arithmetic; in float32 with an ill-conditioned Hd the
+        # accumulated gradient can be off enough to raise it, so f is compared in float64
+        # and the solve's codes are kept unless refinement really lowered it
+        before, after = _objective(residuals, Hd), _objective(self.WT, Hd)
+        if after > before:
+            self.CT.copy_(codes)
+            self.WT.copy_(residuals)
+            return 0.0
+        return before - after
 
     def result(self, out_dtype: torch.dtype) -> tuple[torch.Tensor, QuantizedWeight]:
         """Wq (N, K) in out_dtype and its QuantizedWeight, both in the original K order. Spends
@@ -233,3 +243,9 @@ class ColumnSolve:
                 scale, zero = scale[:1], zero[:1]
         qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, self.spec)
         return Q.to(out_dtype), qweight
+
+
+def _objective(RT: torch.Tensor, Hd: torch.Tensor) -> float:
+    """f = tr(R·Hd·Rᵀ) for residuals RT (K, N) in walk order, in float64."""
+    R64 = RT.double()
+    return float((R64 * (Hd.double() @ R64)).sum())

@@ -4,7 +4,7 @@ the reported gain is the measured decrease, only codes move (grid, scales, zeros
 stay), and the pass's "auto" rule refines only with enough calibration tokens per input."""
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import qpass
@@ -87,6 +87,7 @@ def test_one_sweep_equals_the_brute_force_sweep(spec, act_order, moved_as, keep,
 
 
 @settings(max_examples=25, deadline=None)
+@example(N=1, K=24, n=9, seed=9, sweeps=1, spec="int4:g8:sym")   # fp32 drift raised f once
 @given(N=st.integers(1, 9), K=st.sampled_from([8, 16, 24]), n=st.integers(4, 60),
        seed=st.integers(0, 10_000), sweeps=st.integers(1, 3),
        spec=st.sampled_from(["int4:g8:sym", "int2:g8:asym", "int8:sym", "int4:g8:sym:restricted"]))
