@@ -1,4 +1,4 @@
-"""qpass.progress on a fake clock: at most one status line every `every` seconds plus the
+"""qpass.display.progress on a fake clock: at most one status line every `every` seconds plus the
 owning phase's start and end, ETA from the open phases' fractions (items done before a phase
 began left out of the rate), who stays silent, bars only on a terminal."""
 import io
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from qpass import progress
+from qpass.display import progress
 
 
 class Clock:

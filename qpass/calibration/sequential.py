@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.fx as fx
 
-from qpass import progress as progress_lines
+from qpass.display import progress as progress_lines
 from qpass.errors import CalibrationError
 from qpass.ir.structure import BlockInfo, role
 
@@ -179,7 +179,7 @@ class SequentialRunner:
         self.g, self.calib, self.batch_size = g, calib, batch_size
         self.offload_dir = offload_dir
         self.device = device if device is not None else _graph_device(g.gm)
-        self.progress = progress            # unused: run() reports through qpass.progress
+        self.progress = progress            # unused: run() reports through qpass.display.progress
         self.stages = split_stages(g)
         self.placeholders = [n for n in g.gm.graph.nodes if n.op == "placeholder"]
         self.output_node = next(n for n in g.gm.graph.nodes if n.op == "output")

@@ -60,7 +60,7 @@ def add_device_arg(p, extra: str = "") -> None:
 
 def add_progress_args(p, quiet: bool = True) -> None:
     """--quiet (unless the command has its own) and --progress-every: progress is on for every
-    command (qpass.progress: bars on a terminal, else a line on stderr at each phase's start
+    command (qpass.display.progress: bars on a terminal, else a line on stderr at each phase's start
     and end and at most one every SECONDS between); main() reads both."""
     from .args import nonneg_float
     if quiet:

@@ -24,8 +24,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from qpass import progress
-from qpass.units import fmt_bytes
+from qpass.display import progress
+from qpass.display.units import fmt_bytes
 
 from .args import positive_int
 from .common import add_progress_args

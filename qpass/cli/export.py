@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qpass.units import fmt_bytes
+from qpass.display.units import fmt_bytes
 
 EXAMPLE = """examples:
   qpass quantize tiny-llada --pipeline w4a16-gptq --out ./w4

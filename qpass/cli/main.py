@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qpass import progress
+from qpass.display import progress
 from qpass.errors import QpassError
 
 from .backends import add_backends_command

@@ -158,7 +158,7 @@ def _quantize(args, pipe, device, streamed: bool, rank: int) -> int:
 
 def _print(out, args, streamed: bool, console, size_before=None) -> None:
     """The report, what was written and, in memory, the kernels the model binds here."""
-    from qpass.units import fmt_bytes
+    from qpass.display.units import fmt_bytes
     out.report.print(console, level="none" if args.quiet else args.report, before=size_before,
                      after=out.weight_nbytes())
     nb = out.weight_nbytes()

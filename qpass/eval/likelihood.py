@@ -54,7 +54,7 @@ def loglikelihood_draws(model, requests: Sequence[Request], mc_num: int = 128,
     """Per request a (mc_num,) float64 tensor of single-draw estimates of
     log p(continuation | prefix[, suffix]). Rows of all requests share forward batches
     (right-padded and key-masked when their lengths differ). progress: the batches as a
-    qpass.progress phase (None: as the enclosing step says)."""
+    qpass.display.progress phase (None: as the enclosing step says)."""
     if mc_num < 1 or batch_size < 1:
         raise QpassError("mc_num and batch_size must be >= 1")
     mask = special_ids(model, mask_id=mask_id).mask

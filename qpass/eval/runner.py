@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .. import progress as progress_lines
+from ..display import progress as progress_lines
 from ..errors import QpassError
 from .tasks import TaskContext, TaskSettings, get_task
 
@@ -22,7 +22,7 @@ def evaluate(model, tasks=DEFAULT_TASKS, limit: int | None = None, seed: int = 0
 
     limit caps the items of every task (cloze questions, math problems, scored text chunks);
     keyword settings override TaskSettings fields (e.g. n_mc=8, text_bytes=65536). progress:
-    report the tasks and their loops through qpass.progress (True: bars on a terminal; None:
+    report the tasks and their loops through qpass.display.progress (True: bars on a terminal; None:
     as the enclosing step or the command line says; False: silent)."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]

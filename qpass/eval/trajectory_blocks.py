@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from .. import progress as progress_lines
+from ..display import progress as progress_lines
 from ..errors import QpassError
 from ..ir import capture
 from ..ir.structure import role

@@ -24,7 +24,7 @@ from typing import Mapping
 
 import torch
 
-from .. import progress as progress_lines
+from ..display import progress as progress_lines
 from ..errors import QpassError
 from ..sampling import generate, resolve_sampler
 from ..sampling.common import denoise, encode_text, special_ids
@@ -171,7 +171,7 @@ def trajectory(fp, quantized, prompts, gen_length: int = 32, steps: int = 32,
     agreement, commit-set Jaccard and token agreement (module docstring); per prompt the
     first step at which free-running trajectories differ. attribution: for a model name,
     {block index: variant model}, scored on the same canvases (see trajectory_blocks).
-    progress: the scored steps as a qpass.progress phase (None: as the enclosing step or the
+    progress: the scored steps as a qpass.display.progress phase (None: as the enclosing step or the
     command line says)."""
     if "cache" in sampler_kw:
         raise QpassError("trajectory scores every step on the whole canvas: the cache cannot be "

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qpass.runtime.report import name_column, wrapping_column
-from qpass.units import fmt_bytes
+from qpass.display.units import fmt_bytes
 
 from ..ir import QGraph
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import ConfigError
-from ..units import fmt_bytes
+from ..display.units import fmt_bytes
 from .config_values import FIX_LIMIT, as_number, as_size, say
 
 # field -> largest accepted value (sizes are integers >= 1, or >= 0 where LOWER says so)

@@ -128,7 +128,7 @@ class DiskStore:
                               for p in g.gm.get_submodule(t).parameters(recurse=False))
         free = available_bytes(self.device)
         if free is not None and need > free:
-            from qpass.units import fmt_bytes
+            from qpass.display.units import fmt_bytes
             raise PipelineError(f"{stage.name} needs about {fmt_bytes(need)} on {self.device}, "
                                 f"but only {fmt_bytes(free)} are free; free memory, use a "
                                 f"smaller --dtype, or another device")

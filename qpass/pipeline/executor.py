@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from qpass import progress as progress_lines
+from qpass.display import progress as progress_lines
 from qpass.errors import CalibrationError, PipelineError
 from qpass.pipeline.facts import check_stage, check_witnessed
 from qpass.pipeline.pass_base import PassContext

@@ -190,7 +190,7 @@ class Pipeline:
         result holds no tensors (qpass.load_compiled(result.path) computes with it); a rerun
         after a crash resumes after the last complete stage. offload_dir: keep the cached
         stage inputs on disk there instead of in memory; batch_size: calibration sequences
-        per stage run. progress: report the stage loop through qpass.progress (True: bars on
+        per stage run. progress: report the stage loop through qpass.display.progress (True: bars on
         a terminal; None: as the enclosing step or the command line says; False: silent).
         overwrite: replace a qpass checkpoint already at `out` (default False: refused before
         any compute, naming what it holds; CompiledDenoiser.save replaces, as save_pretrained

@@ -8,7 +8,7 @@ import enum
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from qpass import progress as progress_lines
+from qpass.display import progress as progress_lines
 from qpass.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class PassContext:
         return set(self.stage.nodes) if self.stage is not None else set()
 
     def task(self, description: str, total: int | None = None, unit: str = ""):
-        """A qpass.progress phase inside the stage's; passes call advance(task) as they go
+        """A qpass.display.progress phase inside the stage's; passes call advance(task) as they go
         and the executor closes it when the pass returns."""
         ph = progress_lines.begin(description, total=total, unit=unit)
         self._tasks.append(ph)

@@ -122,7 +122,7 @@ def check_free_space(path, need_bytes: int, flag: str = "--out") -> None:
     anc = _nearest_existing(Path(path).absolute(), flag)
     free = shutil.disk_usage(anc).free
     if free < need_bytes:
-        from qpass.units import fmt_bytes
+        from qpass.display.units import fmt_bytes
         raise OutputPathError(f"{flag} {path}: the output needs about {fmt_bytes(need_bytes)} "
                               f"but {anc} has {fmt_bytes(free)} free; free space or choose "
                               f"another disk")

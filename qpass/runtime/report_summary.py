@@ -16,14 +16,14 @@ Roles are the last label of a linear's name without `_proj` (q, k, v, o, gate, u
 router, …): qpass's own module names are generic labels (`blocks.N.q_proj`, ARCHITECTURE
 "Decisions"), so this groups every LLaDA/Dream/LLaMA/MoE model alike, and a recipe's own
 model groups by its own labels. Names are printed whole, never cut; sizes go through
-qpass.units.fmt_bytes."""
+qpass.display.units.fmt_bytes."""
 from __future__ import annotations
 
 import math
 import statistics
 import textwrap
 
-from qpass.units import fmt_bytes
+from qpass.display.units import fmt_bytes
 
 LEVELS = ("summary", "full", "none")
 WIDTH = 80

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .. import progress as progress_lines
+from ..display import progress as progress_lines
 from ..errors import QpassError
 
 
@@ -160,7 +160,7 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 @contextlib.contextmanager
 def step_progress(total: int, enabled: bool | None, label: str,
                   unit: str = "steps") -> Iterator[Callable[[], None]]:
-    """Yields advance(): the loop's steps as a qpass.progress phase (enabled True: bars on a
+    """Yields advance(): the loop's steps as a qpass.display.progress phase (enabled True: bars on a
     terminal; None: as the enclosing step or the command line says; False: silent)."""
     with progress_lines.phase(label, total=total, unit=unit, enabled=enabled) as ph:
         yield ph.advance

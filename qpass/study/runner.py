@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import folders
-from .. import progress as progress_lines
+from ..display import progress as progress_lines
 from ..calibration import build_calibration
 from ..errors import QpassError
 from ..folders import CAPS, Mapping, read_json

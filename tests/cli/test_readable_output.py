@@ -199,7 +199,7 @@ def test_every_inspect_renderer_keeps_long_names_whole():
 
 
 def test_fmt_bytes_is_binary_with_two_decimals():
-    from qpass.units import fmt_bytes
+    from qpass.display.units import fmt_bytes
     assert [fmt_bytes(n) for n in (0, 1023, 1024, 2_988_442, 3 * 2**30 + 2**29, 2**50)] == \
         ["0 B", "1023 B", "1.00 KiB", "2.85 MiB", "3.50 GiB", "1.00 PiB"]
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # subsystem -> layer; a file may import its own layer's subsystems or lower ones
 LAYERS = {
     "qpass.errors": 0, "qpass.specs": 0, "qpass.formats": 0, "qpass.ops": 0, "qpass.data": 0,
-    "qpass.kvcache": 0, "qpass.folders": 0, "qpass.progress": 0, "qpass.units": 0,
+    "qpass.kvcache": 0, "qpass.folders": 0, "qpass.display": 0,
     "qpass.models": 1, "qpass.hadamard": 1, "qpass.ir": 1,
     "qpass.backends": 2,
     "qpass.calibration": 3, "qpass.runtime": 3, "qpass.sandbox": 3,
