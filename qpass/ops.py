@@ -137,4 +137,25 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out.to(dtype)
 
 
-WRAPPED_FUNCTIONS = (attention, rope, route_topk, expert_tokens, gather_rows, scatter_rows)
+def hf_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                 scaling: float | None, causal: bool) -> torch.Tensor:
+    """Attention as transformers' attention interface computes it, for a captured
+    transformers model (qpass.ir.value_trace): q (B, H, L, D), k/v (B, Hkv, S, D) (GQA
+    repeated here), `mask` the model's own mask — bool (True = attend) or additive float,
+    broadcastable to (B, H, L, S) — or None with `causal`; returns (B, L, H, D)."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    if mask is not None:
+        mask = mask[:, :, :, : k.shape[-2]]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype) if
+                                             mask.dtype != torch.bool else mask, scale=scaling)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and q.shape[2] > 1,
+                                             scale=scaling)
+    return out.transpose(1, 2).contiguous()
+
+
+WRAPPED_FUNCTIONS = (attention, rope, route_topk, expert_tokens, gather_rows, scatter_rows,
+                     hf_attention)

@@ -42,7 +42,7 @@ def module_role(m: nn.Module) -> str | None:
 
 
 def function_role(target) -> str | None:
-    if target is ops.attention:
+    if target is ops.attention or target is ops.hf_attention:
         return "attention"
     if target is ops.rope:
         return "rope"

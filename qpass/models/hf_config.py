@@ -29,7 +29,9 @@ def detect_family(cfg: dict) -> str:
     """llada | dream | qwen2 | llama from model_type / architectures; CheckpointError otherwise."""
     mt = str(cfg.get("model_type", "")).lower()
     arch = " ".join(cfg.get("architectures", []) or []).lower()
-    if "llada" in mt or "llada" in arch or (not mt and "d_model" in cfg):
+    # LLaDA itself only: LLaDA2 / LLaDA-MoE ("llada2_moe", "lladamoe") are other
+    # architectures, captured as they are (qpass.models.as_is)
+    if mt == "llada" or "lladamodellm" in arch.split() or (not mt and "d_model" in cfg):
         return "llada"
     if "dream" in mt or "dream" in arch:
         return "dream"
