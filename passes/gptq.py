@@ -95,6 +95,17 @@ class GPTQ(WeightRounding):
         GPTQ (the float model, after the transforms before it)."""
         return "processed" if self.sequential else "before"
 
+    def round_weight(self, W, H, spec, n_tokens: int = 0):
+        """One weight matrix (N, K) GPTQ-rounded to `spec` given H ∝ X Xᵀ of its inputs
+        (`n_tokens` of them): the QuantizedWeight. What a model captured as it is calls per
+        linear and per expert (qpass.pipeline.as_is_run)."""
+        refine = self.refine
+        if refine == "auto":
+            refine = int(n_tokens >= REFINE_MIN_TOKENS_PER_INPUT * W.shape[1])
+        _, info = quantize_weight(W.float(), H.float(), spec, self.block_size, self.act_order,
+                                  self.damp, self.static_groups, refine=refine)
+        return info.qweight
+
     # ------------------------------------------------------------------------------------
     def run(self, g, ctx: PassContext) -> PassResult:
         """This stage's linears, Hessians from the stage's cached inputs (ctx.inputs)."""

@@ -30,6 +30,13 @@ class RTN(WeightRounding):
         return self._round(g, ctx, [t for t in quantize_targets(g, self.scheme) if t[0] in nodes],
                            ctx.stage.nodes)
 
+    def round_weight(self, W, H=None, spec=None, n_tokens: int = 0):
+        """One weight matrix (N, K) rounded to `spec`: the QuantizedWeight (H unused). What
+        a model captured as it is (qpass.pipeline.as_is_run) calls per linear and per
+        expert, where there is no graph stage to run on."""
+        from qpass.formats import QuantizedWeight
+        return QuantizedWeight.from_float(W.float(), spec)
+
     def _round(self, g, ctx: PassContext, targets, nodes=None) -> PassResult:
         if any(t[1].weight.device.type == "meta" for t in targets):
             raise PipelineError("RTN needs real weights, but the model is on the meta device "

@@ -17,6 +17,11 @@ import torch.nn as nn
 from .. import folders
 from ..errors import CheckpointError
 
+# structure-only configs of real families captured as they are (qpass inspect NAME): the
+# config.json files in as_is_configs/ (their sources: docs/ARCHITECTURE.md)
+CONFIG_DIR = Path(__file__).resolve().parent / "as_is_configs"
+AS_IS_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.is_dir() else []
+
 # transformers' auto classes a checkpoint's auto_map may name, in the order qpass prefers
 AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
 CONFIG_SCHEMA = {"architectures": folders.Optional([str]),
@@ -136,3 +141,20 @@ def is_as_is_dir(path: str | os.PathLike) -> bool:
         return False
     except CheckpointError:
         return True
+
+
+def named_on_meta(name: str, trust_remote_code: bool = False) -> nn.Module:
+    """The model of the named real config (as_is_configs/NAME.json) on the meta device."""
+    import json
+    from transformers import AutoConfig
+    cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    info = {"architecture": (cfg.get("architectures") or ["?"])[0], "remote": False}
+    if cfg.get("auto_map"):
+        raise CheckpointError(f"{name} ships remote code; inspect it from its checkpoint "
+                              f"directory with --trust-remote-code")
+    config = AutoConfig.for_model(**cfg)
+    model = build_on_meta(config, info)
+    model.tokenizer = None
+    model.checkpoint_dir = None
+    model.qpass_as_is = {**info, "name": name}
+    return model

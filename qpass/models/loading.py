@@ -44,10 +44,20 @@ def on_meta(model) -> bool:
     return p is not None and p.device.type == "meta"
 
 
-def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0) -> Denoiser:
+def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0,
+         trust_remote_code: bool = False):
     """Zoo name (`tiny-llada`), named config (`llada-8b`, random weights — use device='meta'
-    for structure only) or an HF checkpoint directory in LLaDA, Dream/Qwen2 or LLaMA naming."""
+    for structure only) or an HF checkpoint directory: in LLaDA, Dream/Qwen2 or LLaMA naming
+    a Denoiser of qpass's reference family; any other architecture as it is, the transformers
+    model of its own code (qpass.models.as_is; a checkpoint shipping its code only with
+    trust_remote_code=True). A structure-only named config of such a family
+    (`diffusiongemma-26b-a4b`) builds on the meta device."""
     key = str(name_or_dir)
+    from .as_is import AS_IS_CONFIGS, is_as_is_dir, load_as_is, named_on_meta
+    if key in AS_IS_CONFIGS and not Path(key).is_dir():
+        return named_on_meta(key, trust_remote_code)
+    if Path(key).is_dir() and is_as_is_dir(key):
+        return load_as_is(key, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if key in zoo_names():
         return load_checkpoint(ZOO_DIR / key, device=device, dtype=dtype)
     if key in NAMED_CONFIGS:
@@ -55,7 +65,7 @@ def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0)
     path = Path(key)
     if path.is_dir():
         return load_checkpoint(path, device=device, dtype=dtype)
-    known = ", ".join(zoo_names() + sorted(NAMED_CONFIGS))
+    known = ", ".join(zoo_names() + sorted(NAMED_CONFIGS) + sorted(AS_IS_CONFIGS))
     raise CheckpointError(f"'{key}' is neither a known model ({known}) nor a checkpoint directory")
 
 

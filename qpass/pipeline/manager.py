@@ -165,7 +165,8 @@ class Pipeline:
     # ------------------------------------------------------------------------------------
     def run(self, model_or_dir, calib=None, probe=None, verify: bool | None = None,
             dtype=None, progress: bool | None = True, seed: int = 0, out=None, device=None,
-            offload_dir: str | None = None, batch_size: int = 8, overwrite: bool = False):
+            offload_dir: str | None = None, batch_size: int = 8, overwrite: bool = False,
+            trust_remote_code: bool = False):
         """Run the passes stage by stage through the one executor; returns a
         CompiledDenoiser (with `.report`; `.path` where it was written).
 
@@ -194,7 +195,9 @@ class Pipeline:
         a terminal; None: as the enclosing step or the command line says; False: silent).
         overwrite: replace a qpass checkpoint already at `out` (default False: refused before
         any compute, naming what it holds; CompiledDenoiser.save replaces, as save_pretrained
-        does)."""
+        does). trust_remote_code: a checkpoint that ships its own model code (LLaDA2, SDAR,
+        …) runs it only when True; models qpass's reference family does not load are
+        captured as they are (qpass/pipeline/as_is_run.py)."""
         if out is not None and not overwrite and isinstance(out, (str, os.PathLike)):
             from qpass.runtime.output import check_not_replacing
             check_not_replacing(out, "out=", "pass overwrite=True to replace it")
@@ -202,6 +205,12 @@ class Pipeline:
         from qpass.calibration.coerce import as_calibration
         from qpass.pipeline import run_args
         model_or_dir = run_args.check_model(model_or_dir)
+        from qpass.pipeline.as_is_entry import as_is_source, run_as_is
+        if as_is_source(model_or_dir):              # its own code, captured as it is
+            run_args.check_out(out)
+            run_args.check_batch_size(batch_size)
+            return run_as_is(self, model_or_dir, calib, out, overwrite, progress, seed,
+                             batch_size, trust_remote_code, device)
         run_args.check_out(out)
         run_args.check_batch_size(batch_size)
         store = self._store(model_or_dir, probe, dtype, out, device)

@@ -117,13 +117,18 @@ class CompiledDenoiser(nn.Module):
         return f"pipeline={names}, model={getattr(self.config, 'name', None)}"
 
 
-def load_compiled(directory, device=None) -> CompiledDenoiser:
+def load_compiled(directory, device=None, trust_remote_code: bool = False):
     """Load a directory written by CompiledDenoiser.save (hashes verified, no pickle).
 
     device: move the model there and bind its lowered nodes to that device's kernels; the
     checkpoint is device-neutral (canonical layouts, "auto" backends), so one saved on a CPU
     runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why;
-    kernels that run on a private weight layout (Triton W4A16) get it built here, once."""
+    kernels that run on a private weight layout (Triton W4A16) get it built here, once.
+    A directory holding a model captured as it is loads as an AsIsModel (its own code;
+    remote code only with trust_remote_code=True)."""
+    from qpass.runtime import as_is_model
+    if as_is_model.is_as_is_checkpoint(directory):      # a model captured as it is
+        return as_is_model.load(directory, device=device, trust_remote_code=trust_remote_code)
     model = CompiledDenoiser(*checkpoint.load(directory), path=Path(directory))
     if device is not None:
         model = model.to(device)
