@@ -1,6 +1,7 @@
 """`qpass export DIR --format compressed-tensors|gptq|gguf --out OUT`: a compiled checkpoint
 written in a format other engines load (docs/INTEROP.md), from its stored codes (nothing
-re-rounded)."""
+re-rounded). A model captured as it is (an as-is checkpoint) exports as compressed-tensors
+only (qpass.interop.as_is_export: transformers' own from_pretrained loads it)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ EXAMPLE = """examples:
   qpass export ./w4 --format gptq --scale-dtype float32 --out ./w4-gptq-fp32   # exact scales
   qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers
   qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4        # int4:g32:sym:f16scale
-  qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli"""
+  qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli
+  qpass export ./dgemma-w4 --format compressed-tensors --out ./dgemma-w4-ct   # as-is model"""
 
 # --scale-dtype when not given: what each format's engines read (GPTQ kernels take fp16
 # scales) or, where the format stores any float dtype, qpass's own float32 (exact).
@@ -35,6 +37,9 @@ def add_export_command(sub) -> None:
                    help="dtype of the scales (gptq: also of the float tensors). Default: "
                         "float16 for gptq (what GPTQ kernels read; scales rounded), float32 "
                         "for compressed-tensors (qpass's scales exactly); gguf: float16 only")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="DIR is an as-is checkpoint of a model that ships its own code: run "
+                        "that code to load it (only for a checkpoint you trust)")
     p.set_defaults(func=cmd_export)
 
 
@@ -42,12 +47,28 @@ def cmd_export(args) -> int:
     from qpass.interop import FORMATS, read_source
     from qpass.runtime import load_compiled
     from qpass.runtime.output import check_new_output
+    from qpass.runtime.as_is_model import is_as_is_checkpoint
     check_new_output(args.out, "--out")                  # before anything slow (DESIGN §9)
-    src = read_source(load_compiled(args.directory))
     scale_dtype = args.scale_dtype or DEFAULT_SCALE_DTYPE[args.format]
-    out = FORMATS[args.format](src, args.out, scale_dtype=scale_dtype)
+    if is_as_is_checkpoint(args.directory):
+        out = _export_as_is(args, scale_dtype)
+    else:
+        src = read_source(load_compiled(args.directory))
+        out = FORMATS[args.format](src, args.out, scale_dtype=scale_dtype)
     print(f"wrote {args.format} export to {out} ({fmt_bytes(disk_bytes(out))})")
     return 0
+
+
+def _export_as_is(args, scale_dtype: str):
+    from qpass.errors import CheckpointError
+    from qpass.interop.as_is_export import export_as_is_compressed_tensors
+    if args.format != "compressed-tensors":
+        raise CheckpointError(f"{args.directory} is a model captured as it is (an as-is "
+                              f"checkpoint); it exports as --format compressed-tensors only "
+                              f"(transformers loads it with the model's own code), not "
+                              f"{args.format}")
+    return export_as_is_compressed_tensors(args.directory, args.out, scale_dtype=scale_dtype,
+                                           trust_remote_code=args.trust_remote_code)
 
 
 def disk_bytes(path) -> int:
