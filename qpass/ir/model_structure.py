@@ -64,12 +64,15 @@ class ModelStructure:
 
 
 def stacks(model: nn.Module) -> list[list[str]]:
-    """[[layer paths]] of every repeated-layer list (module doc)."""
+    """[[layer paths]] of every repeated-layer list (module doc); a list inside a layer of
+    another (LLaDA2's `mlp.experts`, a ModuleList of expert MLPs) is part of that layer."""
     out = []
     for name, m in model.named_modules():
         if not isinstance(m, nn.ModuleList) or not len(m):
             continue
         if len({type(c) for c in m}) != 1:
+            continue
+        if any(name.startswith(layer + ".") for s in out for layer in s):
             continue
         if any(isinstance(x, nn.Linear) or is_expert_store(x) for x in m[0].modules()):
             out.append([f"{name}.{i}" if name else str(i) for i in range(len(m))])

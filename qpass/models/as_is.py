@@ -8,6 +8,7 @@ itself (`auto_map`: LLaDA2, LLaDA-MoE, SDAR) is remote code, run only when the c
 layers, linears, experts, routers and the head of the loaded module by structure."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,8 +25,11 @@ AS_IS_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.json")) if CONFIG_DIR.
 
 # transformers' auto classes a checkpoint's auto_map may name, in the order qpass prefers
 AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
-CONFIG_SCHEMA = {"architectures": folders.Optional([str]),
-                 "auto_map": folders.Optional(folders.Mapping(str))}
+_NONE = type(None)
+CONFIG_SCHEMA = {"architectures": folders.Optional(([str], _NONE)),
+                 # values: "module.Class", or [slow, fast] for AutoTokenizer
+                 "auto_map": folders.Optional((folders.Mapping((str, list)), _NONE)),
+                 "model_type": folders.Optional((str, _NONE))}
 
 
 def describe(path: str | os.PathLike) -> dict:
@@ -41,9 +45,20 @@ def describe(path: str | os.PathLike) -> dict:
     import transformers
     native = [a for a in archs if isinstance(getattr(transformers, a, None), type)]
     if native and not auto_map:
+        want = getattr(getattr(getattr(transformers, native[0]), "config_class", None),
+                       "model_type", None)
+        mt = cfg.get("model_type")
+        if want and mt is not None and mt != want:
+            raise CheckpointError(f"{path}/config.json says model_type '{mt}' but architecture "
+                                  f"{native[0]}, whose model_type is '{want}': the config is "
+                                  f"inconsistent; fix its model_type or architectures")
         return {"architecture": native[0], "remote": False}
     if auto_map:
-        return {"architecture": (archs or [next(iter(auto_map.values()))])[0], "remote": True,
+        models = [v for k, v in auto_map.items() if k in AUTO_CLASSES and isinstance(v, str)]
+        if not archs and not models:
+            raise CheckpointError(f"{path}/config.json auto_map names no model class "
+                                  f"({', '.join(AUTO_CLASSES)})")
+        return {"architecture": (archs or [models[0].rsplit(".", 1)[-1]])[0], "remote": True,
                 "auto_map": auto_map}
     raise CheckpointError(f"{path}/config.json names architecture(s) {archs}, which neither "
                           f"qpass nor transformers {transformers.__version__} implements; "
@@ -116,10 +131,28 @@ def _on_meta(path: Path, info: dict, dtype) -> nn.Module:
     return build_on_meta(config, info, dtype)
 
 
+@contextlib.contextmanager
+def params_on_meta():
+    """Parameters created inside go to the meta device as they are registered; buffers
+    (RoPE tables, embedding scales: computed at construction, not stored) stay real."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self, name, param):
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
 def build_on_meta(config, info: dict, dtype=torch.float32) -> nn.Module:
-    """The model of `config` with no weights (structure, shapes, byte counts)."""
+    """The model of `config` with no weights (structure, shapes, byte counts): parameters on
+    meta, buffers real (so a streamed run can fill the parameters in)."""
     import transformers
-    with torch.device("meta"):
+    with params_on_meta():
         if info["remote"]:
             auto = next(a for a in AUTO_CLASSES if a in info["auto_map"])
             model = getattr(transformers, auto).from_config(config, trust_remote_code=True,
@@ -132,12 +165,12 @@ def build_on_meta(config, info: dict, dtype=torch.float32) -> nn.Module:
 def is_as_is_dir(path: str | os.PathLike) -> bool:
     """A checkpoint directory whose architecture qpass's reference family does not load."""
     from .hf_config import detect_family
-    from .loading import read_json
     p = Path(path)
     if not os.path.lexists(p / "config.json"):
         return False
+    cfg = folders.read_json(p / "config.json", p, folders.CAPS["config"], CONFIG_SCHEMA)
     try:
-        detect_family(read_json(p / "config.json"))
+        detect_family(cfg)
         return False
     except CheckpointError:
         return True

@@ -31,13 +31,18 @@ def detect_family(cfg: dict) -> str:
     arch = " ".join(cfg.get("architectures", []) or []).lower()
     # LLaDA itself only: LLaDA2 / LLaDA-MoE ("llada2_moe", "lladamoe") are other
     # architectures, captured as they are (qpass.models.as_is)
-    if mt == "llada" or "lladamodellm" in arch.split() or (not mt and "d_model" in cfg):
+    # (LLaDA-MoE's config says model_type "llada" too: its architectures tell them apart)
+    others = [a for a in arch.split() if a != "lladamodellm"]
+    if (mt == "llada" and not others) or "lladamodellm" in arch.split() \
+            or (not mt and "d_model" in cfg):
         return "llada"
+    if mt == "llada":                       # LLaDAMoEModelLM: not the reference layout
+        mt = ""
     if "dream" in mt or "dream" in arch:
         return "dream"
     if mt in KNOWN_TYPES:
         return KNOWN_TYPES[mt]
-    if not mt and "hidden_size" in cfg:
+    if not mt and "hidden_size" in cfg and not others:
         return "llama"        # qpass's oldest files carry no model_type
     raise CheckpointError(
         f"config model_type '{cfg.get('model_type')}' (architectures "

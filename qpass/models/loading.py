@@ -15,6 +15,7 @@ from .denoiser import Denoiser, init_weights
 from .generation import GENERATION_FILE, generation_of, read_generation_config
 from .naming import config_from_hf, config_to_hf, key_map, key_mismatch
 from .tokenizer import load_tokenizer
+from .as_is import AS_IS_CONFIGS, is_as_is_dir, load_as_is, named_on_meta
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
@@ -53,7 +54,6 @@ def load(name_or_dir: str | os.PathLike, device=None, dtype=None, seed: int = 0,
     trust_remote_code=True). A structure-only named config of such a family
     (`diffusiongemma-26b-a4b`) builds on the meta device."""
     key = str(name_or_dir)
-    from .as_is import AS_IS_CONFIGS, is_as_is_dir, load_as_is, named_on_meta
     if key in AS_IS_CONFIGS and not Path(key).is_dir():
         return named_on_meta(key, trust_remote_code)
     if Path(key).is_dir() and is_as_is_dir(key):
@@ -96,6 +96,12 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         real = _shard(path, f.name)
         out.update({k: real for k in _open_safetensors(real, safe_open, lambda fh: list(fh.keys()))})
     return out
+
+
+def checkpoint_tensors(path) -> dict[str, Path]:
+    """{tensor key: its safetensors file} of a checkpoint directory (each file a regular
+    file inside it, qpass.folders)."""
+    return _tensor_files(Path(path))
 
 
 def _shard(folder: Path, name: str) -> Path:

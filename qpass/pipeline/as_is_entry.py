@@ -52,17 +52,34 @@ def run_as_is(pipeline, model_or_dir, calib, out=None, overwrite: bool = False,
         check_new_output(out, "out=") if not os.path.lexists(out) else None
     if isinstance(model_or_dir, (str, os.PathLike)):
         model = load_as_is(model_or_dir, device=device, trust_remote_code=trust_remote_code)
+    elif _params_on_meta(model_or_dir):
+        model = model_or_dir          # nothing of the caller's is changed: it holds no weights
     else:
         model = _private_copy(model_or_dir)
     check_passes(pipeline, type(model).__name__)          # before any compute
     if calib is None and any(getattr(p, "needs_calibration", False) for p in pipeline.passes):
         raise CalibrationError("GPTQ needs calibration data; pass calib= text or token ids")
+    streamer = None
+    if _params_on_meta(model):                 # structure only: stream from its directory
+        from qpass.pipeline.as_is_stream import WeightStreamer
+        if getattr(model, "checkpoint_dir", None) is None or out is None:
+            raise PipelineError("a structure-only model (meta device) is quantized by streaming "
+                                "its checkpoint directory into out=DIR: load it from a "
+                                "directory and pass out=")
+        streamer = WeightStreamer(model, model.checkpoint_dir).start()
     clean = clean_windows(model, calib, seed)
     states = model_states(model, clean, batch_size=batch_size, seed=seed)
-    result = AsIsRun(pipeline, model, states, progress).run()
+    result = AsIsRun(pipeline, model, states, progress, streamer).run()
     if out is not None:
         result.save(out, overwrite=True)
+    if streamer is not None:
+        result.report["streamed"] = {"from": str(model.checkpoint_dir),
+                                     "tensor_reads": streamer.reads}
     return result
+
+
+def _params_on_meta(model) -> bool:
+    return any(p.is_meta for p in model.parameters())
 
 
 def _private_copy(model):

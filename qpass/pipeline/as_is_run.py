@@ -64,9 +64,10 @@ class _Hessians:
 
 
 class AsIsRun:
-    def __init__(self, pipeline, model: nn.Module, states: list[dict], progress=None):
+    def __init__(self, pipeline, model: nn.Module, states: list[dict], progress=None,
+                 streamer=None):
         self.pipeline, self.model, self.states = pipeline, model, states
-        self.progress = progress
+        self.progress, self.streamer = progress, streamer
         self.rounding = check_passes(pipeline, type(model).__name__)
         self.scheme = Scheme.parse(pipeline.scheme_given or self.rounding.scheme)
 
@@ -91,11 +92,20 @@ class AsIsRun:
                          if specs[it.path][0] is not None]
                 task.describe(f"{stage.name}: {self.rounding.name}")
                 hess = self._collect(model, items) if needs_h and items else _Hessians()
-                for it in items:
-                    rows.append(self._round(model, it, specs[it.path], hess, codes))
+                with self._weights(stage.layers):
+                    for it in items:
+                        rows.append(self._round(model, it, specs[it.path], hess, codes))
+                if self.streamer is not None:
+                    self.streamer.pin_stage(
+                        stage.layers,
+                        {f"{a}.{n}": qws for it in items if it.path in codes
+                         for a in it.aliases for n, qws in codes[it.path].items()},
+                        [a for it in items if it.kind == "linear" for a in it.aliases])
                 task.advance()
         with torch.no_grad():
-            q_logits = _logits(model, self.states[0])
+            q_logits = _logits(model, self.states[0])   # streamed: experts from their codes
+        if self.streamer is not None:
+            self.streamer.finish()
         rel = float((q_logits - fp_logits).norm() / fp_logits.norm().clamp_min(1e-30))
         report = {"pipeline": repr(self.pipeline), "scheme": scheme.name,
                   "seconds": round(time.perf_counter() - t0, 3), "items": rows,
@@ -107,6 +117,11 @@ class AsIsRun:
         from qpass.runtime.as_is_model import structure_rows
         return AsIsModel(model, structure_rows(structure), {k: v[:2] for k, v in specs.items()},
                          codes, report)
+
+    def _weights(self, layers: list[str]):
+        import contextlib
+        return self.streamer.loaded(layers) if self.streamer is not None else \
+            contextlib.nullcontext()
 
     # ---- specs ----------------------------------------------------------------------------
     def _fitted(self, structure: ModelStructure) -> Scheme:

@@ -61,7 +61,6 @@ class ExpertInputs:
         self.mode = None
 
     def hooks(self) -> list:
-        params = {id(p): n for n, p in expert_params(self.store)}
 
         config = getattr(self.store, "config", None)
         switch = hasattr(config, "_experts_implementation")
@@ -71,6 +70,8 @@ class ExpertInputs:
             if switch:          # transformers' grouped kernels take no slices: its eager loop
                 saved.append(config._experts_implementation)
                 config._experts_implementation = "eager"
+            # the parameters as they are now (a streamed run loads them just before)
+            params = {id(p): n for n, p in expert_params(self.store)}
             self.mode = _Tagging(params, self.sink)
             self.mode.__enter__()
 

@@ -60,6 +60,10 @@ class AsIsModel(nn.Module):
     def config(self):
         return self.model.config
 
+    @property
+    def qpass_as_is(self) -> dict:
+        return getattr(self.model, "qpass_as_is", {})
+
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 

@@ -19,7 +19,13 @@ from .llada import REMASKING, _eos_done, commit_step, transfer_schedule
 
 
 def block_size_of(model) -> int:
-    return int(getattr(getattr(model, "config", None), "attn_block_size", 0) or 0)
+    """The block length of a block-causal denoiser: qpass's `attn_block_size`, or the
+    `block_size` of a model captured as it is (SDAR's config)."""
+    cfg = getattr(model, "config", None)
+    size = getattr(cfg, "attn_block_size", 0)
+    if not size and getattr(model, "qpass_as_is", None) is not None:
+        size = getattr(cfg, "block_size", 0)
+    return int(size or 0)
 
 
 @torch.no_grad()

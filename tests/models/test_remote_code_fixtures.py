@@ -15,6 +15,10 @@ _BUILD = Path(__file__).resolve().parents[1] / "fixtures" / "remote_code" / "bui
 _spec = importlib.util.spec_from_file_location("_qpass_remote_code_fixtures_build", _BUILD)
 fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fixtures)
+_ISO = _BUILD.with_name("isolation.py")
+_spec = importlib.util.spec_from_file_location("_qpass_remote_code_isolation", _ISO)
+isolation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(isolation)
 
 # family -> (model_type, architecture, the real checkpoint's distinctive state-dict keys)
 EXPECTED = {
@@ -62,26 +66,10 @@ FAMILIES = sorted(EXPECTED)
 
 
 @pytest.fixture(autouse=True)
-def private_modules_cache(tmp_path, monkeypatch):
-    """transformers copies a checkpoint's remote code into HF_MODULES_CACHE (by default
-    ~/.cache/huggingface/modules, shared by every process) and imports it from there as the
-    package `transformers_modules`. Each test gets its own cache, so parallel pytest-xdist
-    workers and other sessions never race on (or half-write) the same copies; the package's
-    modules are set aside for the test and the process's own put back afterwards."""
-    import transformers.dynamic_module_utils as dynamic
-    import transformers.utils.hub as hub
-    cache = str(tmp_path / "hf_modules")
-    mine = lambda name: name == "transformers_modules" or name.startswith("transformers_modules.")
-    saved = {name: sys.modules.pop(name) for name in [n for n in sys.modules if mine(n)]}
-    monkeypatch.setenv("HF_MODULES_CACHE", cache)
-    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", cache)
-    monkeypatch.setattr(hub, "HF_MODULES_CACHE", cache)
-    monkeypatch.setattr(sys, "path", list(sys.path))      # the cache joins sys.path for the test
-    yield
-    for name in [n for n in sys.modules if mine(n)]:
-        del sys.modules[name]
-    sys.modules.update(saved)
-    importlib.invalidate_caches()
+def private_modules_cache(tmp_path):
+    """Each test imports remote code from its own modules cache (isolation.py)."""
+    with isolation.private_modules_cache(tmp_path / "hf_modules"):
+        yield
 
 
 def load(directory, auto="AutoModelForCausalLM"):
