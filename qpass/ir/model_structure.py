@@ -90,6 +90,14 @@ def _quantizables(model: nn.Module) -> dict[str, nn.Module]:
             if n and (isinstance(m, nn.Linear) or is_expert_store(m))}
 
 
+def signature(layer: nn.Module) -> str:
+    """Layers of one class can differ (LLaDA2's first layers have a dense MLP, the others
+    experts): one trace per class and set of submodule names."""
+    names = sorted(n for n, _ in layer.named_modules() if n and not n[-1].isdigit())
+    import zlib
+    return f"{type(layer).__qualname__}:{zlib.crc32(' '.join(names).encode()):08x}"
+
+
 class _CallLog:
     """Forward pre-hooks recording the order of first calls, and the inputs of each layer
     class's first call (for its trace)."""
@@ -106,7 +114,7 @@ class _CallLog:
         def hook(mod, args, kwargs):
             if path not in self.order:
                 self.order.append(path)
-                self.inputs.setdefault(type(mod).__qualname__, (path, args, dict(kwargs)))
+                self.inputs.setdefault(signature(mod), (path, args, dict(kwargs)))
         return hook
 
     def close(self):
@@ -138,11 +146,31 @@ def discover(model: nn.Module, example: dict, trace: bool = True) -> ModelStruct
         items.append(Item(paths[0], kind, kind, paths))
     stages = _stages(log.order, layers, items, quant)
     _roles(model, items, log, layer_lists, trace)
+    items += _other_weights(model, quant, layers, stages)
     structure = ModelStructure(stages, sorted(items, key=lambda i: rank.get(i.path, len(rank))))
     if trace:
         structure.traces = _traces(model, log, layer_lists)
-        _routers(structure)
+        _routers(structure, model, layers)
     return structure
+
+
+def _other_weights(model: nn.Module, quant: dict, layers: list[str], stages) -> list[Item]:
+    """Matrices outside nn.Linear modules and expert stores (a router gate calling
+    F.linear on its own weight, as LLaDA2's): listed, kept in high precision."""
+    mine = {id(p) for m in quant.values() for p in m.parameters()}
+    mine |= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if p.dim() >= 2 and id(p) not in mine:
+            names.setdefault(id(p), []).append(n)
+    stage_of = {lp: st.index for st in stages for lp in st.layers}
+    out = []
+    for paths in names.values():
+        lp = _layer_of(paths[0], layers)
+        out.append(Item(paths[0], "weight", "float", paths, stage_of.get(lp),
+                        "a matrix outside nn.Linear and expert stores (the model's own code "
+                        "multiplies by it): kept in high precision"))
+    return out
 
 
 def _layer_of(path: str, layers: list[str]) -> str | None:
@@ -201,45 +229,58 @@ def _roles(model: nn.Module, items: list[Item], log: _CallLog, layer_lists, trac
 
 
 def _traces(model: nn.Module, log: _CallLog, layer_lists) -> dict[str, fx.GraphModule]:
-    """One graph per layer class, traced on the inputs of its first call (a K/V cache
+    """One graph per layer signature, traced on the inputs of its first call (a K/V cache
     object stays out: the structure does not depend on it)."""
     out = {}
-    firsts = {type(model.get_submodule(s[0])).__qualname__ for s in layer_lists}
-    for cls, (path, args, kwargs) in log.inputs.items():
-        if cls not in firsts:
+    layers = {p for s in layer_lists for p in s}
+    for sig, (path, args, kwargs) in log.inputs.items():
+        if path not in layers:
             continue
         kw = {k: (None if type(v).__name__.endswith("Cache") else v) for k, v in kwargs.items()}
-        out[cls] = trace_module(model.get_submodule(path), args, kw)
-        out[cls].meta["layer"] = path
+        out[sig] = trace_module(model.get_submodule(path), args, kw)
+        out[sig].meta["layer"] = path
     return out
 
 
-def _routers(structure: ModelStructure) -> None:
-    """A linear whose output reaches a top-k before any other linear, expert store or
-    attention is a router (role "router")."""
+def _routers(structure: ModelStructure, model: nn.Module, layers: list[str]) -> None:
+    """A linear (module or functional) whose output reaches a top-k before any other
+    linear, expert store or attention is a router (role "router")."""
     routers: dict[str, set[str]] = {}
-    for cls, gm in structure.traces.items():
+    for sig, gm in structure.traces.items():
         mods = dict(gm.named_modules())
         found = set()
         for n in gm.graph.nodes:
             if n.op == "call_module" and isinstance(mods.get(n.target), nn.Linear) \
                     and _reaches_topk(n, mods):
                 found.add(n.target)
-        routers[cls] = found
+            weight = _functional_weight(n)
+            if weight is not None and _reaches_topk(n, mods):
+                found.add(weight)            # F.linear(x, self.weight): the weight's path
+        routers[sig] = found
     for it in structure.items:
-        if it.kind != "linear" or it.role != "linear":
+        if it.kind not in ("linear", "weight") or it.role not in ("linear", "float"):
             continue
         for alias in it.aliases:
-            for cls, gm in structure.traces.items():
-                layer = gm.meta["layer"]
-                prefix = layer.rsplit(".", 1)[0] + "."
-                if not alias.startswith(prefix):
-                    continue
-                rest = alias[len(prefix):].split(".", 1)
-                if len(rest) == 2 and rest[1] in routers[cls]:
-                    it.role = "router"
-                    it.reason = "an MoE router (kept in high precision by default: routing " \
-                                "decisions flip under quantization)"
+            lp = _layer_of(alias, layers)
+            if lp is None:
+                continue
+            if alias[len(lp) + 1:] in routers.get(signature(model.get_submodule(lp)), ()):
+                it.role = "router"
+                it.reason = "an MoE router (kept in high precision by default: routing " \
+                            "decisions flip under quantization)"
+
+
+def _functional_weight(n: fx.Node) -> str | None:
+    """The get_attr target of the weight of a functional linear/matmul node."""
+    import torch.nn.functional as F
+    if n.op != "call_function" or n.target not in (F.linear, torch._C._nn.linear, torch.matmul):
+        return None
+    from .structure import through_transparent_back
+    w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+    if not isinstance(w, fx.Node):
+        return None
+    w = through_transparent_back(w)          # self.weight.float(), .to(dtype), …
+    return w.target if w.op == "get_attr" else None
 
 
 def _reaches_topk(start: fx.Node, mods: dict) -> bool:
@@ -257,7 +298,8 @@ def _reaches_topk(start: fx.Node, mods: dict) -> bool:
         if n.op == "call_module" and (isinstance(mods.get(n.target), nn.Linear)
                                       or is_expert_store(mods.get(n.target, nn.Module()))):
             continue
-        if n.op == "call_function" and getattr(n.target, "__name__", "") == "hf_attention":
-            continue
+        if n.op == "call_function" and (getattr(n.target, "__name__", "") == "hf_attention"
+                                        or _functional_weight(n) is not None):
+            continue                 # another linear (a functional gate) decides its top-k
         todo.extend(n.users)
     return False

@@ -136,8 +136,8 @@ class AsIsRun:
 
     def _specs(self, it: Item, scheme: Scheme):
         """(weight spec, act spec, reason kept) of one item."""
-        if it.reason is not None and it.role in ("linear", "experts"):
-            return None, None, it.reason               # never called on text
+        if it.kind == "weight" or (it.reason is not None and it.role in ("linear", "experts")):
+            return None, None, it.reason    # never called on text, or not a linear module
         m = it.module(self.model)
         k = m.in_features if it.kind == "linear" else \
             min(p.shape[2] for _, p in expert_params(m))

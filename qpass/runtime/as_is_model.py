@@ -133,6 +133,10 @@ def save(q: AsIsModel, directory, overwrite: bool = True) -> Path:
             w, a = q.specs.get(it["path"], (None, None))
             row = {**{k: it[k] for k in ("path", "aliases", "kind", "role")},
                    "weight_spec": str(w) if w else None, "act_spec": str(a) if a else None}
+            if it["kind"] == "weight":              # a plain matrix, kept (model.safetensors)
+                row["shape"] = list(model.get_parameter(it["path"]).shape)
+                rows.append(row)
+                continue
             mod = model.get_submodule(it["path"])
             if it["kind"] == "linear":
                 row["shape"] = [mod.out_features, mod.in_features]

@@ -84,6 +84,9 @@ def test_every_linear_quantized_or_kept_with_reason(runs, family):
     assert all(k["reason"] for k in r["gptq"].report["kept"])
     quantized = {x["path"] for x in r["gptq"].report["items"]}
     assert "lm_head" not in quantized and len(quantized) >= 10
+    routers = [k["path"] for k in r["gptq"].report["kept"] if k["role"] == "router"]
+    if family != "sdar":             # LLaDA2's gate multiplies by its own weight (F.linear)
+        assert routers and all(".mlp.gate" in p for p in routers)
     if family != "sdar":             # the MoE families: every expert linear got its tokens
         experts = [x for x in r["gptq"].report["items"] if ".experts." in x["path"]]
         assert experts and all(x["tokens"] > 0 for x in experts)
