@@ -32,7 +32,8 @@ def _config_value(config, *names):
 
 
 def kind_of(model) -> str:
-    params = inspect.signature(model.forward).parameters
+    # an AsIsModel forwards to the model's own forward: read that one's signature
+    params = inspect.signature(getattr(model, "own_forward", model.forward)).parameters
     if "decoder_input_ids" in params and _config_value(model.config, "canvas_length"):
         return "block_diffusion"
     if mask_id_of(model) is not None:

@@ -21,18 +21,31 @@ def is_structure_only(name: str) -> bool:
     return str(name) in NAMED_CONFIGS and not str(name).startswith("tiny")
 
 
-def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False):
+def add_trust_arg(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model code a checkpoint ships (LLaDA2, LLaDA-MoE, SDAR: "
+                        "auto_map in its config.json); only for checkpoints you trust")
+
+
+def load_model(name_or_dir, device=None, dtype=None, structure_ok: bool = False,
+               trust_remote_code: bool = False):
     """The model MODEL names, by the rule above. `structure_ok`: accept a structure-only
     config (loaded on meta); otherwise such a name is one clear error."""
     from qpass.models import load
+    from qpass.models.as_is import AS_IS_CONFIGS
     dt = torch_dtype(dtype)
+    if str(name_or_dir) in AS_IS_CONFIGS and not Path(str(name_or_dir)).is_dir():
+        if not structure_ok:
+            raise PipelineError(f"{name_or_dir!r} is a structure-only config (no weights); pass "
+                                f"an HF checkpoint directory of the model instead")
+        return load(str(name_or_dir), device="meta")
     if is_structure_only(name_or_dir):
         if not structure_ok:
             raise PipelineError(f"{name_or_dir!r} is a structure-only config (no weights); pass an "
                                 f"HF checkpoint directory of the model instead")
         return load(str(name_or_dir), device="meta")
     from qpass.runtime.loading import load_any
-    return load_any(name_or_dir, device=device, dtype=dt)
+    return load_any(name_or_dir, device=device, dtype=dt, trust_remote_code=trust_remote_code)
 
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")

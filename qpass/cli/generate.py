@@ -11,7 +11,7 @@ import time
 from qpass.errors import QpassError
 
 from .args import length, nonneg_float, seed
-from .common import add_device_arg, add_progress_args, device_of, say_device
+from .common import add_device_arg, add_progress_args, add_trust_arg, device_of, say_device
 
 EXAMPLE = """examples:
   qpass generate tiny-llada --prompt $'12+5=17\\n37+48=' --gen-length 8 --steps 8 --block-length 8
@@ -50,6 +50,7 @@ def add_generate_command(sub) -> None:
     add_device_arg(p, "; a lowered checkpoint binds that device's kernels")
     p.add_argument("--seed", type=seed, default=0)
     add_progress_args(p)
+    add_trust_arg(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -59,6 +60,18 @@ def kernel_report(calls: dict) -> str:
         return "ran no lowered kernels (FP or simulated model)"
     parts = [f"{op} ×{n} on {backend} ({dev})" for (op, backend, dev), n in sorted(calls.items())]
     return "ran lowered kernels: " + ", ".join(parts)
+
+
+def max_positions(model) -> int:
+    """Positions the model takes: qpass's max_seq_len, or a transformers config's
+    max_position_embeddings (its text config's for a multimodal one)."""
+    cfg = model.config
+    for c in (cfg, getattr(cfg, "text_config", None)):
+        for k in ("max_seq_len", "max_position_embeddings"):
+            v = getattr(c, k, None) if c is not None else None
+            if isinstance(v, int):
+                return v
+    return 1 << 30
 
 
 def cmd_generate(args) -> int:
@@ -74,20 +87,33 @@ def cmd_generate(args) -> int:
         except UnicodeEncodeError:
             raise QpassError("--prompt is not valid UTF-8 text; pass text in the terminal's "
                              "UTF-8 encoding") from None
+    args.steps_given = args.steps is not None
     if args.steps is None:
         args.steps = args.gen_length
     if args.steps > args.gen_length:
         raise QpassError(f"--steps {args.steps} exceeds --gen-length {args.gen_length}: each step "
                          f"commits at least one token; use --steps <= --gen-length")
-    model = load_model(args.model, device=device_of(args))
-    room = model.config.max_seq_len - args.gen_length
+    model = load_model(args.model, device=device_of(args),
+                       trust_remote_code=args.trust_remote_code)
+    room = max_positions(model) - args.gen_length
     if room < 1:
         raise QpassError(f"--gen-length {args.gen_length} leaves no room for the prompt in the "
-                         f"model's {model.config.max_seq_len} positions")
+                         f"model's {max_positions(model)} positions")
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise QpassError(f"{args.model} carries no tokenizer; generate from token ids in Python")
     prompts = [torch.tensor(tok.encode(p)) for p in args.prompt]
+    from qpass.calibration.model_states import kind_of
+    if getattr(model, "qpass_as_is", None) and kind_of(model) == "block_diffusion":
+        from .as_is import generate_own            # DiffusionGemma: its own sampler
+        t0 = time.perf_counter()
+        out = generate_own(model, prompts, args)
+        secs = time.perf_counter() - t0
+        print(args.prompt[0] + tok.decode(out[0, prompts[0].shape[0]:].tolist()))
+        print("-" * 40)
+        print(f"the model's own sampler ({type(model.model if hasattr(model, 'model') else model).__name__}.generate); "
+              f"{args.gen_length / secs:.1f} tokens/s", file=sys.stderr)
+        return 0
     stats = StepStats()
     kw = dict(gen_length=args.gen_length, steps=args.steps, temperature=args.temperature,
               seed=args.seed, cache=args.cache, threshold=args.threshold,

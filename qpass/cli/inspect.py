@@ -11,7 +11,8 @@ from qpass.calibration import build_calibration
 from qpass.errors import PipelineError
 
 from .args import length, positive_int
-from .common import add_device_arg, device_of, load_model, resolve_pipeline, say_device
+from .common import (add_device_arg, add_trust_arg, device_of, load_model, resolve_pipeline,
+                     say_device)
 
 EXAMPLE = """examples:
   qpass inspect llada-8b --format json          # structure only (meta device), < 5 s
@@ -48,6 +49,7 @@ def add_inspect_command(sub) -> None:
     p.add_argument("--outliers", action="store_true",
                    help="linear-input absmax and max/median ratio before/after the transforms")
     p.add_argument("--png", metavar="FILE", help="with --outliers: also save a bar plot")
+    add_trust_arg(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -55,6 +57,9 @@ def cmd_inspect(args) -> int:
     if args.png and not args.outliers:              # never a file silently not written
         raise PipelineError("--png plots --outliers; add --outliers --pipeline P, or drop --png")
     device_of(args)
+    from .as_is import is_as_is
+    if is_as_is(args.model):
+        return _as_is(args)
     if args.outliers:
         return _outliers(args)
     if args.pipeline or args.after:
@@ -67,6 +72,29 @@ def cmd_inspect(args) -> int:
         print(render_json(summarize(g, args.model)))
     else:
         render_text(summarize(g, args.model), max_nodes=args.max_nodes)
+    return 0
+
+
+def _as_is(args) -> int:
+    """A model captured as it is: its structure on the meta device (no weights read)."""
+    from rich.console import Console
+
+    from qpass.inspect.as_is import render_as_is, summarize_as_is
+    if args.pipeline or args.after or args.outliers or args.format == "dot":
+        raise PipelineError(f"{args.model} is captured as it is (its own transformers code): "
+                            f"inspect shows its structure and bytes per scheme (text or "
+                            f"--format json); --pipeline/--after/--outliers/dot are for qpass's "
+                            f"reference family")
+    from qpass.models import load
+    from qpass.runtime.as_is_model import is_as_is_checkpoint
+    if is_as_is_checkpoint(args.model):
+        raise PipelineError(f"{args.model} is already quantized; inspect the model it came from")
+    model = load(args.model, device="meta", trust_remote_code=args.trust_remote_code)
+    summary = summarize_as_is(model, str(args.model))
+    if args.format == "json":
+        print(json.dumps(summary, indent=1))
+    else:
+        render_as_is(summary, Console(), args.max_nodes)
     return 0
 
 

@@ -16,7 +16,8 @@ from qpass.runtime.report_summary import float_size
 
 from . import scheme_args
 from .args import positive_int as _positive, seed as _seed
-from .common import (add_device_args, add_progress_args, device_of, load_model, resolve_pipeline,
+from .common import (add_device_args, add_progress_args, add_trust_arg, device_of, load_model,
+                     resolve_pipeline,
                      say_device, torch_dtype)
 
 QUANTIZE_EXAMPLE = """examples:
@@ -62,6 +63,7 @@ def add_quantize_command(sub) -> None:
                         "coverage, SQNR per role, size), full (every table: per pass, per "
                         "linear, coverage), none")
     p.add_argument("--quiet", action="store_true", help="no progress and no report (--report none)")
+    add_trust_arg(p)
     add_progress_args(p, quiet=False)
     p.set_defaults(func=cmd_quantize, parser=p)
 
@@ -116,8 +118,13 @@ def cmd_quantize(args) -> int:
         pipe = pipe.strict_groups()
     if args.group_fit != "model":
         pipe = pipe.group_fit(args.group_fit)
-    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
     device = device_of(args)
+    from .as_is import is_as_is, quantize_as_is
+    if is_as_is(args.model):                # its own code runs QuantLinear modules: no Lower
+        from qpass.pipeline.work_dir import hold
+        with hold(args.out):
+            return quantize_as_is(args, pipe, streamed=streams(args.model))
+    pipe = with_lowering(pipe, args.backend)   # lowered by default (DESIGN §6), streamed too
     parallel = init_from_env(device)                     # under torchrun: one rank of several
     # under torchrun every rank holds the whole model (calibration/distributed.py): a
     # checkpoint directory is loaded, not streamed (streaming runs in one process for now)

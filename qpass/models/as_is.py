@@ -65,6 +65,23 @@ def describe(path: str | os.PathLike) -> dict:
                           f"upgrade transformers, or use a checkpoint that ships its code")
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own progress bars and warnings off while qpass drives it (qpass shows
+    its own progress; a missing weight qpass fills in itself is not a warning)."""
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _remote_gate(path: Path, info: dict, trust_remote_code: bool) -> None:
     if info["remote"] and not trust_remote_code:
         raise CheckpointError(
@@ -100,8 +117,9 @@ def load_as_is(path: str | os.PathLike, device=None, dtype=None,
     else:
         cls = _model_class(path, info)
         try:
-            model = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True,
-                                        trust_remote_code=info["remote"])
+            with quiet_transformers():
+                model = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True,
+                                            trust_remote_code=info["remote"])
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"transformers could not load {path} as "
                                   f"{info['architecture']}: {str(e).splitlines()[0]}") from None

@@ -70,11 +70,11 @@ def run_as_is(pipeline, model_or_dir, calib, out=None, overwrite: bool = False,
     clean = clean_windows(model, calib, seed)
     states = model_states(model, clean, batch_size=batch_size, seed=seed)
     result = AsIsRun(pipeline, model, states, progress, streamer).run()
-    if out is not None:
-        result.save(out, overwrite=True)
     if streamer is not None:
         result.report["streamed"] = {"from": str(model.checkpoint_dir),
                                      "tensor_reads": streamer.reads}
+    if out is not None:
+        result.save(out, overwrite=True)
     return result
 
 

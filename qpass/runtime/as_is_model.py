@@ -67,6 +67,11 @@ class AsIsModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    @property
+    def own_forward(self):
+        """The model's own forward (its signature says which inputs it takes)."""
+        return self.model.forward
+
     def generate(self, *args, **kwargs):
         """The model's own generation (transformers' generate, DiffusionGemma's block
         diffusion sampler, …) on the quantized weights."""
@@ -159,7 +164,9 @@ def save(q: AsIsModel, directory, overwrite: bool = True) -> Path:
             rows.append(row)
         kept = {k: v for k, v in model.state_dict().items()
                 if not any(k == p or k.startswith(p + ".") for p in quantized_paths)}
-        model.save_pretrained(tmp, state_dict=kept)
+        from qpass.models.as_is import quiet_transformers
+        with quiet_transformers():
+            model.save_pretrained(tmp, state_dict=kept)
         save_file({k: v.detach().contiguous().cpu() for k, v in codes.items()}, str(tmp / CODES))
         if getattr(model, "tokenizer", None) is not None:
             save_tokenizer(model.tokenizer, tmp)
@@ -195,18 +202,44 @@ def _copy_code(src: Path, dst: Path) -> None:
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:
-    if not os.path.lexists(out):
-        return
-    if not overwrite:
-        raise CheckpointError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    if os.path.islink(out) or not out.is_dir() or not (out / MANIFEST).is_file():
-        raise CheckpointError(f"{out} exists and is not a qpass as-is checkpoint; qpass never "
-                              f"replaces what it did not write: choose another output folder")
+    """Only what qpass wrote is replaced, and only when asked (checkpoint.check_target)."""
+    from qpass.runtime.checkpoint import check_target, qpass_files
+    check_target(out)
+    if os.path.lexists(out) and qpass_files(out) and not overwrite:
+        raise CheckpointError(f"{out} already holds a qpass checkpoint; pass overwrite=True "
+                              f"(--overwrite) to replace it")
 
 
 # ---- load -------------------------------------------------------------------------------
 def is_as_is_checkpoint(directory) -> bool:
     return os.path.isfile(Path(directory) / MANIFEST)
+
+
+def _manifest(directory) -> dict | None:
+    d = Path(directory)
+    if not d.is_dir() or not is_as_is_checkpoint(d):
+        return None
+    try:
+        man = folders.read_json(d / MANIFEST, d, folders.CAPS["manifest"], MANIFEST_SCHEMA)
+    except CheckpointError:
+        return None
+    return man if man["format"] == FORMAT else None
+
+
+def as_is_files(directory) -> set[str] | None:
+    """Names of the files an as-is save wrote in `directory` (None: not one)."""
+    man = _manifest(directory)
+    return None if man is None else set(man["files"]) | {MANIFEST}
+
+
+def describe_as_is(directory) -> str | None:
+    """'as-is DiffusionGemmaForBlockDiffusion, Pipeline([...]), scheme w4a16g128'."""
+    man = _manifest(directory)
+    if man is None:
+        return None
+    rep = man.get("report") or {}
+    return (f"as-is {man['architecture']}, {rep.get('pipeline', '?')}, scheme "
+            f"{rep.get('scheme', '?')}")
 
 
 def load(directory, device=None, trust_remote_code: bool = False) -> AsIsModel:
@@ -229,13 +262,9 @@ def load(directory, device=None, trust_remote_code: bool = False) -> AsIsModel:
     if extra:
         raise CheckpointError(f"{d} holds files its manifest does not list ({extra[:3]}); "
                               f"qpass loads only what it wrote")
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()          # the quantized weights are missing on purpose
-    try:
-        model = load_as_is(d, device=device, trust_remote_code=trust_remote_code)
-    finally:
-        hf_logging.set_verbosity(level)
+    # the quantized weights are missing from model.safetensors on purpose: load_as_is keeps
+    # transformers quiet about them, and the codes are put in below
+    model = load_as_is(d, device=device, trust_remote_code=trust_remote_code)
     with safe_open(str(d / CODES), framework="pt") as fh:
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     specs, codes = {}, {}

@@ -7,17 +7,21 @@ from __future__ import annotations
 def is_compiled_dir(name_or_dir) -> bool:
     """Whether `name_or_dir` is a folder holding a qpass compiled checkpoint's manifest (the
     format marker, read under the folder rule of qpass.folders; load_compiled verifies it)."""
+    from .as_is_model import is_as_is_checkpoint
     from .checkpoint import has_format_marker
-    return has_format_marker(str(name_or_dir))
+    return has_format_marker(str(name_or_dir)) or is_as_is_checkpoint(name_or_dir)
 
 
-def load_any(name_or_dir, device=None, dtype=None):
-    """FP model or compiled denoiser named by `name_or_dir`, on `device` (default cpu)."""
+def load_any(name_or_dir, device=None, dtype=None, trust_remote_code: bool = False):
+    """FP model or compiled denoiser named by `name_or_dir`, on `device` (default cpu); a
+    checkpoint that ships its own code runs it only with trust_remote_code."""
     import torch
 
     from ..models import load
     if is_compiled_dir(name_or_dir):
         from .compiled import load_compiled
-        return load_compiled(name_or_dir, device=device)   # binds that device's kernels
+        return load_compiled(name_or_dir, device=device,      # binds that device's kernels
+                             trust_remote_code=trust_remote_code)
     dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return load(str(name_or_dir), device=device or "cpu", dtype=dt)
+    return load(str(name_or_dir), device=device or "cpu", dtype=dt,
+                trust_remote_code=trust_remote_code)
