@@ -42,7 +42,11 @@ def from_hf(module: nn.Module, tokenizer=None) -> Denoiser:
     try:
         cfg = config_from_hf(config.to_dict(), f"{cls}.config")
     except CheckpointError as e:
-        raise QpassError(f"{cls} cannot be mapped onto qpass's model family: {e}. Supported: "
+        raise QpassError(f"{cls} cannot be mapped onto qpass's reference family ({e}); qpass "
+                         f"captures it as it is instead: Pipeline.run(model, calib) quantizes "
+                         f"it through its own code, and qpass.ir.model_structure.discover("
+                         f"model, example_kwargs) shows its stages, linears, experts and "
+                         f"per-layer graphs. Mapped onto the reference family (the fast path): "
                          f"{SUPPORTED}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise QpassError(f"{cls}.config lacks or mistypes a field qpass needs ({e}); supported: "
