@@ -41,7 +41,7 @@ def as_is_source(model_or_dir) -> bool:
 
 def run_as_is(pipeline, model_or_dir, calib, out=None, overwrite: bool = False,
               progress=None, seed: int = 0, batch_size: int = 8,
-              trust_remote_code: bool = False, device=None):
+              trust_remote_code: bool = False, device=None, dtype=None):
     from qpass.models.as_is import load_as_is
     from qpass.pipeline.as_is_run import AsIsRun, check_passes
     from qpass.calibration.model_states import model_states
@@ -51,7 +51,8 @@ def run_as_is(pipeline, model_or_dir, calib, out=None, overwrite: bool = False,
             check_not_replacing(out, "out=", "pass overwrite=True to replace it")
         check_new_output(out, "out=") if not os.path.lexists(out) else None
     if isinstance(model_or_dir, (str, os.PathLike)):
-        model = load_as_is(model_or_dir, device=device, trust_remote_code=trust_remote_code)
+        model = load_as_is(model_or_dir, device=device, dtype=dtype,
+                           trust_remote_code=trust_remote_code)
     elif _params_on_meta(model_or_dir):
         model = model_or_dir          # nothing of the caller's is changed: it holds no weights
     else:

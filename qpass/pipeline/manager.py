@@ -210,7 +210,7 @@ class Pipeline:
             run_args.check_out(out)
             run_args.check_batch_size(batch_size)
             return run_as_is(self, model_or_dir, calib, out, overwrite, progress, seed,
-                             batch_size, trust_remote_code, device)
+                             batch_size, trust_remote_code, device, dtype)
         run_args.check_out(out)
         run_args.check_batch_size(batch_size)
         store = self._store(model_or_dir, probe, dtype, out, device)

@@ -170,3 +170,16 @@ def test_tampered_checkpoint_is_refused(quantized, tmp_path):
 def test_graph_rewriting_pipeline_is_one_error(tiny_dir):
     with pytest.raises(PipelineError, match="FuseNorms"):
         PRESETS["w4a4-rtn"]().run(tiny_dir, calib=TEXT, progress=False)
+
+
+def test_presets_that_make_sense_run_and_order_by_bits(tiny_dir):
+    """Weight-only and W8A8 (dynamic per-token activations in QuantLinear) presets run on the
+    model's own code; more bits, less error."""
+    fp = _logits(qpass.models.load(tiny_dir))
+    err = {}
+    for name in ("w8a8-rtn", "q4_0-rtn", "w3a16-rtn"):
+        q = PRESETS[name]().run(tiny_dir, progress=False)
+        got = _logits(q)
+        assert torch.isfinite(got).all()
+        err[name] = float((got - fp).norm() / fp.norm())
+    assert 0 < err["w8a8-rtn"] < err["q4_0-rtn"] < err["w3a16-rtn"]
