@@ -112,6 +112,15 @@ class ValueTracer(QpassTracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_expert_store(m) or super().is_leaf_module(m, qualname)
 
+    def call_module(self, m, forward, args, kwargs):
+        """A module the root does not hold (transformers wraps hub kernels such as LLaMA's
+        rotary function in one) is traced through, like a function."""
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
     def proxy(self, node: fx.Node) -> ValueProxy:
         return ValueProxy(node, self)
 
