@@ -161,8 +161,9 @@ class AsIsRun:
                                          hess.add((key, name, e), x))
                     handles += watch.hooks()
         try:
-            for st in self.states:
-                model(**st)
+            with torch.no_grad():
+                for st in self.states:
+                    model(**st)
         finally:
             for h in handles:
                 h.remove()
