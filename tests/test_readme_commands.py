@@ -9,7 +9,10 @@ cores; the lowering, saving and the generate/eval/export that follow are the sam
 scores fewer items, the trajectory comparison runs one short prompt, and the paper study runs
 a cut-down copy of its config (same sections, one model, two pipelines, one task, few items).
 `QPASS_README_FULL=1` runs the README's exact command lines instead (about an hour on 2 cores,
-most of it the paper study)."""
+most of it the paper study). The commands on checkpoints a user brings (`./diffusiongemma-dir`,
+`./llada2-dir`, `my_texts.jsonl`) run on the tiny random checkpoints of the same architectures
+the tests build (tests/fixtures), put at those paths first; their generations are random
+tokens, so for them the check is that the model's own sampler ran."""
 import json
 import os
 import re
@@ -91,10 +94,38 @@ def test_readme_lists_the_commands_this_test_runs():
                            "    --b 1\n```\nqpass y\n") == ["qpass x --a 'b c'", "qpass z --b 1"]
 
 
+def user_checkpoints(tmp: Path) -> None:
+    """The folders the README's bring-your-own-checkpoint lines name (module doc)."""
+    import importlib.util
+    import sys
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import diffusion_gemma
+    diffusion_gemma.build(tmp / "diffusiongemma-dir")
+    spec = importlib.util.spec_from_file_location(
+        "_readme_rc_build", ROOT / "tests" / "fixtures" / "remote_code" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    build.build("llada2", tmp / "llada2-dir")
+    (tmp / "my_texts.jsonl").write_text("\n".join(
+        json.dumps({"text": t}) for t in (ROOT / "qpass" / "ops.py").read_text().split("\n\n")))
+
+
+def _as_is(path: Path) -> bool:
+    return (path / "qpass_as_is.json").exists() or "-dir" in path.name
+
+
 def check(argv: list[str], out: str, err: str, tmp: Path) -> None:
     """The per-command check that the output is the one a person expects."""
     cmd, text = argv[1], out + err
     assert text.strip(), "printed nothing"
+    if cmd in ("quantize", "generate") and _as_is(tmp / argv[2]):
+        if cmd == "quantize":
+            out_dir = tmp / argv[argv.index("--out") + 1]
+            assert (out_dir / "qpass_as_is.json").exists() and "saved" in text, text[-2000:]
+        else:
+            prompt = argv[argv.index("--prompt") + 1]
+            assert generated_text(out, prompt) and "own sampler" in err, err
+        return
     if cmd == "inspect" and "--format" in argv:
         assert json.loads(out), out[:500]
     elif cmd == "inspect":
@@ -123,9 +154,20 @@ def check(argv: list[str], out: str, err: str, tmp: Path) -> None:
 def test_every_readme_command_runs_and_prints_what_a_user_expects(tmp_path, monkeypatch, capfd):
     """All in one test (one temporary folder, one checkpoint shared by the commands after
     `qpass quantize`), so parallel test workers never run the commands twice."""
-    from qpass.cli import main
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QPASS_PROGRESS_EVERY", "3600")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "_readme_rc_iso", ROOT / "tests" / "fixtures" / "remote_code" / "isolation.py")
+    iso = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(iso)
+    with iso.private_modules_cache(tmp_path / "hf_modules"):
+        user_checkpoints(tmp_path)
+        _run_all(tmp_path, capfd)
+
+
+def _run_all(tmp_path, capfd) -> None:
+    from qpass.cli import main
     failures, timings = [], []
     for line in readme_commands(README.read_text()):
         argv = shlex.split(line)

@@ -113,5 +113,6 @@ def render_as_is(summary: dict, console, max_rows: int = 40) -> None:
     b.add_column("bytes", justify="right")
     b.add_column("vs bf16", justify="right")
     for k, v in summary["bytes"].items():
-        b.add_row(k, fmt_bytes(v), f"{v / summary['bytes']['bf16']:.3f}")
+        spec = "" if k == "bf16" else f" ({Scheme.parse(k).weight})"
+        b.add_row(k + spec, fmt_bytes(v), f"{v / summary['bytes']['bf16']:.3f}")
     console.print(b)
