@@ -14,7 +14,6 @@ gguf library's dequantization for GGUF), or why not."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -36,14 +35,8 @@ import qpass  # noqa: E402
 from qpass.presets import PRESETS  # noqa: E402
 
 
-def _module(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from remote_fixtures import build as remote, isolation  # noqa: E402
 
-
-remote = _module("_rc_build", FIX / "remote_code" / "build.py")
 TEXT = (ROOT / "qpass" / "ops.py").read_text()
 HELD = (ROOT / "qpass" / "sampling" / "common.py").read_text()
 
@@ -174,7 +167,7 @@ def main() -> None:
     ap.add_argument("--calib-n", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    iso = _module("_rc_iso", FIX / "remote_code" / "isolation.py")
+    iso = isolation
     res = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -1,7 +1,6 @@
 """LLaDA2, LLaDA-MoE and SDAR from checkpoints that ship their own code (issue 27), and
 DiffusionGemma streamed: remote code only when trusted, every linear covered, GPTQ closer to
 the float model than RTN, streamed == in memory, qpass's samplers on the quantized model."""
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,15 +17,8 @@ sys.path.insert(0, str(FIX))
 import diffusion_gemma as dg  # noqa: E402
 
 
-def _module(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from remote_fixtures import build as remote, isolation  # noqa: E402
 
-
-remote = _module("_qpass_rc_build", FIX / "remote_code" / "build.py")
-isolation = _module("_qpass_rc_isolation", FIX / "remote_code" / "isolation.py")
 TEXT = open(os.path.join(os.path.dirname(qpass.__file__), "ops.py")).read()
 FAMILIES = ["llada2", "llada_moe", "sdar"]
 
