@@ -62,11 +62,15 @@ def cmd_export(args) -> int:
 def _export_as_is(args, scale_dtype: str):
     from qpass.errors import CheckpointError
     from qpass.interop.as_is_export import export_as_is_compressed_tensors
+    from qpass.interop.gguf_as_is import export_as_is_gguf, supported
+    if args.format == "gguf":        # LLaDA-MoE as llama.cpp's llada-moe; others refused there
+        return export_as_is_gguf(args.directory, args.out, scale_dtype=scale_dtype,
+                                 trust_remote_code=args.trust_remote_code)
     if args.format != "compressed-tensors":
         raise CheckpointError(f"{args.directory} is a model captured as it is (an as-is "
                               f"checkpoint); it exports as --format compressed-tensors only "
-                              f"(transformers loads it with the model's own code), not "
-                              f"{args.format}")
+                              f"(transformers loads it with the model's own code; "
+                              f"{supported()} also as --format gguf), not {args.format}")
     return export_as_is_compressed_tensors(args.directory, args.out, scale_dtype=scale_dtype,
                                            trust_remote_code=args.trust_remote_code)
 
