@@ -23,20 +23,13 @@ import torch.nn as nn
 
 from qpass import folders
 from qpass.errors import CheckpointError
-from qpass.folders import Mapping, Optional
 from qpass.formats import QuantizedWeight
 from qpass.ir.qlinear import QuantLinear
 from qpass.specs import QuantSpec
 
-FORMAT = "qpass-as-is"
-VERSION = 1
-MANIFEST = "qpass_as_is.json"
-CODES = "qpass_quantized.safetensors"
-ITEM_SCHEMA = {"path": str, "aliases": [str], "kind": str, "role": str,
-               "weight_spec": (str, type(None)), "act_spec": (str, type(None)), "shape": [int],
-               "params": Optional(Mapping([int])), "param_specs": Optional(Mapping(str))}
-MANIFEST_SCHEMA = {"format": str, "version": int, "architecture": str, "remote": bool,
-                   "files": Mapping(str), "items": [ITEM_SCHEMA], "report": Optional(dict)}
+from qpass.runtime.as_is_manifest import (CODES, FORMAT, MANIFEST, MANIFEST_SCHEMA,  # noqa: F401
+                                         VERSION, as_is_files, describe_as_is,
+                                         is_as_is_checkpoint)
 
 
 class AsIsModel(nn.Module):
@@ -211,37 +204,6 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 
 
 # ---- load -------------------------------------------------------------------------------
-def is_as_is_checkpoint(directory) -> bool:
-    return os.path.isfile(Path(directory) / MANIFEST)
-
-
-def _manifest(directory) -> dict | None:
-    d = Path(directory)
-    if not d.is_dir() or not is_as_is_checkpoint(d):
-        return None
-    try:
-        man = folders.read_json(d / MANIFEST, d, folders.CAPS["manifest"], MANIFEST_SCHEMA)
-    except CheckpointError:
-        return None
-    return man if man["format"] == FORMAT else None
-
-
-def as_is_files(directory) -> set[str] | None:
-    """Names of the files an as-is save wrote in `directory` (None: not one)."""
-    man = _manifest(directory)
-    return None if man is None else set(man["files"]) | {MANIFEST}
-
-
-def describe_as_is(directory) -> str | None:
-    """'as-is DiffusionGemmaForBlockDiffusion, Pipeline([...]), scheme w4a16g128'."""
-    man = _manifest(directory)
-    if man is None:
-        return None
-    rep = man.get("report") or {}
-    return (f"as-is {man['architecture']}, {rep.get('pipeline', '?')}, scheme "
-            f"{rep.get('scheme', '?')}")
-
-
 def load(directory, device=None, trust_remote_code: bool = False) -> AsIsModel:
     """An AsIsModel from a directory save() wrote (hashes verified before any read)."""
     from safetensors import safe_open

@@ -82,7 +82,7 @@ def qpass_files(directory: Path) -> set[str] | None:
     marker: a manifest.json of format qpass-compiled next to SHA256SUMS)."""
     manifest = _manifest_of(directory)
     if manifest is None or not (directory / SUMS).is_file():
-        from qpass.runtime.as_is_model import as_is_files
+        from qpass.runtime.as_is_manifest import as_is_files
         return as_is_files(directory)             # a model captured as it is, or None
     return set(manifest["files"]) | {MANIFEST, SUMS}
 
@@ -98,8 +98,9 @@ def describe(directory, preset_of=None) -> str | None:
     d = Path(directory)
     manifest = _manifest_of(d) if d.is_dir() else None
     if manifest is None:
-        from qpass.runtime.as_is_model import describe_as_is
-        return describe_as_is(d)
+        from qpass.runtime.as_is_manifest import describe_as_is
+        from qpass.runtime.foreign import describe_foreign
+        return describe_as_is(d) or describe_foreign(d)
     entries = manifest.get("pipeline") if isinstance(manifest.get("pipeline"), list) else []
     names = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
     scheme = manifest.get("pipeline_scheme")
