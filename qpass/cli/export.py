@@ -1,7 +1,8 @@
 """`qpass export DIR --format compressed-tensors|gptq|gguf --out OUT`: a compiled checkpoint
 written in a format other engines load (docs/INTEROP.md), from its stored codes (nothing
 re-rounded). A model captured as it is (an as-is checkpoint) exports as compressed-tensors
-only (qpass.interop.as_is_export: transformers' own from_pretrained loads it)."""
+(qpass.interop.as_is_export: transformers' own from_pretrained loads it) and, for LLaDA-MoE,
+as GGUF in llama.cpp's llada-moe architecture (qpass.interop.gguf_as_is)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,8 @@ EXAMPLE = """examples:
   qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers
   qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4        # int4:g32:sym:f16scale
   qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli
-  qpass export ./dgemma-w4 --format compressed-tensors --out ./dgemma-w4-ct   # as-is model"""
+  qpass export ./dgemma-w4 --format compressed-tensors --out ./dgemma-w4-ct   # as-is model
+  qpass export ./lladamoe-q4 --format gguf --trust-remote-code --out ./lladamoe-Q4_0.gguf"""
 
 # --scale-dtype when not given: what each format's engines read (GPTQ kernels take fp16
 # scales) or, where the format stores any float dtype, qpass's own float32 (exact).
