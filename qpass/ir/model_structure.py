@@ -55,6 +55,7 @@ class ModelStructure:
     stages: list[Stage]
     items: list[Item]
     traces: dict[str, fx.GraphModule] = field(default_factory=dict)   # layer class → graph
+    calls: dict[str, int] = field(default_factory=dict)   # module path → calls per forward
 
     def of_stage(self, index: int) -> list[Item]:
         return [i for i in self.items if i.stage == index]
@@ -104,6 +105,7 @@ class _CallLog:
 
     def __init__(self, model, layer_paths, quant_paths):
         self.order: list[str] = []
+        self.calls: dict[str, int] = {}
         self.inputs: dict[str, tuple] = {}
         self.handles = []
         for p in list(layer_paths) + list(quant_paths):
@@ -112,6 +114,7 @@ class _CallLog:
 
     def _hook(self, path):
         def hook(mod, args, kwargs):
+            self.calls[path] = self.calls.get(path, 0) + 1
             if path not in self.order:
                 self.order.append(path)
                 self.inputs.setdefault(signature(mod), (path, args, dict(kwargs)))
@@ -147,7 +150,8 @@ def discover(model: nn.Module, example: dict, trace: bool = True) -> ModelStruct
     stages = _stages(log.order, layers, items, quant)
     _roles(model, items, log, layer_lists, trace)
     items += _other_weights(model, quant, layers, stages)
-    structure = ModelStructure(stages, sorted(items, key=lambda i: rank.get(i.path, len(rank))))
+    structure = ModelStructure(stages, sorted(items, key=lambda i: rank.get(i.path, len(rank))),
+                               calls=dict(log.calls))
     if trace:
         structure.traces = _traces(model, log, layer_lists)
         _routers(structure, model, layers)

@@ -91,7 +91,8 @@ class AsIsRun:
                 items = [it for it in structure.of_stage(stage.index)
                          if specs[it.path][0] is not None]
                 task.describe(f"{stage.name}: {self.rounding.name}")
-                hess = self._collect(model, items) if needs_h and items else _Hessians()
+                hess = self._collect(model, items, stage, structure) if needs_h and items \
+                    else _Hessians()
                 with self._weights(stage.layers):
                     for it in items:
                         rows.append(self._round(model, it, specs[it.path], hess, codes))
@@ -148,8 +149,10 @@ class AsIsRun:
         return w, a, reason or it.reason
 
     # ---- statistics -----------------------------------------------------------------------
-    def _collect(self, model, items: list[Item]) -> _Hessians:
+    def _collect(self, model, items: list[Item], stage, structure) -> _Hessians:
         hess, handles = _Hessians(), []
+        stop = _StopAfter(model, stage, items, structure)
+        handles += stop.hooks()
         for it in items:
             for alias in it.aliases:
                 mod = model.get_submodule(alias)
@@ -163,7 +166,11 @@ class AsIsRun:
         try:
             with torch.no_grad():
                 for st in self.states:
-                    model(**st)
+                    stop.reset()
+                    try:
+                        model(**st)
+                    except _StageDone:
+                        pass
         finally:
             for h in handles:
                 h.remove()
@@ -213,6 +220,41 @@ class AsIsRun:
             from qpass.formats import QuantizedWeight
             return QuantizedWeight.from_float(W.float(), spec)
         return self.rounding.round_weight(W, H, spec, n)
+
+
+class _StageDone(Exception):
+    """Raised by _StopAfter: the rest of this forward cannot change the stage's statistics."""
+
+
+class _StopAfter:
+    """Ends a statistics forward once every module of the stage (its layers, and its items
+    outside layers) has been called as often as one forward calls it (counted by
+    model_structure's forward): later layers cannot feed it, so their compute is skipped —
+    the stage's inputs, and so its statistics, are the same as a full forward's."""
+
+    def __init__(self, model, stage, items, structure):
+        self.model = model
+        paths = list(stage.layers) + [a for it in items for a in it.aliases
+                                      if not any(a.startswith(lp + ".") for lp in stage.layers)]
+        self.want = {p: structure.calls.get(p, 0) for p in paths}
+        self.active = all(n > 0 for n in self.want.values()) and bool(self.want)
+        self.seen: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.seen = {}
+
+    def hooks(self) -> list:
+        if not self.active:
+            return []
+        return [self.model.get_submodule(p).register_forward_hook(self._hook(p))
+                for p in self.want]
+
+    def _hook(self, path):
+        def hook(mod, args, out):
+            self.seen[path] = self.seen.get(path, 0) + 1
+            if all(self.seen.get(p, 0) >= n for p, n in self.want.items()):
+                raise _StageDone
+        return hook
 
 
 def _logits(model, state: dict) -> torch.Tensor:
