@@ -1,4 +1,5 @@
-"""GPTQ for one weight matrix (Frantar et al. 2022), on qpass's integer formats.
+"""GPTQ for one weight matrix (Frantar et al. 2022), on qpass's integer and floating-point
+grids (how a column is rounded: passes/_gptq_grid.py).
 
 Columns are quantized one at a time along K; each column is rounded from its optimal value
 given the columns already decided (the optimal-brain-surgeon update). qpass computes the solve
@@ -36,6 +37,7 @@ from qpass.errors import CalibrationError, SpecError
 from qpass.formats import QuantizedWeight
 from qpass.specs import QuantSpec
 
+from ._gptq_grid import k_group
 from ._gptq_solve import ColumnSolve, _one_cpu_thread, plan_walk
 
 MAX_ESCALATIONS = 6        # damping 1% -> 10% -> ... of mean diag(H), then give up
@@ -105,8 +107,8 @@ class HessianFactor:
 
 
 def _factor_key(spec: QuantSpec, act_order, damp: float, dt: torch.dtype, K: int) -> tuple:
-    gs = spec.group_size if spec.granularity == "group" else K
-    order = act_order if spec.granularity == "group" else bool(act_order)
+    gs = k_group(spec) or K
+    order = act_order if k_group(spec) else bool(act_order)
     return (K, str(dt), order, gs if order == "group" else None, float(damp))
 
 
@@ -127,8 +129,8 @@ def factor_hessian(H: torch.Tensor, spec, act_order: bool | str = False, damp: f
                                "overflowed")
     # Dead inputs never influence the output: zero their weights and make H invertible there.
     dead = torch.diagonal(H) == 0
-    grouped = spec.granularity == "group"
-    gs = spec.group_size if grouped else K
+    grouped = k_group(spec) is not None
+    gs = k_group(spec) if grouped else K
     H = _in_walk_order(H, dead, None)             # our own copy from here on
     perm = walk_order(H, act_order if grouped else bool(act_order), gs)
     if perm is not None:
@@ -192,6 +194,10 @@ def _checked_spec(W: torch.Tensor, H: torch.Tensor, spec, block_size: int, act_o
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
         raise SpecError(f"refine is a number of sweeps (an int >= 0), got {refine!r}")
     spec.check_shape(W.shape[1])
+    if spec.granularity == "block" and W.shape[1] % spec.group_size:
+        raise SpecError(f"GPTQ walks {spec} one {spec.group_size}-column block at a time: "
+                        f"in_features K={W.shape[1]} must be a multiple of {spec.group_size} "
+                        f"(RTN takes partial edge blocks)")
     return spec
 
 

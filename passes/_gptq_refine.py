@@ -49,12 +49,13 @@ def _moved(D: torch.Tensor) -> torch.Tensor:
 
 
 def refine_walk(RT: torch.Tensor, CT: torch.Tensor, ET: torch.Tensor, A: torch.Tensor,
-                Hd: torch.Tensor, col_group: list[int], s_rows, z_rows, top: float, sweeps: int,
+                Hd: torch.Tensor, col_group: list[int], s_rows, z_rows, snap_, sweeps: int,
                 block: int = 128) -> float:
     """Refine the codes CT (K, N, floats) and residuals RT = Wᵀ − (CT − z)·s (K, N), all in the
     walk order of Hd (K, K), in place. A, ET: the solve's unit factor Ã (Hd = Ã·diag(a)²·Ãᵀ)
     and its errors scaled by a² (so that R·Hd = ET'·Ãᵀ), read by the first sweep. s_rows/z_rows:
-    per group (N,) scale and zero rows; col_group: the group of each walk column. Returns the
+    per group (N,) scale and zero rows; col_group: the group of each walk column; snap_(t):
+    a code-scale value to the nearest grid point, in place (passes/_gptq_grid.py). Returns the
     decrease of f."""
     K, N = RT.shape
     dvec = torch.diagonal(Hd)
@@ -81,8 +82,8 @@ def refine_walk(RT: torch.Tensor, CT: torch.Tensor, ET: torch.Tensor, A: torch.T
                 j2 = min(j1 + SUB, i2)
                 for col in range(j1, j2):
                     k, s, u, e = col - i1, s_rows[col_group[col]], c_rows[col], D[col - i1]
-                    # the column's minimizer q + G_j/d on the code scale, rounded and clamped
-                    torch.addcdiv(u, GT[k], s, value=inv_d[col], out=tmp).round_().clamp_(0.0, top)
+                    # the column's minimizer q + G_j/d on the code scale, to the nearest grid point
+                    snap_(torch.addcdiv(u, GT[k], s, value=inv_d[col], out=tmp))
                     torch.sub(u, tmp, out=e).mul_(s)        # change of the residual w − q
                     u.copy_(tmp)
                     r_rows[col].add_(e)

@@ -13,9 +13,10 @@ import dataclasses
 
 import torch
 
-from qpass.formats import QuantizedWeight, compute_qparams
+from qpass.formats import QuantizedWeight
 from qpass.specs import QuantSpec
 
+from ._gptq_grid import column_grid, k_group
 from ._gptq_refine import refine_walk
 
 SUB_BLOCK = 32     # columns per rank-1 slab inside a block; the rest of the block by one GEMM
@@ -34,16 +35,6 @@ def _one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def _params_for_columns(Wcols: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale/zero (N, 1) for a slab of columns quantized as one group per row."""
-    if spec.granularity == "tensor":
-        s, z = compute_qparams(Wcols, spec)
-        return s.expand(Wcols.shape[0], 1), z.expand(Wcols.shape[0], 1)
-    # the same spec (grid, observer, clip, scale dtype) with one group per row of the slab
-    row_spec = dataclasses.replace(spec, granularity="channel", group_size=None)
-    return compute_qparams(Wcols, row_spec)
 
 
 def _group_now(WT, A, P, i1: int, col: int, gs: int) -> torch.Tensor:
@@ -85,8 +76,8 @@ class WalkPlan:
 
 def plan_walk(spec: QuantSpec, K: int, act_order, static_groups: bool,
               block_size: int) -> WalkPlan:
-    grouped = spec.granularity == "group"
-    gs = spec.group_size if grouped else K
+    grouped = k_group(spec) is not None
+    gs = k_group(spec) if grouped else K
     group_aware = act_order == "group" and grouped
     forced = bool(act_order and grouped and not static_groups and not group_aware)
     dynamic_groups = grouped and not static_groups and (not act_order or group_aware)
@@ -97,38 +88,43 @@ def plan_walk(spec: QuantSpec, K: int, act_order, static_groups: bool,
 
 
 def _walk_weight(W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan, dt: torch.dtype):
-    """Wᵀ (K, N) in walk order, a copy in dt with the dead inputs zeroed, and the (N, n_groups)
-    scale/zero, filled here from those weights unless the groups are dynamic."""
+    """Wᵀ (K, N) in walk order, a copy in dt with the dead inputs zeroed, the grid (made from
+    those weights: nvfp4's global scale) and the (N, n_groups) scale/aux, filled here from
+    those weights unless the groups are dynamic."""
     N, K = W.shape
     gs = plan.gs
     W = W.detach().to(dt)
     if factor.n_dead:
         W = W.clone()
         W[:, factor.dead] = 0.0
+    grid = column_grid(spec, W)
     scale = torch.empty(N, plan.n_groups, dtype=torch.float32, device=W.device)
     zero = torch.empty(N, plan.n_groups, dtype=torch.int32, device=W.device)
     if not plan.dynamic_groups:
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(plan.n_groups):
             cols = W[:, g * gs:(g + 1) * gs]
-            scale[:, g:g + 1], zero[:, g:g + 1] = _params_for_columns(cols, spec)
+            scale[:, g:g + 1], zero[:, g:g + 1] = grid.params(cols)
     if factor.perm is not None:
         W = W[:, factor.perm]
     # a copy always: for N == 1, W.t().contiguous() would be the caller's own tensor
-    return torch.empty(K, N, dtype=dt, device=W.device).copy_(W.t()), scale, zero
+    return torch.empty(K, N, dtype=dt, device=W.device).copy_(W.t()), grid, scale, zero
 
 
 class ColumnSolve:
     """Wᵀ (K, N) in walk order, solved in place. A row of WT holds the original weight until
     its column is decided, then its residual w − q (what the block's left-looking sums P read);
-    CT holds the codes, as floats while they can still move; ET the errors e_j = current w_j −
-    q_j (GPTQ's objective is Σ a_j²·e_j²), one block's, or all when the refinement reads them."""
+    CT holds the codes, as floats while they can still move (a float grid's element values);
+    ET the errors e_j = current w_j − q_j (GPTQ's objective is Σ a_j²·e_j²), one block's, or
+    all when the refinement reads them. `grid` rounds (passes/_gptq_grid.py); `zero` holds
+    each group's aux (integer zero points, or a float format's stored scale codes), `zero_t`
+    the zero points the arithmetic subtracts (0 for float grids)."""
 
     def __init__(self, W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan,
                  dt: torch.dtype, keep_errors: bool):
         N, K = W.shape
         self.spec, self.plan, self.factor, self.keep_errors = spec, plan, factor, keep_errors
-        self.WT, self.scale, self.zero = _walk_weight(W, factor, spec, plan, dt)
+        self.WT, self.grid, self.scale, self.zero = _walk_weight(W, factor, spec, plan, dt)
         dev = self.WT.device
         self.CT = torch.empty_like(self.WT)
         self.P = torch.empty(plan.block, N, dtype=dt, device=dev)   # the block's Σ_{i<j} R_i Ã_ij
@@ -138,8 +134,7 @@ class ColumnSolve:
         walk = factor.perm if factor.perm is not None else torch.arange(K, device=dev)
         self.col_group = (walk // plan.gs).tolist()          # each walk column's group
         self.scale_t = self.scale.t().to(dt).contiguous()
-        self.zero_t = self.zero.t().to(dt).contiguous()
-        self.top = float(spec.levels - 1)
+        self.zero_t = self.grid.arith_zero(self.zero).t().to(dt).contiguous()
         self.a2 = factor.a.square()
         # row views made once: indexing a tensor per column costs more than the column's arithmetic
         self.w_rows, self.c_rows = self.WT.unbind(0), self.CT.unbind(0)
@@ -179,16 +174,15 @@ class ColumnSolve:
     def _take_group_params(self, Pb: torch.Tensor, i1: int, col: int) -> None:
         """A dynamic group's scale/zero, from its optimal values when the walk reaches it."""
         g = self.col_group[col]              # the walk's col-th column's group
-        sg, zg = _params_for_columns(_group_now(self.WT, self.factor.A, Pb, i1, col, self.plan.gs),
-                                     self.spec)
+        sg, zg = self.grid.params(_group_now(self.WT, self.factor.A, Pb, i1, col, self.plan.gs))
         self.scale[:, g:g + 1], self.zero[:, g:g + 1] = sg, zg
         dt = self.WT.dtype
-        self.scale_t[g], self.zero_t[g] = sg[:, 0].to(dt), zg[:, 0].to(dt)
+        self.scale_t[g], self.zero_t[g] = sg[:, 0].to(dt), self.grid.arith_zero(zg)[:, 0].to(dt)
 
     def _columns(self, Pb: torch.Tensor, i1: int, j1: int, j2: int) -> None:
         """Decide columns [j1, j2) one at a time, each one's residual updating the later ones'
         left-looking sums inside the sub-block (rank 1)."""
-        cur, tmp, top, col_group = self.cur, self.tmp, self.top, self.col_group
+        cur, tmp, snap_, col_group = self.cur, self.tmp, self.grid.snap_, self.col_group
         w_rows, c_rows, p_rows, a_rows = self.w_rows, self.c_rows, self.p_rows, self.a_rows
         s_rows, z_rows, e_rows = self.s_rows, self.z_rows, self.e_rows
         e0 = i1 if self.keep_errors else 0
@@ -196,8 +190,9 @@ class ColumnSolve:
             g = col_group[col]
             s, z, w, u = s_rows[g], z_rows[g], w_rows[col], c_rows[col]
             torch.add(w, p_rows[col - i1], out=cur)          # the column's value now
-            # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention
-            torch.div(cur, s, out=u).round_().add_(z).clamp_(0.0, top)
+            # u = clamp(round(w/s) + z), q = (u − z)·s: the formats convention (or w/s to
+            # the nearest value of a float format, z = 0)
+            snap_(torch.div(cur, s, out=u), z)
             torch.sub(u, z, out=tmp)
             torch.addcmul(cur, tmp, s, value=-1, out=e_rows[col - i1 + e0])
             w.addcmul_(tmp, s, value=-1)                      # row col: w − q
@@ -210,7 +205,7 @@ class ColumnSolve:
         self.ET.mul_(self.a2[:, None])                # G = R·Hd = (a²·E)·Ãᵀ at the solve's state
         codes, residuals = self.CT.clone(), self.WT.clone()
         refine_walk(self.WT, self.CT, self.ET, self.factor.A, Hd, self.col_group,
-                    self.s_rows, self.z_rows, self.top, sweeps, self.plan.block)
+                    self.s_rows, self.z_rows, self.grid.snap_moved_, sweeps, self.plan.block)
         # each step lowers f in exact arithmetic; in float32 with an ill-conditioned Hd the
         # accumulated gradient can be off enough to raise it, so f is compared in float64
         # and the solve's codes are kept unless refinement really lowered it
@@ -231,17 +226,12 @@ class ColumnSolve:
         for i1 in range(0, K, B):                  # q = (u − z)·s, as the solve computed it
             g = groups_t[i1:i1 + B]
             torch.sub(self.CT[i1:i1 + B], self.zero_t[g], out=QT[i1:i1 + B]).mul_(self.scale_t[g])
-        Q, codes = QT.t(), self.CT.to(torch.uint8).t()
+        Q, codes = QT.t(), self.CT.t()
         perm = self.factor.perm
         if perm is not None:
             inv = torch.argsort(perm)
             Q, codes = Q[:, inv], codes[:, inv]
-        scale, zero = self.scale, self.zero
-        if self.spec.granularity != "group":
-            scale, zero = scale[:, :1], zero[:, :1]
-            if self.spec.granularity == "tensor":
-                scale, zero = scale[:1], zero[:1]
-        qweight = QuantizedWeight.from_codes(codes.contiguous(), scale, zero, self.spec)
+        qweight = self.grid.weight(codes.contiguous(), self.scale, self.zero)
         return Q.to(out_dtype), qweight
 
 

@@ -38,7 +38,8 @@ def _gptq(scheme: str, observe: bool) -> Callable[[], Pipeline]:
 
 
 # Preset names are "<scheme>-<method>": the scheme part is a name of qpass.specs.SCHEMES (the
-# table of scheme names → weight/activation specs, docs/FORMATS.md), set once per pipeline.
+# table of scheme names → weight/activation specs, docs/FORMATS.md), set once per pipeline;
+# a floating-point scheme's name alone (`w8a8-fp8`) is its round-to-nearest preset.
 PRESETS: dict[str, Callable[[], Pipeline]] = {
     "w4a16-rtn": _rtn("w4a16g128", fuse=False),
     "w3a16-rtn": _rtn("w3a16g128", fuse=False),
@@ -82,6 +83,16 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     # (DLLMQuant's baseline: AWQ's weight scales, then RTN weights and per-token activations).
     "w2a16-gptq": _gptq("w2a16g128", observe=False),
     "w4a4-awq": lambda: _pipe(P().AWQ(), P().RTN(), scheme="w4a4"),
+    # Floating-point grids (qpass/specs/float_spec.py). The scheme is the preset's name up to
+    # the method; no method means round-to-nearest, as llm-compressor's FP8_DYNAMIC / NVFP4A16 /
+    # NVFP4 / MXFP4 presets are. Norms are not fused: per-token float activations and 16/32-
+    # element weight blocks take the norm gains in their stride (as w8a8-rtn does).
+    "w8a8-fp8": _rtn("w8a8-fp8", fuse=False),
+    "w8a16-fp8": _rtn("w8a16-fp8", fuse=False),
+    "w4a16-nvfp4": _rtn("w4a16-nvfp4", fuse=False),
+    "w4a16-nvfp4-gptq": _gptq("w4a16-nvfp4", observe=False),
+    "w4a4-nvfp4": _rtn("w4a4-nvfp4", fuse=False),
+    "w4a4-mxfp4": _rtn("w4a4-mxfp4", fuse=False),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
 
@@ -119,6 +130,16 @@ ABOUT: dict[str, str] = {
     "q8_0-rtn": "llama.cpp Q8_0 blocks (llama-quantize); exports to GGUF",
     "w2a16-gptq": "2-bit GPTQ, Quant-dLLM's setting (without its dLLM-specific method)",
     "w4a4-awq": "AWQ scales then RTN at W4A4: DLLMQuant's AWQ baseline",
+    "w8a8-fp8": "FP8 E4M3 per-channel weights + per-token dynamic activations, RTN; "
+                "llm-compressor FP8_DYNAMIC",
+    "w8a16-fp8": "FP8 E4M3 per-channel weights, RTN; activations unquantized",
+    "w4a16-nvfp4": "NVFP4 weights (E4M3 16-block scales, fp32 global), RTN; llm-compressor "
+                   "NVFP4A16",
+    "w4a16-nvfp4-gptq": "GPTQ inside NVFP4's RTN block scales; llm-compressor GPTQModifier "
+                        "NVFP4A16",
+    "w4a4-nvfp4": "NVFP4 weights and per-token dynamic NVFP4 activations, RTN; llm-compressor "
+                  "NVFP4 (static activation global scale there)",
+    "w4a4-mxfp4": "OCP MXFP4 weights and per-token dynamic activations, RTN; llm-compressor MXFP4",
 }
 
 

@@ -9,6 +9,7 @@ from .common import print_rows, scheme_bits
 
 EXAMPLE = """examples:
   qpass schemes
+  qpass quantize tiny-llada --scheme w8a8-fp8:b128 --pipeline w8a8-fp8 --out fp8/
   qpass quantize tiny-llada --scheme w4a16:g64 --out w4/    # a name, then weight spec tokens
   qpass quantize tiny-llada --scheme int4:g32:sym:f16scale --out q4/"""
 
@@ -30,6 +31,17 @@ ABOUT = {
     "w4a4": "int4 weights and per-token activations; QuaRot, DuQuant",
     "q4_0": "llama.cpp Q4_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
     "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
+    "w8a16-fp8": "FP8 E4M3 per-channel weights, activations unquantized (vLLM's FP8 "
+                 "weight-only path)",
+    "w8a8-fp8": "FP8 E4M3 per-channel weights + per-token dynamic activations; llm-compressor "
+                "FP8_DYNAMIC, vLLM/SGLang fp8",
+    "w4a16-nvfp4": "NVFP4 weights (E2M1, 16-blocks, E4M3 scales, fp32 global); llm-compressor "
+                   "NVFP4A16",
+    "w4a4-nvfp4": "NVFP4 weights and activations (per-token dynamic global); llm-compressor "
+                  "NVFP4, ModelOpt NVFP4",
+    "w4a16-mxfp4": "OCP MXFP4 weights (E2M1, 32-blocks, E8M0 scales); llm-compressor MXFP4A16",
+    "w4a4-mxfp4": "OCP MXFP4 weights and per-token dynamic activations; llm-compressor MXFP4",
+    "w8a8-mxfp8": "OCP MXFP8 weights and activations (E4M3, 32-blocks, E8M0 scales)",
 }
 
 

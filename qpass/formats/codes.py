@@ -22,6 +22,8 @@ import torch
 
 from ..errors import CheckpointError, SpecError
 from ..specs import QuantSpec
+from .floating import (effective_scale, float_dequantize, float_fake_quantize, float_qparams,
+                       float_quantize, stored_layout)
 
 # Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
 SCALE_FLOOR = torch.finfo(torch.float32).tiny
@@ -97,8 +99,12 @@ def _observe(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tens
 
 def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero for `w` under `spec`: (N, K//g) for group, (rows, 1) for channel/token
-    (rows = leading dims flattened), (1, 1) for tensor. zero is int32 (2^(b-1) if symmetric)."""
+    (rows = leading dims flattened), (1, 1) for tensor. zero is int32 (2^(b-1) if symmetric).
+    Floating-point specs: the effective float32 scale per cell (formats/floating.py), zero 0."""
     spec = _spec(spec)
+    if spec.is_float:
+        scale = float_qparams(w, spec).scale
+        return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     lo, hi = _observe(g, spec)
     if spec.observer != "mse":
@@ -139,8 +145,11 @@ def _zero_or_default(zero, scale, spec: QuantSpec) -> torch.Tensor:
 
 def quantize(w: torch.Tensor, spec, scale: torch.Tensor,
              zero: torch.Tensor | None = None) -> torch.Tensor:
-    """Unsigned codes u (uint8, same shape as w). zero may be None for symmetric specs."""
+    """Unsigned codes u (uint8, same shape as w). zero may be None for symmetric specs.
+    Floating-point specs: the element bit patterns under effective scales (zero unused)."""
     spec = _spec(spec)
+    if spec.is_float:
+        return float_quantize(w, spec, scale)
     zero = _zero_or_default(zero, scale, spec)
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     return _codes_grouped(g, spec, scale, zero).to(torch.uint8).reshape(w.shape)
@@ -148,8 +157,10 @@ def quantize(w: torch.Tensor, spec, scale: torch.Tensor,
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(u - z) * s in float32, then cast to dtype."""
+    """(u - z) * s in float32, then cast to dtype (floating-point specs: value(u) * s)."""
     spec = _spec(spec)
+    if spec.is_float:
+        return float_dequantize(codes, spec, scale, dtype)
     zero = _zero_or_default(zero, scale, spec)
     g = _grouped(codes, spec).to(torch.float32)
     out = (g - zero.to(torch.float32).unsqueeze(-1)) * scale.to(torch.float32).unsqueeze(-1)
@@ -161,6 +172,8 @@ def fake_quantize(x: torch.Tensor, spec, scale: torch.Tensor | None = None,
     """quantize -> dequantize in x's dtype. Without scale, parameters come from x itself (the
     dynamic case: per-token rows for token granularity)."""
     spec = _spec(spec)
+    if spec.is_float:
+        return float_fake_quantize(x, spec, scale)
     if scale is None:
         scale, zero = compute_qparams(x, spec)
     return dequantize(quantize(x, spec, scale, zero), scale, zero, spec, dtype=x.dtype)
@@ -260,20 +273,28 @@ def unpack(packed: torch.Tensor, bits: int, K: int) -> torch.Tensor:
 @dataclass
 class QuantizedWeight:
     """A packed weight (N, K). zero is None for symmetric specs: the zero point is the implicit
-    2^(b-1) and is not stored."""
+    2^(b-1) and is not stored. Floating-point specs pack their element bit patterns the same
+    way; `scale` is then what formats/floating.py stores (float32 for fp8, uint8 E4M3 / E8M0
+    codes for nvfp4 / mx) and nvfp4 adds its float32 `global_scale` (1,)."""
 
     packed: torch.Tensor          # int32 (N, ceil(K/32)*bits)
-    scale: torch.Tensor           # float32, compute_qparams shape
+    scale: torch.Tensor           # float32, compute_qparams shape (floats: stored_layout)
     zero: torch.Tensor | None     # int32 like scale, asymmetric only
     spec: QuantSpec
     shape: tuple[int, int]
+    global_scale: torch.Tensor | None = None      # nvfp4 only
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, scale, zero, spec) -> QuantizedWeight:
-        """Pack codes produced elsewhere (e.g. by GPTQ) with their parameters."""
+    def from_codes(cls, codes: torch.Tensor, scale, zero, spec,
+                   global_scale: torch.Tensor | None = None) -> QuantizedWeight:
+        """Pack codes produced elsewhere (e.g. by GPTQ) with their parameters (a float spec's
+        scales in their stored form, floating.FloatScales.stored, and nvfp4's global scale)."""
         spec = _spec(spec)
         if codes.dim() != 2:
             raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(codes.shape)}")
+        if spec.is_float:
+            return cls(pack(codes, spec.bits), scale, None, spec, tuple(codes.shape),
+                       None if global_scale is None else global_scale.to(torch.float32))
         return cls(pack(codes, spec.bits), scale.to(torch.float32),
                    None if spec.symmetric else zero.to(torch.int32), spec, tuple(codes.shape))
 
@@ -285,6 +306,10 @@ class QuantizedWeight:
             raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(w.shape)}")
         if spec.is_activation_only:
             raise SpecError(f"{spec} is an activation spec; weights use channel/group/tensor")
+        if spec.is_float:
+            fs = float_qparams(w, spec)
+            return cls.from_codes(float_quantize(w, spec, fs.scale), fs.stored, None, spec,
+                                  fs.global_scale)
         scale, zero = compute_qparams(w, spec)
         return cls.from_codes(quantize(w, spec, scale, zero), scale, zero, spec)
 
@@ -292,11 +317,19 @@ class QuantizedWeight:
         return unpack(self.packed, self.spec.bits, self.shape[1])
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.spec.is_float:
+            return float_dequantize(self.codes(), self.spec, self.float_scale(), dtype)
         return dequantize(self.codes(), self.scale, self.zero, self.spec, dtype)
 
+    def float_scale(self) -> torch.Tensor:
+        """A float spec's effective float32 scale per cell (what multiplies element values)."""
+        return effective_scale(self.scale, self.global_scale, self.spec)
+
     def nbytes(self) -> int:
-        """Bytes actually stored: packed codes + scales (+ zeros when asymmetric)."""
-        ts = [self.packed, self.scale] + ([] if self.zero is None else [self.zero])
+        """Bytes actually stored: packed codes + scales (+ zeros when asymmetric, + the
+        global scale of nvfp4)."""
+        ts = [self.packed, self.scale] + [t for t in (self.zero, self.global_scale)
+                                          if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -304,6 +337,8 @@ class QuantizedWeight:
         sd = {p + "qweight": self.packed, p + "scales": self.scale}
         if self.zero is not None:
             sd[p + "zeros"] = self.zero
+        if self.global_scale is not None:
+            sd[p + "global_scale"] = self.global_scale
         return sd
 
     @classmethod
@@ -313,7 +348,9 @@ class QuantizedWeight:
         N, K = (int(d) for d in shape)
         want = {p + "qweight": (torch.int32, (N, packed_cols(K, spec.bits))),
                 p + "scales": (torch.float32, tuple(_scale_shape(N, K, spec)))}
-        if not spec.symmetric:
+        if spec.is_float:
+            want.update({p + k: v for k, v in stored_layout(N, K, spec).items()})
+        elif not spec.symmetric:
             want[p + "zeros"] = (torch.int32, want[p + "scales"][1])
         for key, (dtype, shp) in want.items():
             if key not in sd:
@@ -324,7 +361,7 @@ class QuantizedWeight:
                 raise CheckpointError(f"{key!r}: expected {dtype} {shp}, found {t.dtype} "
                                       f"{tuple(t.shape)}")
         return cls(sd[p + "qweight"], sd[p + "scales"], sd.get(p + "zeros") if not spec.symmetric
-                   else None, spec, (N, K))
+                   else None, spec, (N, K), sd.get(p + "global_scale"))
 
 
 def _prefix(prefix: str) -> str:

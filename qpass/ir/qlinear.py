@@ -2,7 +2,10 @@
 
 It keeps packed integer weights (real memory saving: docs/FORMATS.md) and, until lowering
 replaces it with a kernel op, runs a reference dequantize + matmul. Activations are
-fake-quantized per `act_spec` (simulation), statically when the spec has calibrated scales."""
+fake-quantized per `act_spec` (simulation), statically when the spec has calibrated scales.
+Floating-point specs (fp8, nvfp4, mx) keep their packed element codes and stored scales
+(nvfp4 adds a `global_scale` buffer) and always run this reference: dequantize in float32,
+fake-quantize the activations, matmul in float32 — no integer kernel applies to them."""
 from __future__ import annotations
 
 import torch
@@ -47,12 +50,15 @@ class QuantLinear(nn.Module):
         self.register_buffer("qweight", qw.packed)
         self.register_buffer("scales", qw.scale)
         self.register_buffer("zeros", qw.zero)
+        if qw.global_scale is not None or "global_scale" in self._buffers:
+            self.register_buffer("global_scale", qw.global_scale)    # nvfp4 only
 
     def quantized_weight(self) -> QuantizedWeight | None:
         if self.weight_spec is None:
             return None
         return QuantizedWeight(self.qweight, self.scales, self.zeros, self.weight_spec,
-                               (self.out_features, self.in_features))
+                               (self.out_features, self.in_features),
+                               self._buffers.get("global_scale"))
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         if self.weight_spec is None:
@@ -66,6 +72,7 @@ class QuantLinear(nn.Module):
         float matmul would round differently and flip later activation codes)."""
         a, w = self.act_spec, self.weight_spec
         return (a is not None and w is not None and x.dtype != torch.float64
+                and not a.is_float and not w.is_float
                 and a.granularity == "token" and a.dynamic and a.symmetric and a.clip_ratio == 1.0
                 and w.symmetric and w.granularity in ("channel", "group") and self.act_scale is None)
 

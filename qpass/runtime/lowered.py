@@ -27,6 +27,10 @@ def kernel_kind(w: QuantSpec | None, a: QuantSpec | None, static_act: bool = Fal
     (None, why not)."""
     if w is None:
         return None, "weights stay in high precision (activation-only quantization)"
+    floats = [str(x) for x in (w, a) if x is not None and x.is_float]
+    if floats:
+        return None, (f"floating-point format {', '.join(floats)}: no kernel yet, the "
+                      f"reference QuantLinear (dequantize + fp32 matmul) runs it")
     if a is None:
         return "w4a16", ""
     if static_act:

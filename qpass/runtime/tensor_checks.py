@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from qpass import ops
 from qpass.errors import CheckpointError
-from qpass.formats import packed_cols
+from qpass.formats import packed_cols, stored_layout
 from qpass.ir.qlinear import QuantLinear
 from qpass.models.denoiser import RMSNorm
 from qpass.models.moe import Router
@@ -158,11 +158,36 @@ def _silu_mul_quant(m, kw, mdt, where) -> dict:
     return {}
 
 
+def _float_scale_codes(spec: QuantSpec):
+    """Stored E4M3 (nvfp4) / E8M0 (mx) scale codes: positive, finite, not zero."""
+    bad = (lambda t: (t == 0) | (t >= 0x7F)) if spec.format == "nvfp4" else (lambda t: t == 255)
+
+    def check(t: torch.Tensor) -> str | None:
+        if t.numel() and bool(bad(t).any()):
+            return f"holds {spec.format} scale codes that are zero, negative or NaN"
+        return None
+    return check
+
+
+def _float_weight(where: str, w: QuantSpec, out: int, inp: int) -> dict:
+    """What a floating-point weight (fp8, nvfp4, mx) holds: packed element codes and its
+    stored scales (docs/FORMATS.md "Floating-point formats")."""
+    if w.is_activation_only or w.dynamic or w.granularity == "group":
+        _weight_spec_layout(where, w, inp)     # refuses activation specs, groups not dividing K
+    want = {"qweight": _Want((torch.int32,), (out, packed_cols(inp, w.bits)))}
+    for name, (dt, shape) in stored_layout(out, inp, w).items():
+        check = _positive_finite if dt == torch.float32 else _float_scale_codes(w)
+        want[name] = _Want((dt,), shape, check)
+    return want
+
+
 def _quant_linear(m, kw, mdt, where) -> dict:
     out, inp, w, a = m.out_features, m.in_features, m.weight_spec, m.act_spec
     want = {}
     if w is None:
         want["weight"] = _Want(mdt, (out, inp))
+    elif w.is_float:
+        want.update(_float_weight(where, w, out, inp))
     else:
         G = _weight_spec_layout(where, w, inp)
         sshape = (1, 1) if w.granularity == "tensor" else (out, G)
@@ -206,7 +231,7 @@ _CONTRACTS = {
     lowered.NormQuant: (frozenset({"weight"}), _norm_quant),
     lowered.SiluMulQuant: (frozenset(), _silu_mul_quant),
     QuantLinear: (frozenset({"weight", "bias", "qweight", "scales", "zeros", "act_scale",
-                             "act_zero"}), _quant_linear),
+                             "act_zero", "global_scale"}), _quant_linear),
     lowered.LoweredLinear: (frozenset({"qweight", "scales", "zeros", "bias"}), _lowered_linear),
 }
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass, replace
 
 from qpass.errors import SpecError
 
+from .float_spec import (FLOAT_FORM, FLOAT_FORMATS, check_float_spec, float_check_shape,
+                         float_parse_fields, float_text, is_float_head)
+
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
 GRIDS = ("full", "restricted")
@@ -25,7 +28,7 @@ class QuantSpec:
     """Integer format of one tensor. Weights are (N, K) and quantized along K (the reduction
     dim); activations are (..., K) and "token" means one scale per row of the (M, K) view."""
 
-    bits: int
+    bits: int | None = None         # fixed by the format for floating-point specs
     symmetric: bool = True
     granularity: str = "channel"
     group_size: int | None = None
@@ -34,8 +37,11 @@ class QuantSpec:
     observer: str = "minmax"
     grid: str = "full"
     scale_dtype: str = "float32"
+    format: str = "int"             # or a floating-point format: qpass/specs/float_spec.py
 
     def __post_init__(self):
+        if self.format != "int":
+            return check_float_spec(self, lambda k, v: object.__setattr__(self, k, v), _raise)
         bits = self.bits
         if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 1 <= bits <= 8:
             raise SpecError(f"bits must be an integer from 1 to 8 (the packed formats hold 1..8-bit "
@@ -111,12 +117,19 @@ class QuantSpec:
         return float((1 << (self.bits - 1)) - 1)
 
     @property
+    def is_float(self) -> bool:
+        """A floating-point grid (fp8, nvfp4, mxfp4, mxfp8), not an integer one."""
+        return self.format != "int"
+
+    @property
     def is_activation_only(self) -> bool:
         """Per-token specs describe activations; weights never use them."""
         return self.granularity == "token"
 
     def check_shape(self, K: int, name: str | None = None) -> None:
         """Raise SpecError if this spec cannot quantize a reduction dim of size K."""
+        if self.is_float:
+            return float_check_shape(self, K, name, _raise)
         if self.granularity != "group" or K % self.group_size == 0:
             return
         where = f"layer {name!r}" if name else "tensor"
@@ -134,9 +147,12 @@ class QuantSpec:
             raise SpecError(f"expected a spec string like 'int4:g128:sym', got {type(s).__name__}")
         tokens = [t.strip() for t in s.strip().lower().split(":")]
         head = tokens[0]
+        if is_float_head(head):
+            return cls(**float_parse_fields(head, _token_fields(tokens[1:], s), s, _raise))
         if not head.startswith("int") or not head[3:].isdigit():
-            raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym'); "
-                            f"form: {_SPEC_FORM}")
+            raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym') or a "
+                            f"floating-point format ({', '.join(FLOAT_FORMATS)}); form: "
+                            f"{_SPEC_FORM} | {FLOAT_FORM}")
         kw = {"bits": int(head[3:]), **_token_fields(tokens[1:], s)}
         if kw.get("granularity") == "token" and kw.get("dynamic") is False:
             raise SpecError(f"{s!r}: per-token scales are computed at run time, so 'token' is "
@@ -149,11 +165,13 @@ class QuantSpec:
         replaced: what the modifiers of a scheme string such as `w4a16:g64` do to its weight
         spec (`s`, the whole string, for the error messages)."""
         kw = _token_fields(tokens, s)
-        if kw.get("granularity", "group") != "group":
+        if kw.get("granularity", "group") not in ("group", "block"):
             kw["group_size"] = None
         return replace(self, **kw)
 
     def __str__(self) -> str:
+        if self.is_float:
+            return float_text(self)
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
         parts = [f"int{self.bits}", gran]
         # Group specs always spell out symmetry (the form GPTQ/AWQ recipes use); elsewhere only
@@ -182,7 +200,7 @@ def legacy_grid(spec) -> QuantSpec:
     """The meaning of a spec string saved before grids existed (checkpoint format version 1):
     symmetric specs then always used the restricted grid."""
     spec = QuantSpec.parse(spec)
-    if spec.symmetric and spec.grid != "restricted":
+    if spec.symmetric and spec.grid != "restricted" and not spec.is_float:
         return dataclasses.replace(spec, grid="restricted")
     return spec
 
@@ -195,6 +213,9 @@ def _token_fields(tokens, s: str) -> dict:
             key, val = "granularity", tok
         elif tok.startswith("g") and tok[1:].isdigit():
             _set(kw, "granularity", "group", s)
+            key, val = "group_size", int(tok[1:])
+        elif tok.startswith("b") and tok[1:].isdigit():      # fp8 b128: 128x128 weight blocks
+            _set(kw, "granularity", "block", s)
             key, val = "group_size", int(tok[1:])
         elif tok in ("sym", "asym"):
             key, val = "symmetric", tok == "sym"
@@ -215,6 +236,10 @@ def _token_fields(tokens, s: str) -> dict:
             raise SpecError(f"unknown token {tok!r} in spec {s!r}; form: {_SPEC_FORM}")
         _set(kw, key, val, s)
     return kw
+
+
+def _raise(msg: str):
+    raise SpecError(msg)
 
 
 def _set(kw: dict, key: str, val, s: str) -> None:

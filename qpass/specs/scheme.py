@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from qpass.errors import SpecError
 
+from .float_spec import is_float_head, spec_head
 from .quant_spec import GROUP_FITS, QuantSpec, _fallback_group
 
 def _spec_or_none(x) -> QuantSpec | None:
@@ -56,13 +57,13 @@ class Scheme:
         w = self.weight
         if w is not None and (w.is_activation_only or w.dynamic):
             raise SpecError(f"scheme {self.name!r}: weight spec {w} is dynamic/per-token; weights "
-                            f"are quantized once, use e.g. 'int{w.bits}:channel' or "
-                            f"'int{w.bits}:g128'")
+                            f"are quantized once, use e.g. '{spec_head(w)}:channel' or "
+                            f"'{spec_head(w)}:g128'")
         for label, a in (("act", self.act), ("attn", self.attn)):
             if a is not None and a.granularity == "channel":
                 raise SpecError(f"scheme {self.name!r}: {label} spec {a} is per-channel, which no "
-                                f"integer matmul can apply; use 'int{a.bits}:token:dyn' or "
-                                f"'int{a.bits}:tensor'")
+                                f"integer matmul can apply; use '{spec_head(a)}:token:dyn' or "
+                                f"'{spec_head(a)}:tensor'")
 
     def spec_for(self, name: str, role: str | None = None
                  ) -> tuple[QuantSpec | None, QuantSpec | None, str]:
@@ -97,7 +98,7 @@ class Scheme:
         if not isinstance(x, str):
             raise SpecError(f"expected a scheme name, spec string or Scheme, got {type(x).__name__}")
         key = x.strip().lower()
-        if key.startswith("int"):
+        if key.startswith("int") or is_float_head(key.split(":")[0]):
             return cls(name=key, weight=QuantSpec.parse(key))
         named, *mods = [t.strip() for t in key.split(":")]
         base, kv = named, None
@@ -126,7 +127,7 @@ class Scheme:
         ones cost RTN 6 perplexity points, docs/RESULTS.md)."""
         w = self.weight
         if (self.strict_groups or self.group_fit != "model" or w is None
-                or w.granularity != "group"):
+                or w.granularity != "group" or _fixed_block(w)):
             return self
         ks = sorted({int(k) for k in ks})
         if all(k % w.group_size == 0 for k in ks):
@@ -149,7 +150,7 @@ class Scheme:
                             f"group_fit='model')")
         if K % spec.group_size == 0:
             return spec, reason
-        if self.strict_groups:
+        if self.strict_groups or _fixed_block(spec):    # nvfp4 / mx blocks have one size
             spec.check_shape(K, name)                    # raises, naming the layer
         g = _fallback_group(spec.group_size, [K])
         fitted = replace(spec, group_size=g) if g else \
@@ -162,6 +163,8 @@ class Scheme:
         """spec_for with the weight spec fitted to the layer's K (fit_weight)."""
         w, a, reason = self.spec_for(name, role)
         w, reason = self.fit_weight(w, K, name, reason)
+        if a is not None and a.is_float:
+            a.check_shape(K, name)                       # nvfp4 / mx activation blocks
         return w, a, reason
 
     def to_dict(self) -> dict:
@@ -193,6 +196,11 @@ OLD_RECORD_MEANING = {"group_fit": "layer"}
 RECORDED_FIELDS = tuple(f.name for f in dataclasses.fields(Scheme) if f.compare)  # to_dict's keys
 
 
+def _fixed_block(spec: QuantSpec) -> bool:
+    """nvfp4 / mxfp4 / mxfp8: the format fixes the block along K, no other group size fits."""
+    return spec.is_float and spec.format != "fp8"
+
+
 def _matches(pattern: str, name: str, role: str | None) -> bool:
     if pattern.startswith("role:"):
         return role is not None and fnmatch.fnmatchcase(role, pattern[5:])
@@ -213,4 +221,13 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     # llama.cpp's block formats (GGUF export): 32-weight blocks, float16 scales chosen first
     "q4_0": ("int4:g32:sym:f16scale", None),
     "q8_0": ("int8:g32:sym:f16scale", None),
+    # floating-point grids (qpass/specs/float_spec.py): w<bits>a<bits>-<format>, named after
+    # llm-compressor's schemes (FP8_DYNAMIC, NVFP4A16, NVFP4, MXFP4A16, MXFP4)
+    "w8a16-fp8": ("fp8:channel", None),
+    "w8a8-fp8": ("fp8:channel", "fp8:token:dyn"),
+    "w4a16-nvfp4": ("nvfp4", None),
+    "w4a4-nvfp4": ("nvfp4", "nvfp4:token:dyn"),
+    "w4a16-mxfp4": ("mxfp4", None),
+    "w4a4-mxfp4": ("mxfp4", "mxfp4:token:dyn"),
+    "w8a8-mxfp8": ("mxfp8", "mxfp8:token:dyn"),
 }
