@@ -16,7 +16,7 @@ EXAMPLE = """examples:
 FORMS = ("NAME[kv<bits>][:tokens]: kv<bits> also quantizes attention K/V (w4a4kv8); tokens "
          "change the weight spec (w4a16:g64, w4a8:g128:asym). Or a weight spec alone: "
          "int<bits>[:g<size>|channel|tensor][:sym|asym][:clip<r>][:minmax|percentile|mse]"
-         "[:full|restricted][:f16scale].")
+         "[:full|restricted|signed][:f16scale].")
 
 # Whose format each scheme is (tests: every name of qpass.specs.SCHEMES has a line).
 ABOUT = {
@@ -29,7 +29,8 @@ ABOUT = {
     "w4a8": "per-channel int4 weights, int8 activations; the study's W4A8, QServe",
     "w4a8g128": "llm-compressor W4A8 (int4 g128 weights, int8 per-token activations)",
     "w4a4": "int4 weights and per-token activations; QuaRot, DuQuant",
-    "q4_0": "llama.cpp Q4_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
+    "q4_0": "llama.cpp Q4_0: 32-weight blocks, float16 scales, its grid (signed extreme on "
+            "-8) (qpass export --format gguf)",
     "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
     "w8a16-fp8": "FP8 E4M3 per-channel weights, activations unquantized (vLLM's FP8 "
                  "weight-only path)",

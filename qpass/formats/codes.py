@@ -11,6 +11,10 @@ quantized along K, b bits:
   both        w ~ (u - z) * s; round half to even (torch.round); scales float32, zeros int32.
   f16scale    s is rounded to the nearest float16 (kept as float32) before any code is chosen
               with it, so fp16-scale formats (GGUF) hold the same weights.
+  signed      (symmetric grid "signed", llama.cpp's Q4_0 choice) m = the group's first element
+              of largest magnitude, s = m / -2^(b-1) (negative when m > 0), so m lands on the
+              code -2^(b-1) exactly; q = clamp(floor(w/s + 1/2), -2^(b-1), 2^(b-1)-1): ties
+              round up, as llama.cpp's (int)(w/d + 8.5) does.
 """
 from __future__ import annotations
 
@@ -63,7 +67,11 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec
     dt = torch.float64
     lo = torch.clamp(lo.to(dt), max=0.0) * spec.clip_ratio   # 0 must be representable
     hi = torch.clamp(hi.to(dt), min=0.0) * spec.clip_ratio
-    if spec.symmetric:
+    if spec.grid == "signed":
+        # the extreme of larger magnitude (the negative one on a tie) lands on -2^(b-1)
+        scale = _stored_scale(torch.where(hi > -lo, hi, lo) / -spec.sym_divisor, spec)
+        zero = torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
+    elif spec.symmetric:
         scale = _stored_scale(torch.maximum(hi, -lo) / spec.sym_divisor, spec)
         zero = torch.full(scale.shape, 1 << (spec.bits - 1), dtype=torch.int32, device=scale.device)
     else:
@@ -74,15 +82,17 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec
 
 def _stored_scale(exact: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """The float32 scale that is stored: the exact one rounded to float32, or to float16 under
-    ':f16scale' (never 0; a range past float16's largest number is a SpecError)."""
-    scale = exact.to(torch.float32)
+    ':f16scale' (never 0; a range past float16's largest number is a SpecError). Rounding and
+    the floor act on the magnitude: a signed-grid scale keeps its sign (0 becomes +floor)."""
+    sign = torch.where(exact < 0, -1.0, 1.0).to(torch.float32)
+    scale = exact.abs().to(torch.float32)
     if spec.scale_dtype != "float16":
-        return scale.clamp(min=SCALE_FLOOR)
+        return scale.clamp(min=SCALE_FLOOR) * sign
     half = scale.to(torch.float16)
     if torch.isinf(half).any():
         raise SpecError(f"{spec}: a weight range needs a scale above float16's largest number "
                         f"(65504); drop ':f16scale' for this tensor")
-    return half.to(torch.float32).clamp(min=F16_SCALE_FLOOR)
+    return half.to(torch.float32).clamp(min=F16_SCALE_FLOOR) * sign
 
 
 def _observe(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +107,18 @@ def _observe(g: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tens
     return g.amin(dim=-1), g.amax(dim=-1)
 
 
+def _signed_range(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed range made one-sided for the signed grid: magnitude max(hi, −lo), on the
+    side of the sign of the group's first element of largest |w| (llama.cpp's quantize_row_q4_0
+    scans for it with a strict '<', so the first one wins a tie between +a and −a)."""
+    a = torch.maximum(hi, -lo)
+    first = g.gather(-1, g.abs().argmax(dim=-1, keepdim=True)).squeeze(-1)
+    zero = torch.zeros_like(a)
+    pos = first > 0
+    return torch.where(pos, zero, -a), torch.where(pos, a, zero)
+
+
 def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero for `w` under `spec`: (N, K//g) for group, (rows, 1) for channel/token
     (rows = leading dims flattened), (1, 1) for tensor. zero is int32 (2^(b-1) if symmetric).
@@ -107,6 +129,8 @@ def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
         return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     lo, hi = _observe(g, spec)
+    if spec.grid == "signed":
+        lo, hi = _signed_range(g, lo, hi)
     if spec.observer != "mse":
         return qparams_from_range(lo, hi, spec)
     # MSE observer: try shrunken ranges, keep per (row, group) the one with least squared error.
@@ -127,7 +151,17 @@ def _codes_grouped(g: torch.Tensor, spec: QuantSpec, scale, zero) -> torch.Tenso
     s = scale.to(g.dtype).unsqueeze(-1)
     z = zero.to(g.dtype).unsqueeze(-1)
     # round first, then add the integer zero: identical for sym, and the documented asym order
-    return (torch.round(g / s) + z).clamp(0, spec.levels - 1)
+    return (round_codes(g / s, spec) + z).clamp(0, spec.levels - 1)
+
+
+def round_codes(y: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """w/s to integers by the spec's grid: half to even (torch.round), or half up on the signed
+    grid (llama.cpp's (int)(w/d + 8.5)); floor and the fraction y − floor(y) are exact, so a
+    tie is decided on the quotient itself, not after adding 1/2."""
+    if spec.grid != "signed":
+        return torch.round(y)
+    f = torch.floor(y)
+    return f + (y - f >= 0.5).to(y.dtype)
 
 
 def _fq_grouped(g, spec, scale, zero):

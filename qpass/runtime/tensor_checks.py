@@ -6,7 +6,8 @@ can rewrite them. So each module of a registered qpass class is held to the tens
 and constructor arguments imply — names, exact dtype (packed codes int32 or int8 as the kernel
 kind says, scales float32, zero points int32, float weights and biases in the model's dtype),
 exact shape (from in/out features, group size and bits), group sizes that divide in_features,
-zero points inside the code range, finite positive scales — and the tensors the graph reads
+zero points inside the code range, finite positive scales (nonzero, either sign, on the
+signed grid) — and the tensors the graph reads
 directly (RoPE tables, DuQuant transforms, Hadamard signs) to what their op takes. The first
 contradiction is one CheckpointError naming the module, the tensor, what was expected and what
 the file holds. Plugin classes (qpass.runtime.compiled.register_module_class) are not known
@@ -60,6 +61,19 @@ def _positive_finite(t: torch.Tensor) -> str | None:
     if t.numel() and not bool((t > 0).all()):
         return "holds scales that are not positive"
     return None
+
+
+def _nonzero_finite(t: torch.Tensor) -> str | None:
+    """Weight scales of the signed grid: either sign (the block's extreme decides), never 0."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        return "holds non-finite scales (inf or NaN)"
+    if t.numel() and not bool((t != 0).all()):
+        return "holds scales that are 0"
+    return None
+
+
+def _weight_scales(spec):
+    return _nonzero_finite if spec.grid == "signed" else _positive_finite
 
 
 def _finite(t: torch.Tensor) -> str | None:
@@ -192,7 +206,7 @@ def _quant_linear(m, kw, mdt, where) -> dict:
         G = _weight_spec_layout(where, w, inp)
         sshape = (1, 1) if w.granularity == "tensor" else (out, G)
         want["qweight"] = _Want((torch.int32,), (out, packed_cols(inp, w.bits)))
-        want["scales"] = _Want((torch.float32,), sshape, _positive_finite)
+        want["scales"] = _Want((torch.float32,), sshape, _weight_scales(w))
         if not w.symmetric:
             want["zeros"] = _Want((torch.int32,), sshape, _code_range(w.bits))
     if _kw(kw, QuantLinear, "bias"):
@@ -213,7 +227,7 @@ def _lowered_linear(m, kw, mdt, where) -> dict:
         want = {"qweight": _Want((torch.int8,), (out, inp))}
     else:
         want = {"qweight": _Want((torch.int32,), (out, packed_cols(inp, m.bits)))}
-    want["scales"] = _Want((torch.float32,), (out, G), _positive_finite)
+    want["scales"] = _Want((torch.float32,), (out, G), _weight_scales(w))
     if not w.symmetric:
         want["zeros"] = _Want((torch.int32,), (out, G), _code_range(w.bits))
     if _kw(kw, lowered.LoweredLinear, "bias"):

@@ -7,8 +7,10 @@ what would have been valid. The arithmetic lives in qpass/formats/.
 
 Symmetric grid (DESIGN §4): "full" (the default) is the convention of GPTQ, llm-compressor and
 compressed-tensors, s = 2·absmax/(2^b − 1), codes in [−2^(b−1), 2^(b−1) − 1], all 2^b levels
-used; "restricted" (`:restricted`) is s = absmax/(2^(b−1) − 1), one level unused. Spec strings
-saved by qpass before the grid existed mean the restricted grid (`legacy_grid`).
+used; "restricted" (`:restricted`) is s = absmax/(2^(b−1) − 1), one level unused; "signed"
+(`:signed`, weights only; the `q4_0` scheme's) is llama.cpp's Q4_0 choice, s = m/−2^(b−1) with m
+the group's signed extreme (so s may be negative), ties rounded up. Spec strings saved by qpass
+before the grid existed mean the restricted grid (`legacy_grid`).
 
 Scale dtype: scales are stored in float32; `:f16scale` makes every weight scale a float16
 number (the exact one rounded to fp16) before the codes are chosen with it, so formats that

@@ -13,14 +13,14 @@ from .float_spec import (FLOAT_FORM, FLOAT_FORMATS, check_float_spec, float_chec
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
-GRIDS = ("full", "restricted")
+GRIDS = ("full", "restricted", "signed")
 GROUP_FITS = ("model", "layer")
 # group sizes a fallback may pick, largest first: those serving kernels implement (vLLM's
 # Marlin/Machete take 32, 64 and 128; GGUF blocks are 32), so a fitted model stays deployable
 FALLBACK_GROUPS = (128, 64, 32)
 SCALE_DTYPES = {"float32": None, "float16": "f16scale"}     # dtype -> its spec token
 _SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<ratio>]"
-              "[:minmax|percentile|mse][:full|restricted][:f16scale]")
+              "[:minmax|percentile|mse][:full|restricted|signed][:f16scale]")
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,16 @@ class QuantSpec:
             raise SpecError(f"':f16scale' rounds stored weight scales; per-token activation "
                             f"scales are computed at run time in float32, drop it from "
                             f"'int{self.bits}:token'")
-        if self.grid == "restricted" and not self.symmetric:
-            raise SpecError("':restricted' is a symmetric grid (absmax/(2^(b-1)-1)); an "
-                            "asymmetric spec always spans its range with 2^b-1 steps, drop "
-                            "one of 'asym' / 'restricted'")
+        if self.grid != "full" and not self.symmetric:
+            raise SpecError(f"':{self.grid}' is a symmetric grid; an asymmetric spec always "
+                            f"spans its range with 2^b-1 steps, drop one of 'asym' / "
+                            f"'{self.grid}'")
+        if self.grid == "signed" and self.granularity == "token":
+            # weights only: the scale's sign follows the data, which per-token activation
+            # kernels (and calibrated activation scales) do not carry
+            raise SpecError(f"':signed' (the signed extreme on code -2^(b-1), scale of either "
+                            f"sign) is a weight grid; per-token activations use 'full' or "
+                            f"'restricted', drop it from 'int{self.bits}:token'")
 
     # ----- code range -------------------------------------------------------------------------
     @property
@@ -109,11 +115,15 @@ class QuantSpec:
 
     @property
     def sym_divisor(self) -> float:
-        """absmax / scale of a symmetric spec: (2^b − 1)/2 on the full grid (±absmax land on
-        −2^(b−1) and, clipped, 2^(b−1) − 1), 2^(b−1) − 1 on the restricted one. Exact in
-        float32, so absmax / divisor is the same correctly rounded number everywhere."""
+        """absmax / |scale| of a symmetric spec: (2^b − 1)/2 on the full grid (±absmax land on
+        −2^(b−1) and, clipped, 2^(b−1) − 1), 2^(b−1) − 1 on the restricted one, 2^(b−1) on the
+        signed one (the signed extreme m lands on −2^(b−1): scale m/−2^(b−1), negative when m
+        is positive; llama.cpp's Q4_0 choice). Exact in float32, so absmax / divisor is the same
+        correctly rounded number everywhere."""
         if self.grid == "full":
             return ((1 << self.bits) - 1) / 2
+        if self.grid == "signed":
+            return float(1 << (self.bits - 1))
         return float((1 << (self.bits - 1)) - 1)
 
     @property

@@ -111,7 +111,7 @@ def test_flags_alone_run_gptq_and_compose_with_a_preset():
     assert [p.name for p in pipe.passes] == ["FuseNorms", "GPTQ", "ObserveActivations"]
     assert pipe.scheme().act == QuantSpec.parse("int8:token:dyn")
     pipe = _pipeline_of(["--pipeline", "q4_0-rtn", "--group-size", "-1"])   # per channel
-    assert pipe.passes[0].scheme.weight == QuantSpec.parse("int4:channel:f16scale")
+    assert pipe.passes[0].scheme.weight == QuantSpec.parse("int4:channel:signed:f16scale")
     pipe = _pipeline_of(["--pipeline", "w4a4-quarot", "--bits", "3", "--ignore", "role:linear"])
     assert [p.name for p in pipe.passes] == ["FuseNorms", "Rotate", "GPTQ", "ObserveActivations"]
     assert pipe.passes[2].scheme.weight.bits == 3 and pipe.passes[2].scheme.act.bits == 4
@@ -127,7 +127,9 @@ def test_pipeline_with_scheme_keeps_a_pass_with_its_own():
 
 def test_scheme_names_take_weight_spec_tokens():
     assert Scheme.parse("w4a16:g64").weight == QuantSpec(4, granularity="group", group_size=64)
-    assert Scheme.parse("q4_0:g64").weight == QuantSpec.parse("int4:g64:sym:f16scale")
+    assert Scheme.parse("q4_0:g64").weight == QuantSpec.parse("int4:g64:sym:signed:f16scale")
+    # the grid token brings back the full grid q4_0 meant before llama.cpp's became its default
+    assert Scheme.parse("q4_0:full").weight == QuantSpec.parse("int4:g32:sym:f16scale")
     assert Scheme.parse("w4a4kv8:g128").attn.bits == 8
     assert Scheme.parse("w8a8:asym").weight == QuantSpec(8, symmetric=False)
     for bad, says in (("w4a16:g64:g32", "twice"), ("w4a16:nope", "unknown token"),
@@ -175,7 +177,7 @@ def test_presets_and_schemes_list_one_plain_line_each(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     from qpass.cli.schemes import ABOUT
     assert [ln.split()[0] for ln in lines[1:]] == list(SCHEMES) and set(ABOUT) == set(SCHEMES)
-    assert re.search(r"^q4_0\s+w4a16 g32\s+int4:g32:sym:f16scale\s+float\s+llama.cpp Q4_0",
+    assert re.search(r"^q4_0\s+w4a16 g32\s+int4:g32:sym:signed:f16scale\s+float\s+llama.cpp Q4_0",
                      "\n".join(lines), re.M)
 
 

@@ -1,0 +1,130 @@
+"""The signed grid (`:signed`, the default of the `q4_0` scheme) against llama.cpp's own Q4_0
+quantizer, quantize_row_q4_0 (ggml-quants.c), written here from its algorithm in float64: per
+32-weight block, max = the first element of largest |x| (a strict '<' scan), d = max / −8,
+nibble = min(15, (int)(x/d + 8.5)). qpass's codes and scales must be llama.cpp's, and its
+weight error no larger, on the same weights."""
+import numpy as np
+import pytest
+import torch
+
+from qpass import models
+from qpass.errors import SpecError
+from qpass.formats import QuantizedWeight, compute_qparams
+from qpass.passes.gptq import quantize_weight
+from qpass.specs import QuantSpec, Scheme
+
+
+def llama_q4_0(x) -> tuple[np.ndarray, np.ndarray]:
+    """(d float64 (blocks,), nibbles int64 (blocks, 32)) of quantize_row_q4_0 on x (…, K)."""
+    x = np.asarray(x, np.float64).reshape(-1, 32)
+    first = np.abs(x).argmax(axis=1)          # np.argmax: the first of equal maxima
+    d = x[np.arange(len(x)), first] / -8
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.where(d[:, None] != 0, x / d[:, None], 0.0)
+    return d, np.minimum(15, np.trunc(y + 8.5)).astype(np.int64)
+
+
+def _special_blocks() -> torch.Tensor:
+    """Blocks llama.cpp decides by its own rules: ties x/d = k + ½ (rounded up), +a and −a both
+    extreme (the first wins, so d's sign differs), an all-zero block (d = 0)."""
+    halves = torch.tensor([(2 * k + 1) / 16 for k in range(-8, 8)], dtype=torch.float32)
+    b1 = torch.cat([torch.tensor([1.0]), halves, halves[:15]])          # +1 first: d < 0
+    b2 = torch.cat([torch.tensor([-1.0]), halves, halves[:14], torch.tensor([1.0])])
+    b3 = torch.cat([torch.tensor([1.0]), halves, halves[:14], torch.tensor([-1.0])])
+    return torch.stack([b1, b2, b3, torch.zeros(32)]).reshape(2, 64)
+
+
+def _weights() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 256, generator=gen) * torch.rand(64, 1, generator=gen)
+    w[:8] = w[:8].half().float()              # what llama-quantize reads from an F16 file
+    w[8:10, :64] = _special_blocks()
+    return w
+
+
+def test_signed_grid_spec():
+    s = QuantSpec.parse("int4:g32:sym:signed:f16scale")
+    assert s.grid == "signed" and str(s) == "int4:g32:sym:signed:f16scale"
+    assert QuantSpec.parse(str(s)) == s and s.sym_divisor == 8.0
+    assert Scheme.parse("q4_0").weight == s
+    assert Scheme.parse("q4_0:full").weight == QuantSpec.parse("int4:g32:sym:f16scale")
+    for bad in ("int4:g32:asym:signed", "int8:token:dyn:signed"):
+        with pytest.raises(SpecError):
+            QuantSpec.parse(bad)
+
+
+def test_rtn_codes_and_scales_are_llama_cpps():
+    # float32 scales: exactly quantize_row_q4_0's d and nibbles, ties and sign rules included
+    w = _weights()
+    q = QuantizedWeight.from_float(w, "int4:g32:sym:signed")
+    d, nib = llama_q4_0(w.numpy())
+    zero_block = d == 0
+    np.testing.assert_array_equal(q.codes().numpy().reshape(-1, 32), nib)
+    np.testing.assert_array_equal(q.scale.double().numpy().reshape(-1)[~zero_block],
+                                  d[~zero_block])
+    # the special blocks did exercise every rule
+    blocks = w.double().numpy().reshape(-1, 32)
+    y = blocks[~zero_block] / d[~zero_block, None]
+    assert (y - np.floor(y) == 0.5).sum() >= 40                 # ties, rounded up
+    assert (d < 0).any() and (d > 0).any() and zero_block.sum() == 1
+    assert d[8 * 8 + 1] > 0 and d[9 * 8] < 0                  # b2: −1 first; b3: +1 first
+    np.testing.assert_array_equal(q.dequantize().numpy().reshape(-1, 32)[zero_block], 0.0)
+
+
+def test_q4_0_scheme_equals_llama_quantize_on_f16_weights_and_never_loses():
+    w = _weights()
+    q = QuantizedWeight.from_float(w, Scheme.parse("q4_0").weight)
+    d, nib = llama_q4_0(w.numpy())
+    d16 = d.astype(np.float16).astype(np.float64)             # what a GGUF block stores
+    codes = q.codes().numpy().reshape(-1, 32).astype(np.int64)
+    # fp16-valued weights (an F16 file, as llama-quantize reads it): d = max/−8 is a float16
+    # number, so the fp16 scale chosen first changes nothing: the same codes and scales
+    f16 = np.zeros(len(d), bool)
+    f16[: 8 * 8] = True
+    np.testing.assert_array_equal(codes[f16], nib[f16])
+    np.testing.assert_array_equal(q.scale.double().numpy().reshape(-1)[f16 & (d != 0)],
+                                  d16[f16 & (d != 0)])
+    # float32 weights: llama.cpp picks codes with the float32 d and stores fp16(d); qpass
+    # picks them with the stored fp16 d, so where they differ its code is the nearer one
+    x = w.double().numpy().reshape(-1, 32)
+    err_q = np.abs(x - q.dequantize().double().numpy().reshape(-1, 32))
+    err_l = np.abs(x - d16[:, None] * (nib - 8))
+    assert (err_q <= err_l + 1e-7 * np.abs(d16)[:, None]).all()
+    assert (codes != nib).any() and (err_q ** 2).sum() < (err_l ** 2).sum()
+
+
+def test_tiny_llada_weight_error_equals_llama_and_beats_the_full_grid():
+    # every linear of the zoo model: same codes as llama.cpp, and the full grid (what q4_0
+    # meant before) has more error on the same weights
+    model = models.load("tiny-llada")
+    err = {"llama": 0.0, "q4_0": 0.0, "full": 0.0}
+    for name, p in model.named_parameters():
+        if p.dim() != 2 or name.startswith(("embed", "head")):
+            continue
+        w = p.detach().float()
+        x = w.double().numpy()
+        d, nib = llama_q4_0(x)
+        d16 = d.astype(np.float16).astype(np.float64)
+        err["llama"] += ((x.reshape(-1, 32) - d16[:, None] * (nib - 8)) ** 2).sum()
+        q = QuantizedWeight.from_float(w, "int4:g32:sym:signed:f16scale")
+        np.testing.assert_array_equal(q.codes().numpy().reshape(-1, 32), nib, err_msg=name)
+        err["q4_0"] += ((x - q.dequantize().double().numpy()) ** 2).sum()
+        full = QuantizedWeight.from_float(w, "int4:g32:sym:f16scale")
+        err["full"] += ((x - full.dequantize().double().numpy()) ** 2).sum()
+    assert err["q4_0"] == err["llama"]
+    assert err["full"] > 1.1 * err["llama"]          # measured 1.218x (2026-12-07)
+
+
+def test_gptq_groups_take_the_signed_grid():
+    # GPTQ's per-group parameters come from the same owner: with static groups (the q4_0-gptq
+    # preset's act-order) they are RTN's, signs included; GPTQ then lowers the layer error
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(32, 128, generator=gen)
+    X = torch.randn(128, 512, generator=gen)
+    spec = Scheme.parse("q4_0").weight
+    Wq, info = quantize_weight(W, X @ X.T, spec, act_order=True)
+    s, _ = compute_qparams(W, spec)
+    assert torch.equal(info.qweight.scale, s) and (s < 0).any() and (s > 0).any()
+    rtn = QuantizedWeight.from_float(W, spec).dequantize()
+    err = lambda Q: float(((W - Q) @ X).pow(2).sum())  # noqa: E731
+    assert err(Wq) < err(rtn)
