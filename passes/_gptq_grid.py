@@ -81,7 +81,9 @@ class FloatGrid:
     def params(self, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         N = cols.shape[0]
         fs = float_qparams(cols, self.row_spec, self.global_scale)
-        rows = -(-N // fs.scale.shape[0])          # weight rows per scale row (tensor, blocks)
+        # weight rows per scale row: all (tensor), a block's (b<size>), else one
+        rows = N if self.spec.granularity == "tensor" else \
+            self.spec.group_size if self.spec.granularity == "block" else 1
         scale = fs.scale.repeat_interleave(rows, 0)[:N]
         aux = (fs.stored.to(torch.int32).repeat_interleave(rows, 0)[:N]
                if fs.stored.dtype == torch.uint8 else torch.zeros_like(scale, dtype=torch.int32))

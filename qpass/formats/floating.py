@@ -8,7 +8,7 @@ row (group; nvfp4 16, mx 32), or per b x b block (fp8 b<size>; edge blocks parti
 *effective* scale s (float32) is what multiplies its element values:
 
     fp8     s = amax / 448                          (float32 division; stored as is)
-    nvfp4   G = 448·6 / amax_tensor (per token for activations; 1 if that is not finite)
+    nvfp4   G = 448·6 · (1/amax_tensor) (per token for activations; 1 if not finite)
             b = e4m3(amax/6 · G) (0 becomes 0.125), s = b / G   (stored: b's E4M3 code, G)
     mx      e = floor(log2 amax) + [amax's mantissa ≥ 1.75] − emax(element) (2 E2M1, 8 E4M3)
             s = 2^e                                 (stored: E8M0 code e + 127)
@@ -101,9 +101,10 @@ def _div(a: torch.Tensor, b: float) -> torch.Tensor:
 
 # ----- scales ----------------------------------------------------------------------------
 def nvfp4_global_scale(amax: torch.Tensor) -> torch.Tensor:
-    """448·6 / amax in float32 (compressed-tensors' generate_gparam); 1 where not finite."""
+    """448·6 / amax in float32 as compressed-tensors' generate_gparam computes it (torch's
+    scalar / tensor: the reciprocal, then the product); 1 where not finite."""
     amax = amax.to(torch.float32).clamp(min=SCALE_FLOOR)
-    g = torch.full_like(amax, E4M3.max * 6.0) / amax
+    g = torch.reciprocal(amax) * torch.full_like(amax, E4M3.max * 6.0)
     return torch.nan_to_num(g, nan=1.0, posinf=1.0, neginf=1.0)
 
 

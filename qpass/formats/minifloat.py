@@ -39,6 +39,11 @@ class MiniFloat:
         return 1 - self.bias
 
     @property
+    def emax(self) -> int:
+        """Exponent of the largest binade (448 = 1.75·2^8: 8; 6 = 1.5·2^2: 2)."""
+        return math.floor(math.log2(self.max))
+
+    @property
     def max_code(self) -> int:
         """Largest magnitude code of a finite value."""
         return (1 << (self.ebits + self.mbits)) - 1 - len(self.nan_codes)
@@ -73,7 +78,9 @@ def round_to(x: torch.Tensor, fmt: MiniFloat, out: torch.Tensor | None = None) -
     """x rounded to the nearest value of `fmt` (ties to even, saturating at ±fmt.max), in x's
     float dtype. `out` may be x itself (in place; GPTQ's column loop)."""
     a = x.abs()
-    e = _exponent(a).clamp_(min=fmt.emin).sub_(fmt.mbits)    # the binade's quantum 2^e
+    # the binade's quantum 2^e; above the largest binade every value saturates anyway (and
+    # inf / 3e38 keep 2^-e a normal number)
+    e = _exponent(a).clamp_(fmt.emin, fmt.emax + 1).sub_(fmt.mbits)
     a.mul_(pow2(-e, x.dtype)).round_().mul_(pow2(e, x.dtype)).clamp_(max=fmt.max)
     return torch.copysign(a, x, out=out)
 
