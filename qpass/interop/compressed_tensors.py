@@ -57,6 +57,9 @@ def act_args(q: QLinear) -> dict | None:
 
 
 def _scheme(q: QLinear) -> dict:
+    if any(s is not None and s.is_float for s in (q.spec, q.act_spec)):
+        raise _refuse(q, "floating-point formats (compressed-tensors float-quantized / "
+                         "nvfp4-pack-quantized) are not written yet; int formats only")
     # weight clip ratios, observers and grids only changed how qpass chose the scales: the
     # stored codes and scales carry over as they are
     return {"format": "int-quantized" if q.act_spec is not None else "pack-quantized",

@@ -26,6 +26,8 @@ def check_gptq(q: QLinear) -> None:
     if q.act_spec is not None:
         why = (f"its activations are quantized ({q.act_spec}); GPTQ format is weight-only "
                f"(export w8a8 as compressed-tensors instead)")
+    elif q.spec.is_float:
+        why = "it is a floating-point format; GPTQ checkpoints hold integer codes"
     elif not q.spec.symmetric:
         why = "it is asymmetric; qpass exports GPTQ format for symmetric schemes only"
     elif q.spec.bits not in BITS:
