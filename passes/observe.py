@@ -25,6 +25,7 @@ from qpass.formats import compute_qparams
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.specs import QuantSpec, Scheme
+from qpass.specs.float_spec import is_float_head, spec_head
 
 from ._quantize_common import replace_linear
 
@@ -51,8 +52,10 @@ class ObserveActivations(SchemedPass):
 
     def parse_scheme(self, spec_or_scheme) -> Scheme:
         """The scheme whose activation spec (with `observer` applied) this pass sets."""
-        is_spec = isinstance(spec_or_scheme, QuantSpec) or (
-            isinstance(spec_or_scheme, str) and spec_or_scheme.strip().lower().startswith("int"))
+        head = spec_or_scheme.strip().lower().split(":")[0] if isinstance(spec_or_scheme, str) \
+            else ""
+        is_spec = isinstance(spec_or_scheme, QuantSpec) or head.startswith("int") or \
+            is_float_head(head)
         if is_spec:
             spec = QuantSpec.parse(spec_or_scheme)
             scheme = Scheme(name=str(spec), weight=None, act=self._with_observer(spec))
@@ -66,7 +69,7 @@ class ObserveActivations(SchemedPass):
         if not act.dynamic and act.granularity != "tensor":
             raise SpecError(f"static activation spec {act} must be per-tensor: a per-channel "
                             f"activation scale cannot be applied by an integer matmul; use "
-                            f"'int{act.bits}:tensor' (static) or 'int{act.bits}:token:dyn'")
+                            f"'{spec_head(act)}:tensor' (static) or '{spec_head(act)}:token:dyn'")
         return scheme
 
     def _with_observer(self, spec: QuantSpec) -> QuantSpec:

@@ -98,3 +98,18 @@ def test_float_models_are_not_exported_as_integer_formats(llada, tmp_path, capsy
     out = tmp_path / "out"
     assert main(["export", str(src), "--format", fmt, "--out", str(out)]) != 0
     assert words in capsys.readouterr().err and not out.exists()
+
+
+def test_static_fp8_activations_calibrate_save_and_reload(llada, tmp_path):
+    """fp8:tensor activations: ObserveActivations calibrates one float32 scale per linear
+    input (amax/448 of what it saw), the forward uses it, and the checkpoint keeps it."""
+    from qpass.calibration import CalibrationSet
+    model, ids = llada
+    calib = CalibrationSet.from_ids(torch.arange(2000) % 250, mask_id=258, n=4, seq_len=64)
+    c = qpass.Pipeline([P.RTN("fp8:channel"), P.ObserveActivations("fp8:tensor")]).run(
+        model, calib, progress=False)
+    m = c.gm.get_submodule(Q)
+    assert str(m.act_spec) == "fp8:tensor" and m.act_scale.shape == (1, 1)
+    assert float(m.act_scale) > 0 and int(m.act_zero) == 0
+    c.save(tmp_path / "static")
+    assert torch.equal(_logits(qpass.load_compiled(tmp_path / "static"), ids), _logits(c, ids))
