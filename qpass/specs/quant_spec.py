@@ -1,5 +1,6 @@
-"""QuantSpec: one tensor's integer format (`int4:g128:sym`), parsed and validated at
-construction; the grid and scale-dtype conventions are in the package doc (qpass.specs)."""
+"""QuantSpec: one tensor's integer format (`int4:g128:sym`) or floating-point one (`fp8:channel`,
+`nvfp4`: float_spec.py), parsed and validated at construction; the grid and scale-dtype
+conventions are in the package doc (qpass.specs)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,9 @@ _SPEC_FORM = ("int<bits>[:tensor|channel|token|g<size>][:sym|asym][:dyn][:clip<r
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """Integer format of one tensor. Weights are (N, K) and quantized along K (the reduction
-    dim); activations are (..., K) and "token" means one scale per row of the (M, K) view."""
+    """Integer (or, with `format`, floating-point) format of one tensor. Weights are (N, K) and
+    quantized along K (the reduction dim); activations are (..., K) and "token" means one scale
+    per row of the (M, K) view."""
 
     bits: int | None = None         # fixed by the format for floating-point specs
     symmetric: bool = True
