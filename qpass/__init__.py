@@ -11,5 +11,6 @@ from .pipeline import Fact, Pass, PassContext, PassResult, Pipeline
 from .runtime import CompiledDenoiser, load_compiled
 from .specs import QuantSpec, Scheme
 from . import passes, presets  # passes: every built-in Pass registered (Pipeline.from_manifest)
+from . import interop  # its importers registered: load_compiled reads compressed-tensors/GPTQ/GGUF
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ other tensor (embeddings, norms, head) in the model's dtype; all under the model
 names (qpass.models.naming.key_map)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -117,10 +118,30 @@ def _check_family(cfg) -> None:
                               f"generate / eval run it)")
 
 
+def _head_is_embedding(gm) -> bool:
+    """Whether the graph's head still is its embedding: a float head equal to it. FuseNorms
+    folds the final norm's gain into a tied head, and a scheme may quantize the head; either
+    unties them."""
+    sd = gm.state_dict()
+    return "head.weight" in sd and "embed.weight" in sd and torch.equal(sd["head.weight"],
+                                                                        sd["embed.weight"])
+
+
+def export_config(compiled):
+    """The config an export describes: the model's own, untied (`tie_word_embeddings: false`,
+    LLaDA `weight_tying: false`, the head written as `lm_head.weight` / `ff_out.weight` /
+    GGUF `output.weight`) when a tied model's head no longer equals its embedding, as
+    llm-compressor writes such models."""
+    cfg = compiled.config
+    if cfg.tie_embeddings and not _head_is_embedding(compiled.gm):
+        return dataclasses.replace(cfg, tie_embeddings=False)
+    return cfg
+
+
 def read_source(compiled) -> ExportSource:
     """ExportSource of a CompiledDenoiser; CheckpointError if its graph or names do not map
     onto the HF model's tensors one to one."""
-    cfg = compiled.config
+    cfg = export_config(compiled)
     gm = compiled.gm
     _check_family(cfg)
     _check_plain_graph(gm)

@@ -189,7 +189,21 @@ def _check_keys(path: Path, cfg: ModelConfig, files: dict, expected: dict) -> No
     parts = key_mismatch(cfg, expected, files)
     if parts:
         raise CheckpointError("; ".join([f"checkpoint {path} does not match its config "
-                                         f"({cfg.family} naming)"] + parts))
+                                         f"({cfg.family} naming)"] + parts) + _quantized(path))
+
+
+def _quantized(path: Path) -> str:
+    """A hint when the folder is a quantized checkpoint (config.json quantization_config),
+    which qpass.load_compiled imports (qpass.interop) rather than this float loader."""
+    try:
+        qc = read_json(path / "config.json").get("quantization_config")
+    except CheckpointError:
+        return ""
+    if not isinstance(qc, dict):
+        return ""
+    return (f". It is a quantized checkpoint (quant_method {qc.get('quant_method')!r}): load "
+            f"it with qpass.load_compiled(DIR) (what qpass eval/generate/inspect do), which "
+            f"imports compressed-tensors and GPTQ folders with their codes and scales")
 
 
 def _fill(model: Denoiser, path: Path, cfg: ModelConfig, dev: torch.device, dtype) -> None:

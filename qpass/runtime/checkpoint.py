@@ -99,7 +99,8 @@ def describe(directory, preset_of=None) -> str | None:
     manifest = _manifest_of(d) if d.is_dir() else None
     if manifest is None:
         from qpass.runtime.as_is_manifest import describe_as_is
-        return describe_as_is(d)
+        from qpass.runtime.foreign import describe_foreign
+        return describe_as_is(d) or describe_foreign(d)
     entries = manifest.get("pipeline") if isinstance(manifest.get("pipeline"), list) else []
     names = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
     scheme = manifest.get("pipeline_scheme")

@@ -125,11 +125,17 @@ def load_compiled(directory, device=None, trust_remote_code: bool = False):
     runs Triton on CUDA and back. `model.kernels` lists per node the kernel chosen and why;
     kernels that run on a private weight layout (Triton W4A16) get it built here, once.
     A directory holding a model captured as it is loads as an AsIsModel (its own code;
-    remote code only with trust_remote_code=True)."""
-    from qpass.runtime import as_is_model
+    remote code only with trust_remote_code=True). A quantized checkpoint another tool wrote
+    (compressed-tensors, GPTQ, a GGUF file: qpass/runtime/foreign.py) is imported with its
+    codes and scales as they are."""
+    from qpass.runtime import as_is_model, foreign
     if as_is_model.is_as_is_checkpoint(directory):      # a model captured as it is
         return as_is_model.load(directory, device=device, trust_remote_code=trust_remote_code)
-    model = CompiledDenoiser(*checkpoint.load(directory), path=Path(directory))
+    importer = None if checkpoint.has_format_marker(directory) else foreign.importer_for(directory)
+    if importer is not None:
+        model = importer.load(Path(directory))
+    else:
+        model = CompiledDenoiser(*checkpoint.load(directory), path=Path(directory))
     if device is not None:
         model = model.to(device)
     model.kernels = model.bind_kernels(prepare=True)

@@ -8,6 +8,8 @@ integers); through the whole model an input 1 ulp off can flip an activation cod
 logits must only be much closer to qpass's quantized model than that is to the float one.
 LLaDA/Dream need their remote code, which cannot be fetched here."""
 import json
+import os
+import sys
 
 import pytest
 import torch
@@ -15,22 +17,18 @@ import torch
 from qpass import Pipeline, models, passes
 from qpass.interop import export_compressed_tensors, read_source
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fixtures"))
+from hf_loading import causal_lm  # noqa: E402
+
 
 @pytest.mark.parametrize("scheme", ["w4a16g128", "w8a8"])
 def test_transformers_loads_compressed_tensors(tmp_path, scheme):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
     model = models.load("tiny-llama-random")       # tied embeddings: lm_head must be ignored
     c = Pipeline([passes.RTN()], scheme=scheme).run(model, progress=False, verify=False)
     out = export_compressed_tensors(read_source(c), tmp_path / "ct")
     assert json.loads((out / "config.json").read_text())["quantization_config"]["ignore"] == \
         ["lm_head"]
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-    finally:
-        hf_logging.enable_progress_bar()
+    hf = causal_lm(out)
     ids = torch.randint(0, 88, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         theirs, ours, fp = hf(ids).logits, c(ids), model(ids)
