@@ -13,8 +13,9 @@ quantized along K, b bits:
               with it, so fp16-scale formats (GGUF) hold the same weights.
   signed      (symmetric grid "signed", llama.cpp's Q4_0 choice) m = the group's first element
               of largest magnitude, s = m / -2^(b-1) (negative when m > 0), so m lands on the
-              code -2^(b-1) exactly; q = clamp(floor(w/s + 1/2), -2^(b-1), 2^(b-1)-1): ties
-              round up, as llama.cpp's (int)(w/d + 8.5) does.
+              code -2^(b-1) exactly; u = min(2^b-1, trunc(w*(1/s) + (z + 1/2))) with llama.cpp's
+              roundings (quantize_row_q4_0: the reciprocal, the product, the sum): round half
+              up, ties decided exactly as llama.cpp decides them.
 """
 from __future__ import annotations
 
@@ -150,18 +151,13 @@ def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
 def _codes_grouped(g: torch.Tensor, spec: QuantSpec, scale, zero) -> torch.Tensor:
     s = scale.to(g.dtype).unsqueeze(-1)
     z = zero.to(g.dtype).unsqueeze(-1)
+    if spec.grid == "signed":
+        # llama.cpp's arithmetic (quantize_row_q4_0: id = 1/d, (int)(x*id + 8.5f), three
+        # separately rounded ops), so its ties fall as they do there: same codes, bit for bit
+        inv = torch.ones_like(s) / s
+        return torch.trunc(g * inv + (z + 0.5)).clamp(0, spec.levels - 1)
     # round first, then add the integer zero: identical for sym, and the documented asym order
-    return (round_codes(g / s, spec) + z).clamp(0, spec.levels - 1)
-
-
-def round_codes(y: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """w/s to integers by the spec's grid: half to even (torch.round), or half up on the signed
-    grid (llama.cpp's (int)(w/d + 8.5)); floor and the fraction y − floor(y) are exact, so a
-    tie is decided on the quotient itself, not after adding 1/2."""
-    if spec.grid != "signed":
-        return torch.round(y)
-    f = torch.floor(y)
-    return f + (y - f >= 0.5).to(y.dtype)
+    return (torch.round(g / s) + z).clamp(0, spec.levels - 1)
 
 
 def _fq_grouped(g, spec, scale, zero):

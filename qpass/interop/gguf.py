@@ -12,21 +12,24 @@ So any symmetric int8/int4 spec whose groups are whole 32-blocks (g32, g64, g128
 channel) carries over code for code, each group's scale repeated over its blocks — provided
 the scale is a float16 number. qpass scales are float32 unless the spec says `:f16scale`
 (codes chosen with the fp16-rounded scale); rounding them here would move every weight of the
-block, so such checkpoints are refused with the spec to use instead."""
+block, so such checkpoints are refused with the spec to use instead.
+
+Unquantized files (`gguf_type` f32 / f16 / bf16: every matrix in that type, 1-D tensors F32, as
+llama.cpp's converter writes `--outtype f16`) come from a float model: a zoo name or HF
+checkpoint directory (`model_source`), or a compiled checkpoint whose linears are float; they are
+what llama.cpp's own llama-quantize and llama-imatrix start from. Tokenizer metadata:
+qpass.interop.gguf_vocab."""
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qpass.errors import CheckpointError
-from qpass.folders.owned import publish_new
-from qpass.interop.gguf_file import (ARRAY, BOOL, F32, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0,
-                                     GGML_Q8_0, I32, STRING, U32, Tensor, Value, write_gguf)
+from qpass.interop.gguf_file import (BOOL, F32, GGML_BF16, GGML_F16, GGML_F32, GGML_Q4_0,
+                                     GGML_Q8_0, STRING, U32, Tensor, Value, write_file)
+from qpass.interop.gguf_vocab import tokenizer_metadata
 from qpass.interop.source import ExportSource, QLinear
 from qpass.models.naming import key_map
 from qpass.runtime.output import check_new_output
@@ -40,8 +43,8 @@ _BLOCK_NAMES = {"attn_norm": "attn_norm", "q_proj": "attn_q", "k_proj": "attn_k"
                 "v_proj": "attn_v", "o_proj": "attn_output", "mlp_norm": "ffn_norm",
                 "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 _DENSE_TYPE = {torch.float32: GGML_F32, torch.float16: GGML_F16, torch.bfloat16: GGML_BF16}
-# token types (gguf TokenType)
-NORMAL, CONTROL, UNUSED = 1, 3, 5
+# --gguf-type: an unquantized file, every matrix in this dtype
+GGUF_TYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def gguf_name(generic: str) -> str:
@@ -111,12 +114,15 @@ def _dense(name: str, t: torch.Tensor, dtype: torch.dtype) -> Tensor:
     return Tensor(name, _DENSE_TYPE[dt], tuple(reversed(data.shape)), raw)
 
 
-def gguf_tensors(src: ExportSource) -> list[Tensor]:
+def gguf_tensors(src: ExportSource, dtype: torch.dtype | None = None) -> list[Tensor]:
+    """Every tensor of the file: quantized linears as Q4_0/Q8_0 blocks, every other matrix in
+    `dtype` (default: the model's), 1-D tensors F32."""
     cfg = src.config
     to_gen = key_map(cfg)
     permute = cfg.family in ("llada", "llama")
     heads = {"q_proj": cfg.n_heads, "k_proj": cfg.n_kv_heads}
-    dtype = src.dtype if src.dtype in _DENSE_TYPE else torch.float32
+    if dtype is None:
+        dtype = src.dtype if src.dtype in _DENSE_TYPE else torch.float32
     out = []
     for q in src.linears:
         gen = to_gen[q.hf_name + ".weight"]
@@ -137,91 +143,23 @@ def gguf_tensors(src: ExportSource) -> list[Tensor]:
     return out
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table, which llama.cpp's BPE vocabulary
-    ("gpt2" model) decodes tokens with."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+def file_type(tensors: list[Tensor], dtype: torch.dtype | None = None) -> int:
+    """general.file_type: the type of most quantized matrices, else that of the float ones."""
+    kinds = [t.ggml_type for t in tensors if t.ggml_type in (GGML_Q4_0, GGML_Q8_0)]
+    if kinds:
+        return FILE_TYPE[max(set(kinds), key=kinds.count)]
+    return FILE_TYPE[_DENSE_TYPE[dtype or torch.float32]]
 
 
-def _merges(merges) -> list[str]:
-    """BPE merges as GGUF strings "a b": tokenizer.json writes them as "a b" or ["a", "b"];
-    anything else is a malformed tokenizer file (one error, not a TypeError later)."""
-    ok = isinstance(merges, list) and all(
-        isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and
-                               all(isinstance(x, str) for x in m)) for m in merges)
-    if not ok:
-        raise CheckpointError("the tokenizer's BPE merges are neither \"a b\" strings nor "
-                              "[\"a\", \"b\"] pairs; the tokenizer.json is malformed")
-    return [m if isinstance(m, str) else " ".join(m) for m in merges]
-
-
-def tokenizer_metadata(tok, vocab_size: int, family: str) -> dict[str, Value]:
-    """tokenizer.ggml.* for qpass's byte tokenizer (bytes as GPT-2 byte characters, no merges,
-    specials as control tokens) or an HF fast tokenizer with a BPE tokenizer.json."""
-    if tok is None:
-        return {}
-    if hasattr(tok, "specials"):             # qpass ByteTokenizer
-        b2u = _byte_to_unicode()
-        tokens = [b2u[i] for i in range(256)] + [f"[PAD{i}]" for i in range(256, vocab_size)]
-        types = [NORMAL] * 256 + [UNUSED] * (vocab_size - 256)
-        for s, i in tok.specials.items():
-            if not 256 <= i < vocab_size:
-                raise CheckpointError(f"the byte tokenizer's special {s!r} has id {i}, outside "
-                                      f"256..{vocab_size - 1} of the model's vocabulary; the "
-                                      f"checkpoint's tokenizer does not fit its model")
-            tokens[i], types[i] = s, CONTROL
-        merges, pre = [], "default"
-        special = {"eos": tok.eos_token_id, "padding": tok.pad_token_id}
-    else:
-        backend = getattr(tok, "backend_tokenizer", None)
-        model = json.loads(backend.to_str())["model"] if backend is not None else {}
-        if model.get("type") != "BPE":
-            raise CheckpointError(f"the checkpoint's tokenizer ({type(tok).__name__}, model "
-                                  f"{model.get('type')!r}) is not a BPE tokenizer.json; qpass "
-                                  f"writes GGUF vocabularies for BPE and byte tokenizers only")
-        vocab = tok.get_vocab()
-        rev = {i: t for t, i in vocab.items()}
-        added = getattr(tok, "added_tokens_decoder", {})
-        tokens, types = [], []
-        for i in range(vocab_size):
-            if i not in rev:
-                tokens.append(f"[PAD{i}]")
-                types.append(UNUSED)
-            else:
-                tokens.append(rev[i])
-                types.append(CONTROL if i in added and added[i].special else NORMAL)
-        merges = _merges(model.get("merges", []))
-        pre = "qwen2" if family == "dream" else "default"
-        special = {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "padding": tok.pad_token_id}
-    md = {"tokenizer.ggml.model": Value(STRING, "gpt2"),
-          "tokenizer.ggml.pre": Value(STRING, pre),
-          "tokenizer.ggml.tokens": Value(ARRAY, tokens, STRING),
-          "tokenizer.ggml.token_type": Value(ARRAY, types, I32),
-          "tokenizer.ggml.merges": Value(ARRAY, merges, STRING),
-          "tokenizer.ggml.add_bos_token": Value(BOOL, special.get("bos") is not None)}
-    for key, i in special.items():
-        if i is not None:
-            md[f"tokenizer.ggml.{key}_token_id"] = Value(U32, int(i))
-    return md
-
-
-def gguf_metadata(src: ExportSource, tensors: list[Tensor]) -> dict[str, Value]:
+def gguf_metadata(src: ExportSource, tensors: list[Tensor],
+                  dtype: torch.dtype | None = None) -> dict[str, Value]:
     cfg = src.config
     if cfg.family not in ARCH:
         raise CheckpointError(f"family {cfg.family!r} has no llama.cpp architecture qpass "
                               f"writes; GGUF export covers {', '.join(ARCH)}")
     a = ARCH[cfg.family]
-    kinds = [t.ggml_type for t in tensors if t.ggml_type in (GGML_Q4_0, GGML_Q8_0)]
     md = {"general.architecture": Value(STRING, a), "general.name": Value(STRING, cfg.name),
-          "general.file_type": Value(U32, FILE_TYPE[max(set(kinds), key=kinds.count)]),
+          "general.file_type": Value(U32, file_type(tensors, dtype)),
           "general.quantization_version": Value(U32, 2),
           f"{a}.context_length": Value(U32, cfg.max_seq_len),
           f"{a}.embedding_length": Value(U32, cfg.d_model),
@@ -242,29 +180,42 @@ def gguf_metadata(src: ExportSource, tensors: list[Tensor]) -> dict[str, Value]:
     return md
 
 
-def export_gguf(src: ExportSource, out, scale_dtype: str = "float16") -> Path:
-    """Write `src` as one GGUF file OUT (a new file; nothing existing is replaced)."""
+def export_gguf(src: ExportSource, out, scale_dtype: str = "float16",
+                gguf_type: str | None = None) -> Path:
+    """Write `src` as one GGUF file OUT (a new file; nothing existing is replaced): its
+    quantized linears as Q4_0/Q8_0, or with `gguf_type` (f32, f16, bf16) a float model
+    unquantized."""
     if scale_dtype != "float16":
         raise CheckpointError(f"--scale-dtype {scale_dtype}: GGUF Q4_0/Q8_0 block scales are "
                               f"float16 by definition; drop the option")
-    if not src.linears:
-        raise CheckpointError("the checkpoint has no quantized linears; nothing to export as GGUF")
+    dtype = None
+    if gguf_type is not None:
+        if gguf_type not in GGUF_TYPES:
+            raise CheckpointError(f"--gguf-type {gguf_type!r}: one of {', '.join(GGUF_TYPES)}")
+        if src.linears:
+            raise CheckpointError(f"--gguf-type {gguf_type} writes an unquantized model, but "
+                                  f"this checkpoint's linears are quantized ({src.linears[0].spec}"
+                                  f"); export it without --gguf-type (its codes as Q4_0/Q8_0), or "
+                                  f"give the float model (a zoo name or HF checkpoint directory)")
+        dtype = GGUF_TYPES[gguf_type]
+    elif not src.linears:
+        raise CheckpointError("the checkpoint has no quantized linears; nothing to export as "
+                              "Q4_0/Q8_0 (--gguf-type f16|bf16|f32 writes a float model)")
     out = check_new_output(out, "--out")          # nothing there, not even a dangling link
-    tensors = gguf_tensors(src)
-    md = gguf_metadata(src, tensors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_gguf(f, md, tensors)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            publish_new(tmp, out)                 # never replaces what appeared meanwhile
-        except FileExistsError:
-            raise CheckpointError(f"{out} appeared while qpass was writing it; choose a new "
-                                  f"file name (nothing was written)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    tensors = gguf_tensors(src, dtype)
+    return write_file(out, gguf_metadata(src, tensors, dtype), tensors)
+
+
+def model_source(name_or_dir) -> ExportSource:
+    """The ExportSource of a float model: a zoo name or an HF checkpoint directory of a family
+    qpass loads (LLaDA, Dream, LLaMA), captured as a graph without any pass."""
+    from qpass.interop.source import read_source
+    from qpass.ir import capture
+    from qpass.models import load
+    from qpass.models.denoiser import Denoiser
+    model = load(name_or_dir)
+    if not isinstance(model, Denoiser):
+        raise CheckpointError(f"{name_or_dir} is a {type(model).__name__} (a model qpass runs as "
+                              f"it is); unquantized GGUF export covers the LLaDA, Dream and LLaMA "
+                              f"layouts")
+    return read_source(capture(model, shapes=False))

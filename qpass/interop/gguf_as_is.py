@@ -27,8 +27,6 @@ kept in float is written in the model's dtype. The experts of one stack must sha
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -36,11 +34,10 @@ import torch
 import torch.nn as nn
 
 from qpass.errors import CheckpointError
-from qpass.folders.owned import publish_new
 from qpass.interop.gguf import (FILE_TYPE, _DENSE_TYPE, _dense, block_bytes,
                                 tokenizer_metadata)
 from qpass.interop.gguf_file import (BOOL, F32, GGML_Q4_0, GGML_Q8_0, STRING, U32, Tensor, Value,
-                                     write_gguf)
+                                     write_file)
 from qpass.interop.source import QLinear, _weight_parts
 from qpass.ir.qlinear import QuantLinear
 
@@ -307,19 +304,4 @@ def llada_moe_metadata(m: nn.Module, tok, tensors: list[Tensor], name: str) -> d
 
 def _write(out: Path, md: dict[str, Value], tensors: list[Tensor]) -> Path:
     """OUT written whole through a temporary sibling, never replacing what appeared meanwhile."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_gguf(f, md, tensors)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            publish_new(tmp, out)
-        except FileExistsError:
-            raise CheckpointError(f"{out} appeared while qpass was writing it; choose a new "
-                                  f"file name (nothing was written)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_file(out, md, tensors)

@@ -9,8 +9,11 @@ alignment (32); tensor data, each tensor starting at a multiple of the alignment
 u64 byte length + UTF-8 bytes; an array is u32 element type + u64 count + elements."""
 from __future__ import annotations
 
+import os
 import struct
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -79,3 +82,27 @@ def write_gguf(f, metadata: dict[str, Value], tensors: list[Tensor]) -> None:
     for t in tensors:
         f.write(t.data)
         f.write(b"\0" * _pad(len(t.data)))
+
+
+def write_file(out: Path, metadata: dict[str, Value], tensors: list[Tensor]) -> Path:
+    """OUT (a path checked to be new) written whole through a temporary sibling, fsynced, then
+    published without ever replacing what appeared there meanwhile."""
+    from qpass.errors import CheckpointError
+    from qpass.folders.owned import publish_new
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_gguf(f, metadata, tensors)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            publish_new(tmp, out)                 # never replaces what appeared meanwhile
+        except FileExistsError:
+            raise CheckpointError(f"{out} appeared while qpass was writing it; choose a new "
+                                  f"file name (nothing was written)") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

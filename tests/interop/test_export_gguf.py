@@ -10,6 +10,7 @@ from qpass import Pipeline, models, passes, presets
 from qpass.cli.main import main
 from qpass.errors import CheckpointError
 from qpass.interop import export_gguf, read_source
+from qpass.interop.gguf_vocab import PASS_THROUGH_TEMPLATE
 from qpass.ir.qlinear import is_quantized_module
 from qpass.models.config import ModelConfig
 from qpass.specs import Scheme
@@ -83,12 +84,18 @@ def test_llada_round_trip_exact(tiny, tmp_path, scheme, kind):
             f["llada.attention.head_count"], f["llada.attention.head_count_kv"],
             f["llada.rope.dimension_count"]) == (256, 6, 768, 4, 4, 64)
     assert f["llada.attention.causal"] is False and f["diffusion.shift_logits"] is False
-    # the byte tokenizer: GPT-2 byte characters, specials as control tokens, no merges
+    # the byte tokenizer: GPT-2 byte characters, specials as control tokens, no real merges
+    # (one of two control tokens: llama.cpp needs the key, gguf-py refuses an empty array),
+    # no BOS added, and a template that passes prompts through (no ChatML wrap)
     tokens = f["tokenizer.ggml.tokens"]
     assert len(tokens) == 264 and tokens[ord("a")] == "a" and tokens[ord(" ")] == "\u0120"
     assert tokens[257] == "<eos>" and f["tokenizer.ggml.eos_token_id"] == 257
-    assert f["tokenizer.ggml.mask_token_id"] == 258 and f["tokenizer.ggml.merges"] == []
-    assert f["tokenizer.ggml.model"] == "gpt2"
+    assert f["tokenizer.ggml.mask_token_id"] == 258
+    assert f["tokenizer.ggml.merges"] == ["<pad> <eos>"]
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.bos_token_id"] == 257
+    assert f["tokenizer.ggml.add_bos_token"] is False
+    assert f["tokenizer.chat_template"] == PASS_THROUGH_TEMPLATE
+    assert not [k for k, v in f.items() if isinstance(v, list) and not v]
 
 
 def test_dream_naming_biases_and_gptq(tmp_path):
@@ -156,6 +163,7 @@ def test_hf_bpe_tokenizer_metadata(tiny, tmp_path):
     assert types[vocab["<|endoftext|>"]] == 3 and types[vocab["el"]] == 1
     assert f["tokenizer.ggml.merges"][0] == "e l" and f["tokenizer.ggml.eos_token_id"] == 0
     assert "tokenizer.ggml.bos_token_id" not in f and f["tokenizer.ggml.add_bos_token"] is False
+    assert f["tokenizer.ggml.pre"] == "gpt-2"      # ByteLevel with GPT-2's regex
 
 
 def test_llama_gqa_tied(tmp_path):

@@ -1,8 +1,9 @@
 """The signed grid (`:signed`, the default of the `q4_0` scheme) against llama.cpp's own Q4_0
-quantizer, quantize_row_q4_0 (ggml-quants.c), written here from its algorithm in float64: per
-32-weight block, max = the first element of largest |x| (a strict '<' scan), d = max / −8,
-nibble = min(15, (int)(x/d + 8.5)). qpass's codes and scales must be llama.cpp's, and its
-weight error no larger, on the same weights."""
+quantizer, quantize_row_q4_0_ref (ggml-quants.c), written here from its C code: per 32-weight
+block, max = the first element of largest |x| (a strict '<' scan), d = max / −8, id = 1/d,
+nibble = min(15, (int8_t)(x·id + 8.5)), all in float32 as the C code rounds. qpass's codes and
+scales must be llama.cpp's, and its weight error no larger, on the same weights; a float64
+exact-arithmetic version checks that the float32 roundings only ever decide exact ties."""
 import numpy as np
 import pytest
 import torch
@@ -13,15 +14,43 @@ from qpass.formats import QuantizedWeight, compute_qparams
 from qpass.passes.gptq import quantize_weight
 from qpass.specs import QuantSpec, Scheme
 
+F32 = np.float32
+
 
 def llama_q4_0(x) -> tuple[np.ndarray, np.ndarray]:
-    """(d float64 (blocks,), nibbles int64 (blocks, 32)) of quantize_row_q4_0 on x (…, K)."""
+    """(d float32 (blocks,), nibbles int64 (blocks, 32)) of quantize_row_q4_0_ref on x (…, K)."""
+    x = np.asarray(x, F32).reshape(-1, 32)
+    d = np.zeros(len(x), F32)
+    q = np.zeros(x.shape, np.int64)
+    for i, block in enumerate(x):
+        amax = mx = F32(0)
+        for v in block:
+            if amax < abs(v):
+                amax, mx = abs(v), v
+        d[i] = mx / F32(-8)
+        inv = F32(1) / d[i] if d[i] else F32(0)
+        for j, v in enumerate(block):
+            q[i, j] = min(15, int(F32(F32(v * inv) + F32(8.5))))
+    return d, q
+
+
+def llama_q4_0_fast(x) -> tuple[np.ndarray, np.ndarray]:
+    """llama_q4_0 vectorized (the same float32 operations, checked equal on _weights())."""
+    x = np.asarray(x, F32).reshape(-1, 32)
+    d = (x[np.arange(len(x)), np.abs(x).argmax(axis=1)] / F32(-8)).astype(F32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+    t = ((x * inv[:, None]).astype(F32) + F32(8.5)).astype(F32)
+    return d, np.minimum(15, np.trunc(t)).astype(np.int64)
+
+
+def exact_q4_0(x) -> tuple[np.ndarray, np.ndarray]:
+    """The same in exact arithmetic (float64 division, no reciprocal): round half up."""
     x = np.asarray(x, np.float64).reshape(-1, 32)
-    first = np.abs(x).argmax(axis=1)          # np.argmax: the first of equal maxima
-    d = x[np.arange(len(x)), first] / -8
+    d = x[np.arange(len(x)), np.abs(x).argmax(axis=1)] / -8
     with np.errstate(divide="ignore", invalid="ignore"):
         y = np.where(d[:, None] != 0, x / d[:, None], 0.0)
-    return d, np.minimum(15, np.trunc(y + 8.5)).astype(np.int64)
+    return d, np.minimum(15, np.floor(y + 8.5)).astype(np.int64)
 
 
 def _special_blocks() -> torch.Tensor:
@@ -60,15 +89,19 @@ def test_rtn_codes_and_scales_are_llama_cpps():
     d, nib = llama_q4_0(w.numpy())
     zero_block = d == 0
     np.testing.assert_array_equal(q.codes().numpy().reshape(-1, 32), nib)
-    np.testing.assert_array_equal(q.scale.double().numpy().reshape(-1)[~zero_block],
-                                  d[~zero_block])
+    np.testing.assert_array_equal(q.scale.numpy().reshape(-1)[~zero_block], d[~zero_block])
     # the special blocks did exercise every rule
     blocks = w.double().numpy().reshape(-1, 32)
     y = blocks[~zero_block] / d[~zero_block, None]
-    assert (y - np.floor(y) == 0.5).sum() >= 40                 # ties, rounded up
+    assert (y - np.floor(y) == 0.5).sum() >= 40                 # ties
     assert (d < 0).any() and (d > 0).any() and zero_block.sum() == 1
     assert d[8 * 8 + 1] > 0 and d[9 * 8] < 0                  # b2: −1 first; b3: +1 first
     np.testing.assert_array_equal(q.dequantize().numpy().reshape(-1, 32)[zero_block], 0.0)
+    # in exact arithmetic every tie rounds up; llama.cpp's float32 reciprocal sends some down,
+    # and qpass with it: they differ only on exact ties, at equal error
+    _, up = exact_q4_0(w.numpy())
+    y_all = blocks / np.where(d == 0, 1, d)[:, None]
+    assert ((nib != up) <= (y_all - np.floor(y_all) == 0.5)).all()
 
 
 def test_q4_0_scheme_equals_llama_quantize_on_f16_weights_and_never_loses():
@@ -93,6 +126,12 @@ def test_q4_0_scheme_equals_llama_quantize_on_f16_weights_and_never_loses():
     assert (codes != nib).any() and (err_q ** 2).sum() < (err_l ** 2).sum()
 
 
+def test_vectorized_reference_is_the_loop():
+    w = _weights()[:12]
+    for a, b in zip(llama_q4_0(w.numpy()), llama_q4_0_fast(w.numpy())):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_tiny_llada_weight_error_equals_llama_and_beats_the_full_grid():
     # every linear of the zoo model: same codes as llama.cpp, and the full grid (what q4_0
     # meant before) has more error on the same weights
@@ -103,7 +142,7 @@ def test_tiny_llada_weight_error_equals_llama_and_beats_the_full_grid():
             continue
         w = p.detach().float()
         x = w.double().numpy()
-        d, nib = llama_q4_0(x)
+        d, nib = llama_q4_0_fast(w.numpy())
         d16 = d.astype(np.float16).astype(np.float64)
         err["llama"] += ((x.reshape(-1, 32) - d16[:, None] * (nib - 8)) ** 2).sum()
         q = QuantizedWeight.from_float(w, "int4:g32:sym:signed:f16scale")
