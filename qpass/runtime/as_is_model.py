@@ -185,6 +185,8 @@ def _stacked(qws: list[QuantizedWeight]) -> dict[str, torch.Tensor]:
            "scales": torch.stack([q.scale for q in qws])}
     if qws[0].zero is not None:
         out["zeros"] = torch.stack([q.zero for q in qws])
+    if qws[0].global_scale is not None:                  # nvfp4: one per expert
+        out["global_scale"] = torch.stack([q.global_scale for q in qws])
     return out
 
 
@@ -268,7 +270,7 @@ def _put_experts(model, it: dict, tensors: dict) -> dict:
         per = []
         for e in range(E):
             sd = {f"x.{f}": tensors[f"{it['path']}.{name}.{f}"][e]
-                  for f in ("qweight", "scales", "zeros")
+                  for f in ("qweight", "scales", "zeros", "global_scale")
                   if f"{it['path']}.{name}.{f}" in tensors}
             qw = QuantizedWeight.from_state_dict(sd, "x", w, (N, K))
             with torch.no_grad():
