@@ -9,8 +9,23 @@ transformers read), version 0.20:
   int-quantized (weights + per-token dynamic int activations, W8A8)  <linear>.weight int8
       (N, K) signed codes q = u − 2^(b−1); .weight_scale (N, 1); no activation tensors.
 
-Both dequantize as (q − zp)·s, which equals qpass's (u − z)·s term for term (zp = z − 2^(b−1)),
-so with float32 scales the weights agree bit for bit. quantization_config is the dict
+  float-quantized (FP8 E4M3 weights + per-token dynamic FP8 activations, llm-compressor's
+      FP8_DYNAMIC; weight-only FP8 is naive-quantized, as compressed-tensors infers it)
+      <linear>.weight float8_e4m3fn (N, K) — qpass's E4M3 codes, the same bit patterns;
+      .weight_scale float32: (N, 1) channel, (1,) tensor, (N, K/g) group, (⌈N/b⌉, ⌈K/b⌉)
+      block (strategy "block", block_structure [b, b]).
+  nvfp4-pack-quantized (NVFP4A16)  .weight_packed uint8 (N, K/2): two E2M1 codes a byte, the
+      even element in the low nibble (compressed-tensors' pack_fp4_to_uint8; sign bit 3 and
+      magnitude index 0..7 are E2M1's own bit pattern); .weight_scale float8_e4m3fn (N, K/16)
+      the E4M3 block scales b as qpass stores them; .weight_global_scale float32 (1,) G;
+      strategy "tensor_group", group_size 16, scale_dtype float8_e4m3fn.
+
+Integer formats dequantize as (q − zp)·s, which equals qpass's (u − z)·s term for term
+(zp = z − 2^(b−1)), so with float32 scales the weights agree bit for bit; FP8 as code·s and
+NVFP4 as code·(b / G), qpass's float32 operations, also bit for bit. Not written: NVFP4
+activations (qpass's nvfp4:token:dyn takes a global scale per token at run time,
+compressed-tensors' NVFP4 a calibrated static input_global_scale per tensor: they would
+quantize differently), MX formats, static FP8 activation scales. quantization_config is the dict
 compressed-tensors' ModelCompressor.update_config writes (tests compare the two)."""
 from __future__ import annotations
 
@@ -56,10 +71,60 @@ def act_args(q: QLinear) -> dict | None:
             "symmetric": True, "type": "int"}
 
 
+def float_weight_args(q: QLinear) -> dict:
+    spec = q.spec
+    if spec.format == "fp8":
+        if spec.granularity not in ("channel", "tensor", "group", "block"):
+            raise _refuse(q, f"fp8 weights with {spec.granularity} scales")
+        args = {"dynamic": False, "num_bits": 8, "strategy": spec.granularity,
+                "group_size": spec.group_size if spec.granularity == "group" else None,
+                "symmetric": True, "type": "float"}
+        if spec.granularity == "block":
+            args["block_structure"] = [spec.group_size, spec.group_size]
+        return args
+    if spec.format == "nvfp4":
+        return {"dynamic": False, "group_size": 16, "num_bits": 4,
+                "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group",
+                "symmetric": True, "type": "float"}
+    raise _refuse(q, f"{spec.format} weights: of the floating-point formats qpass writes fp8 "
+                     f"(float-quantized) and nvfp4 (nvfp4-pack-quantized); the MX formats are "
+                     f"not written yet")
+
+
+def float_act_args(q: QLinear) -> dict | None:
+    a = q.act_spec
+    if a is None:
+        return None
+    if a.format == "fp8" and a.granularity == "token" and a.dynamic and a.clip_ratio == 1.0:
+        return {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token",
+                "symmetric": True, "type": "float"}
+    if a.format == "nvfp4":
+        raise _refuse(q, "nvfp4 activations: qpass's nvfp4:token:dyn computes a global scale "
+                         "per token at run time, compressed-tensors' NVFP4 (W4A4) applies one "
+                         "calibrated static input_global_scale per tensor, so an engine would "
+                         "quantize the activations differently; export w4a16-nvfp4 (NVFP4A16)")
+    raise _refuse(q, "only per-token dynamic unclipped fp8 activations (fp8:token:dyn, "
+                     "llm-compressor's FP8_DYNAMIC) are exported beside float weights")
+
+
+def _float_scheme(q: QLinear) -> dict:
+    if q.act_spec is not None and not q.act_spec.is_float:
+        raise _refuse(q, "floating-point weights with integer activations")
+    w = float_weight_args(q)
+    a = float_act_args(q)
+    if q.spec.format == "nvfp4":
+        fmt = "nvfp4-pack-quantized"
+    else:
+        fmt = "float-quantized" if a is not None else "naive-quantized"
+    return {"format": fmt, "input_activations": a, "output_activations": None, "weights": w}
+
+
 def _scheme(q: QLinear) -> dict:
-    if any(s is not None and s.is_float for s in (q.spec, q.act_spec)):
-        raise _refuse(q, "floating-point formats (compressed-tensors float-quantized / "
-                         "nvfp4-pack-quantized) are not written yet; int formats only")
+    if q.spec.is_float:
+        return _float_scheme(q)
+    if q.act_spec is not None and q.act_spec.is_float:
+        raise _refuse(q, "integer weights with floating-point activations (W4AFP8) are not "
+                         "written")
     # weight clip ratios, observers and grids only changed how qpass chose the scales: the
     # stored codes and scales carry over as they are
     return {"format": "int-quantized" if q.act_spec is not None else "pack-quantized",
@@ -71,9 +136,31 @@ def _packed_cols(K: int, bits: int) -> int:
     return -(-K * bits // 32)
 
 
+def float_tensors(q: QLinear) -> dict[str, torch.Tensor]:
+    """A float spec's tensors: its codes and stored scales as they are (bit patterns viewed as
+    float8_e4m3fn; nvfp4's E2M1 codes two a byte, even element low)."""
+    N, K = q.codes.shape
+    if q.spec.format == "nvfp4":
+        c = q.codes.to(torch.uint8).reshape(N, K // 2, 2)
+        return {"weight_packed": (c[..., 0] | (c[..., 1] << 4)).contiguous(),
+                "weight_scale": q.stored_scale.to(torch.uint8).contiguous()
+                .view(torch.float8_e4m3fn),
+                "weight_global_scale": q.global_scale.to(torch.float32).reshape(1).contiguous()}
+    scale = q.stored_scale.to(torch.float32)
+    if q.spec.granularity == "tensor":
+        scale = scale.reshape(1)
+    return {"weight": q.codes.to(torch.uint8).contiguous().view(torch.float8_e4m3fn),
+            "weight_scale": scale.contiguous()}
+
+
 def linear_tensors(q: QLinear, scheme: dict, scale_dtype: torch.dtype, dense_dtype: torch.dtype
                    ) -> dict[str, torch.Tensor]:
     N, K = q.codes.shape
+    if q.spec.is_float:
+        out = float_tensors(q)
+        if q.bias is not None:
+            out["bias"] = q.bias.to(dense_dtype)
+        return {f"{q.hf_name}.{k}": v for k, v in out.items()}
     b = q.spec.bits
     half = 1 << (b - 1)
     scales = q.scales[:, :1] if q.spec.granularity != "group" else q.scales

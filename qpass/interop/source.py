@@ -35,6 +35,11 @@ class QLinear:
     group_size: int                # K when one group per row
     bias: torch.Tensor | None
     zeros: torch.Tensor | None = None   # int32 (N, G), unsigned like the codes; asymmetric only
+    # floating-point specs: `codes` are the element bit patterns (E4M3 / E2M1), `scales` the
+    # effective float32 scale per cell, `stored_scale` what the format keeps (float32 for
+    # fp8; uint8 E4M3 codes for nvfp4) and `global_scale` nvfp4's float32 global scale (1,)
+    stored_scale: torch.Tensor | None = None
+    global_scale: torch.Tensor | None = None
 
 
 @dataclass
@@ -71,6 +76,8 @@ def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, 
                               f"({m.act_spec}); no export format represents that")
     spec = qw.spec
     g = spec.group_size if spec.granularity == "group" else K
+    if spec.is_float:
+        return qw.codes(), qw.float_scale(), spec, g, None
     zeros = None if qw.zero is None else qw.zero.to(torch.int32).expand(N, -1).contiguous()
     return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g, zeros
 
@@ -159,6 +166,10 @@ def read_source(compiled) -> ExportSource:
         bias = getattr(m, "bias", None)
         src.linears.append(QLinear(hf[: -len(".weight")], codes, scales, spec, m.act_spec, g,
                                    None if bias is None else bias.detach().float(), zeros))
+        if spec.is_float:
+            qw = m.quantized_weight()
+            src.linears[-1].stored_scale = qw.scale
+            src.linears[-1].global_scale = qw.global_scale
         owned.append(name + ".")
     sd = gm.state_dict()
     for name, t in sd.items():
