@@ -2,7 +2,7 @@
 format version 0.20) of the LLaMA, LLaDA or Dream layout as a CompiledDenoiser holding its
 integer codes and scales as they are.
 
-Integer weights only, in the two layouts docs/INTEROP.md describes for the export:
+Integer weights in the two layouts docs/INTEROP.md describes for the export:
   pack-quantized   .weight_packed int32 (N, ceil(K·b/32)): unsigned codes u = q + 2^(b−1),
                    one little-endian bit stream along K — qpass's packing, cut to the words
                    used; .weight_scale; .weight_shape; asymmetric .weight_zero_point packed
@@ -15,10 +15,23 @@ become float32 exactly. Activations: per-token dynamic (W8A8 as llm-compressor w
 per-tensor dynamic, or static per-tensor with .input_scale — all symmetric, which compressed-
 tensors quantizes on the same full grid as qpass (s = absmax/((2^b − 1)/2), round half to even).
 
+Floating-point weights (what qpass's exporter and compressed-tensors' compress_model write):
+  float-quantized / naive-quantized FP8  .weight float8_e4m3fn (N, K): its bit patterns are
+                   qpass's E4M3 codes; .weight_scale float32/float16/bfloat16 (exact as
+                   float32) per channel (N, 1), tensor (1,), group (N, K/g) or square block
+                   (⌈N/b⌉, ⌈K/b⌉) → fp8:channel / fp8:tensor / fp8:g<g> / fp8:b<b>;
+                   activations per-token dynamic FP8 (FP8_DYNAMIC) → fp8:token:dyn
+  nvfp4-pack-quantized (NVFP4A16)  .weight_packed uint8 (N, K/2), two E2M1 codes a byte
+                   (even element low); .weight_scale float8_e4m3fn (N, K/16) → qpass's
+                   stored E4M3 scale codes; .weight_global_scale float32 (1,) → its global
+                   scale: code·(b / G), compressed-tensors' float32 dequantization exactly.
+
 Which config group a module belongs to follows compressed-tensors' own matching (exact names,
 then `re:` patterns in sorted order, then class names such as `Linear`; `ignore` wins).
-Refused, each with one CheckpointError naming the module and why: float weights (FP8, NVFP4,
-MXFP4: float-quantized / *-pack-quantized), block or tensor-group strategies, act-order groups
+Refused, each with one CheckpointError naming the module and why: MX weights
+(mxfp4-pack-quantized, mxfp8), NVFP4 activations (a static input_global_scale per tensor,
+where qpass's nvfp4:token:dyn takes one per token at run time), static FP8 activations,
+non-square FP8 blocks, integer block or tensor-group strategies, act-order groups
 (weight_g_idx not k // group size), group sizes that do not divide K, asymmetric or non-int
 activations, output activation or KV-cache quantization, transforms (QuIP/SpinQuant online
 rotations), sparsity, and checkpoints whose quantization_status is not `compressed`."""
@@ -36,10 +49,12 @@ from qpass.interop.import_hf import (check_all_used, check_group_order, float_te
                                      model_parts, scales32)
 from qpass.interop.import_model import (ImportedLinear, build_imported, linear_shapes,
                                         stream_codes, weight_grid)
+from qpass.formats.floating import float_scale_shape
 from qpass.specs import QuantSpec
 
 FORMAT = "compressed-tensors"
 _INT_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
+_FLOAT_FORMATS = ("float-quantized", "nvfp4-pack-quantized")
 _STRATEGIES = ("group", "channel", "tensor")
 
 
@@ -188,9 +203,114 @@ def _zeros(T, mod: str, spec: QuantSpec, packed: bool, shape, where: str):
     return z.contiguous()
 
 
+def _fp8_spec(args: dict, K: int, where: str, path: Path) -> QuantSpec:
+    strategy, g = args.get("strategy"), args.get("group_size")
+    if strategy in ("channel", "tensor"):
+        text = f"fp8:{strategy}"
+    elif strategy == "group" and isinstance(g, int) and g > 0 and K % g == 0:
+        text = f"fp8:g{g}"
+    elif strategy == "block":
+        b = args.get("block_structure")
+        if not (isinstance(b, list) and len(b) == 2 and b[0] == b[1] and isinstance(b[0], int)
+                and b[0] > 0):
+            raise _refuse(path, where, f"fp8 block_structure {b!r}; qpass's fp8:b<k> blocks "
+                          f"are square")
+        text = f"fp8:b{b[0]}"
+    else:
+        raise _refuse(path, where, f"fp8 weight strategy {strategy!r} (group size {g!r}); qpass "
+                      f"holds channel, tensor, block and K-dividing group scales")
+    return QuantSpec.parse(text)
+
+
+def float_act_spec(args, where: str, path: Path) -> QuantSpec | None:
+    if not args:
+        return None
+    if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
+            args.get("symmetric", True)) == ("float", 8, "token", True, True):
+        return QuantSpec.parse("fp8:token:dyn")
+    if args.get("type") == "float" and args.get("num_bits") == 4:
+        why = ("NVFP4 activations with a static input_global_scale per tensor; qpass's "
+               "nvfp4:token:dyn computes a global scale per token at run time, so it would "
+               "quantize them differently")
+    else:
+        why = (f"{'dynamic' if args.get('dynamic') else 'static'} {args.get('strategy')} "
+               f"{args.get('type')}{args.get('num_bits')} activations beside float weights "
+               f"(qpass imports per-token dynamic fp8, FP8_DYNAMIC)")
+    raise _refuse(path, where, why)
+
+
+def _fp8_codes(t: torch.Tensor, N: int, K: int, where: str) -> torch.Tensor:
+    if t.dtype != torch.float8_e4m3fn or tuple(t.shape) != (N, K):
+        raise CheckpointError(f"{where}: expected float8_e4m3fn weight ({N}, {K}), found "
+                              f"{t.dtype} {tuple(t.shape)}")
+    codes = t.contiguous().view(torch.uint8)
+    if bool(((codes & 0x7F) == 0x7F).any()):
+        raise CheckpointError(f"{where}: FP8 weight holds NaN codes")
+    return codes
+
+
+def import_float_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, path: Path
+                        ) -> ImportedLinear:
+    """FP8 (float-quantized / naive-quantized) or NVFP4 (nvfp4-pack-quantized) weights: the
+    file's codes and stored scales kept as they are."""
+    where = f"{path}: {mod}"
+    args = scheme.get("weights")
+    if args.get("dynamic"):
+        raise _refuse(path, mod, "its weights are quantized dynamically")
+    if not args.get("symmetric", True):
+        raise _refuse(path, mod, "asymmetric float weights (zero points); qpass's float grids "
+                      "are symmetric")
+    act = float_act_spec(scheme.get("input_activations"), mod, path)
+    if scheme.get("output_activations"):
+        raise _refuse(path, mod, "it quantizes output activations, which qpass does not")
+    bits, strategy, g = args.get("num_bits"), args.get("strategy"), args.get("group_size")
+    global_scale = None
+    if bits == 8 and f"{mod}.weight" in T:
+        spec = _fp8_spec(args, K, mod, path)
+        codes = _fp8_codes(T.take(f"{mod}.weight"), N, K, where)
+        scales = scales32(T.take(f"{mod}.weight_scale", "the weight scales"), where)
+        want = float_scale_shape(N, K, spec)
+        if scales.numel() != want[0] * want[1] or (scales.dim() == 2 and
+                                                   tuple(scales.shape) != want):
+            raise CheckpointError(f"{where}: weight_scale has shape {tuple(scales.shape)}; a "
+                                  f"{spec} weight of shape ({N}, {K}) has {want}")
+        scales = scales.reshape(want).contiguous()
+        fmt = "float-quantized"
+    elif bits == 4 and strategy == "tensor_group" and g == 16 and f"{mod}.weight_packed" in T:
+        spec = QuantSpec.parse("nvfp4")
+        p = T.take(f"{mod}.weight_packed")
+        if p.dtype != torch.uint8 or tuple(p.shape) != (N, K // 2) or K % 16:
+            raise CheckpointError(f"{where}: expected uint8 weight_packed ({N}, {K // 2}) of "
+                                  f"16-blocks along K={K}, found {p.dtype} {tuple(p.shape)}")
+        codes = torch.stack((p & 0x0F, p >> 4), dim=-1).reshape(N, K).contiguous()
+        s = T.take(f"{mod}.weight_scale", "the E4M3 block scales")
+        if s.dtype != torch.float8_e4m3fn or tuple(s.shape) != (N, K // 16):
+            raise CheckpointError(f"{where}: expected float8_e4m3fn weight_scale "
+                                  f"({N}, {K // 16}), found {s.dtype} {tuple(s.shape)}")
+        scales = s.contiguous().view(torch.uint8)
+        gs = T.take(f"{mod}.weight_global_scale", "the NVFP4 global scale")
+        if gs.numel() != 1 or not gs.is_floating_point():
+            raise CheckpointError(f"{where}: weight_global_scale is {gs.dtype} "
+                                  f"{tuple(gs.shape)}; one float32 value expected")
+        global_scale = scales32(gs, where + " weight_global_scale").reshape(1)
+        fmt = "nvfp4-pack-quantized"
+    else:
+        raise _refuse(path, mod, f"{bits}-bit float weights, strategy {strategy!r}, group size "
+                      f"{g!r}: qpass imports FP8 (float8_e4m3fn weight) and NVFP4 "
+                      f"(tensor_group 16, weight_packed); MX formats are not imported")
+    if f"{mod}.weight_zero_point" in T and bool(T.take(f"{mod}.weight_zero_point").float()
+                                                 .ne(0).any()):
+        raise CheckpointError(f"{where}: symmetric float weights with nonzero zero points")
+    bias = float_tensor(T, f"{mod}.bias") if f"{mod}.bias" in T else None
+    return ImportedLinear(gen, codes, scales, spec, act, None, bias, None,
+                          source=f"{mod} ({fmt})", global_scale=global_scale)
+
+
 def import_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, path: Path
                   ) -> ImportedLinear:
     where = f"{path}: {mod}"
+    if isinstance(scheme.get("weights"), dict) and scheme["weights"].get("type") == "float":
+        return import_float_linear(T, mod, gen, scheme, N, K, path)
     half = None
     if f"{mod}.weight_packed" in T:
         packed, fmt = True, "pack-quantized"
@@ -259,9 +379,9 @@ def load_compressed_tensors(path, qc: dict):
                           "it (or `ignore` lists it)")
         if scheme is not None:
             fmt = scheme.get("format") or qc.get("format")
-            if fmt not in _INT_FORMATS + ("mixed-precision", None):
-                raise _refuse(path, mod, f"format {fmt!r}; qpass imports the integer formats "
-                              f"{', '.join(_INT_FORMATS)}")
+            if fmt not in _INT_FORMATS + _FLOAT_FORMATS + ("mixed-precision", None):
+                raise _refuse(path, mod, f"format {fmt!r}; qpass imports the formats "
+                              f"{', '.join(_INT_FORMATS + _FLOAT_FORMATS)}")
             N, K = shapes[gen]
             linears.append(import_linear(T, mod, gen, scheme, N, K, path))
     quantized = {q.name for q in linears}

@@ -42,6 +42,7 @@ class ImportedLinear:
     bias: torch.Tensor | None = None
     act_scale: torch.Tensor | None = None    # static activation scale (1, 1), if any
     source: str = ""                         # the file's name for it, for messages
+    global_scale: torch.Tensor | None = None     # nvfp4's float32 global scale (1,)
 
 
 def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -83,7 +84,8 @@ def quant_linear(q: ImportedLinear) -> QuantLinear:
     N, K = q.codes.shape
     m = QuantLinear(K, N, q.spec, q.act_spec, bias=q.bias is not None)
     try:
-        m.set_qweight(QuantizedWeight.from_codes(q.codes, q.scales, q.zeros, q.spec))
+        m.set_qweight(QuantizedWeight.from_codes(q.codes, q.scales, q.zeros, q.spec,
+                                                 q.global_scale))
     except SpecError as e:
         raise CheckpointError(f"{q.source or q.name}: {e}") from None
     if q.bias is not None:

@@ -170,7 +170,13 @@ def _compress_with_compressed_tensors(c, fp_model, tmp_path, scheme_args, fmt):
         qw = m.quantized_weight()
         with torch.no_grad():
             lin.weight.copy_(m.dequantized_weight(torch.float32))
-            lin.weight_scale.copy_(qw.scale.reshape(lin.weight_scale.shape))
+            if qw.global_scale is not None:      # nvfp4: E4M3 block scale codes, global scale
+                lin.weight_scale.copy_(qw.scale.view(torch.float8_e4m3fn)
+                                       .to(lin.weight_scale.dtype))
+                lin.weight_global_scale.copy_(qw.global_scale.reshape(
+                    lin.weight_global_scale.shape))
+            else:
+                lin.weight_scale.copy_(qw.scale.reshape(lin.weight_scale.shape))
             if qw.zero is not None:
                 half = 1 << (qw.spec.bits - 1)
                 lin.weight_zero_point.copy_((qw.zero - half).reshape(lin.weight_zero_point.shape))
@@ -275,7 +281,8 @@ def test_float_weights_refused(exported, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["type"] = "float"
     (d / "config.json").write_text(json.dumps(cfg))
-    _refused(d, "'float'-quantized", "integer codes")
+    # FP8 and NVFP4 import (test_import_float_compressed_tensors.py); 4-bit float g32 is MX
+    _refused(d, "4-bit float weights", "MX formats are not imported")
 
 
 def test_gptq_act_order_refused(exported, tmp_path):
