@@ -25,7 +25,8 @@ Integer formats dequantize as (q − zp)·s, which equals qpass's (u − z)·s t
 NVFP4 as code·(b / G), qpass's float32 operations, also bit for bit. Not written: NVFP4
 activations (qpass's nvfp4:token:dyn takes a global scale per token at run time,
 compressed-tensors' NVFP4 a calibrated static input_global_scale per tensor: they would
-quantize differently), MX formats, static FP8 activation scales. quantization_config is the dict
+quantize differently), MX formats. Static per-tensor FP8 activations (fp8:tensor calibrated
+by ObserveActivations, llm-compressor's FP8 preset) add .input_scale float32 (1,). quantization_config is the dict
 compressed-tensors' ModelCompressor.update_config writes (tests compare the two)."""
 from __future__ import annotations
 
@@ -98,13 +99,19 @@ def float_act_args(q: QLinear) -> dict | None:
     if a.format == "fp8" and a.granularity == "token" and a.dynamic and a.clip_ratio == 1.0:
         return {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token",
                 "symmetric": True, "type": "float"}
+    if a.format == "fp8" and a.granularity == "tensor" and not a.dynamic and \
+            q.act_scale is not None and q.act_scale.numel() == 1:
+        # llm-compressor's FP8 preset: one calibrated input_scale per linear
+        return {"dynamic": False, "group_size": None, "num_bits": 8, "observer": "static_minmax",
+                "strategy": "tensor", "symmetric": True, "type": "float"}
     if a.format == "nvfp4":
         raise _refuse(q, "nvfp4 activations: qpass's nvfp4:token:dyn computes a global scale "
                          "per token at run time, compressed-tensors' NVFP4 (W4A4) applies one "
                          "calibrated static input_global_scale per tensor, so an engine would "
                          "quantize the activations differently; export w4a16-nvfp4 (NVFP4A16)")
     raise _refuse(q, "only per-token dynamic unclipped fp8 activations (fp8:token:dyn, "
-                     "llm-compressor's FP8_DYNAMIC) are exported beside float weights")
+                     "llm-compressor's FP8_DYNAMIC) and calibrated static per-tensor ones "
+                     "(fp8:tensor, its FP8 preset) are exported beside float weights")
 
 
 def _float_scheme(q: QLinear) -> dict:
@@ -149,8 +156,11 @@ def float_tensors(q: QLinear) -> dict[str, torch.Tensor]:
     scale = q.stored_scale.to(torch.float32)
     if q.spec.granularity == "tensor":
         scale = scale.reshape(1)
-    return {"weight": q.codes.to(torch.uint8).contiguous().view(torch.float8_e4m3fn),
-            "weight_scale": scale.contiguous()}
+    out = {"weight": q.codes.to(torch.uint8).contiguous().view(torch.float8_e4m3fn),
+           "weight_scale": scale.contiguous()}
+    if q.act_spec is not None and not q.act_spec.dynamic:
+        out["input_scale"] = q.act_scale.to(torch.float32).reshape(1).contiguous()
+    return out
 
 
 def linear_tensors(q: QLinear, scheme: dict, scale_dtype: torch.dtype, dense_dtype: torch.dtype

@@ -20,7 +20,8 @@ Floating-point weights (what qpass's exporter and compressed-tensors' compress_m
                    qpass's E4M3 codes; .weight_scale float32/float16/bfloat16 (exact as
                    float32) per channel (N, 1), tensor (1,), group (N, K/g) or square block
                    (⌈N/b⌉, ⌈K/b⌉) → fp8:channel / fp8:tensor / fp8:g<g> / fp8:b<b>;
-                   activations per-token dynamic FP8 (FP8_DYNAMIC) → fp8:token:dyn
+                   activations per-token dynamic FP8 (FP8_DYNAMIC) → fp8:token:dyn, static
+                   per-tensor FP8 with .input_scale (the FP8 preset) → fp8:tensor
   nvfp4-pack-quantized (NVFP4A16)  .weight_packed uint8 (N, K/2), two E2M1 codes a byte
                    (even element low); .weight_scale float8_e4m3fn (N, K/16) → qpass's
                    stored E4M3 scale codes; .weight_global_scale float32 (1,) → its global
@@ -30,8 +31,7 @@ Which config group a module belongs to follows compressed-tensors' own matching 
 then `re:` patterns in sorted order, then class names such as `Linear`; `ignore` wins).
 Refused, each with one CheckpointError naming the module and why: MX weights
 (mxfp4-pack-quantized, mxfp8), NVFP4 activations (a static input_global_scale per tensor,
-where qpass's nvfp4:token:dyn takes one per token at run time), static FP8 activations,
-non-square FP8 blocks, integer block or tensor-group strategies, act-order groups
+where qpass's nvfp4:token:dyn takes one per token at run time), non-square FP8 blocks, integer block or tensor-group strategies, act-order groups
 (weight_g_idx not k // group size), group sizes that do not divide K, asymmetric or non-int
 activations, output activation or KV-cache quantization, transforms (QuIP/SpinQuant online
 rotations), sparsity, and checkpoints whose quantization_status is not `compressed`."""
@@ -228,6 +228,9 @@ def float_act_spec(args, where: str, path: Path) -> QuantSpec | None:
     if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
             args.get("symmetric", True)) == ("float", 8, "token", True, True):
         return QuantSpec.parse("fp8:token:dyn")
+    if (args.get("type"), args.get("num_bits"), args.get("strategy"), bool(args.get("dynamic")),
+            args.get("symmetric", True)) == ("float", 8, "tensor", False, True):
+        return QuantSpec.parse("fp8:tensor")
     if args.get("type") == "float" and args.get("num_bits") == 4:
         why = ("NVFP4 activations with a static input_global_scale per tensor; qpass's "
                "nvfp4:token:dyn computes a global scale per token at run time, so it would "
@@ -301,8 +304,18 @@ def import_float_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, pat
     if f"{mod}.weight_zero_point" in T and bool(T.take(f"{mod}.weight_zero_point").float()
                                                  .ne(0).any()):
         raise CheckpointError(f"{where}: symmetric float weights with nonzero zero points")
+    act_scale = None
+    if act is not None and not act.dynamic:
+        act_scale = scales32(T.take(f"{mod}.input_scale", "the static activation scale"),
+                             where + " input_scale")
+        if act_scale.numel() != 1 or not bool((act_scale > 0).all()):
+            raise CheckpointError(f"{where}: input_scale must be one positive value, found "
+                                  f"{tuple(act_scale.shape)}")
+        if f"{mod}.input_zero_point" in T and bool(T.take(f"{mod}.input_zero_point").float()
+                                                    .ne(0).any()):
+            raise CheckpointError(f"{where}: symmetric activations with nonzero input_zero_point")
     bias = float_tensor(T, f"{mod}.bias") if f"{mod}.bias" in T else None
-    return ImportedLinear(gen, codes, scales, spec, act, None, bias, None,
+    return ImportedLinear(gen, codes, scales, spec, act, None, bias, act_scale,
                           source=f"{mod} ({fmt})", global_scale=global_scale)
 
 

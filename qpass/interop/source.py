@@ -40,6 +40,7 @@ class QLinear:
     # fp8; uint8 E4M3 codes for nvfp4) and `global_scale` nvfp4's float32 global scale (1,)
     stored_scale: torch.Tensor | None = None
     global_scale: torch.Tensor | None = None
+    act_scale: torch.Tensor | None = None     # a static activation spec's calibrated scale
 
 
 @dataclass
@@ -170,6 +171,8 @@ def read_source(compiled) -> ExportSource:
             qw = m.quantized_weight()
             src.linears[-1].stored_scale = qw.scale
             src.linears[-1].global_scale = qw.global_scale
+            a = m._buffers.get("act_scale")
+            src.linears[-1].act_scale = None if a is None else a.detach().float()
         owned.append(name + ".")
     sd = gm.state_dict()
     for name, t in sd.items():

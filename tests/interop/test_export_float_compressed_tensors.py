@@ -105,14 +105,7 @@ def test_nvfp4_exact(tiny, tmp_path):
 def test_config_is_llm_compressor_preset(tiny, tmp_path, scheme, preset):
     # the group llm-compressor's preset serializes to (format inferred per module)
     ours = _qc(export_compressed_tensors(read_source(_run(tiny, scheme)), tmp_path / "ct"))
-    ref = QuantizationConfig(
-        config_groups={"group_0": QuantizationScheme(targets=["Linear"],
-                                                     **PRESET_SCHEMES[preset])},
-        format=ours["format"], ignore=ours["ignore"], quantization_status="compressed")
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "config.json").write_text("{}")
-    ModelCompressor(quantization_config=ref).update_config(str(tmp_path / "p"))
-    theirs = json.loads((tmp_path / "p" / "config.json").read_text())["quantization_config"]
+    theirs = _qc_of_preset(preset, ours, tmp_path)
     g_ours, g_theirs = ours["config_groups"]["group_0"], theirs["config_groups"]["group_0"]
     assert g_ours["weights"] == g_theirs["weights"]
     assert g_ours["input_activations"] == g_theirs["input_activations"]
@@ -142,3 +135,40 @@ def test_transformers_loads_float_export(tmp_path, scheme):
         theirs, ours = hf(ids).logits.float(), c(ids)
     rel = float((theirs - ours).norm() / ours.norm())
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), rel
+
+
+def test_static_fp8_activations_as_the_fp8_preset(tmp_path):
+    # fp8:tensor activations calibrated by ObserveActivations: llm-compressor's FP8 preset,
+    # one float32 input_scale per linear; transformers runs the same activation codes
+    from qpass.calibration import CalibrationSet
+    model = models.load("tiny-llama-random")
+    calib = CalibrationSet.from_ids(torch.arange(2000) % 80, masking="none", n=4, seq_len=32)
+    c = Pipeline([passes.RTN("fp8:tensor"), passes.ObserveActivations("fp8:tensor")]).run(
+        model, calib, progress=False, verify=False)
+    out = export_compressed_tensors(read_source(c), tmp_path / "ct")
+    qc = _qc(out)
+    assert qc["format"] == "float-quantized"
+    ref = _qc_of_preset("FP8", qc, tmp_path)
+    assert qc["config_groups"]["group_0"]["input_activations"] == \
+        ref["config_groups"]["group_0"]["input_activations"]
+    assert qc["config_groups"]["group_0"]["weights"] == ref["config_groups"]["group_0"]["weights"]
+    t = load_file(str(out / "model.safetensors"))
+    lin = c.gm.get_submodule("blocks.0.q_proj")
+    assert torch.equal(t["model.layers.0.self_attn.q_proj.input_scale"],
+                       lin.act_scale.reshape(1))
+    ids = torch.randint(0, 80, (2, 16), generator=torch.Generator().manual_seed(0))
+    hf = causal_lm(out)
+    with torch.no_grad():
+        theirs, ours = hf(ids).logits, c(ids)
+    assert float((theirs - ours).norm() / ours.norm()) < 1e-5
+
+
+def _qc_of_preset(preset, ours, tmp_path):
+    ref = QuantizationConfig(
+        config_groups={"group_0": QuantizationScheme(targets=["Linear"],
+                                                     **PRESET_SCHEMES[preset])},
+        format=ours["format"], ignore=ours["ignore"], quantization_status="compressed")
+    (tmp_path / preset).mkdir()
+    (tmp_path / preset / "config.json").write_text("{}")
+    ModelCompressor(quantization_config=ref).update_config(str(tmp_path / preset))
+    return json.loads((tmp_path / preset / "config.json").read_text())["quantization_config"]

@@ -152,3 +152,21 @@ def test_nvfp4_refusals(nvfp4_export, tmp_path, edit_qc, edit_t, words):
     d = _variant(nvfp4_export, tmp_path, edit_qc, edit_t)
     with pytest.raises(CheckpointError, match=words):
         qpass.load_compiled(d)
+
+
+def test_static_fp8_activations_round_trip(zoo, tmp_path):
+    from qpass.calibration import CalibrationSet
+    model = zoo["tiny-llama-random"]
+    calib = CalibrationSet.from_ids(torch.arange(2000) % 80, masking="none", n=4, seq_len=32)
+    c = Pipeline([passes.RTN("fp8:tensor"), passes.ObserveActivations("fp8:tensor")]).run(
+        model, calib, progress=False, verify=False)
+    out = export_compressed_tensors(read_source(c), tmp_path / "ct")
+    imp = qpass.load_compiled(out)
+    _check_equal_to_file(imp, out)
+    a = dict(c.gm.named_modules())
+    for n, m in imp.gm.named_modules():
+        if is_quantized_module(m):
+            assert str(m.act_spec) == "fp8:tensor" and torch.equal(m.act_scale, a[n].act_scale)
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(imp(ids), c(ids))
