@@ -92,6 +92,10 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     "w4a16-nvfp4": _rtn("w4a16-nvfp4", fuse=False),
     "w4a16-nvfp4-gptq": _gptq("w4a16-nvfp4", observe=False),
     "w4a4-nvfp4": _rtn("w4a4-nvfp4", fuse=False),
+    # GPTQ at W4A4 NVFP4 without FuseNorms, act-order (tiny-llada ELBO perplexity, FP 5.644:
+    # RTN 5.735, this 5.709, with FuseNorms + ObserveActivations as w4a4-gptq 5.747, QuaRot
+    # rotation + GPTQ 5.718; bench/float_grid_variants.py)
+    "w4a4-nvfp4-gptq": _gptq("w4a4-nvfp4", observe=False),
     "w4a4-mxfp4": _rtn("w4a4-mxfp4", fuse=False),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
@@ -139,6 +143,8 @@ ABOUT: dict[str, str] = {
                         "NVFP4A16",
     "w4a4-nvfp4": "NVFP4 weights and per-token dynamic NVFP4 activations, RTN; llm-compressor "
                   "NVFP4 (static activation global scale there)",
+    "w4a4-nvfp4-gptq": "GPTQ inside NVFP4's block scales, per-token dynamic NVFP4 activations; "
+                       "llm-compressor GPTQModifier NVFP4",
     "w4a4-mxfp4": "OCP MXFP4 weights and per-token dynamic activations, RTN; llm-compressor MXFP4",
 }
 
