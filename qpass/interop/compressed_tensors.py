@@ -99,6 +99,10 @@ def float_act_args(q: QLinear) -> dict | None:
     if a.format == "fp8" and a.granularity == "token" and a.dynamic and a.clip_ratio == 1.0:
         return {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token",
                 "symmetric": True, "type": "float"}
+    if a.format == "fp8" and a.granularity == "group" and a.dynamic and a.clip_ratio == 1.0:
+        # llm-compressor's FP8_BLOCK: dynamic per-token groups of g along K
+        return {"dynamic": True, "group_size": a.group_size, "num_bits": 8, "strategy": "group",
+                "symmetric": True, "type": "float"}
     if a.format == "fp8" and a.granularity == "tensor" and not a.dynamic and \
             q.act_scale is not None and q.act_scale.numel() == 1:
         # llm-compressor's FP8 preset: one calibrated input_scale per linear

@@ -228,6 +228,11 @@ def float_act_spec(args, where: str, path: Path) -> QuantSpec | None:
     if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
             args.get("symmetric", True)) == ("float", 8, "token", True, True):
         return QuantSpec.parse("fp8:token:dyn")
+    g = args.get("group_size")
+    if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
+            args.get("symmetric", True)) == ("float", 8, "group", True, True) and \
+            isinstance(g, int) and g > 0:
+        return QuantSpec.parse(f"fp8:g{g}:dyn")
     if (args.get("type"), args.get("num_bits"), args.get("strategy"), bool(args.get("dynamic")),
             args.get("symmetric", True)) == ("float", 8, "tensor", False, True):
         return QuantSpec.parse("fp8:tensor")

@@ -121,7 +121,9 @@ def test_nvfp4_activations_refused(tiny, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("scheme", ["w8a16-fp8", "w8a8-fp8", "w4a16-nvfp4"])
+@pytest.mark.parametrize("scheme", ["w8a16-fp8", "w8a8-fp8", "w4a16-nvfp4",
+                                    Scheme("fp8-block", "fp8:b32", "fp8:g32:dyn")],
+                         ids=lambda x: getattr(x, "name", x))
 def test_transformers_loads_float_export(tmp_path, scheme):
     model = models.load("tiny-llama-random")
     c = _run(model, scheme)
@@ -129,7 +131,7 @@ def test_transformers_loads_float_export(tmp_path, scheme):
     ids = torch.randint(0, 88, (2, 16), generator=torch.Generator().manual_seed(0))
     # compressed-tensors decompresses NVFP4 into bfloat16 weights, which a float32 model
     # cannot multiply: the engine runs NVFP4A16 in bfloat16
-    dtype = torch.bfloat16 if "nvfp4" in scheme else torch.float32
+    dtype = torch.bfloat16 if "nvfp4" in str(scheme) else torch.float32
     hf = causal_lm(out, dtype=dtype)
     with torch.no_grad():
         theirs, ours = hf(ids).logits.float(), c(ids)

@@ -95,15 +95,25 @@ def test_qpass_float_export_round_trip(zoo, tmp_path, name, scheme):
         assert torch.equal(imp(ids), c(ids))
 
 
+def _fp8_block32():
+    """FP8_BLOCK with 32x32 blocks and 32-groups (tiny-llama's K = 64 has no 128 blocks)."""
+    p = {k: v.model_copy() for k, v in PRESET_SCHEMES["FP8_BLOCK"].items()}
+    p["weights"].block_structure = [32, 32]
+    p["input_activations"].group_size = 32
+    return p
+
+
 @pytest.mark.parametrize("scheme,preset,fmt", [
     ("w8a8-fp8", "FP8_DYNAMIC", "float-quantized"),
-    ("w4a16-nvfp4", "NVFP4A16", "nvfp4-pack-quantized")])
+    (Scheme("fp8-block", "fp8:b32", "fp8:g32:dyn"), "FP8_BLOCK32", "float-quantized"),
+    ("w4a16-nvfp4", "NVFP4A16", "nvfp4-pack-quantized")], ids=lambda x: getattr(x, "name", x))
 def test_compressed_by_compressed_tensors_imports_exactly(zoo, tmp_path, scheme, preset, fmt):
     model = zoo["tiny-llama-random"]
     c = _run(model, scheme)
     # apply_quantization_config with llm-compressor's preset, parameters set to qpass's,
     # compressed by ModelCompressor.compress_model and saved as llm-compressor saves it
-    out = _compress_with_compressed_tensors(c, model, tmp_path, PRESET_SCHEMES[preset], fmt)
+    args = _fp8_block32() if preset == "FP8_BLOCK32" else PRESET_SCHEMES[preset]
+    out = _compress_with_compressed_tensors(c, model, tmp_path, args, fmt)
     assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == fmt
     imp = qpass.load_compiled(out)
     _check_equal_to_file(imp, out)
