@@ -131,6 +131,8 @@ def _float_scheme(q: QLinear) -> dict:
 
 
 def _scheme(q: QLinear) -> dict:
+    if q.spec.is_float and q.stored_scale is None:
+        raise _refuse(q, "its floating-point scales were not read (source.attach_float_parts)")
     if q.spec.is_float:
         return _float_scheme(q)
     if q.act_spec is not None and q.act_spec.is_float:

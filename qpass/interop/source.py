@@ -83,6 +83,18 @@ def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, 
     return qw.codes(), qw.scale.float().expand(N, -1).contiguous(), spec, g, zeros
 
 
+def attach_float_parts(q: QLinear, m) -> QLinear:
+    """Fill a float-spec QLinear's stored scales, nvfp4 global scale and static activation
+    scale from its QuantLinear `m` (integer specs: unchanged)."""
+    if q.spec is not None and q.spec.is_float:
+        qw = m.quantized_weight()
+        q.stored_scale = qw.scale.detach().cpu()
+        q.global_scale = None if qw.global_scale is None else qw.global_scale.detach().cpu()
+        a = m._buffers.get("act_scale")
+        q.act_scale = None if a is None else a.detach().float().cpu()
+    return q
+
+
 def _quantized_attention(n, name: str) -> bool:
     """An attention node that quantizes Q·Kᵀ or K/V (a kv<bits> or attention spec)."""
     if "attention" not in name:
@@ -167,12 +179,7 @@ def read_source(compiled) -> ExportSource:
         bias = getattr(m, "bias", None)
         src.linears.append(QLinear(hf[: -len(".weight")], codes, scales, spec, m.act_spec, g,
                                    None if bias is None else bias.detach().float(), zeros))
-        if spec.is_float:
-            qw = m.quantized_weight()
-            src.linears[-1].stored_scale = qw.scale
-            src.linears[-1].global_scale = qw.global_scale
-            a = m._buffers.get("act_scale")
-            src.linears[-1].act_scale = None if a is None else a.detach().float()
+        attach_float_parts(src.linears[-1], m)
         owned.append(name + ".")
     sd = gm.state_dict()
     for name, t in sd.items():
