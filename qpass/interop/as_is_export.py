@@ -46,7 +46,7 @@ import torch.nn as nn
 from qpass.errors import CheckpointError
 from qpass.interop.compressed_tensors import (SCALE_DTYPES, _scheme, linear_tensors,
                                               quantization_config)
-from qpass.interop.source import ExportSource, QLinear, _weight_parts
+from qpass.interop.source import ExportSource, QLinear, _weight_parts, attach_float_parts
 from qpass.interop.writer import write_dir
 from qpass.ir.qlinear import QuantLinear
 
@@ -101,8 +101,9 @@ def _linears(m: nn.Module) -> tuple[list[QLinear], list[str]]:
                                              or mod.act_spec is not None):
             codes, scales, spec, g, zeros = _weight_parts(name, mod)
             bias = None if mod.bias is None else mod.bias.detach().float().cpu()
-            linears.append(QLinear(name, codes.cpu(), scales.cpu(), spec, mod.act_spec, g, bias,
-                                   None if zeros is None else zeros.cpu()))
+            linears.append(attach_float_parts(QLinear(
+                name, codes.cpu(), scales.cpu(), spec, mod.act_spec, g, bias,
+                None if zeros is None else zeros.cpu()), mod))
         elif isinstance(mod, (nn.Linear, QuantLinear)):
             kept.append(name)
     return linears, sorted(set(kept))

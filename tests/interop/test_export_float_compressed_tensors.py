@@ -174,3 +174,39 @@ def _qc_of_preset(preset, ours, tmp_path):
     (tmp_path / preset / "config.json").write_text("{}")
     ModelCompressor(quantization_config=ref).update_config(str(tmp_path / preset))
     return json.loads((tmp_path / preset / "config.json").read_text())["quantization_config"]
+
+
+@pytest.mark.parametrize("preset", ["w8a8-fp8", "w4a16-nvfp4"])
+def test_as_is_float_export_loads_in_transformers(tmp_path, preset):
+    # a model captured as it is (DiffusionGemma, encoder/decoder sharing linears) exports its
+    # float linears the same way; transformers' logits: fp8 equal, nvfp4 in bfloat16
+    import test_as_is_export as A
+    from qpass.interop.as_is_export import export_as_is_compressed_tensors
+    from qpass.presets import PRESETS
+    from transformers import DiffusionGemmaForBlockDiffusion
+    tiny = A.dg.build(tmp_path / "tiny")
+    q = PRESETS[preset]().run(tiny, calib=A.TEXT, out=tmp_path / "q", progress=False)
+    out = export_as_is_compressed_tensors(q, tmp_path / "ct")
+    fmt = _qc(out)["format"]
+    if preset == "w8a8-fp8":
+        assert fmt == "float-quantized" and A._rel_gap(q, A._hf_load(out)) <= 1e-6
+    else:
+        # NVFP4 decompresses into bfloat16 weights: the model runs in bfloat16, which on this
+        # tiny DiffusionGemma alone moves the float model's logits ~10%; the decompressed
+        # weights are qpass's rounded to bfloat16, every one, and the gap is bf16's size
+        from qpass.ir.qlinear import QuantLinear
+        assert fmt == "nvfp4-pack-quantized"
+        load = DiffusionGemmaForBlockDiffusion.from_pretrained
+        hf = load(str(out), dtype=torch.bfloat16).eval()
+        gap = A._rel_gap(q, hf)                 # (decompresses on this first forward)
+        bf16_gap = A._rel_gap(load(str(tmp_path / "tiny"), dtype=torch.float32).eval(),
+                              load(str(tmp_path / "tiny"), dtype=torch.bfloat16).eval())
+        assert gap <= 2 * bf16_gap, (gap, bf16_gap)
+        theirs = dict(hf.named_modules())
+        n = 0
+        for name, m in q.model.named_modules():
+            if isinstance(m, QuantLinear) and m.weight_spec is not None and name in theirs:
+                n += 1
+                assert torch.equal(theirs[name].weight.float(),
+                                   m.dequantized_weight().to(torch.bfloat16).float()), name
+        assert n > 0
