@@ -18,7 +18,7 @@ EXAMPLE = """examples:
   qpass export ./w4 --format gptq --out ./w4-gptq
   qpass export ./w4 --format gptq --scale-dtype float32 --out ./w4-gptq-fp32   # exact scales
   qpass export ./w4 --format compressed-tensors --out ./w4-ct      # vLLM / SGLang / transformers
-  qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4        # int4:g32:sym:f16scale
+  qpass quantize tiny-llada --pipeline q4_0-rtn --out ./q4     # int4:g32:sym:signed:f16scale
   qpass export ./q4 --format gguf --out ./tiny-llada-Q4_0.gguf     # llama-diffusion-cli
   qpass export tiny-llada --format gguf --gguf-type f16 --out ./tiny-llada-F16.gguf  # unquantized
   qpass export ./dgemma-w4 --format compressed-tensors --out ./dgemma-w4-ct   # as-is model
