@@ -31,7 +31,8 @@ ABOUT = {
     "w4a4": "int4 weights and per-token activations; QuaRot, DuQuant",
     "q4_0": "llama.cpp Q4_0: 32-weight blocks, float16 scales, its grid (signed extreme on "
             "-8) (qpass export --format gguf)",
-    "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales (qpass export --format gguf)",
+    "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales, its grid (absmax/127) (qpass "
+            "export --format gguf)",
     "w8a16-fp8": "FP8 E4M3 per-channel weights, activations unquantized (vLLM's FP8 "
                  "weight-only path)",
     "w8a8-fp8": "FP8 E4M3 per-channel weights + per-token dynamic activations; llm-compressor "

@@ -218,11 +218,12 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "w4a8": ("int4:channel", "int8:token:dyn"),
     "w4a8g128": ("int4:g128:sym", "int8:token:dyn"),
     "w4a4": ("int4:channel", "int4:token:dyn"),
-    # llama.cpp's block formats (GGUF export): 32-weight blocks, float16 scales chosen first;
-    # Q4_0 on llama.cpp's grid (the signed extreme on -8). Spec strings are what records keep,
-    # so checkpoints made when q4_0 meant the full grid still say int4:g32:sym:f16scale
+    # llama.cpp's block formats (GGUF export): 32-weight blocks, float16 scales chosen first,
+    # on llama.cpp's own grids: Q4_0 the signed extreme on -8, Q8_0 absmax/127 (restricted; the
+    # full grid's clipped extreme costs 8% more error in blocks of 32). Spec strings are what
+    # records keep, so checkpoints made with the full grid still say int<b>:g32:sym:f16scale
     "q4_0": ("int4:g32:sym:signed:f16scale", None),
-    "q8_0": ("int8:g32:sym:f16scale", None),
+    "q8_0": ("int8:g32:sym:restricted:f16scale", None),
     # floating-point grids (qpass/specs/float_spec.py): w<bits>a<bits>-<format>, named after
     # llm-compressor's schemes (FP8_DYNAMIC, NVFP4A16, NVFP4, MXFP4A16, MXFP4)
     "w8a16-fp8": ("fp8:channel", None),

@@ -167,3 +167,33 @@ def test_gptq_groups_take_the_signed_grid():
     rtn = QuantizedWeight.from_float(W, spec).dequantize()
     err = lambda Q: float(((W - Q) @ X).pow(2).sum())  # noqa: E731
     assert err(Wq) < err(rtn)
+
+
+def llama_q8_0(x) -> tuple[np.ndarray, np.ndarray]:
+    """(d float32 (blocks,), q int64 (blocks, 32)) of quantize_row_q8_0_ref: d = amax/127,
+    q = roundf(x·(1/d)) (half away from zero), in float32 as the C code rounds."""
+    x = np.asarray(x, F32).reshape(-1, 32)
+    d = (np.abs(x).max(axis=1) / F32(127)).astype(F32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+    y = (x * inv[:, None]).astype(F32)
+    return d, (np.sign(y) * np.floor(np.abs(y) + F32(0.5))).astype(np.int64)
+
+
+def test_q8_0_scheme_is_llama_cpps_grid_and_never_loses():
+    # q8_0 = llama.cpp's Q8_0 scale (absmax/127): the same fp16 block scales as
+    # quantize_row_q8_0 on the same weights; codes chosen with the stored fp16 scale, so the
+    # error is never larger. The full grid (what q8_0 meant before) loses 8% in 32-blocks.
+    w = _weights()[:32].half().float()
+    d, q = llama_q8_0(w.numpy())
+    x = w.double().numpy().reshape(-1, 32)
+    d16 = d.astype(np.float16).astype(np.float64)
+    err_l = np.abs(x - d16[:, None] * q)
+    ours = QuantizedWeight.from_float(w, Scheme.parse("q8_0").weight)
+    assert Scheme.parse("q8_0").weight == QuantSpec.parse("int8:g32:sym:restricted:f16scale")
+    live = d != 0                                     # an all-zero block: qpass's floor scale
+    np.testing.assert_array_equal(ours.scale.double().numpy().reshape(-1)[live], d16[live])
+    err_q = np.abs(x - ours.dequantize().double().numpy().reshape(-1, 32))
+    assert (err_q <= err_l + 1e-7 * d16[:, None]).all()
+    full = QuantizedWeight.from_float(w, "int8:g32:sym:f16scale").dequantize().double().numpy()
+    assert ((full.reshape(-1, 32) - x) ** 2).sum() > 1.05 * (err_l ** 2).sum()
