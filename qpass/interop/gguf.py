@@ -67,6 +67,10 @@ def _why_not(q: QLinear) -> str | None:
     use = ("the preset q4_0-gptq, q4_0-rtn or q8_0-rtn (qpass quantize MODEL --pipeline "
            "q4_0-gptq), or --scheme q4_0 / q8_0 with another pipeline: weight specs "
            "int4:g32:sym:f16scale (Q4_0), int8:g32:sym:f16scale or int8:channel:f16scale (Q8_0)")
+    if getattr(s, "is_float", False):
+        return (f"{s} is a floating-point format; GGUF's Q4_0/Q8_0 hold integer codes, and "
+                f"writing these codes as integers would change every weight. Export it as "
+                f"compressed-tensors, or quantize with {use}")
     if not s.symmetric:
         return (f"it is asymmetric; Q4_1/Q8_1 would store the zero point as a float16 offset "
                 f"−d·z, rounding it. Quantize with {use}")

@@ -85,13 +85,11 @@ def test_a_tampered_nvfp4_scale_is_refused(nvfp4_dir, tmp_path, lie, words):
 @pytest.mark.parametrize("fmt, words", [
     ("compressed-tensors", "floating-point formats"),
     ("gptq", "floating-point format"),
-    pytest.param("gguf", "floating-point", marks=pytest.mark.xfail(
-        reason="qpass/interop/gguf.py does not refuse float specs yet: an mxfp4 model "
-               "(4-bit, 32-blocks) is written as Q4_0 codes", strict=False)),
+    ("gguf", "floating-point"),
 ])
 def test_float_models_are_not_exported_as_integer_formats(llada, tmp_path, capsys, fmt, words):
-    """Until the float exports exist (issue 28, item 3) no exporter writes a float model's
-    codes as integer ones: one error line, nothing written."""
+    """No exporter writes a float model's codes as integer ones (an mxfp4 model, 4-bit in
+    32-blocks, fits Q4_0's shape): one error line, nothing written."""
     model, _ = llada
     src = tmp_path / "mx"
     qpass.Pipeline([P.RTN()], scheme="w4a16-mxfp4").run(model, progress=False).save(src)
