@@ -55,18 +55,13 @@ def export_as_is_compressed_tensors(model, out, scale_dtype: str = "float32",
                                     trust_remote_code: bool = False) -> Path:
     """Write an AsIsModel (or the directory it was saved to) as a compressed-tensors
     checkpoint directory OUT (a new path). float32 scales (default) keep qpass's exactly."""
-    from qpass.runtime import as_is_model
     from qpass.runtime.output import check_new_output
     if scale_dtype not in SCALE_DTYPES:
         raise CheckpointError(f"--scale-dtype {scale_dtype!r}: compressed-tensors scales are one "
                               f"of {', '.join(SCALE_DTYPES)}")
     check_new_output(out, "--out")
-    q = model if isinstance(model, as_is_model.AsIsModel) else \
-        as_is_model.load(model, trust_remote_code=trust_remote_code)
+    q = exportable(model, trust_remote_code)
     m = q.model
-    if getattr(m.config, "quantization_config", None) is not None:
-        raise CheckpointError("the model was loaded from an already quantized checkpoint "
-                              "(config.quantization_config); qpass exports only what it quantized")
     linears, kept = _linears(m)
     if not linears:
         raise CheckpointError("the model has no quantized linears; nothing to export as "
@@ -90,6 +85,19 @@ def export_as_is_compressed_tensors(model, out, scale_dtype: str = "float32",
     src = ExportSource(None, hf, linears, dense, q.tokenizer, kept)
     hf["quantization_config"] = quantization_config(src, schemes)
     return write_dir(out, _own_storage(tensors), hf, q.tokenizer, _extra_files(m))
+
+
+def exportable(model, trust_remote_code: bool = False):
+    """The AsIsModel to export: `model` itself or the one saved in that directory; a model
+    loaded from someone else's quantized checkpoint is refused (qpass exports what it
+    quantized)."""
+    from qpass.runtime import as_is_model
+    q = model if isinstance(model, as_is_model.AsIsModel) else \
+        as_is_model.load(model, trust_remote_code=trust_remote_code)
+    if getattr(q.model.config, "quantization_config", None) is not None:
+        raise CheckpointError("the model was loaded from an already quantized checkpoint "
+                              "(config.quantization_config); qpass exports only what it quantized")
+    return q
 
 
 def _linears(m: nn.Module) -> tuple[list[QLinear], list[str]]:

@@ -85,12 +85,9 @@ def export_as_is_gguf(model, out, scale_dtype: str = "float16",
                               f"they are covers {supported()} only (no other llama.cpp graph "
                               f"is mapped). This one exports as --format compressed-tensors "
                               f"only (transformers loads it with the model's own code)")
-    q = model if isinstance(model, as_is_model.AsIsModel) else \
-        as_is_model.load(model, trust_remote_code=trust_remote_code)
+    from qpass.interop.as_is_export import exportable
+    q = exportable(model, trust_remote_code)
     m = q.model
-    if getattr(m.config, "quantization_config", None) is not None:
-        raise CheckpointError("the model was loaded from an already quantized checkpoint "
-                              "(config.quantization_config); qpass exports only what it quantized")
     tensors = llada_moe_tensors(m)
     md = llada_moe_metadata(m, q.tokenizer, tensors, name=_name(q))
     return _write(out, md, tensors)

@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-_BUILD = Path(__file__).resolve().parents[1] / "fixtures" / "remote_code" / "build.py"
-_spec = importlib.util.spec_from_file_location("_qpass_remote_code_fixtures_build", _BUILD)
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
-_ISO = _BUILD.with_name("isolation.py")
-_spec = importlib.util.spec_from_file_location("_qpass_remote_code_isolation", _ISO)
-isolation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(isolation)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from remote_fixtures import build as fixtures, isolation  # noqa: E402
 
 # family -> (model_type, architecture, the real checkpoint's distinctive state-dict keys)
 EXPECTED = {
