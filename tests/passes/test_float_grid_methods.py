@@ -2,7 +2,6 @@
 float64 textbook GPTQ that rounds to the format's values inside the group's scales, its
 exact cases (a diagonal Hessian gives RTN's codes; act-order keeps RTN's block scales), and the
 passes through Pipeline.run on the zoo's tiny-llada."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ import torch
 import qpass
 from qpass import passes as P
 from qpass import presets
-from qpass.calibration import CalibrationSet
 from qpass.formats import QuantizedWeight, float_qparams
 from qpass.formats.floating import element, nvfp4_global_scale
 from qpass.formats.minifloat import round_to
@@ -97,18 +95,6 @@ def test_act_order_keeps_rtn_block_scales(spec):
 
 
 # ---- passes on tiny-llada ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def llada():
-    model = qpass.models.load("tiny-llada")
-    text = (Path(qpass.__file__).parent / "zoo/tiny-llada/eval/shakespeare_test.txt").read_text()
-    calib = CalibrationSet.from_texts([text], model.tokenizer, n=8, seq_len=128, seed=0)
-    ids = CalibrationSet.from_texts([text[5000:]], model.tokenizer, n=2, seq_len=96,
-                                    seed=1).input_ids[:2]
-    with torch.no_grad():
-        ref = model(ids)
-    return model, calib, ids, ref
-
-
 def _rel(model, ids, ref):
     with torch.no_grad():
         out = model(ids)

@@ -1,14 +1,12 @@
 """AWQ, SmoothQuant, QuaRot and DuQuant on the floating-point grids (issue 28 item 2): each runs
 through Pipeline.run on tiny-llada with every linear on the scheme's float format, and each
 lands closer to the FP logits than plain RTN on the same scheme — the reason to run it."""
-from pathlib import Path
 
 import pytest
 import torch
 
 import qpass
 from qpass import passes as P
-from qpass.calibration import CalibrationSet
 from qpass.ir.qlinear import QuantLinear
 
 CASES = {
@@ -20,18 +18,6 @@ CASES = {
                "w4a4-nvfp4"),
     "duquant": (lambda: [P.FuseNorms(), P.DuQuant(), P.RTN()], "w4a4-mxfp4"),
 }
-
-
-@pytest.fixture(scope="module")
-def llada():
-    model = qpass.models.load("tiny-llada")
-    text = (Path(qpass.__file__).parent / "zoo/tiny-llada/eval/shakespeare_test.txt").read_text()
-    calib = CalibrationSet.from_texts([text], model.tokenizer, n=8, seq_len=128, seed=0)
-    ids = CalibrationSet.from_texts([text[5000:]], model.tokenizer, n=2, seq_len=96,
-                                    seed=1).input_ids[:2]
-    with torch.no_grad():
-        ref = model(ids)
-    return model, calib, ids, ref
 
 
 def _rel(compiled, ids, ref) -> float:
