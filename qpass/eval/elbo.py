@@ -17,7 +17,7 @@ kept as context and not scored."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,11 @@ class EvalResult:
     n_tokens: int                 # tokens scored (each counted once, not once per draw)
     n_sequences: int = 0
     n_mc: int = 0
+    # per chunk, in scoring order: its estimated bits (mean over its draws of loss/t, in bits)
+    # and its scored tokens; Σ chunk_bits / Σ chunk_tokens == bits_per_token. These are the
+    # per-item records a paired test between two models scored on the same chunks needs.
+    chunk_bits: list = field(default_factory=list, repr=False)
+    chunk_tokens: list = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,10 +156,14 @@ def elbo_ppl(model, texts_or_ids, *, tokenizer=None, seq_len: int = 256, n_mc: i
         else float("nan")
     n_tokens = int(sum(len(ch) - keep for ch in chunks))
     bits = nll / math.log(2)
+    per_chunk = torch.zeros(len(chunks), dtype=torch.float64)
+    per_chunk.index_add_(0, torch.tensor([c for c, _, _ in rows]), losses)
     return EvalResult(nll_per_token=nll, bits_per_token=bits,
                       bits_per_byte=_bits_per_byte(bits, n_tokens, chunks, keep, tokenizer),
                       ppl=math.exp(nll), stderr=stderr, n_tokens=n_tokens,
-                      n_sequences=len(chunks), n_mc=n_mc)
+                      n_sequences=len(chunks), n_mc=n_mc,
+                      chunk_bits=(per_chunk / n_mc / math.log(2)).tolist(),
+                      chunk_tokens=[len(ch) - keep for ch in chunks])
 
 
 def _bits_per_byte(bits_per_token, n_tokens, chunks, keep, tokenizer):

@@ -17,13 +17,15 @@ DEFAULT_TASKS = ("general", "math", "code")
 @torch.no_grad()
 def evaluate(model, tasks=DEFAULT_TASKS, limit: int | None = None, seed: int = 0,
              tokenizer=None, data_dir=None, progress: bool | None = False,
-             **settings) -> dict:
+             items: bool = False, **settings) -> dict:
     """{"tasks": {name: {metric: value}}, "seconds": {name: s}, "seed", "limit", "settings"}.
 
     limit caps the items of every task (cloze questions, math problems, scored text chunks);
     keyword settings override TaskSettings fields (e.g. n_mc=8, text_bytes=65536). progress:
     report the tasks and their loops through qpass.display.progress (True: bars on a terminal; None:
-    as the enclosing step or the command line says; False: silent)."""
+    as the enclosing step or the command line says; False: silent). items: each task adds its
+    per-item records under "items" (every scored chunk's bits, every problem's and cloze
+    item's answer and correctness), what a paired test between two models needs."""
     if isinstance(tasks, str):
         tasks = [t for t in tasks.split(",") if t]
     known = {f.name for f in fields(TaskSettings)}
@@ -34,7 +36,8 @@ def evaluate(model, tasks=DEFAULT_TASKS, limit: int | None = None, seed: int = 0
         raise QpassError(f"limit must be >= 1, got {limit}")
     ctx = TaskContext(tokenizer=tokenizer if tokenizer is not None else getattr(model, "tokenizer", None),
                       data_dir=Path(data_dir) if data_dir is not None else None, seed=seed,
-                      limit=limit, progress=progress, settings=TaskSettings(**settings))
+                      limit=limit, progress=progress, settings=TaskSettings(**settings),
+                      items=items)
     resolved = [get_task(t) for t in tasks]  # unknown names fail before any compute
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -73,7 +76,7 @@ def results_table(results: dict, title: str | None = None):
     for name, metrics in results["tasks"].items():
         first = True
         for key, value in metrics.items():
-            if key.endswith("_stderr") or key == "example":
+            if key.endswith("_stderr") or key in ("example", "items"):
                 continue
             err = metrics.get(key + "_stderr", "")
             table.add_row(name if first else "", key, _fmt(value), _fmt(err),

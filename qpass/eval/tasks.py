@@ -15,13 +15,14 @@ import json
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..data import sources
 from ..errors import QpassError
-from ..sampling import generate, generated_ids
+from ..sampling import StepStats, generate, generated_ids, resolve_sampler
 from ..sampling.common import decode_text, encode_text
 from .cloze import build_cloze
 from .elbo import elbo_ppl
@@ -44,7 +45,9 @@ class TaskSettings:
     math_shots: int = 3
     gen_length: int = 4
     steps: int = 4
-    block_length: int = 4
+    block_length: int = 4       # Dream too (Fast-dLLM's block variant; = gen_length: Dream v0)
+    cache: str = "none"         # generation's K/V cache policy (qpass.sampling.cache)
+    threshold: float | None = None   # parallel decoding by confidence (steps then unused)
     unsafe_code_exec: bool = False   # run code tasks without the sandbox where none exists
 
 
@@ -56,6 +59,7 @@ class TaskContext:
     limit: int | None = None    # cap on items (cloze, math problems) and on scored chunks
     progress: bool | None = False
     settings: TaskSettings = field(default_factory=TaskSettings)
+    items: bool = False         # add per-item records under "items" (chunks, problems, items)
 
     def cap(self, n: int) -> int:
         return n if self.limit is None else min(n, self.limit)
@@ -127,8 +131,13 @@ def _bits_per_byte(model, ctx: TaskContext, file: str) -> dict:
                  progress=ctx.progress)
     bpb = r.bits_per_byte  # never None here: the text has a tokenizer
     scale = bpb / r.bits_per_token
-    return {"bits_per_byte": bpb, "bits_per_byte_stderr": r.stderr / math.log(2) * scale,
-            "tokens": r.n_tokens}
+    out = {"bits_per_byte": bpb, "bits_per_byte_stderr": r.stderr / math.log(2) * scale,
+           "tokens": r.n_tokens}
+    if ctx.items:   # bits_per_byte == Σ values / Σ weights over the chunks
+        out["items"] = {"bits_per_byte": {
+            "ids": [f"chunk{i}" for i in range(len(r.chunk_bits))],
+            "values": [b * scale for b in r.chunk_bits], "weights": r.chunk_tokens}}
+    return out
 
 
 # ---- tasks ----------------------------------------------------------------------------------
@@ -143,13 +152,19 @@ def general_task(model, ctx: TaskContext) -> dict:
             for it in items for o in it.options]
     draws = loglikelihood_draws(model, reqs, mc_num=s.cloze_mc, batch_size=max(s.batch_size, 32),
                                 seed=ctx.seed, progress=ctx.progress)
-    correct, pos = 0, 0
+    chosen, pos = [], 0
     for it in items:
         scores = [float(d.mean()) for d in draws[pos:pos + len(it.options)]]
         pos += len(it.options)
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == it.label)
-    acc = correct / max(len(items), 1)
+        chosen.append(max(range(len(scores)), key=scores.__getitem__))
+    hits = [int(c == it.label) for c, it in zip(chosen, items)]
+    acc = sum(hits) / max(len(items), 1)
     out.update(cloze_acc=acc, cloze_acc_stderr=_binomial_se(acc, len(items)), cloze_n=len(items))
+    if ctx.items:
+        out.setdefault("items", {})["cloze_acc"] = {
+            "ids": [it.left[-24:] + "_" + it.options[it.label] for it in items], "values": hits,
+            "answer": [it.options[c] for c, it in zip(chosen, items)],
+            "expected": [it.options[it.label] for it in items]}
     return out
 
 
@@ -186,15 +201,34 @@ def math_task(model, ctx: TaskContext) -> dict:
     tok, s = _need_tokenizer(ctx), ctx.settings
     problems = math_problems(ctx)
     prompts = [encode_text(tok, p) for p, _ in problems]
-    kw = dict(gen_length=s.gen_length, steps=s.steps, seed=ctx.seed, progress=ctx.progress)
-    if not getattr(getattr(model, "config", None), "logit_shift", False):
-        kw["block_length"] = s.block_length
+    stats = StepStats()
+    # block_length goes to Dream too: equal to gen_length (the default) it is Dream v0's one
+    # block; the study's acceleration grid varies it with the cache and the threshold
+    kw = dict(gen_length=s.gen_length, steps=s.steps, seed=ctx.seed, progress=ctx.progress,
+              threshold=s.threshold, stats=stats)
+    if resolve_sampler(model) != "block":    # block diffusion: its own blocks, no cache
+        kw.update(block_length=s.block_length, cache=s.cache)
+    elif s.cache != "none":
+        raise QpassError(f"cache={s.cache!r}: the block-diffusion sampler has no K/V cache")
+    cpu0 = time.process_time()
     out = generate(model, prompts, **kw)
+    cpu = time.process_time() - cpu0
     texts = [decode_text(tok, g) for g in generated_ids(out, prompts)]
     hits = [leading_number(t) == ans for t, (_, ans) in zip(texts, problems)]
     acc = sum(hits) / max(len(hits), 1)
-    return {"exact_match": acc, "exact_match_stderr": _binomial_se(acc, len(hits)), "n": len(hits),
-            "example": f"{problems[0][0].splitlines()[-1]}{texts[0]!r}" if problems else ""}
+    tokens = s.gen_length * len(prompts)
+    res = {"exact_match": acc, "exact_match_stderr": _binomial_se(acc, len(hits)), "n": len(hits),
+           # tokens per forward: generated tokens over each row's own denoising steps (a row
+           # that finished its block early rides along in the batch without needing them)
+           "forwards": stats.nfe, "tokens_per_forward": tokens / max(sum(stats.row_steps), 1),
+           "cpu_seconds": round(cpu, 4), "tokens_per_second": tokens / cpu if cpu > 0 else None,
+           "example": f"{problems[0][0].splitlines()[-1]}{texts[0]!r}" if problems else ""}
+    if ctx.items:
+        res["items"] = {"exact_match": {"ids": [p.splitlines()[-1] for p, _ in problems],
+                                        "values": [int(h) for h in hits],
+                                        "answer": [leading_number(t) for t in texts],
+                                        "expected": [a for _, a in problems]}}
+    return res
 
 
 @register("code", "code", "Python standard-library bits per byte (ELBO)")

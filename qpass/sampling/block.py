@@ -86,6 +86,7 @@ def generate_block_diffusion(model, prompt_ids, gen_length: int = 128,
                 stats.nfe += 1
                 stats.rows += x.shape[0] * hi
                 stats.steps += 1
+                stats.count_rows(masked)
                 stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min()))
                 masked = x[:, lo:hi] == ids.mask
                 i += 1

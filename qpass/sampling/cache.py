@@ -44,6 +44,15 @@ class StepStats:
     rows: int = 0
     steps: int = 0
     committed_per_step: list = field(default_factory=list)
+    # per batch row, the steps at which it still had masked positions in the block: its own
+    # forwards (a finished row rides along in a batch but needs no forward of its own)
+    row_steps: list = field(default_factory=list)
+
+    def count_rows(self, masked: torch.Tensor) -> None:
+        active = masked.any(dim=1).long().tolist()
+        if len(self.row_steps) < len(active):
+            self.row_steps += [0] * (len(active) - len(self.row_steps))
+        self.row_steps = [n + a for n, a in zip(self.row_steps, active)]
 
     def to_dict(self) -> dict:
         return {"nfe": self.nfe, "refreshes": self.refreshes, "rows": self.rows,

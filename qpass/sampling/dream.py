@@ -124,6 +124,7 @@ def generate_dream(model, prompt_ids, gen_length: int = 128, steps: int = 128,
                                              gen, B)
                 x[:, lo:hi] = torch.where(commit, tokens, x[:, lo:hi])
                 stats.steps += 1
+                stats.count_rows(masked)
                 stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min()))
                 i += 1
                 advance()

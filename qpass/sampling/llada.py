@@ -173,6 +173,7 @@ def generate_llada(model, prompt_ids, gen_length: int = 128, steps: int | None =
                                                   remasking, threshold,
                                                   None if threshold is not None else schedule[:, i])
                 stats.steps += 1
+                stats.count_rows(masked)
                 stats.committed_per_step.append(int(commit.sum(dim=1)[masked.any(dim=1)].min())
                                                 if bool(masked.any()) else 0)
                 i += 1

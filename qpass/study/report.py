@@ -2,7 +2,9 @@
 
 Each task has one headline metric (cloze accuracy for general, exact match for math, bits per
 byte for code) and the relative drop vs FP of the same model and seed, in percent, signed so
-that positive is worse whichever direction the metric goes. Seeds are averaged."""
+that positive is worse whichever direction the metric goes. Seeds are averaged. Every row is
+also tested against FP of the same model on the same items (qpass.study.significance): a
+difference is called better or worse only when the paired test says so, never by its size."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..folders.owned import replacing, write_output
+from .significance import verdict_text, versus
 
 HEADLINE = {"general": ("cloze_acc", True), "math": ("exact_match", True),
             "code": ("bits_per_byte", False)}   # metric, higher is better
@@ -40,6 +43,13 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "value": value, "seeds": len(rs), "cached": all(r["cached"] for r in rs)})
     fp = {(s["model"], s["task"]): s["value"] for s in out if s["pipeline"] == "fp"}
     for s in out:
+        ref_rows = groups.get((s["model"], "fp", s["task"]))
+        cmp = None if s["pipeline"] == "fp" or not ref_rows else versus(
+            groups[(s["model"], s["pipeline"], s["task"])], ref_rows, s["metric"],
+            s["higher_is_better"])
+        s["vs_fp"] = None if cmp is None else {k: cmp[k] for k in (
+            "diff", "lo", "hi", "p", "test", "verdict")}
+        s["vs_fp_text"] = "–" if s["pipeline"] == "fp" else verdict_text(cmp)
         ref = fp.get((s["model"], s["task"]))
         if ref is None or ref == 0:
             s["drop_vs_fp_pct"] = None
@@ -55,28 +65,33 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-_COLS = ("model", "pipeline", "w_bits", "a_bits", "task", "metric", "value", "drop_vs_fp_pct")
+_COLS = ("model", "pipeline", "w_bits", "a_bits", "task", "metric", "value", "drop_vs_fp_pct",
+         "vs_fp_text")
 
 
 def rich_table(summary: list[dict], title: str):
     from rich.table import Table
     t = Table(title=title)
     for c in _COLS:
-        t.add_column(c.replace("_", " "), justify="left" if c in ("model", "pipeline", "task",
-                                                                  "metric") else "right")
+        t.add_column("vs FP (paired)" if c == "vs_fp_text" else c.replace("_", " "),
+                     justify="left" if c in ("model", "pipeline", "task", "metric",
+                                             "vs_fp_text") else "right")
     for s in summary:
         t.add_row(*(_fmt(s[c]) for c in _COLS))
     return t
 
 
 def markdown(summary: list[dict], title: str) -> str:
-    lines = [f"# {title}", "", "| " + " | ".join(_COLS) + " |",
+    head = [("vs FP (paired)" if c == "vs_fp_text" else c) for c in _COLS]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join("---" for _ in _COLS) + "|"]
     lines += ["| " + " | ".join(_fmt(s[c]) for c in _COLS) + " |" for s in summary]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: list[dict]) -> str:
+    """One line per row; the per-item records stay in results.json."""
+    rows = [{k: v for k, v in r.items() if k != "items"} for r in rows]
     keys = sorted({k for r in rows for k in r})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
@@ -111,7 +126,14 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
     q = [s for s in summary if s["pipeline"] != "fp" and s["drop_vs_fp_pct"] is not None]
     if q:
         fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(q)), 4))
-        ax.bar(range(len(q)), [s["drop_vs_fp_pct"] for s in q])
+        bars = ax.bar(range(len(q)), [s["drop_vs_fp_pct"] for s in q],
+                      yerr=_drop_errors(q, fp_values(summary)), capsize=2)
+        for bar, s in zip(bars, q):     # hatched: not significantly different from FP (paired)
+            if not (s.get("vs_fp") or {}).get("verdict") in ("better", "worse"):
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+        ax.set_title("hatched: no significant difference from FP (paired test, 95%); "
+                     "bars: 95% paired interval", fontsize=7)
         ax.set_xticks(range(len(q)), [f"{s['model']}\n{s['pipeline']}\n{s['task']}" for s in q],
                       fontsize=6)
         ax.set_ylabel("drop vs FP (%, positive = worse)")
@@ -121,6 +143,27 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
             fig.savefig(tmp, dpi=110)
         plt.close(fig)
     return written
+
+
+def fp_values(summary: list[dict]) -> dict:
+    return {(s["model"], s["task"]): s["value"] for s in summary if s["pipeline"] == "fp"}
+
+
+def _drop_errors(q: list[dict], fp: dict):
+    """(2, n) error-bar lengths of drop_vs_fp_pct from each row's paired interval (0 without)."""
+    lo, hi = [], []
+    for s in q:
+        v, ref = s.get("vs_fp"), fp.get((s["model"], s["task"]))
+        if not v or not ref:
+            lo.append(0.0)
+            hi.append(0.0)
+            continue
+        sign = -1.0 if s["higher_is_better"] else 1.0      # drop = sign · diff / |ref|
+        ends = sorted(100.0 * sign * e / abs(ref) for e in (v["lo"], v["hi"]))
+        d = s["drop_vs_fp_pct"]
+        lo.append(max(0.0, d - ends[0]))
+        hi.append(max(0.0, ends[1] - d))
+    return [lo, hi]
 
 
 def write_outputs(rows: list[dict], out: Path, title: str, with_plots: bool = True) -> dict:

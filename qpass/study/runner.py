@@ -31,7 +31,7 @@ from .. import folders
 from ..display import progress as progress_lines
 from ..calibration import build_calibration
 from ..errors import QpassError
-from ..folders import CAPS, Mapping, read_json
+from ..folders import CAPS, Mapping, Optional, read_json
 from ..folders.owned import own_dir, write_output
 from ..runtime.loading import load_any
 from ..eval.runner import evaluate
@@ -39,8 +39,9 @@ from ..eval.tasks import TaskSettings, get_task
 
 FP = "fp"
 MARKER = "qpass-study.json"   # written in OUT; an OUT without it that is not empty is refused
+# "items" (per-item records) may be absent from results cached before they were kept
 _RESULT_SCHEMA = {"metrics": Mapping(object), "eval_seconds": (int, float),
-                  "quantize_seconds": (int, float)}
+                  "quantize_seconds": (int, float), "items": Optional(object)}
 _CODE_DIRS = ("qpass", "passes", "backends")
 
 
@@ -231,9 +232,10 @@ def _run_cell(cfg, m, pname, pipe, seed, cell, cached, eval_settings, limit, log
             shown.describe(f"{m['name']} {pname} seed={seed} {t}")
             t0 = time.perf_counter()
             res = evaluate(model, tasks=[t], limit=limit, seed=seed, progress=None,
-                           **eval_settings)
+                           items=True, **eval_settings)
             metrics = res["tasks"][t]
-            entry = {"metrics": {k: v for k, v in metrics.items() if k != "example"},
+            entry = {"metrics": {k: v for k, v in metrics.items() if k not in ("example", "items")},
+                     "items": metrics.get("items"),
                      "eval_seconds": round(time.perf_counter() - t0, 3),
                      "quantize_seconds": qseconds}
             _write_atomic(cached[t], json.dumps(entry, indent=1) + "\n")
@@ -248,7 +250,7 @@ def _run_cell(cfg, m, pname, pipe, seed, cell, cached, eval_settings, limit, log
                      "w_bits": w, "a_bits": a, "seed": seed, "task": t,
                      "category": get_task(t).category, "cached": was_cached,
                      **entry["metrics"], "quantize_seconds": entry["quantize_seconds"],
-                     "eval_seconds": entry["eval_seconds"]})
+                     "eval_seconds": entry["eval_seconds"], "items": entry.get("items")})
     return rows
 
 

@@ -35,6 +35,15 @@ seq_len = 64
 """
 
 
+@pytest.fixture(autouse=True)
+def _steady_code_version(monkeypatch):
+    """The cache key hashes qpass's sources; pin it so that an edit to the tree by another
+    process between two runs of one test does not look like a code change (code_version's own
+    behaviour is not what these tests are about)."""
+    version = study_mod.code_version()
+    monkeypatch.setattr(study_mod, "code_version", lambda: version)
+
+
 def _write(tmp_path, pipelines):
     p = tmp_path / "grid.toml"
     p.write_text(CONFIG.format(pipelines=json.dumps(pipelines)))
@@ -50,6 +59,19 @@ def test_second_run_is_served_from_the_cache(tmp_path, monkeypatch, capsys):
         assert (out / name).stat().st_size > 0
     fp_code = [s for s in first["summary"] if s["pipeline"] == "fp" and s["task"] == "code"][0]
     assert fp_code["drop_vs_fp_pct"] == 0.0 and 0.5 < fp_code["value"] < 8
+    # per-item records: every problem and chunk, and they add up to the row's metric
+    for r in first["rows"]:
+        if r["task"] == "math":
+            rec = r["items"]["exact_match"]
+            assert len(rec["values"]) == r["n"] == len(rec["answer"]) == 4
+            assert sum(rec["values"]) / 4 == r["exact_match"]
+        else:
+            rec = r["items"]["bits_per_byte"]
+            assert sum(rec["values"]) / sum(rec["weights"]) == pytest.approx(r["bits_per_byte"])
+    q = {s["task"]: s for s in first["summary"] if s["pipeline"] == "w4a16-rtn"}
+    assert q["math"]["vs_fp"]["test"] == "mcnemar-exact"
+    assert q["code"]["vs_fp"]["test"] == "paired-bootstrap"
+    assert q["code"]["vs_fp"]["verdict"] in ("worse", "tie", "better")
 
     def no_compute(*a, **k):
         raise AssertionError("the cache should have served this")
