@@ -9,10 +9,11 @@ are named (calibration is qpass.calibration.build_calibration).
     qpass.study.write_outputs(rows, cfg.out, "paper")"""
 from .report import (HEADLINE, csv_text, headline, markdown, plots, rich_table, summarize,
                      write_outputs)
-from .runner import (FP, MARKER, StudyConfig, bits_of, check_out_dir, code_version, method_of,
+from .runner import (FP, MARKER, StudyConfig, bits_of, check_out_dir, code_version, format_of,
+                     method_of,
                      model_identity, pipeline_identity, read_config, run_study)
 
 __all__ = ["StudyConfig", "read_config", "run_study", "check_out_dir", "code_version",
-           "model_identity", "pipeline_identity", "bits_of", "method_of", "FP", "MARKER",
+           "model_identity", "pipeline_identity", "bits_of", "method_of", "format_of", "FP", "MARKER",
            "HEADLINE", "headline", "summarize", "rich_table", "markdown", "csv_text", "plots",
            "write_outputs"]

@@ -38,6 +38,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         metric, higher = headline(task, rs[0])
         value = sum(r[metric] for r in rs) / len(rs)
         out.append({"model": model, "pipeline": pipe, "method": rs[0]["method"],
+                    "format": rs[0].get("format", "int"),
                     "w_bits": rs[0]["w_bits"], "a_bits": rs[0]["a_bits"], "task": task,
                     "category": rs[0]["category"], "metric": metric, "higher_is_better": higher,
                     "value": value, "seeds": len(rs), "cached": all(r["cached"] for r in rs)})
@@ -65,7 +66,7 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-_COLS = ("model", "pipeline", "w_bits", "a_bits", "task", "metric", "value", "drop_vs_fp_pct",
+_COLS = ("model", "pipeline", "format", "w_bits", "a_bits", "task", "metric", "value", "drop_vs_fp_pct",
          "vs_fp_text")
 
 
@@ -111,10 +112,13 @@ def plots(summary: list[dict], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(cats), figsize=(5 * len(cats), 3.8), squeeze=False)
     for ax, cat in zip(axes[0], cats):
         part = [s for s in summary if s["category"] == cat]
-        for (model, method) in sorted({(s["model"], s["method"]) for s in part}):
+        # one line per (model, method, number format): fp8/nvfp4/mxfp4 rows apart from int
+        for key in sorted({(s["model"], s["method"], s.get("format", "int")) for s in part}):
             pts = sorted((s["w_bits"] + s["a_bits"] / 100, s["value"]) for s in part
-                         if s["model"] == model and s["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{model} {method}")
+                         if (s["model"], s["method"], s.get("format", "int")) == key)
+            model, method, fmt = key
+            label = f"{model} {method}" + ("" if fmt in ("int", "fp") else f" ({fmt})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_title(f"{cat}: {part[0]['metric']}")
         ax.set_xlabel("weight bits (+ act bits / 100)")
         ax.legend(fontsize=7)

@@ -14,6 +14,8 @@ Config (TOML; YAML too when PyYAML is installed):
     [study]  name, out, seeds = [0]
     [[models]]  name, path              (zoo name, HF checkpoint dir or compiled dir)
     [grid]   pipelines = ["fp", "w4a16-rtn", ...]   ("fp" = the unquantized model)
+             optional = ["w4a4-learned", ...]       (run when the resolver knows them,
+                                                     skipped with a note otherwise)
              tasks = ["general", "math", "code"]    (qpass task names)
     [eval]  limit and TaskSettings fields     [calibration]  n, seq_len, path (texts for
                                               models that are not embedded zoo models)"""
@@ -30,7 +32,7 @@ from typing import Callable
 from .. import folders
 from ..display import progress as progress_lines
 from ..calibration import build_calibration
-from ..errors import QpassError
+from ..errors import PipelineError, QpassError
 from ..folders import CAPS, Mapping, Optional, read_json
 from ..folders.owned import own_dir, write_output
 from ..runtime.loading import load_any
@@ -52,6 +54,7 @@ class StudyConfig:
     models: list[dict]
     pipelines: list[str]
     tasks: list[str]
+    optional: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=lambda: {"n": 32, "seq_len": 256})
@@ -101,8 +104,15 @@ def read_config(path, out: str | None = None) -> StudyConfig:
                                for m in models],
                        pipelines=[str(x) for x in data["pipelines"]],
                        tasks=[str(x) for x in data["tasks"]], seeds=seeds,
+                       optional=_optional(p, data.get("optional", [])),
                        eval=dict(data.get("eval", {})),
                        calibration={"n": 32, "seq_len": 256, **data.get("calibration", {})})
+
+
+def _optional(p: Path, names) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise QpassError(f"{p}: grid.optional must be a list of pipeline names")
+    return names
 
 
 def _config_out(p: Path, out) -> Path:
@@ -195,6 +205,13 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
         own_dir(cfg.out / sub, "study cache folder", private=False)
     _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
     pipes = {name: (None if name == FP else resolve_pipeline(name)) for name in cfg.pipelines}
+    for name in cfg.optional:
+        if name in pipes:
+            continue
+        try:
+            pipes[name] = resolve_pipeline(name)
+        except PipelineError as e:
+            log(f"optional pipeline {name} skipped: {str(e)[:90]}")
     version, cells = code_version(), []
     eval_settings = dict(cfg.eval)
     limit = eval_settings.pop("limit", None)
@@ -246,16 +263,32 @@ def _run_cell(cfg, m, pname, pipe, seed, cell, cached, eval_settings, limit, log
             entry, was_cached = read_json(cached[t], cached[t].parent, CAPS["data"],
                                           _RESULT_SCHEMA, "cached study result"), True
         w, a = bits_of(pname, pipe)
-        rows.append({"model": m["name"], "pipeline": pname, "method": method_of(pname),
-                     "w_bits": w, "a_bits": a, "seed": seed, "task": t,
+        fmt = format_of(pipe)
+        rows.append({"model": m["name"], "pipeline": pname, "method": method_of(pname, fmt),
+                     "format": fmt, "w_bits": w, "a_bits": a, "seed": seed, "task": t,
                      "category": get_task(t).category, "cached": was_cached,
                      **entry["metrics"], "quantize_seconds": entry["quantize_seconds"],
                      "eval_seconds": entry["eval_seconds"], "items": entry.get("items")})
     return rows
 
 
-def method_of(pipeline_name: str) -> str:
-    return FP if pipeline_name == FP else pipeline_name.split("-", 1)[-1]
+def format_of(pipe) -> str:
+    """The weights' number format: "int", a floating-point format ("fp8", "nvfp4", "mxfp4",
+    ...), or "fp" for the unquantized model."""
+    if pipe is None:
+        return FP
+    return str(getattr(getattr(pipe.scheme(), "weight", None), "format", "int"))
+
+
+def method_of(pipeline_name: str, fmt: str = "int") -> str:
+    """The method part of a preset name: "w4a16-gptq" → "gptq"; a float preset's format token
+    is dropped ("w4a4-nvfp4-gptq" → "gptq", "w8a8-fp8" → "rtn": no method means RTN)."""
+    if pipeline_name == FP:
+        return FP
+    parts = pipeline_name.split("-")[1:]
+    if parts and fmt not in ("int", FP) and parts[0] == fmt:
+        parts = parts[1:]
+    return "-".join(parts) or "rtn"
 
 
 def _quantized(cfg, m, pname, pipe, seed, cell, log):
