@@ -73,12 +73,19 @@ _COLS = ("model", "pipeline", "format", "w_bits", "a_bits", "task", "metric", "v
 def rich_table(summary: list[dict], title: str):
     from rich.table import Table
     t = Table(title=title)
-    for c in _COLS:
+    # the terminal table is narrower than the Markdown one: bits as "W4A16", and the numbers
+    # never shortened (the verdict column folds instead)
+    cols = ("model", "pipeline", "format", "bits", "task", "metric", "value", "drop_vs_fp_pct",
+            "vs_fp_text")
+    for c in cols:
         t.add_column("vs FP (paired)" if c == "vs_fp_text" else c.replace("_", " "),
                      justify="left" if c in ("model", "pipeline", "task", "metric",
-                                             "vs_fp_text") else "right")
+                                             "vs_fp_text") else "right",
+                     no_wrap=c in ("value", "drop_vs_fp_pct"),
+                     overflow="fold")
     for s in summary:
-        t.add_row(*(_fmt(s[c]) for c in _COLS))
+        cells = {**s, "bits": f"W{s['w_bits']}A{s['a_bits']}"}
+        t.add_row(*(_fmt(cells[c]) for c in cols))
     return t
 
 
