@@ -1,6 +1,7 @@
 """Floating-point grids (issue 28) on a zoo or HF model: the variants the float presets were
 chosen from — GPTQ act-order at W4A16 NVFP4, FuseNorms / GPTQ / QuaRot at W4A4 NVFP4, GPTQ at
-W8A8 FP8 and W4A4 MXFP4, FP8 128x128 blocks and MXFP8 — by ELBO perplexity on held-out
+W8A8 FP8 and W4A4 MXFP4, FP8 128x128 blocks and MXFP8, AWQ / SmoothQuant / DuQuant /
+QuaRot on the float grids — by ELBO perplexity on held-out
 Shakespeare (bench/real_model.py's tokens and scorer) and the relative logit error on two
 held-out windows. JSON on stdout, one line per row on stderr.
 
@@ -15,6 +16,11 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def _static_nvfp4():
+    from qpass.specs import Scheme
+    return Scheme("w4a4-nvfp4-static", "nvfp4", "nvfp4:tensor")
 
 
 def rows():
@@ -37,12 +43,32 @@ def rows():
         "w4a4-nvfp4 QuaRot (as w4a4-quarot)":
             lambda: Pipeline([P.FuseNorms(), P.Rotate(), P.GPTQ(), P.ObserveActivations()],
                              scheme="w4a4-nvfp4"),
+        # NVFP4 activations: a global scale per token at run time (w4a4-nvfp4) against one
+        # calibrated per tensor with run-time block scales (llm-compressor's NVFP4, exportable)
+        "w4a4-nvfp4 rtn (per-token dynamic global)": lambda: Pipeline([P.RTN()],
+                                                                     scheme="w4a4-nvfp4"),
+        "w4a4-nvfp4 static global: rtn + Observe":
+            lambda: Pipeline([P.RTN(), P.ObserveActivations()], scheme=_static_nvfp4()),
+        "w4a4-nvfp4 static global: gptq act_order=True + Observe":
+            lambda: Pipeline([P.GPTQ(act_order=True), P.ObserveActivations()],
+                             scheme=_static_nvfp4()),
         "w8a8-fp8 gptq": lambda: Pipeline([P.GPTQ()], scheme="w8a8-fp8"),
         "w4a4-mxfp4 gptq act_order=True": lambda: Pipeline([P.GPTQ(act_order=True)],
                                                            scheme="w4a4-mxfp4"),
         "w4a16-mxfp4 rtn": lambda: Pipeline([P.RTN()], scheme="w4a16-mxfp4"),
         "w8a8-fp8:b128 rtn": lambda: Pipeline([P.RTN()], scheme="w8a8-fp8:b128"),
         "w8a8-mxfp8 rtn": lambda: Pipeline([P.RTN()], scheme="w8a8-mxfp8"),
+        "w4a16-nvfp4 AWQ + RTN": lambda: Pipeline([P.AWQ(), P.RTN()], scheme="w4a16-nvfp4"),
+        "w4a16-nvfp4 AWQ + GPTQ act_order=True": lambda: Pipeline(
+            [P.AWQ(), P.GPTQ(act_order=True)], scheme="w4a16-nvfp4"),
+        "w8a8-fp8 SmoothQuant 0.5 + RTN": lambda: Pipeline([P.SmoothQuant(0.5), P.RTN()],
+                                                           scheme="w8a8-fp8"),
+        "w4a4-nvfp4 SmoothQuant 0.5 + RTN": lambda: Pipeline([P.SmoothQuant(0.5), P.RTN()],
+                                                             scheme="w4a4-nvfp4"),
+        "w4a4-nvfp4 DuQuant + RTN": lambda: Pipeline([P.FuseNorms(), P.DuQuant(), P.RTN()],
+                                                     scheme="w4a4-nvfp4"),
+        "w4a4-mxfp4 QuaRot": lambda: Pipeline(
+            [P.FuseNorms(), P.Rotate(), P.GPTQ(), P.ObserveActivations()], scheme="w4a4-mxfp4"),
     }
 
 
