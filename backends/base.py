@@ -8,8 +8,8 @@ from typing import Any, Callable
 # THE list of lowered ops: backends/op_schemas.py defines one `qpass::<op>` torch.library op per
 # name, the registry accepts only these, and a backend's kernels are keyed by them.
 OPS = ("linear_w4a16", "linear_w8a8", "linear_w4a8", "linear_w4a4", "linear_int_codes",
-       "quant_per_token", "rmsnorm_quant", "silu_mul_quant", "hadamard", "attention",
-       "attention_kv")
+       "linear_fp8", "linear_fp4a16", "quant_per_token", "rmsnorm_quant", "silu_mul_quant",
+       "hadamard", "attention", "attention_kv")
 
 
 def kernels_named(namespace: dict, ops: tuple[str, ...] = OPS) -> dict[str, Callable]:

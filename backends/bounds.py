@@ -147,6 +147,32 @@ def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dt
     _optional(op, "bias", bias, FLOATS, (N,), dev)
 
 
+def linear_fp8(x, w_fp8, w_scales, x_scale, bias, group_size) -> None:
+    op = "linear_fp8"
+    K, dev = _activations(op, "x", x), x.device
+    N = _matrix(op, "the fp8 weight codes", w_fp8, (torch.uint8,), K, dev)
+    _int(op, "group_size", group_size, 0)
+    G = 1 if group_size == 0 else -(-K // group_size)      # fp8 b<k> blocks: the last is short
+    _scales(op, "w_scales", w_scales, N, G, dev)
+    _optional(op, "x_scale", x_scale, (torch.float32,), (1, 1), dev)
+    _optional(op, "bias", bias, FLOATS, (N,), dev)
+
+
+def linear_fp4a16(x, qweight, scales, global_scale, bias, block, scale_format) -> None:
+    op = "linear_fp4a16"
+    K, dev = _activations(op, "x", x), x.device
+    if (block, scale_format) not in ((16, "e4m3"), (32, "e8m0")):
+        _refuse(op, "the block and its scale format", "(16, 'e4m3') for nvfp4 or (32, 'e8m0') "
+                "for mxfp4", (block, scale_format))
+    N = _matrix(op, "the packed fp4 weight", qweight, (torch.int32,), packed_cols(K, 4), dev)
+    tensor(op, "scales", scales, (torch.uint8,), (N, _groups(op, K, block, False)), dev)
+    if scale_format == "e4m3":
+        tensor(op, "global_scale", global_scale, (torch.float32,), (1,), dev)
+    elif global_scale is not None:
+        _refuse(op, "global_scale", "None for E8M0 (mx) scales", tuple(global_scale.shape))
+    _optional(op, "bias", bias, FLOATS, (N,), dev)
+
+
 def _signs(op, signs, n, dev) -> None:
     _optional(op, "signs", signs, FLOATS, (n,), dev)
 

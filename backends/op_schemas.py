@@ -128,6 +128,41 @@ linear_w4a8.register_fake(_int4_weight_linear_fake)
 linear_w4a4.register_fake(_int4_weight_linear_fake)
 
 
+# ----- floating-point linear ops (qpass/formats/float_linear.py defines what they compute) --
+@_schema
+def linear_fp8(x: Tensor, w_fp8: Tensor, w_scales: Tensor, x_scale: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, group_size: int = 0,
+               backend: str = "auto") -> Tensor:
+    """FP8 W8A8: E4M3 weight codes w_fp8 uint8 (N, K) with fp32 scales (N, ⌈K/group_size⌉)
+    (group_size 0: (N, 1)) × E4M3 activations, per token (x_scale None) or with the static
+    per-tensor scale x_scale (1, 1); fp32 accumulation, the integer kernels' epilogue."""
+    fn = _kernel("linear_fp8", x, backend, K=_dim(x, -1), N=_dim(w_fp8, 0),
+                 group_size=group_size, static=x_scale is not None)
+    return fn(x, w_fp8, w_scales, x_scale, bias, group_size)
+
+
+@linear_fp8.register_fake
+def _(x, w_fp8, w_scales, x_scale=None, bias=None, group_size=0, backend="auto"):
+    return x.new_empty(_out_shape(x, w_fp8.shape[0]))
+
+
+@_schema
+def linear_fp4a16(x: Tensor, qweight: Tensor, scales: Tensor, global_scale: Optional[Tensor],
+                  bias: Optional[Tensor], block: int, scale_format: str,
+                  backend: str = "auto") -> Tensor:
+    """FP4 weight-only (nvfp4 / mxfp4): E2M1 codes in the packed 4-bit stream (N, K/8) int32,
+    uint8 block scales (N, K/block) — E4M3 ("e4m3", nvfp4, with its fp32 global scale (1,))
+    or E8M0 ("e8m0", mx) — float activations; y = x @ (e2m1·scale)ᵀ / global + bias."""
+    fn = _kernel("linear_fp4a16", x, backend, K=_dim(x, -1), N=_dim(qweight, 0), block=block,
+                 scale_format=scale_format)
+    return fn(x, qweight, scales, global_scale, bias, block, scale_format)
+
+
+@linear_fp4a16.register_fake
+def _(x, qweight, scales, global_scale, bias, block, scale_format, backend="auto"):
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
 # ----- activation ops ----------------------------------------------------------------------
 @_schema
 def quant_per_token(x: Tensor, bits: int, hadamard: bool = False, signs: Optional[Tensor] = None,

@@ -6,6 +6,9 @@ exact float32: each K-chunk of 1024 is one fp32 matmul (fast on any CPU), and ch
 added in float64 (exact to 2^53). The result equals int32 accumulation for K < 131072 (no int32
 overflow), and converting it to float32 rounds exactly as an int32 -> fp32 conversion does.
 
+Floating-point linears (linear_fp8, linear_fp4a16) run qpass/formats/float_linear.py, which
+QuantLinear's fp8 W8A8 simulation runs too: E4M3 products summed exactly in float64.
+
 Epilogue convention shared with the Triton kernels (so both are bit-exact under the
 interpreter): facc = Σ_groups fp32(acc_g) · w_scale[:, g]   (one group = per-channel)
            y    = facc · x_scale + bias                     (fp32, then cast to x's dtype)
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from qpass import formats
 from qpass.formats.attention import kv_attention
+from qpass.formats.float_linear import fp4_weight_linear, fp8_linear
 from qpass.hadamard import transform as hadamard_transform
 from qpass.formats.integer import (dequant_weight, int_linear, int_linear_codes, int_matmul,
                                    signed_weight)
@@ -57,6 +61,16 @@ def linear_w4a4(x, qweight, w_scales, bias, group_size, act_grid="full"):
 def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dtype):
     w = qweight if w_bits == 8 else signed_weight(qweight, 4, xq.shape[-1])
     return int_linear_codes(xq, xs, w, w_scales, bias, group_size, out_dtype)
+
+
+@checked
+def linear_fp8(x, w_fp8, w_scales, x_scale, bias, group_size):
+    return fp8_linear(x, w_fp8, w_scales, x_scale, bias, group_size)
+
+
+@checked
+def linear_fp4a16(x, qweight, scales, global_scale, bias, block, scale_format):
+    return fp4_weight_linear(x, qweight, scales, global_scale, bias, block, scale_format)
 
 
 @checked

@@ -6,6 +6,9 @@
   (4096, 12288), (12288, 4096)}; the repack runs once before timing (as load_compiled does).
 * RMSNorm + per-token int8 quantization fused (qpass::rmsnorm_quant) vs unfused (torch RMSNorm,
   then the Triton quant kernel) at d = 4096, and silu·mul + quant at 12288.
+* The float kernels (issue 28, bench/_float_kernel_rows.py): FP8 W8A8 (qpass::linear_fp8) vs the
+  dense matmul and torch._scaled_mm (sm_89+ only), NVFP4 / MXFP4 weight-only
+  (qpass::linear_fp4a16) vs the dense matmul, same shapes and M.
 Every row has its ratio to the baseline and its fraction of the roofline floor (ceilings
 measured in the same run: bf16 matmul rate, device copy bandwidth), timed from CUDA-graph
 replays with weight sets rotated so small M does not read weights from L2; plus a correctness
@@ -26,6 +29,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _float_kernel_rows import fp4_rows, fp8_capable, fp8_rows  # noqa: E402
 
 MS = (1, 16, 32, 512, 1024, 4096)
 SHAPES = ((4096, 4096), (4096, 12288), (12288, 4096))     # (K, N)
@@ -141,6 +145,8 @@ def main(argv=None) -> dict:
         ceil = {"bf16_tflops": 1.0, "int8_tops": 1.0, "copy_tbps": 1.0}
         out["w4a16"] = w4a16_rows(ceil, (5, 40), ((256, 48),), _smoke_env())
         out["fused_quant"] = fused_quant_rows(ceil, (3,), (64, 96), _smoke_env())
+        out["fp8"] = fp8_rows((5,), ((64, 48),), _smoke_env())
+        out["fp4"] = fp4_rows((3,), ((64, 48),), _smoke_env())
     elif not torch.cuda.is_available():
         print("kernels_gpu: skipped, no CUDA device (the GPU figures need one)")
         return {"device": None, "skipped": "no CUDA device"}
@@ -156,6 +162,9 @@ def main(argv=None) -> dict:
         out["w4a16"] = w4a16_rows(out["ceilings"], Ms, SHAPES, env)
         out["fused_quant"] = fused_quant_rows(out["ceilings"], (1, 32, 1024, 4096),
                                               (4096, 12288), env)
+        why = fp8_capable()
+        out["fp8"] = [{"skipped": why}] if why else fp8_rows(Ms, SHAPES, env)
+        out["fp4"] = fp4_rows(Ms, SHAPES, env)
     text = json.dumps(out)
     if args.out:
         with open(args.out, "w") as f:

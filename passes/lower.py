@@ -2,7 +2,9 @@
 
 * every QuantLinear whose specs an integer kernel covers becomes a `LoweredLinear` calling
   `qpass::linear_w4a16` (weight-only, any bits), `linear_w8a8`, `linear_w4a8` or `linear_w4a4`
-  (symmetric weights × dynamic symmetric per-token activations); others stay simulated, noted;
+  (symmetric weights × dynamic symmetric per-token activations); fp8 W8A8 and nvfp4/mxfp4
+  weight-only ones a `LoweredFloatLinear` (`qpass::linear_fp8`, `linear_fp4a16`); others stay
+  simulated, noted;
 * attention nodes (`qpass.ops.attention`) call `qpass::attention`, in int8 Q·Kᵀ mode only when
   asked (node meta `attn_spec`, or `attention_int8=True`); nodes a `kv<bits>` scheme marked
   (kwarg kv_bits) call `qpass::attention_kv` over per-token quantized K/V;
@@ -23,7 +25,7 @@ import torch
 import torch.fx as fx
 
 from qpass import ops
-from qpass.runtime import binding, lowered
+from qpass.runtime import binding, lowered, lowered_float
 from qpass.backends import registry
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
@@ -32,9 +34,12 @@ from . import _fuse_act_quant
 
 
 def lowered_kind(q: QuantLinear) -> tuple[str | None, str]:
-    """Which integer op runs this QuantLinear, or (None, why not)."""
-    return lowered.kernel_kind(q.weight_spec, q.act_spec,
-                               static_act=getattr(q, "act_scale", None) is not None)
+    """Which op runs this QuantLinear (an integer kind of lowered.KINDS or a float one of
+    lowered_float.KINDS), or (None, why not)."""
+    static = getattr(q, "act_scale", None) is not None
+    if any(s is not None and s.is_float for s in (q.weight_spec, q.act_spec)):
+        return lowered_float.float_kernel_kind(q.weight_spec, q.act_spec, static)
+    return lowered.kernel_kind(q.weight_spec, q.act_spec, static_act=static)
 
 
 def _last_dim(node) -> int | None:
@@ -100,7 +105,9 @@ class Lower(Pass):
                     kernels.append({"node": node.name, "op": None, "backend": "simulated",
                                     "why": why})
                     continue
-                m = lowered.LoweredLinear.from_quant_linear(q, kind, self.backend)
+                m = lowered_float.LoweredFloatLinear.from_quant_linear(q, self.backend) \
+                    if kind in lowered_float.KINDS else \
+                    lowered.LoweredLinear.from_quant_linear(q, kind, self.backend)
                 _set_submodule(g.gm, node.target, m)
                 op, spec = binding.linear_request(m)
                 choose(node.name, op, spec)

@@ -3,7 +3,9 @@ CPU under TRITON_INTERPRET=1). Weight tensors arrive in the canonical layouts of
 docs/FORMATS.md: W8A8 int8 (N, K) and the int4 streams of W4A8/W4A4 are read as is; W4A16 int4
 weights run on a private MMA-friendly repacked copy (w4_layout.py), made once per weight tensor
 by `prepare` when a checkpoint is bound to a device (or on the first call otherwise); other
-weight-only bit widths read the canonical stream. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
+weight-only bit widths read the canonical stream. FP8 W8A8 (gemm_fp8.py) needs float8 tensor
+cores (sm_89+: older GPUs are declined with that reason and the reference runs it); FP4
+weight-only (gemm_fp4a16.py) decodes nvfp4/mxfp4 with integer arithmetic on any GPU. Shapes the kernels do not cover (K not a multiple of 32, Hadamard sizes that are not
 2^k with 256 ≤ n ≤ 16384, head dims that are not powers of two) are declined in supports()
 with a reason, and the registry falls back to the next backend."""
 from __future__ import annotations
@@ -63,6 +65,20 @@ def linear_int_codes(xq, xs, qweight, w_scales, bias, w_bits, group_size, out_dt
     y = int_gemm(_rows(xq), xs.reshape(-1, 1), qweight.contiguous(), w_scales, bias, out_dtype,
                  w_bits, group_size)
     return y.reshape(*xq.shape[:-1], -1)
+
+
+@checked
+def linear_fp8(x, w_fp8, w_scales, x_scale, bias, group_size):
+    from .gemm_fp8 import fp8_gemm
+    return fp8_gemm(_rows(x), w_fp8, w_scales, x_scale, bias, group_size).reshape(
+        *x.shape[:-1], -1)
+
+
+@checked
+def linear_fp4a16(x, qweight, scales, global_scale, bias, block, scale_format):
+    from .gemm_fp4a16 import fp4a16_gemm
+    return fp4a16_gemm(_rows(x), qweight, scales, global_scale, bias, block,
+                       scale_format).reshape(*x.shape[:-1], -1)
 
 
 @checked
@@ -142,6 +158,10 @@ class TritonBackend(Backend):
             return f"triton kernels take fp16/bf16/fp32 inputs, not {dtype}"
         if interpreting() and torch.bfloat16 in (dtype, dict(spec or {}).get("out_dtype")):
             return "the Triton interpreter has no bf16"
+        if op == "linear_fp8":
+            why = _fp8_capability_reason(device)
+            if why:
+                return why
         return _shape_reason(op, dict(spec or {}))
 
     def why_not(self, op, spec, device, dtype):
@@ -149,6 +169,18 @@ class TritonBackend(Backend):
 
     def supports(self, op, spec=None, device=None, dtype=None):
         return self._reason(op, spec, device, dtype) is None
+
+
+def _fp8_capability_reason(device) -> str | None:
+    """float8 tensor cores (tl.dot on float8e4nv) start at compute capability 8.9."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type != "cuda" or interpreting():
+        return None
+    major, minor = torch.cuda.get_device_capability(dev)
+    if (major, minor) < (8, 9):
+        return (f"FP8 tl.dot needs compute capability 8.9+ (Ada, Hopper); this GPU is "
+                f"sm_{major}{minor}, so qpass::linear_fp8 runs on the next backend")
+    return None
 
 
 def _shape_reason(op: str, spec: dict) -> str | None:

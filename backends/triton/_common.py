@@ -35,8 +35,46 @@ if HAVE_TRITON:
             tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=cmask)
         else:
             tl.atomic_add(ws_ptr + offs, acc, mask=cmask)
+
+    @triton.jit
+    def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        """(rows, columns) of this program's output tile in grouped ordering: neighbouring
+        programs share B tiles in L2."""
+        pid = tl.program_id(0)
+        num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        size_m = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % size_m
+        pid_n = (pid % per_group) // size_m
+        return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    @triton.jit
+    def nibble_tile(q_ptr, rn, mask_n, stride_qn, k0, K, BLOCK_K: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
+        """(BLOCK_K, BLOCK_N) int32 codes k0 .. k0+BLOCK_K of the canonical packed 4-bit stream
+        (code k at bits 4·(k mod 8) of word k/8): one load per word (BK/8, BN), 8 nibbles
+        each in registers; (BK/8, 8, BN) -> (BK, BN) keeps k = 8·word + nibble."""
+        rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        words = tl.load(q_ptr + rn[None, :] * stride_qn + rw[:, None],
+                        mask=mask_n[None, :] & (rw < (K + 7) // 8)[:, None], other=0)
+        nib = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
+        return tl.reshape(nib, (BLOCK_K, BLOCK_N))
+
+    @triton.jit
+    def rows_absmax(x_ptr, rm, mask_m, stride_xm, K, BLOCK_M: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+        """|x|max over K of rows rm, in fp32, in chunks of BLOCK_K."""
+        rk = tl.arange(0, BLOCK_K)
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
+                        mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        return amax
 else:  # pragma: no cover - depends on the platform
-    split_k_epilogue = None
+    split_k_epilogue = grouped_tile = nibble_tile = rows_absmax = None
 
 
 def interpreting() -> bool:

@@ -4,13 +4,16 @@ A (M, K) int8 codes from the per-token quant kernel; B is int8 (N, K) for W8A8 o
 canonical packed int4 stream (N, K/8 int32, code k at bits 4·(k mod 8) of word k/8) unpacked in
 registers to int8 (u − 8). The MMA is int8 × int8 → int32 (tensor cores on sm_80+; Hopper has
 no int4 MMA, so int4 operands ride on the int8 path). Epilogue (same order as the reference):
-facc += fp32(acc_g) · w_scale[:, g] at each group end; y = facc · x_scale + bias."""
+facc += fp32(acc_g) · w_scale[:, g] at each group end; y = facc · x_scale + bias.
+With FP8 the same kernel is the fp8 W8A8 GEMM (gemm_fp8.py): uint8 E4M3 codes on both sides
+bitcast to float8e4nv, fp32 accumulation, a last group that may end short of the group size
+(fp8 b<k> blocks), and one static x_scale when STATIC."""
 from __future__ import annotations
 
 import torch
 
 from .. import bounds
-from ._common import configs, tl, triton
+from ._common import configs, grouped_tile, nibble_tile, tl, triton
 
 _FULL = [
     # Hopper: big tiles, deep pipelines
@@ -34,27 +37,23 @@ def _prune(configs_, named_args, **kw):
     return ok or configs_[-1:]
 
 
-@triton.autotune(configs=configs(_FULL, _TINY), key=["M_BUCKET", "N", "K", "W_BITS", "GROUP_SIZE"],
+@triton.autotune(configs=configs(_FULL, _TINY),
+                 key=["M_BUCKET", "N", "K", "W_BITS", "GROUP_SIZE", "FP8", "STATIC"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _int_gemm_kernel(a_ptr, b_ptr, sx_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET,
                      stride_am, stride_bn, stride_cm, n_groups,
                      W_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     FP8: tl.constexpr, STATIC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    # grouped ordering: neighbouring programs share B tiles in L2
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rk = tl.arange(0, BLOCK_K)
     mask_m, mask_n = rm < M, rn < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    if FP8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     facc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
@@ -65,25 +64,26 @@ def _int_gemm_kernel(a_ptr, b_ptr, sx_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_B
             b = tl.load(b_ptr + rn[None, :] * stride_bn + kk[:, None],
                         mask=mask_n[None, :] & mask_k[:, None], other=0)
         else:
-            # one load per packed word (BLOCK_K/8, BLOCK_N), then 8 nibbles per word in
-            # registers: (BK/8, 8, BN) -> (BK, BN) keeps k = 8·word + nibble
-            rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-            words = tl.load(b_ptr + rn[None, :] * stride_bn + rw[:, None],
-                            mask=mask_n[None, :] & (rw < (K + 7) // 8)[:, None], other=0)
-            nib = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
-            b = (tl.reshape(nib, (BLOCK_K, BLOCK_N)) - 8).to(tl.int8)
-        acc += tl.dot(a, b, out_dtype=tl.int32)
+            b = (nibble_tile(b_ptr, rn, mask_n, stride_bn, k0, K, BLOCK_K, BLOCK_N) - 8
+                 ).to(tl.int8)
+        if FP8:
+            acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), b.to(tl.float8e4nv, bitcast=True),
+                         acc, out_dtype=tl.float32)
+        else:
+            acc += tl.dot(a, b, out_dtype=tl.int32)
         if GROUP_SIZE > 0:
-            if (k0 + BLOCK_K) % GROUP_SIZE == 0:
-                g = (k0 + BLOCK_K) // GROUP_SIZE - 1
-                sw = tl.load(sw_ptr + rn * n_groups + g, mask=mask_n, other=0.0)
+            # a group ends here, or K does (fp8 b<k> blocks: the last group may be short)
+            if ((k0 + BLOCK_K) % GROUP_SIZE == 0) | (k0 + BLOCK_K >= K):
+                sw = tl.load(sw_ptr + rn * n_groups + k0 // GROUP_SIZE, mask=mask_n, other=0.0)
                 facc = facc + acc.to(tl.float32) * sw[None, :]
-                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+                acc = tl.zeros_like(acc)
     if GROUP_SIZE == 0:
         sw = tl.load(sw_ptr + rn, mask=mask_n, other=0.0)
         facc = acc.to(tl.float32) * sw[None, :]
-    sx = tl.load(sx_ptr + rm, mask=mask_m, other=0.0)
-    y = facc * sx[:, None]
+    if STATIC:
+        y = facc * tl.load(sx_ptr)
+    else:
+        y = facc * tl.load(sx_ptr + rm, mask=mask_m, other=0.0)[:, None]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], y.to(c_ptr.dtype.element_ty),
@@ -102,6 +102,13 @@ def int_gemm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, w_scales: torc
     scales' (N, K/group_size) shape."""
     bounds.rows("linear_int_codes", "the activation codes", xq)
     bounds.linear_int_codes(xq, xs, w, w_scales, bias, w_bits, group_size, out_dtype)
+    return scaled_gemm(xq, xs, w, w_scales, bias, out_dtype, w_bits, group_size)
+
+
+def scaled_gemm(xq, xs, w, w_scales, bias, out_dtype, w_bits: int, group_size: int,
+                fp8: bool = False, static: bool = False) -> torch.Tensor:
+    """The launch behind int_gemm and gemm_fp8.fp8_gemm, operands already checked: with fp8,
+    xq and w are uint8 E4M3 codes (M, K), (N, K) and xs one static scale when `static`."""
     M, K = xq.shape
     N = w.shape[0]
     sw = w_scales.to(torch.float32).reshape(N, -1).contiguous()
@@ -112,5 +119,6 @@ def int_gemm(xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, w_scales: torc
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
     _int_gemm_kernel[grid](xq, w, xs.contiguous(), sw, bias_t, out, M, N, K, m_bucket(M),
                            xq.stride(0), w.stride(0), out.stride(0), G,
-                           W_BITS=w_bits, GROUP_SIZE=gs, HAS_BIAS=bias is not None)
+                           W_BITS=w_bits, GROUP_SIZE=gs, HAS_BIAS=bias is not None, FP8=fp8,
+                           STATIC=static)
     return out

@@ -19,7 +19,7 @@ from qpass.errors import BackendError
 from qpass.specs import QuantSpec
 
 from .. import bounds
-from ._common import ROUND_MAGIC, SCALE_FLOOR, hadamard_split, tl, triton
+from ._common import ROUND_MAGIC, SCALE_FLOOR, hadamard_split, rows_absmax, tl, triton
 
 
 @triton.jit
@@ -34,12 +34,7 @@ def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
     mask_m = rm < M
-    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + rk
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
-                    mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+    amax = rows_absmax(x_ptr, rm, mask_m, stride_xm, K, BLOCK_M, BLOCK_K)
     s = tl.maximum(tl.math.div_rn(amax, DIV), SCALE_FLOOR)
     tl.store(s_ptr + rm, s, mask=mask_m)
     for k0 in range(0, K, BLOCK_K):

@@ -4,8 +4,9 @@ It keeps packed integer weights (real memory saving: docs/FORMATS.md) and, until
 replaces it with a kernel op, runs a reference dequantize + matmul. Activations are
 fake-quantized per `act_spec` (simulation), statically when the spec has calibrated scales.
 Floating-point specs (fp8, nvfp4, mx) keep their packed element codes and stored scales
-(nvfp4 adds a `global_scale` buffer) and always run this reference: dequantize in float32,
-fake-quantize the activations, matmul in float32 — no integer kernel applies to them."""
+(nvfp4 adds a `global_scale` buffer) and run this reference: dequantize in float32,
+fake-quantize the activations, matmul in float32 — except fp8 W8A8, which runs the fp8
+kernels' exact arithmetic (formats/float_linear.py), so its lowered twin agrees bit for bit."""
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..formats import QuantizedWeight, fake_quantize, integer_linear
+from ..formats.float_linear import fp8_quantized_linear, fp8_w8a8_why_not
 from ..specs import QuantSpec
 
 
@@ -76,10 +78,18 @@ class QuantLinear(nn.Module):
                 and a.granularity == "token" and a.dynamic and a.symmetric and a.clip_ratio == 1.0
                 and w.symmetric and w.granularity in ("channel", "group") and self.act_scale is None)
 
+    def _fp8_emulation(self, x: torch.Tensor) -> bool:
+        """fp8 weights × fp8 per-token (or calibrated per-tensor) activations: the fp8
+        kernels' arithmetic (exact products, fp32 epilogue), for the same reason."""
+        return x.dtype != torch.float64 and fp8_w8a8_why_not(
+            self.weight_spec, self.act_spec, self.act_scale is not None) is None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._integer_emulation(x):
             return integer_linear(x, self.quantized_weight(), self.bias, self.act_spec.bits,
                                   self.act_spec.grid)
+        if self._fp8_emulation(x):
+            return fp8_quantized_linear(x, self.quantized_weight(), self.bias, self.act_scale)
         if self.act_spec is not None:
             x = fake_quantize(x, self.act_spec, self.act_scale, self.act_zero)
         w = self.dequantized_weight(x.dtype if x.dtype == torch.float64 else torch.float32)

@@ -76,7 +76,8 @@ def _quantized_modules(g, stage) -> list:
 
 def _lowered(g, stage) -> bool:
     for n in stage.nodes:
-        if n.op == "call_module" and type(g.module(n)).__name__ == "LoweredLinear":
+        if n.op == "call_module" and type(g.module(n)).__name__ in ("LoweredLinear",
+                                                                   "LoweredFloatLinear"):
             return True
         if n.op == "call_function" and str(getattr(n.target, "__module__", "")).endswith("lowered"):
             return True

@@ -13,13 +13,21 @@ import torch
 import torch.fx as fx
 
 from qpass.backends import registry
-from qpass.runtime import lowered
+from qpass.runtime import lowered, lowered_float
 
 
 def linear_request(m: lowered.LoweredLinear, codes_dtype=None) -> tuple[str, dict]:
-    """(op name, spec dict) exactly as LoweredLinear.forward hands them to the registry;
-    codes_dtype: the linear takes producer-quantized codes, output in that dtype."""
+    """(op name, spec dict) exactly as LoweredLinear.forward (or LoweredFloatLinear.forward)
+    hands them to the registry; codes_dtype: the linear takes producer-quantized codes, output
+    in that dtype."""
     K, N = m.in_features, m.out_features
+    if isinstance(m, lowered_float.LoweredFloatLinear):
+        if m.kind == "fp8":
+            group = m.weight_spec.group_size if m.weight_spec.granularity in ("group", "block") \
+                else 0
+            return "linear_fp8", dict(K=K, N=N, group_size=group, static=m.act_scale is not None)
+        block, scale = m.fp4_format()
+        return "linear_fp4a16", dict(K=K, N=N, block=block, scale_format=scale)
     if codes_dtype is not None:
         return "linear_int_codes", dict(w_bits=8 if m.kind == "w8a8" else 4,
                                         group_size=m.group_size, K=K, N=N, out_dtype=codes_dtype)
@@ -47,6 +55,8 @@ def requests(gm: fx.GraphModule, head_dim: int | None = None, dtype=torch.float3
             if isinstance(m, lowered.LoweredLinear):
                 op, spec = linear_request(m, dtype if len(node.args) == 3 else None)
                 out.append((node.name, op, spec, m.backend))
+            elif isinstance(m, lowered_float.LoweredFloatLinear):
+                out.append((node.name, *linear_request(m), m.backend))
             elif isinstance(m, lowered.NormQuant):
                 out.append((node.name, "rmsnorm_quant",
                             dict(bits=m.bits, grid=m.grid, K=m.weight.shape[0]), m.backend))

@@ -59,7 +59,7 @@ def _register_builtins() -> None:
     if _builtins_done:
         return
     _builtins_done = True
-    from qpass.runtime import lowered
+    from qpass.runtime import lowered, lowered_float
     from qpass.ir.qlinear import QuantLinear
     from qpass.models.denoiser import RMSNorm
     from qpass.models.moe import Router
@@ -81,6 +81,7 @@ def _register_builtins() -> None:
         "weight_spec": None if m.weight_spec is None else str(m.weight_spec),
         "act_spec": None if m.act_spec is None else str(m.act_spec), "bias": m.bias is not None})
     register_module_class(lowered.LoweredLinear)
+    register_module_class(lowered_float.LoweredFloatLinear)
     register_module_class(lowered.NormQuant)
     register_module_class(lowered.SiluMulQuant)
 

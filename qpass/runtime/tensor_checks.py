@@ -30,7 +30,7 @@ from qpass.formats import packed_cols, stored_layout
 from qpass.ir.qlinear import QuantLinear
 from qpass.models.denoiser import RMSNorm
 from qpass.models.moe import Router
-from qpass.runtime import lowered, online
+from qpass.runtime import lowered, lowered_float, online
 from qpass.specs import GRIDS, QuantSpec
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -235,6 +235,17 @@ def _lowered_linear(m, kw, mdt, where) -> dict:
     return want
 
 
+def _lowered_float_linear(m, kw, mdt, where) -> dict:
+    """A LoweredFloatLinear holds what its QuantLinear held: codes, stored scales (+ nvfp4's
+    global scale), a static fp8 activation scale."""
+    want = _float_weight(where, m.weight_spec, m.out_features, m.in_features)
+    if _kw(kw, lowered_float.LoweredFloatLinear, "bias"):
+        want["bias"] = _Want(mdt, (m.out_features,))
+    if m.act_scale is not None:
+        want["act_scale"] = _Want((torch.float32,), (1, 1), _positive_finite)
+    return want
+
+
 # class -> (the tensor names it may hold, its contract); exact classes, not subclasses
 _CONTRACTS = {
     nn.Linear: (frozenset({"weight", "bias"}), _linear),
@@ -247,6 +258,8 @@ _CONTRACTS = {
     QuantLinear: (frozenset({"weight", "bias", "qweight", "scales", "zeros", "act_scale",
                              "act_zero", "global_scale"}), _quant_linear),
     lowered.LoweredLinear: (frozenset({"qweight", "scales", "zeros", "bias"}), _lowered_linear),
+    lowered_float.LoweredFloatLinear: (frozenset({"qweight", "scales", "global_scale",
+                                                  "act_scale", "bias"}), _lowered_float_linear),
 }
 
 

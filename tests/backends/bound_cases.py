@@ -36,6 +36,17 @@ def valid(op: str) -> dict:
         xq, xs = formats.quantize_per_token(torch.randn(3, K), 8)
         return dict(xq=xq, xs=xs, qweight=qw.packed, w_scales=qw.scale, bias=torch.randn(N),
                     w_bits=4, group_size=32, out_dtype=torch.float32)
+    if op == "linear_fp8":
+        from qpass.formats.float_linear import fp8_kernel_scales
+        q8 = _w4("fp8:g32")
+        sc, g = fp8_kernel_scales(q8.scale, q8.spec, N, K)
+        return dict(x=torch.randn(3, K), w_fp8=q8.codes(), w_scales=sc,
+                    x_scale=torch.full((1, 1), 0.01), bias=torch.randn(N), group_size=g)
+    if op == "linear_fp4a16":
+        q4 = _w4("nvfp4")
+        return dict(x=torch.randn(3, K), qweight=q4.packed, scales=q4.scale,
+                    global_scale=q4.global_scale, bias=torch.randn(N), block=16,
+                    scale_format="e4m3")
     if op == "quant_per_token":
         return dict(x=torch.randn(3, 256), bits=8, use_hadamard=True, signs=torch.ones(256))
     if op == "rmsnorm_quant":
@@ -85,6 +96,18 @@ LIES = {
     "int-codes-weight-bits": ("linear_int_codes", {"w_bits": 5}, "w_bits"),
     "int-codes-float-codes": ("linear_int_codes", {"xq": lambda q: q.float()},
                               "activation codes"),
+    "fp8-codes-int8": ("linear_fp8", {"w_fp8": lambda w: w.view(torch.int8)}, "fp8 weight"),
+    "fp8-codes-short-rows": ("linear_fp8", {"w_fp8": lambda w: w[:, :32].contiguous()},
+                             "fp8 weight"),
+    "fp8-scales-per-row-for-groups": ("linear_fp8", {"w_scales": lambda s: s[:, :1].contiguous()},
+                                      "w_scales"),
+    "fp8-static-scale-per-row": ("linear_fp8", {"x_scale": lambda s: s.repeat(3, 1)}, "x_scale"),
+    "fp4-scales-float": ("linear_fp4a16", {"scales": lambda s: s.float()}, "scales"),
+    "fp4-scales-transposed": ("linear_fp4a16", {"scales": lambda s: s.t().contiguous()},
+                              "scales"),
+    "fp4-no-global-scale": ("linear_fp4a16", {"global_scale": None}, "global_scale"),
+    "fp4-block-32-with-e4m3": ("linear_fp4a16", {"block": 32}, "block"),
+    "fp4-short-bias": ("linear_fp4a16", {"bias": _short}, "bias"),
     "quant-short-signs": ("quant_per_token", {"signs": _short}, "signs"),
     "quant-bits-1": ("quant_per_token", {"bits": 1}, "bits"),
     "rmsnorm-short-weight": ("rmsnorm_quant", {"weight": _short}, "norm weight"),

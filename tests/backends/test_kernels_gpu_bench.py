@@ -39,3 +39,8 @@ def test_smoke_run_under_the_interpreter():
     assert all(row["rel_err_vs_fp64"] < 2e-3 for row in mma)        # fp16 in the interpreter
     fused = [row for row in out["fused_quant"] if row["kernel"] == "fused"]
     assert len(fused) == 2 and all(row["codes_equal_separate_quantizer"] for row in fused)
+    fp8 = {row["kernel"]: row for row in out["fp8"]}
+    assert fp8["fp8_triton"]["rel_err_vs_reference"] < 1e-3 and "dense_matmul" in fp8
+    assert "fp8_torch_scaled_mm" in fp8        # a CPU has no fp8 GEMM: the row says so
+    fp4 = {row["kernel"]: row for row in out["fp4"]}
+    assert all(fp4[k]["rel_err_vs_reference"] < 2e-3 for k in ("nvfp4_triton", "mxfp4_triton"))

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("triton")
 
 CASE_FILES = ["triton_cases.py", "triton_cases_w4mma.py", "triton_cases_fused_quant.py",
-              "triton_cases_bounds.py"]
+              "triton_cases_bounds.py", "triton_cases_float.py"]
 
 
 @pytest.mark.parametrize("name", CASE_FILES)

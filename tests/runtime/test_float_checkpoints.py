@@ -1,7 +1,7 @@
 """Floating-point models as compiled checkpoints: `qpass quantize tiny-llada --pipeline
-w8a8-fp8 --out X` (lowering by default: no kernel, the reference QuantLinear stays, noted)
-reloads with the same logits; an nvfp4 model keeps its uint8 E4M3 block scales and float32
-global scale; a tampered float scale is one CheckpointError at load."""
+w8a8-fp8 --out X` (lowered by default onto qpass::linear_fp8) reloads with the same logits;
+an nvfp4 model keeps its uint8 E4M3 block scales and float32 global scale; a tampered float
+scale is one CheckpointError at load."""
 import json
 
 import pytest
@@ -38,10 +38,11 @@ def test_cli_quantize_w8a8_fp8_reloads_with_the_same_logits(llada, tmp_path, cap
     assert torch.equal(_logits(loaded, ids), _logits(in_memory, ids))
     man = json.loads((out / "manifest.json").read_text())
     kw = man["graph"]["modules"][Q]["kwargs"]
-    assert man["graph"]["modules"][Q]["class"] == "QuantLinear"
+    assert man["graph"]["modules"][Q]["class"] == "LoweredFloatLinear"
     assert (kw["weight_spec"], kw["act_spec"]) == ("fp8:channel", "fp8:token:dyn")
     lower = [p for p in man["report"]["passes"] if p["name"] == "Lower"][0]
-    assert any("floating-point format" in n for n in lower["notes"])
+    assert lower["metrics"]["kept_simulated"] == 0
+    assert "linear_fp8" in capsys.readouterr().err
     assert loaded.specs()[Q] == {"weight": "fp8:channel", "act": "fp8:token:dyn"}
 
 
@@ -83,13 +84,13 @@ def test_a_tampered_nvfp4_scale_is_refused(nvfp4_dir, tmp_path, lie, words):
 
 
 @pytest.mark.parametrize("fmt, words", [
-    ("compressed-tensors", "floating-point formats"),
     ("gptq", "floating-point format"),
     ("gguf", "floating-point"),
 ])
 def test_float_models_are_not_exported_as_integer_formats(llada, tmp_path, capsys, fmt, words):
-    """No exporter writes a float model's codes as integer ones (an mxfp4 model, 4-bit in
-    32-blocks, fits Q4_0's shape): one error line, nothing written."""
+    """No integer-only exporter writes a float model's codes as integer ones (an mxfp4 model,
+    4-bit in 32-blocks, fits Q4_0's shape): one error line, nothing written (compressed-tensors
+    writes it as mxfp4-pack-quantized: tests/interop/test_export_nvfp4_w4a4_mx.py)."""
     model, _ = llada
     src = tmp_path / "mx"
     qpass.Pipeline([P.RTN()], scheme="w4a16-mxfp4").run(model, progress=False).save(src)
@@ -111,3 +112,18 @@ def test_static_fp8_activations_calibrate_save_and_reload(llada, tmp_path):
     assert float(m.act_scale) > 0 and int(m.act_zero) == 0
     c.save(tmp_path / "static")
     assert torch.equal(_logits(qpass.load_compiled(tmp_path / "static"), ids), _logits(c, ids))
+
+
+def test_lowered_nvfp4_checkpoint_reloads_and_refuses_a_lie(llada, tmp_path):
+    """A lowered nvfp4 weight-only linear (qpass::linear_fp4a16) keeps the QuantLinear's
+    tensors: the checkpoint reloads them and refuses a lie about them."""
+    model, ids = llada
+    low = qpass.Pipeline([P.RTN(), P.Lower()], scheme="w4a16-nvfp4").run(model, progress=False)
+    low.save(tmp_path / "c")
+    loaded = qpass.load_compiled(tmp_path / "c")
+    assert type(loaded.gm.get_submodule(Q)).__name__ == "LoweredFloatLinear"
+    assert torch.equal(_logits(loaded, ids), _logits(low, ids))
+    bad = tampered_tensors(tmp_path / "c", tmp_path / "bad", lambda t: t.__setitem__(
+        f"{Q}.scales", t[f"{Q}.scales"].float()))
+    with pytest.raises(CheckpointError, match="uint8"):
+        qpass.load_compiled(bad)
