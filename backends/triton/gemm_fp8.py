@@ -9,7 +9,7 @@ from the exponent bits, the 1.5·2^23 trick for half-to-even — then its bit pa
 the value's own bits. No float→fp8 conversion instruction is used, so the codes do not depend
 on a conversion's rounding mode (the Triton interpreter's rounds ties away from zero and does
 not saturate). GEMM: gemm_int.py's kernel with FP8 — uint8 codes bitcast to float8e4nv, fp32
-accumulation flushed per weight group: facc += acc_g · w_scale[:, g]; y = facc · x_scale + bias."""
+accumulation flushed per weight group: facc += acc_g · w_scale[:, g]; y = facc·x_scale + bias."""
 from __future__ import annotations
 
 import torch

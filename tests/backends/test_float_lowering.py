@@ -18,18 +18,7 @@ from qpass.runtime.lowered_float import LoweredFloatLinear
 Q = "blocks.0.q_proj"
 
 
-@pytest.fixture(scope="module")
-def llada():
-    model = qpass.models.load("tiny-llada")
-    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
-    return model, ids
-
-
-def _pair(model, scheme, passes=()):
-    sim = qpass.Pipeline([P.RTN(), *passes], scheme=scheme).run(model, progress=False)
-    low = qpass.Pipeline([P.RTN(), *passes, P.Lower()], scheme=scheme).run(model,
-                                                                           progress=False)
-    return sim, low
+IDS = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(0))
 
 
 def _logits(m, ids):
@@ -40,9 +29,10 @@ def _logits(m, ids):
 @pytest.mark.parametrize("scheme, op, exact", [("w8a8-fp8", "linear_fp8", True),
                                                ("w4a16-mxfp4", "linear_fp4a16", True),
                                                ("w4a16-nvfp4", "linear_fp4a16", False)])
-def test_lowered_float_model_equals_the_simulated_one(llada, scheme, op, exact):
-    model, ids = llada
-    sim, low = _pair(model, scheme)
+def test_lowered_float_model_equals_the_simulated_one(model, lower, scheme, op, exact):
+    ids = IDS
+    sim = qpass.Pipeline([P.RTN()], scheme=scheme).run(model, progress=False)
+    low, _ = lower(sim)
     assert isinstance(low.gm.get_submodule(Q), LoweredFloatLinear)
     reset_kernel_calls()
     a, b = _logits(sim, ids), _logits(low, ids)
@@ -58,13 +48,13 @@ def test_lowered_float_model_equals_the_simulated_one(llada, scheme, op, exact):
             assert (x is None and y is None) or torch.equal(x, y), (q_sim.hf_name, f)
 
 
-def test_static_fp8_activations_lower_and_reload(llada, tmp_path):
+def test_static_fp8_activations_lower_and_reload(model, lower, tmp_path):
     from qpass.calibration import CalibrationSet
-    model, ids = llada
+    ids = IDS
     calib = CalibrationSet.from_ids(torch.arange(2000) % 250, mask_id=258, n=2, seq_len=32)
     steps = [P.RTN("fp8:channel"), P.ObserveActivations("fp8:tensor")]
     sim = qpass.Pipeline(steps).run(model, calib, progress=False)
-    low = qpass.Pipeline([*steps, P.Lower()]).run(model, calib, progress=False)
+    low, _ = lower(sim)
     m = low.gm.get_submodule(Q)
     assert m.kind == "fp8" and torch.equal(m.act_scale, sim.gm.get_submodule(Q).act_scale)
     assert torch.equal(_logits(sim, ids), _logits(low, ids))
@@ -72,12 +62,12 @@ def test_static_fp8_activations_lower_and_reload(llada, tmp_path):
     assert torch.equal(_logits(qpass.load_compiled(tmp_path / "c"), ids), _logits(low, ids))
 
 
-def test_float_formats_without_a_kernel_stay_simulated_with_the_reason(llada):
-    model, _ = llada
-    c = qpass.Pipeline([P.RTN(), P.Lower()], scheme="w4a4-nvfp4").run(model, progress=False)
+def test_float_formats_without_a_kernel_stay_simulated_with_the_reason(model, lower):
+    sim = qpass.Pipeline([P.RTN()], scheme="w4a4-nvfp4").run(model, progress=False)
+    c, res = lower(sim)
     assert type(c.gm.get_submodule(Q)).__name__ == "QuantLinear"
-    lower = [r for r in c.report.passes if r.name == "Lower"][0]
-    assert any("no kernel for weights nvfp4" in n for n in lower.notes)
+    assert res.metrics["kept_simulated"] == 42
+    assert any("no kernel for weights nvfp4" in n for n in res.notes)
 
 
 def test_the_fp8_kernel_declines_gpus_below_sm89_and_fp4_does_not(monkeypatch):
