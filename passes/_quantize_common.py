@@ -47,15 +47,16 @@ def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | No
 
 class WeightRounding(SchemedPass):
     """Base of the weight-rounding passes (RTN, GPTQ): under their scheme they provide
-    WEIGHTS_QUANTIZED, and ACTS_QUANTIZED too when the scheme has an activation spec (set on
-    every QuantLinear they build)."""
+    WEIGHTS_QUANTIZED, and ACTS_QUANTIZED too when the scheme has a dynamic activation spec
+    (set on every QuantLinear they build; a static one waits for ObserveActivations)."""
     ABSTRACT = True
     provides = frozenset({Fact.WEIGHTS_QUANTIZED})
 
     def scheme_provides(self) -> frozenset:
         # a scheme without a weight spec (e.g. K/V quantization only) rounds no weight
         facts = {Fact.WEIGHTS_QUANTIZED} if self.scheme.weight is not None else set()
-        if self.scheme.act is not None:
+        # static activation specs are quantized once ObserveActivations calibrated them
+        if self.scheme.act is not None and self.scheme.act.dynamic:
             facts.add(Fact.ACTS_QUANTIZED)
         return frozenset(facts)
 

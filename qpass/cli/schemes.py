@@ -41,6 +41,8 @@ ABOUT = {
                    "NVFP4A16",
     "w4a4-nvfp4": "NVFP4 weights and activations (per-token dynamic global); llm-compressor "
                   "NVFP4, ModelOpt NVFP4",
+    "w4a4-nvfp4-static": "NVFP4 weights and activations with one calibrated activation "
+                         "global scale per tensor; llm-compressor NVFP4 (exports as it)",
     "w4a16-mxfp4": "OCP MXFP4 weights (E2M1, 32-blocks, E8M0 scales); llm-compressor MXFP4A16",
     "w4a4-mxfp4": "OCP MXFP4 weights and per-token dynamic activations; llm-compressor MXFP4",
     "w8a8-mxfp8": "OCP MXFP8 weights and activations (E4M3, 32-blocks, E8M0 scales)",

@@ -27,8 +27,9 @@ import torch
 
 from ..errors import CheckpointError, SpecError
 from ..specs import QuantSpec
+from ..specs.float_spec import is_static_global
 from .floating import (effective_scale, float_dequantize, float_fake_quantize, float_qparams,
-                       float_quantize, stored_layout)
+                       float_quantize, static_global_scale, stored_layout)
 
 # Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
 SCALE_FLOOR = torch.finfo(torch.float32).tiny
@@ -123,10 +124,13 @@ def _signed_range(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
 def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero for `w` under `spec`: (N, K//g) for group, (rows, 1) for channel/token
     (rows = leading dims flattened), (1, 1) for tensor. zero is int32 (2^(b-1) if symmetric).
-    Floating-point specs: the effective float32 scale per cell (formats/floating.py), zero 0."""
+    Floating-point specs: the effective float32 scale per cell (formats/floating.py), zero 0;
+    nvfp4:tensor its global scale (1, 1)."""
     spec = _spec(spec)
     if spec.is_float:
-        scale = float_qparams(w, spec).scale
+        # nvfp4:tensor keeps its calibrated global scale; the block scales come at run time
+        scale = static_global_scale(w, spec) if is_static_global(spec) else \
+            float_qparams(w, spec).scale
         return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     lo, hi = _observe(g, spec)

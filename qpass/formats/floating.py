@@ -8,7 +8,8 @@ row (group; nvfp4 16, mx 32), or per b x b block (fp8 b<size>; edge blocks parti
 *effective* scale s (float32) is what multiplies its element values:
 
     fp8     s = amax / 448                          (float32 division; stored as is)
-    nvfp4   G = 448·6 · (1/amax_tensor) (per token for activations; 1 if not finite)
+    nvfp4   G = 448·6 · (1/amax_tensor) (per token for activations; 1 if not finite;
+            nvfp4:tensor activations: calibrated once, static_global_scale)
             b = e4m3(amax/6 · G) (0 becomes 0.125), s = b / G   (stored: b's E4M3 code, G)
     mx      e = floor(log2 amax) + [amax's mantissa ≥ 1.75] − emax(element) (2 E2M1, 8 E4M3)
             s = 2^e                                 (stored: E8M0 code e + 127)
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import SpecError
 from ..specs import QuantSpec
-from ..specs.float_spec import FLOAT_FORMATS
+from ..specs.float_spec import FLOAT_FORMATS, is_static_global
 from .minifloat import ELEMENTS, E4M3, MiniFloat, decode, e8m0_decode, e8m0_encode, encode, round_to
 
 SCALE_FLOOR = torch.finfo(torch.float32).tiny
@@ -56,11 +57,15 @@ def cell_shape(R: int, K: int, spec: QuantSpec) -> tuple[int, int]:
     """(rows, columns) of one cell of the (R, K) view."""
     fmt = FLOAT_FORMATS[spec.format]
     gran = spec.granularity
+    if fmt.block is not None:            # nvfp4 / mx: their blocks along K at any granularity
+        if K % fmt.block:
+            spec.check_shape(K)                               # raises
+        return 1, fmt.block
     if gran == "tensor":
         return max(R, 1), max(K, 1)
     if gran == "block":
         return spec.group_size, spec.group_size
-    g = fmt.block or (spec.group_size if gran == "group" else None)
+    g = spec.group_size if gran == "group" else None
     if g is not None and K % g:
         spec.check_shape(K)                               # raises
     return 1, g or max(K, 1)
@@ -133,12 +138,51 @@ def _amax(cells: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return a.amax(dim=-1)
 
 
+def static_global_scale(x: torch.Tensor, spec) -> torch.Tensor:
+    """nvfp4:tensor's calibrated global scale (1, 1) from calibration inputs x (..., K): 448·6
+    over the tensor's amax by the spec's observer (minmax: the absmax, llm-compressor's
+    static_minmax; percentile: the 99.9th percentile of |x|; mse: the shrink of the absmax
+    with the least squared error under the run-time block scales) times its clip ratio."""
+    spec = QuantSpec.parse(spec)
+    x2 = _rows(x.detach()).to(_work_dtype(x))
+    a = x2.abs().flatten()
+    if spec.observer == "percentile":
+        amax = a.kthvalue(max(1, min(a.numel(), math.ceil(PERCENTILE * a.numel())))).values
+    else:
+        amax = a.amax()
+    amax = (amax * spec.clip_ratio).to(torch.float32).reshape(1, 1)
+    if spec.observer != "mse":
+        return nvfp4_global_scale(amax)
+    best = err_best = None
+    for f in MSE_GRID:
+        g = nvfp4_global_scale(amax * f)
+        err = float((float_fake_quantize(x2, spec, g) - x2).pow(2).sum())
+        if err_best is None or err < err_best:
+            best, err_best = g, err
+    return best
+
+
+def _block_scales(x2: torch.Tensor, spec: QuantSpec, global_scale) -> FloatScales:
+    """nvfp4:tensor's run-time 16-block scales under a given global scale: each block's own
+    absmax (compressed-tensors' dynamic "local" scales; the observer and clip ratio chose the
+    global scale only)."""
+    if global_scale is None:
+        global_scale = nvfp4_global_scale(x2.abs().amax().reshape(1))
+    g = global_scale.to(torch.float32).reshape(-1, 1)
+    amax = _cells(x2, 1, FLOAT_FORMATS[spec.format].block).abs().amax(-1).to(torch.float32)
+    out = _scales_from_amax(amax, spec, g)
+    out.global_scale = global_scale.to(torch.float32)
+    return out
+
+
 def float_qparams(x: torch.Tensor, spec, global_scale: torch.Tensor | None = None
                   ) -> FloatScales:
     """The scales of `x` (..., K) under a float spec, per cell of its (R, K) view. nvfp4's
     global scale is computed from x (per tensor, or per token for activations) unless given."""
     spec = QuantSpec.parse(spec)
     x2 = _rows(x.detach()).to(_work_dtype(x))
+    if is_static_global(spec):
+        return _block_scales(x2, spec, global_scale)
     br, bc = cell_shape(*x2.shape, spec)
     cells = _cells(x2, br, bc)
     amax = (_amax(cells, spec) * spec.clip_ratio).to(torch.float32)
@@ -210,10 +254,13 @@ def float_dequantize(codes: torch.Tensor, spec, scale: torch.Tensor,
 
 def float_fake_quantize(x: torch.Tensor, spec, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize -> dequantize in x's dtype (in float32, float64 for float64 x); without
-    `scale` the scales come from x itself (dynamic: per token for token specs)."""
+    `scale` the scales come from x itself (dynamic: per token for token specs). For
+    nvfp4:tensor `scale` is the calibrated global scale and the block scales come from x."""
     spec = QuantSpec.parse(spec)
     x2 = _rows(x.detach()).to(_work_dtype(x))
-    if scale is None:
+    if is_static_global(spec):
+        scale = _block_scales(x2, spec, scale).scale
+    elif scale is None:
         scale = float_qparams(x2, spec).scale
     br, bc = cell_shape(*x2.shape, spec)
     cells = _cells(x2, br, bc)

@@ -18,16 +18,24 @@ transformers read), version 0.20:
       even element in the low nibble (compressed-tensors' pack_fp4_to_uint8; sign bit 3 and
       magnitude index 0..7 are E2M1's own bit pattern); .weight_scale float8_e4m3fn (N, K/16)
       the E4M3 block scales b as qpass stores them; .weight_global_scale float32 (1,) G;
-      strategy "tensor_group", group_size 16, scale_dtype float8_e4m3fn.
+      strategy "tensor_group", group_size 16, scale_dtype float8_e4m3fn. NVFP4 W4A4 (qpass's
+      nvfp4:tensor activations, calibrated by ObserveActivations) adds .input_global_scale
+      float32 (1,), the calibrated global scale; input_activations dynamic "local" (16-block
+      E4M3 scales from each input), strategy tensor_group, observer static_minmax.
+  mxfp4-pack-quantized / mxfp8-quantized (MXFP4 / MXFP8)  .weight_packed uint8 (N, K/2) as
+      NVFP4's / .weight float8_e4m3fn (N, K); .weight_scale uint8 (N, K/32) the E8M0 codes
+      qpass stores; strategy "group", group_size 32, scale_dtype uint8; mxfp<b>:token:dyn
+      activations as dynamic 32-groups (llm-compressor's MXFP4 / MXFP8).
 
 Integer formats dequantize as (q − zp)·s, which equals qpass's (u − z)·s term for term
-(zp = z − 2^(b−1)), so with float32 scales the weights agree bit for bit; FP8 as code·s and
-NVFP4 as code·(b / G), qpass's float32 operations, also bit for bit. Not written: NVFP4
-activations (qpass's nvfp4:token:dyn takes a global scale per token at run time,
-compressed-tensors' NVFP4 a calibrated static input_global_scale per tensor: they would
-quantize differently), MX formats. Static per-tensor FP8 activations (fp8:tensor calibrated
-by ObserveActivations, llm-compressor's FP8 preset) add .input_scale float32 (1,). quantization_config is the dict
-compressed-tensors' ModelCompressor.update_config writes (tests compare the two)."""
+(zp = z − 2^(b−1)), so with float32 scales the weights agree bit for bit; FP8 as code·s,
+NVFP4 as code·(b / G) and MX as code·2^(e−127), qpass's float32 operations, also bit for bit.
+Not written: nvfp4:token:dyn activations (a global scale per token at run time, which no
+compressed-tensors scheme has: an engine would quantize differently; w4a4-nvfp4-static is
+the exportable NVFP4). Static per-tensor FP8 activations (fp8:tensor calibrated by
+ObserveActivations, llm-compressor's FP8 preset) add .input_scale float32 (1,).
+quantization_config is the dict compressed-tensors' ModelCompressor.update_config writes
+(tests compare the two)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,6 +51,8 @@ from qpass.specs import QuantSpec
 FORMAT_VERSION = "0.20.0"       # the compressed-tensors release whose reader the tests run
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _STRATEGY = {"group": "group", "channel": "channel", "tensor": "tensor"}
+_PACKED_FORMATS = {"nvfp4": "nvfp4-pack-quantized", "mxfp4": "mxfp4-pack-quantized",
+                   "mxfp8": "mxfp8-quantized"}
 
 
 def _refuse(q: QLinear, why: str) -> CheckpointError:
@@ -87,9 +97,31 @@ def float_weight_args(q: QLinear) -> dict:
         return {"dynamic": False, "group_size": 16, "num_bits": 4,
                 "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group",
                 "symmetric": True, "type": "float"}
-    raise _refuse(q, f"{spec.format} weights: of the floating-point formats qpass writes fp8 "
-                     f"(float-quantized) and nvfp4 (nvfp4-pack-quantized); the MX formats are "
-                     f"not written yet")
+    return mx_args(spec.bits, dynamic=False)
+
+
+def mx_args(bits: int, dynamic: bool) -> dict:
+    """compressed-tensors' MXFP4 / MXFP8 arguments: 32-groups with uint8 (E8M0) scales."""
+    return {"dynamic": dynamic, "group_size": 32, "num_bits": bits, "scale_dtype": "torch.uint8",
+            "strategy": "group", "symmetric": True, "type": "float"}
+
+
+def _nvfp4_act_args(q: QLinear) -> dict:
+    a = q.act_spec
+    if a.granularity == "token":
+        raise _refuse(q, "nvfp4:token:dyn activations take a global scale per token at run "
+                         "time, compressed-tensors' NVFP4 (W4A4) one calibrated static "
+                         "input_global_scale per tensor, so an engine would quantize them "
+                         "differently; quantize with the scheme w4a4-nvfp4-static (activations "
+                         "nvfp4:tensor, calibrated by ObserveActivations), or export "
+                         "w4a16-nvfp4 (NVFP4A16)")
+    if q.act_scale is None or q.act_scale.numel() != 1:
+        raise _refuse(q, "its nvfp4:tensor activations have no calibrated global scale; add "
+                         "ObserveActivations() after the weight pass")
+    # the observer and clip ratio chose the global scale; the block scales are the input's
+    return {"dynamic": "local", "group_size": 16, "num_bits": 4, "observer": "static_minmax",
+            "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group",
+            "symmetric": True, "type": "float"}
 
 
 def float_act_args(q: QLinear) -> dict | None:
@@ -109,13 +141,14 @@ def float_act_args(q: QLinear) -> dict | None:
         return {"dynamic": False, "group_size": None, "num_bits": 8, "observer": "static_minmax",
                 "strategy": "tensor", "symmetric": True, "type": "float"}
     if a.format == "nvfp4":
-        raise _refuse(q, "nvfp4 activations: qpass's nvfp4:token:dyn computes a global scale "
-                         "per token at run time, compressed-tensors' NVFP4 (W4A4) applies one "
-                         "calibrated static input_global_scale per tensor, so an engine would "
-                         "quantize the activations differently; export w4a16-nvfp4 (NVFP4A16)")
+        return _nvfp4_act_args(q)
+    if a.format in ("mxfp4", "mxfp8") and a.clip_ratio == 1.0 and a.observer == "minmax":
+        return mx_args(a.bits, dynamic=True)        # llm-compressor's MXFP4 / MXFP8
     raise _refuse(q, "only per-token dynamic unclipped fp8 activations (fp8:token:dyn, "
-                     "llm-compressor's FP8_DYNAMIC) and calibrated static per-tensor ones "
-                     "(fp8:tensor, its FP8 preset) are exported beside float weights")
+                     "llm-compressor's FP8_DYNAMIC), calibrated static per-tensor ones "
+                     "(fp8:tensor, its FP8 preset), nvfp4:tensor (NVFP4) and unclipped "
+                     "minmax mxfp4 / mxfp8 activations (MXFP4 / MXFP8) are exported beside "
+                     "float weights")
 
 
 def _float_scheme(q: QLinear) -> dict:
@@ -123,8 +156,8 @@ def _float_scheme(q: QLinear) -> dict:
         raise _refuse(q, "floating-point weights with integer activations")
     w = float_weight_args(q)
     a = float_act_args(q)
-    if q.spec.format == "nvfp4":
-        fmt = "nvfp4-pack-quantized"
+    if q.spec.format in _PACKED_FORMATS:
+        fmt = _PACKED_FORMATS[q.spec.format]
     else:
         fmt = "float-quantized" if a is not None else "naive-quantized"
     return {"format": fmt, "input_activations": a, "output_activations": None, "weights": w}
@@ -151,21 +184,29 @@ def _packed_cols(K: int, bits: int) -> int:
 
 def float_tensors(q: QLinear) -> dict[str, torch.Tensor]:
     """A float spec's tensors: its codes and stored scales as they are (bit patterns viewed as
-    float8_e4m3fn; nvfp4's E2M1 codes two a byte, even element low)."""
+    float8_e4m3fn; nvfp4's and mxfp4's E2M1 codes two a byte, even element low; MX scales
+    their E8M0 codes as uint8), and a static activation's calibrated scale."""
     N, K = q.codes.shape
-    if q.spec.format == "nvfp4":
+    fmt = q.spec.format
+    if fmt in ("nvfp4", "mxfp4"):
         c = q.codes.to(torch.uint8).reshape(N, K // 2, 2)
-        return {"weight_packed": (c[..., 0] | (c[..., 1] << 4)).contiguous(),
-                "weight_scale": q.stored_scale.to(torch.uint8).contiguous()
-                .view(torch.float8_e4m3fn),
-                "weight_global_scale": q.global_scale.to(torch.float32).reshape(1).contiguous()}
-    scale = q.stored_scale.to(torch.float32)
-    if q.spec.granularity == "tensor":
-        scale = scale.reshape(1)
-    out = {"weight": q.codes.to(torch.uint8).contiguous().view(torch.float8_e4m3fn),
-           "weight_scale": scale.contiguous()}
-    if q.act_spec is not None and not q.act_spec.dynamic:
-        out["input_scale"] = q.act_scale.to(torch.float32).reshape(1).contiguous()
+        out = {"weight_packed": (c[..., 0] | (c[..., 1] << 4)).contiguous()}
+    else:
+        out = {"weight": q.codes.to(torch.uint8).contiguous().view(torch.float8_e4m3fn)}
+    if fmt == "nvfp4":
+        out["weight_scale"] = q.stored_scale.to(torch.uint8).contiguous().view(torch.float8_e4m3fn)
+        out["weight_global_scale"] = q.global_scale.to(torch.float32).reshape(1).contiguous()
+    elif fmt in ("mxfp4", "mxfp8"):
+        out["weight_scale"] = q.stored_scale.to(torch.uint8).contiguous()
+    else:
+        scale = q.stored_scale.to(torch.float32)
+        out["weight_scale"] = (scale.reshape(1) if q.spec.granularity == "tensor" else scale
+                               ).contiguous()
+    a = q.act_spec
+    if a is not None and not a.dynamic:
+        # fp8:tensor: the effective scale (input_scale); nvfp4:tensor: the global scale
+        key = "input_global_scale" if a.format == "nvfp4" else "input_scale"
+        out[key] = q.act_scale.to(torch.float32).reshape(1).contiguous()
     return out
 
 

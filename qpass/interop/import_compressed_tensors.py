@@ -25,13 +25,18 @@ Floating-point weights (what qpass's exporter and compressed-tensors' compress_m
   nvfp4-pack-quantized (NVFP4A16)  .weight_packed uint8 (N, K/2), two E2M1 codes a byte
                    (even element low); .weight_scale float8_e4m3fn (N, K/16) → qpass's
                    stored E4M3 scale codes; .weight_global_scale float32 (1,) → its global
-                   scale: code·(b / G), compressed-tensors' float32 dequantization exactly.
+                   scale: code·(b / G), compressed-tensors' float32 dequantization exactly;
+                   NVFP4 (W4A4) activations (tensor_group 16, dynamic "local") with
+                   .input_global_scale → nvfp4:tensor holding that global scale
+  mxfp4-pack-quantized / mxfp8-quantized (MXFP4 / MXFP8)  .weight_packed uint8 (N, K/2) E2M1
+                   pairs / .weight float8_e4m3fn (N, K); .weight_scale uint8 (N, K/32) E8M0
+                   codes → mxfp4 / mxfp8 (code·2^(e−127)); dynamic 32-group activations →
+                   mxfp4:token:dyn / mxfp8:token:dyn.
 
 Which config group a module belongs to follows compressed-tensors' own matching (exact names,
 then `re:` patterns in sorted order, then class names such as `Linear`; `ignore` wins).
-Refused, each with one CheckpointError naming the module and why: MX weights
-(mxfp4-pack-quantized, mxfp8), NVFP4 activations (a static input_global_scale per tensor,
-where qpass's nvfp4:token:dyn takes one per token at run time), non-square FP8 blocks, integer block or tensor-group strategies, act-order groups
+Refused, each with one CheckpointError naming the module and why: MXFP6, other fp4
+activation layouts, non-square FP8 blocks, integer block or tensor-group strategies, act-order groups
 (weight_g_idx not k // group size), group sizes that do not divide K, asymmetric or non-int
 activations, output activation or KV-cache quantization, transforms (QuIP/SpinQuant online
 rotations), sparsity, and checkpoints whose quantization_status is not `compressed`."""
@@ -54,7 +59,8 @@ from qpass.specs import QuantSpec
 
 FORMAT = "compressed-tensors"
 _INT_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
-_FLOAT_FORMATS = ("float-quantized", "nvfp4-pack-quantized")
+_FLOAT_FORMATS = ("float-quantized", "nvfp4-pack-quantized", "mxfp4-pack-quantized",
+                  "mxfp8-quantized")
 _STRATEGIES = ("group", "channel", "tensor")
 
 
@@ -225,6 +231,8 @@ def _fp8_spec(args: dict, K: int, where: str, path: Path) -> QuantSpec:
 def float_act_spec(args, where: str, path: Path) -> QuantSpec | None:
     if not args:
         return None
+    if _is_mx(args) and args.get("dynamic") is True and args.get("symmetric", True):
+        return QuantSpec.parse(f"mx{_MX_HEADS[args['num_bits']]}:token:dyn")
     if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
             args.get("symmetric", True)) == ("float", 8, "token", True, True):
         return QuantSpec.parse("fp8:token:dyn")
@@ -236,15 +244,47 @@ def float_act_spec(args, where: str, path: Path) -> QuantSpec | None:
     if (args.get("type"), args.get("num_bits"), args.get("strategy"), bool(args.get("dynamic")),
             args.get("symmetric", True)) == ("float", 8, "tensor", False, True):
         return QuantSpec.parse("fp8:tensor")
+    if (args.get("type"), args.get("num_bits"), args.get("strategy"), args.get("dynamic"),
+            g, args.get("symmetric", True)) == ("float", 4, "tensor_group", "local", 16, True):
+        return QuantSpec.parse("nvfp4:tensor")      # NVFP4: static global, run-time blocks
     if args.get("type") == "float" and args.get("num_bits") == 4:
-        why = ("NVFP4 activations with a static input_global_scale per tensor; qpass's "
-               "nvfp4:token:dyn computes a global scale per token at run time, so it would "
-               "quantize them differently")
+        why = (f"{args.get('strategy')} fp4 activations (dynamic {args.get('dynamic')!r}, group "
+               f"size {g!r}); qpass imports NVFP4's (tensor_group 16, dynamic 'local', a "
+               f"static input_global_scale) and MXFP4's (dynamic 32-groups, uint8 scales)")
     else:
         why = (f"{'dynamic' if args.get('dynamic') else 'static'} {args.get('strategy')} "
                f"{args.get('type')}{args.get('num_bits')} activations beside float weights "
                f"(qpass imports per-token dynamic fp8, FP8_DYNAMIC)")
     raise _refuse(path, where, why)
+
+
+_MX_HEADS = {4: "fp4", 8: "fp8"}
+
+
+def _is_mx(args: dict) -> bool:
+    """compressed-tensors' MX test (should_generate_mx_scales): float 4/8-bit 32-groups with
+    uint8 (E8M0) scales."""
+    return (args.get("type") == "float" and args.get("num_bits") in _MX_HEADS and
+            args.get("strategy") == "group" and args.get("group_size") == 32 and
+            str(args.get("scale_dtype")).removeprefix("torch.") == "uint8")
+
+
+def _e8m0_scales(T, mod: str, N: int, K: int, where: str) -> torch.Tensor:
+    s = T.take(f"{mod}.weight_scale", "the E8M0 block scales")
+    if s.dtype != torch.uint8 or tuple(s.shape) != (N, K // 32):
+        raise CheckpointError(f"{where}: expected uint8 (E8M0) weight_scale ({N}, {K // 32}), "
+                              f"found {s.dtype} {tuple(s.shape)}")
+    if bool((s == 255).any()):
+        raise CheckpointError(f"{where}: weight_scale holds the E8M0 NaN code 255")
+    return s.contiguous()
+
+
+def _fp4_codes(T, mod: str, N: int, K: int, block: int, where: str) -> torch.Tensor:
+    p = T.take(f"{mod}.weight_packed")
+    if p.dtype != torch.uint8 or tuple(p.shape) != (N, K // 2) or K % block:
+        raise CheckpointError(f"{where}: expected uint8 weight_packed ({N}, {K // 2}) of "
+                              f"{block}-blocks along K={K}, found {p.dtype} {tuple(p.shape)}")
+    return torch.stack((p & 0x0F, p >> 4), dim=-1).reshape(N, K).contiguous()
 
 
 def _fp8_codes(t: torch.Tensor, N: int, K: int, where: str) -> torch.Tensor:
@@ -273,7 +313,14 @@ def import_float_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, pat
         raise _refuse(path, mod, "it quantizes output activations, which qpass does not")
     bits, strategy, g = args.get("num_bits"), args.get("strategy"), args.get("group_size")
     global_scale = None
-    if bits == 8 and f"{mod}.weight" in T:
+    if _is_mx(args) and (f"{mod}.weight_packed" in T or f"{mod}.weight" in T):
+        spec = QuantSpec.parse(f"mx{_MX_HEADS[bits]}")
+        if bits == 4:
+            codes, fmt = _fp4_codes(T, mod, N, K, 32, where), "mxfp4-pack-quantized"
+        else:
+            codes, fmt = _fp8_codes(T.take(f"{mod}.weight"), N, K, where), "mxfp8-quantized"
+        scales = _e8m0_scales(T, mod, N, K, where)
+    elif bits == 8 and f"{mod}.weight" in T:
         spec = _fp8_spec(args, K, mod, path)
         codes = _fp8_codes(T.take(f"{mod}.weight"), N, K, where)
         scales = scales32(T.take(f"{mod}.weight_scale", "the weight scales"), where)
@@ -286,11 +333,7 @@ def import_float_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, pat
         fmt = "float-quantized"
     elif bits == 4 and strategy == "tensor_group" and g == 16 and f"{mod}.weight_packed" in T:
         spec = QuantSpec.parse("nvfp4")
-        p = T.take(f"{mod}.weight_packed")
-        if p.dtype != torch.uint8 or tuple(p.shape) != (N, K // 2) or K % 16:
-            raise CheckpointError(f"{where}: expected uint8 weight_packed ({N}, {K // 2}) of "
-                                  f"16-blocks along K={K}, found {p.dtype} {tuple(p.shape)}")
-        codes = torch.stack((p & 0x0F, p >> 4), dim=-1).reshape(N, K).contiguous()
+        codes = _fp4_codes(T, mod, N, K, 16, where)
         s = T.take(f"{mod}.weight_scale", "the E4M3 block scales")
         if s.dtype != torch.float8_e4m3fn or tuple(s.shape) != (N, K // 16):
             raise CheckpointError(f"{where}: expected float8_e4m3fn weight_scale "
@@ -304,18 +347,22 @@ def import_float_linear(T, mod: str, gen: str, scheme: dict, N: int, K: int, pat
         fmt = "nvfp4-pack-quantized"
     else:
         raise _refuse(path, mod, f"{bits}-bit float weights, strategy {strategy!r}, group size "
-                      f"{g!r}: qpass imports FP8 (float8_e4m3fn weight) and NVFP4 "
-                      f"(tensor_group 16, weight_packed); MX formats are not imported")
+                      f"{g!r}: qpass imports FP8 (float8_e4m3fn weight), NVFP4 "
+                      f"(tensor_group 16, weight_packed) and MXFP4 / MXFP8 (32-groups, uint8 "
+                      f"scales)")
     if f"{mod}.weight_zero_point" in T and bool(T.take(f"{mod}.weight_zero_point").float()
                                                  .ne(0).any()):
         raise CheckpointError(f"{where}: symmetric float weights with nonzero zero points")
     act_scale = None
     if act is not None and not act.dynamic:
-        act_scale = scales32(T.take(f"{mod}.input_scale", "the static activation scale"),
-                             where + " input_scale")
-        if act_scale.numel() != 1 or not bool((act_scale > 0).all()):
-            raise CheckpointError(f"{where}: input_scale must be one positive value, found "
-                                  f"{tuple(act_scale.shape)}")
+        # fp8:tensor keeps input_scale, nvfp4:tensor (NVFP4) its input_global_scale
+        key = "input_global_scale" if act.format == "nvfp4" else "input_scale"
+        act_scale = scales32(T.take(f"{mod}.{key}", "the static activation scale"),
+                             f"{where} {key}")
+        if act_scale.numel() != 1 or not bool(torch.isfinite(act_scale).all() and
+                                              (act_scale > 0).all()):
+            raise CheckpointError(f"{where}: {key} must be one positive finite value, found "
+                                  f"{act_scale.flatten()[:4].tolist()}")
         if f"{mod}.input_zero_point" in T and bool(T.take(f"{mod}.input_zero_point").float()
                                                     .ne(0).any()):
             raise CheckpointError(f"{where}: symmetric activations with nonzero input_zero_point")

@@ -87,6 +87,20 @@ def check_order(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> N
             destroyed.pop(f, None)
         if p.is_lowering:
             lowered_by = where
+    _check_static_acts_observed(passes)
+
+
+def _check_static_acts_observed(passes: Sequence[Pass]) -> None:
+    """A weight pass whose scheme has a static activation spec (`fp8:tensor`, `nvfp4:tensor`)
+    leaves its scale uncalibrated: a later pass must provide ACTS_QUANTIZED (ObserveActivations)."""
+    for i, p in enumerate(passes):
+        act = getattr(getattr(p, "scheme", None), "act", None)
+        if Fact.WEIGHTS_QUANTIZED not in p.provides or act is None or act.dynamic:
+            continue
+        if not any(Fact.ACTS_QUANTIZED in q.provides for q in passes[i + 1:]):
+            raise PipelineError(f"{p.name} (position {i}) sets the static activation spec {act}, "
+                                f"whose scale is calibrated: add ObserveActivations() after "
+                                f"{p.name}")
 
 
 def facts_after(passes: Sequence[Pass], initial_facts: Iterable[Fact] = ()) -> frozenset:

@@ -7,14 +7,17 @@ minifloat.py and floating.py):
   fp8    E4M3 elements (OCP e4m3fn: max 448, no inf), one float32 scale per tensor / channel
          / g<k> group / token, or per b<k> x b<k> block of a weight (`fp8:b128`)
   nvfp4  E2M1 elements in 16-element blocks along K, each block's scale an E4M3 number, one
-         float32 global scale per tensor (weights) or per token (activations)
+         float32 global scale per tensor (weights) or per token (activations); activations
+         `nvfp4:tensor`: one static global scale per tensor, calibrated (llm-compressor's
+         NVFP4 input_global_scale), the 16-block scales still taken from each input
   mxfp4  E2M1 elements, mxfp8 E4M3 elements, in 32-element blocks along K sharing an E8M0
          (power-of-two) scale (OCP Microscaling)
 
 Text: `fp8:channel`, `fp8:tensor`, `fp8:g128`, `fp8:b128`, `fp8:token:dyn`, `nvfp4`,
-`nvfp4:token:dyn`, `mxfp4`, `mxfp8`, `mxfp4:token:dyn` (+ `clip<r>` and an observer, as for
-integers). Floating-point grids are symmetric (a sign bit) and have no integer grid variant,
-no bit count of their own (the format fixes it) and no fp16 scale token.
+`nvfp4:token:dyn`, `nvfp4:tensor`, `mxfp4`, `mxfp8`, `mxfp4:token:dyn` (+ `clip<r>` and an
+observer, as for integers). Floating-point grids are symmetric (a sign bit) and have no
+integer grid variant, no bit count of their own (the format fixes it) and no fp16 scale
+token.
 """
 from __future__ import annotations
 
@@ -39,8 +42,8 @@ FLOAT_FORMATS = {f.name: f for f in (
     FloatFormat("mxfp4", 4, "e2m1", 32, "e8m0"),
     FloatFormat("mxfp8", 8, "e4m3", 32, "e8m0"),
 )}
-FLOAT_FORM = ("fp8[:tensor|channel|token|g<size>|b<size>][:dyn] | nvfp4|mxfp4|mxfp8[:token:dyn]"
-              " [:clip<ratio>][:minmax|percentile|mse]")
+FLOAT_FORM = ("fp8[:tensor|channel|token|g<size>|b<size>][:dyn] | nvfp4[:tensor|:token:dyn] | "
+              "mxfp4|mxfp8[:token:dyn] [:clip<ratio>][:minmax|percentile|mse]")
 # heads that look like a float format but are none of them, and what to write instead
 _NEAR = {"fp4": "nvfp4 or mxfp4", "e2m1": "nvfp4 or mxfp4", "e4m3": "fp8", "fp8e4m3": "fp8",
          "fp8_e4m3": "fp8", "e5m2": "fp8 (E4M3; E5M2 is not a qpass grid)",
@@ -140,9 +143,16 @@ def _check_block_layout(spec, fmt: FloatFormat, set_field, error) -> None:
     elif gran == "token":
         set_field("dynamic", True)
         set_field("group_size", None)
+    elif gran == "tensor" and fmt.name == "nvfp4":
+        # activations: a calibrated global scale per tensor, block scales from each input
+        if spec.dynamic:
+            error("nvfp4:tensor calibrates its global scale (static); a global scale taken "
+                  "from each input is 'nvfp4:token:dyn'")
+        set_field("group_size", None)
     else:
+        acts = f"'{fmt.name}:token:dyn'" + (" or 'nvfp4:tensor'" if fmt.name == "nvfp4" else "")
         error(f"{fmt.name} has {fmt.block}-element blocks along K: weights are '{fmt.name}', "
-              f"activations '{fmt.name}:token:dyn'; granularity {gran!r} is none of them")
+              f"activations {acts}; granularity {gran!r} is none of them")
 
 
 def float_text(spec) -> str:
@@ -153,8 +163,8 @@ def float_text(spec) -> str:
         gran = spec.granularity
         parts.append({"group": f"g{spec.group_size}", "block": f"b{spec.group_size}"}
                      .get(gran, gran))
-    elif spec.granularity == "token":
-        parts.append("token")
+    elif spec.granularity in ("token", "tensor"):
+        parts.append(spec.granularity)
     if spec.dynamic:
         parts.append("dyn")
     if spec.clip_ratio != 1.0:
@@ -170,7 +180,8 @@ def float_parse_fields(head: str, tokens_kw: dict, s: str, error) -> dict:
     if why:
         error(why)
     fmt = FLOAT_FORMATS[head]
-    if fmt.block is not None and tokens_kw.get("granularity") in ("channel", "tensor"):
+    gran = tokens_kw.get("granularity")
+    if fmt.block is not None and (gran == "channel" or gran == "tensor" and head != "nvfp4"):
         error(f"{s!r}: {fmt.name} has {fmt.block}-element blocks along K (weights '{fmt.name}', "
               f"activations '{fmt.name}:token:dyn'), not {tokens_kw['granularity']} scales")
     if tokens_kw.get("granularity") == "token" and tokens_kw.get("dynamic") is False:
@@ -189,6 +200,12 @@ def float_check_shape(spec, K: int, name: str | None, error) -> None:
     error(f"{where}: in_features K={K} is not divisible by the {g}-element blocks of "
           f"{float_text(spec)}; keep this layer in high precision with an override, or use "
           f"fp8 per channel")
+
+
+def is_static_global(spec) -> bool:
+    """nvfp4:tensor: activations with one calibrated global scale per tensor and 16-block
+    scales computed from each input (what `act_scale` holds is that global scale)."""
+    return spec.format == "nvfp4" and spec.granularity == "tensor"
 
 
 def spec_head(spec) -> str:

@@ -135,8 +135,10 @@ class QuantSpec:
 
     @property
     def is_activation_only(self) -> bool:
-        """Per-token specs describe activations; weights never use them."""
-        return self.granularity == "token"
+        """Per-token specs (and nvfp4:tensor, a calibrated activation global scale) describe
+        activations; weights never use them."""
+        return self.granularity == "token" or (self.format == "nvfp4" and
+                                               self.granularity == "tensor")
 
     def check_shape(self, K: int, name: str | None = None) -> None:
         """Raise SpecError if this spec cannot quantize a reduction dim of size K."""

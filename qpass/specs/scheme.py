@@ -56,9 +56,11 @@ class Scheme:
                             f"{self.group_fit!r}")
         w = self.weight
         if w is not None and (w.is_activation_only or w.dynamic):
-            raise SpecError(f"scheme {self.name!r}: weight spec {w} is dynamic/per-token; weights "
-                            f"are quantized once, use e.g. '{spec_head(w)}:channel' or "
-                            f"'{spec_head(w)}:g128'")
+            use = f"'{w.format}'" if _fixed_block(w) else \
+                f"e.g. '{spec_head(w)}:channel' or '{spec_head(w)}:g128'"
+            raise SpecError(f"scheme {self.name!r}: weight spec {w} is an activation spec "
+                            f"(dynamic, per-token or a calibrated activation scale); weights "
+                            f"are quantized once, use {use}")
         for label, a in (("act", self.act), ("attn", self.attn)):
             if a is not None and a.granularity == "channel":
                 raise SpecError(f"scheme {self.name!r}: {label} spec {a} is per-channel, which no "
@@ -230,6 +232,10 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "w8a8-fp8": ("fp8:channel", "fp8:token:dyn"),
     "w4a16-nvfp4": ("nvfp4", None),
     "w4a4-nvfp4": ("nvfp4", "nvfp4:token:dyn"),
+    # llm-compressor's NVFP4 exactly (exports as compressed-tensors W4A4): one calibrated
+    # activation global scale per tensor; w4a4-nvfp4's per-token global measured better on
+    # tiny-llada (bench/results/float_grid_variants_nvfp4_static_tiny-llada_cpu_2026-12-07.json)
+    "w4a4-nvfp4-static": ("nvfp4", "nvfp4:tensor"),
     "w4a16-mxfp4": ("mxfp4", None),
     "w4a4-mxfp4": ("mxfp4", "mxfp4:token:dyn"),
     "w8a8-mxfp8": ("mxfp8", "mxfp8:token:dyn"),

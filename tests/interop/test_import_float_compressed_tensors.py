@@ -153,7 +153,7 @@ Q = "model.transformer.blocks.0.q_proj"
 @pytest.mark.parametrize("edit_qc,edit_t,words", [
     (lambda g: g.update(input_activations=dict(PRESET_SCHEMES["NVFP4"]["input_activations"]
                                                .model_dump())), None, "input_global_scale"),
-    (lambda g: g["weights"].update(group_size=32, strategy="group"), None, "MX formats"),
+    (lambda g: g["weights"].update(group_size=32, strategy="group"), None, "MXFP4 / MXFP8"),
     (None, lambda t: t.__setitem__(Q + ".weight_scale", t[Q + ".weight_scale"].float()),
      "float8_e4m3fn weight_scale"),
     (None, lambda t: t.pop(Q + ".weight_global_scale"), "weight_global_scale"),

@@ -175,8 +175,12 @@ def _compress_with_compressed_tensors(c, fp_model, tmp_path, scheme_args, fmt):
                                        .to(lin.weight_scale.dtype))
                 lin.weight_global_scale.copy_(qw.global_scale.reshape(
                     lin.weight_global_scale.shape))
+            elif qw.spec.is_float and qw.spec.format != "fp8":   # mx: the 2^e scales
+                lin.weight_scale.copy_(qw.float_scale().reshape(lin.weight_scale.shape))
             else:
                 lin.weight_scale.copy_(qw.scale.reshape(lin.weight_scale.shape))
+            if hasattr(lin, "input_global_scale"):   # NVFP4 activations: the calibrated global
+                lin.input_global_scale.copy_(m.act_scale.reshape(1))
             if qw.zero is not None:
                 half = 1 << (qw.spec.bits - 1)
                 lin.weight_zero_point.copy_((qw.zero - half).reshape(lin.weight_zero_point.shape))
