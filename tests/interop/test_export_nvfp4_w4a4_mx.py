@@ -298,3 +298,15 @@ def test_cli_exports_a_saved_mxfp4_checkpoint(zoo, tmp_path):
     assert main(["export", str(tmp_path / "mx"), "--format", "compressed-tensors", "--out",
                  str(out)]) == 0
     assert _qc(out)["format"] == "mxfp4-pack-quantized"
+
+
+def test_static_nvfp4_checkpoint_reloads(llada_exports, tmp_path):
+    # the calibrated global scale is the linear's act_scale (1, 1): saved, checked, reloaded
+    c = llada_exports["w4a4-nvfp4-static"][0]
+    c.save(tmp_path / "ck")
+    back = qpass.load_compiled(tmp_path / "ck")
+    lin = back.gm.get_submodule("blocks.0.q_proj")
+    assert str(lin.act_spec) == "nvfp4:tensor" and lin.act_scale.shape == (1, 1)
+    ids = torch.randint(0, 60, (2, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(back(ids), c(ids))
