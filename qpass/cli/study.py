@@ -41,19 +41,28 @@ def cmd_study(args) -> int:
     from rich.console import Console
 
     from qpass import presets
-    from qpass.study import (check_out_dir, read_config, rich_table, run_study, summarize,
-                             write_outputs)
+    from qpass.study import (acceleration, check_out_dir, read_config, rich_table, run_study,
+                             summarize, trajectory_cells, write_outputs)
     cfg = read_config(args.config, out=args.out)
     _override_paths(cfg, args.model)
+    acceleration.read_settings(cfg)             # config mistakes before any compute
+    trajectory_cells.read_settings(cfg)
     from qpass.runtime.output import check_output_folder
     check_output_folder(cfg.out, "--out" if args.out else "study.out")   # before any compute
     check_out_dir(cfg.out)
     console = Console(stderr=True)
-    rows = run_study(cfg, presets.get,
-                     log=lambda msg: console.print(msg, style="dim", soft_wrap=True))
-    files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots)
+    log = lambda msg: console.print(msg, style="dim", soft_wrap=True)  # noqa: E731
+    rows = run_study(cfg, presets.get, log=log)
+    accel = acceleration.run_acceleration(cfg, presets.get, log=log)
+    traj = trajectory_cells.run_trajectories(cfg, presets.get, log=log)
+    files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots,
+                          accel_rows=accel, traj_rows=traj)
     Console().print(rich_table(summarize(rows), f"qpass study: {cfg.name}"))
     n_cached = sum(r["cached"] for r in rows)
+    if accel or traj:
+        extra = accel + traj
+        console.print(f"acceleration and trajectory: {len(extra)} results "
+                      f"({sum(r['cached'] for r in extra)} from the cache)", soft_wrap=True)
     console.print(f"{len(rows)} results ({n_cached} from the cache); wrote "
                   + ", ".join(str(p) for p in files.values()), soft_wrap=True)
     return 0

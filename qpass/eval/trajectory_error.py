@@ -120,7 +120,11 @@ def summarize(steps: list[dict]) -> dict:
     return {"kl_mean": mean("kl"), "kl_final_step": live[-1]["kl"] if live else 0.0,
             "top1_agreement_mean": mean("top1_agreement"),
             "commit_jaccard_mean": mean("commit_jaccard"),
-            "commit_token_agreement_mean": mean("commit_token_agreement"), "steps": len(steps)}
+            "commit_token_agreement_mean": mean("commit_token_agreement"), "steps": len(steps),
+            # of all tokens the quantized model would commit along FP's trajectory, the
+            # share FP would not commit at that step (place and token)
+            "wrong_commit_rate": sum(s.get("wrong_commits", 0) for s in steps)
+            / max(sum(s.get("q_committed", 0) for s in steps), 1)}
 
 
 def _prompt_ids(fp, prompts) -> list[list[int]]:

@@ -48,16 +48,19 @@ def commit_measures(before: torch.Tensor, after_fp: torch.Tensor, after_q: torch
     step, and the step the sampler takes from the same canvas with the quantized logits).
     commit_jaccard: |C_fp ∩ C_q| / |C_fp ∪ C_q| over (row, position); commit_token_agreement:
     the fraction of FP's commits that the quantized step makes at the same place with the
-    same token. Both are 1 when neither commits anything."""
+    same token. Both are 1 when neither commits anything. wrong_commits: the quantized step's
+    commits that FP's step does not make (another place, or the same place with another
+    token), out of q_committed."""
     masked = before == mask_id
     c_fp = masked & (after_fp != mask_id)
     c_q = masked & (after_q != mask_id)
     union = int((c_fp | c_q).sum())
     inter = int((c_fp & c_q).sum())
     same_token = int((c_fp & c_q & (after_fp == after_q)).sum())
-    n_fp = int(c_fp.sum())
+    n_fp, n_q = int(c_fp.sum()), int(c_q.sum())
     return {"committed": n_fp, "commit_jaccard": inter / union if union else 1.0,
-            "commit_token_agreement": same_token / n_fp if n_fp else 1.0}
+            "commit_token_agreement": same_token / n_fp if n_fp else 1.0,
+            "q_committed": n_q, "wrong_commits": n_q - same_token}
 
 
 def first_divergence(canvases_a: list[torch.Tensor], canvases_b: list[torch.Tensor]

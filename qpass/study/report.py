@@ -70,6 +70,11 @@ _COLS = ("model", "pipeline", "format", "w_bits", "a_bits", "task", "metric", "v
          "vs_fp_text")
 
 
+_TRAJ_COLS = ("traj_kl_mean", "traj_wrong_commit_rate")
+_HEADS = {"vs_fp_text": "vs FP (paired)", "traj_kl_mean": "KL/step (trajectory)",
+          "traj_wrong_commit_rate": "wrong commits"}
+
+
 def rich_table(summary: list[dict], title: str):
     from rich.table import Table
     t = Table(title=title)
@@ -90,10 +95,11 @@ def rich_table(summary: list[dict], title: str):
 
 
 def markdown(summary: list[dict], title: str) -> str:
-    head = [("vs FP (paired)" if c == "vs_fp_text" else c) for c in _COLS]
+    cols = _COLS + tuple(c for c in _TRAJ_COLS if any(c in s for s in summary))
+    head = [_HEADS.get(c, c) for c in cols]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join("---" for _ in _COLS) + "|"]
-    lines += ["| " + " | ".join(_fmt(s[c]) for c in _COLS) + " |" for s in summary]
+             "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(s.get(c)) for c in cols) + " |" for s in summary]
     return "\n".join(lines) + "\n"
 
 
@@ -177,16 +183,34 @@ def _drop_errors(q: list[dict], fp: dict):
     return [lo, hi]
 
 
-def write_outputs(rows: list[dict], out: Path, title: str, with_plots: bool = True) -> dict:
-    """Write results.{json,csv,md} (+ PNGs) into `out`; returns {kind: path}."""
+def study_data(rows: list[dict], title: str, accel_rows: list[dict] = (),
+               traj_rows: list[dict] = ()) -> dict:
+    """Everything the study's files show: rows, summary (with the trajectory columns), the
+    acceleration rows, summary and AUP table, the trajectory rows."""
+    from . import accel_report
     summary = summarize(rows)
+    accel_rows, traj_rows = list(accel_rows), list(traj_rows)
+    accel_report.merge_trajectory(summary, traj_rows)
+    acc = accel_report.accel_summary(accel_rows)
+    return {"title": title, "rows": rows, "summary": summary,
+            "acceleration": {"rows": accel_rows, "summary": acc,
+                             "aup": accel_report.aup_table(acc)},
+            "trajectory": traj_rows}
+
+
+def write_outputs(rows: list[dict], out: Path, title: str, with_plots: bool = True,
+                  accel_rows: list[dict] = (), traj_rows: list[dict] = ()) -> dict:
+    """Write results.{json,csv,md} (+ PNGs) into `out`; returns {kind: path}."""
+    from . import accel_report
+    data = study_data(rows, title, accel_rows, traj_rows)
+    summary, acc = data["summary"], data["acceleration"]
     files = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
     # each written into a new file, then renamed over the old one: never through a link
-    write_output(files["json"], json.dumps({"title": title, "rows": rows, "summary": summary},
-                                           indent=1) + "\n")
+    write_output(files["json"], json.dumps(data, indent=1) + "\n")
     write_output(files["csv"], csv_text(rows))
-    write_output(files["md"], markdown(summary, title))
+    write_output(files["md"], markdown(summary, title) + accel_report.markdown(
+        acc["summary"], acc["aup"], data["trajectory"]))
     if with_plots:
-        for p in plots(summary, out):
+        for p in plots(summary, out) + accel_report.plots(acc["summary"], data["trajectory"], out):
             files[p.stem] = p
     return files

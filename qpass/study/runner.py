@@ -18,7 +18,9 @@ Config (TOML; YAML too when PyYAML is installed):
                                                      skipped with a note otherwise)
              tasks = ["general", "math", "code"]    (qpass task names)
     [eval]  limit and TaskSettings fields     [calibration]  n, seq_len, path (texts for
-                                              models that are not embedded zoo models)"""
+                                              models that are not embedded zoo models)
+    [acceleration]  cache × threshold × block length per pipeline (qpass.study.acceleration)
+    [trajectory]    per-step KL and wrong-commit rate columns (qpass.study.trajectory_cells)"""
 from __future__ import annotations
 
 import hashlib
@@ -55,6 +57,9 @@ class StudyConfig:
     pipelines: list[str]
     tasks: list[str]
     optional: list[str] = field(default_factory=list)
+    acceleration: dict | None = None     # [acceleration] (qpass.study.acceleration reads it)
+    trajectory: dict | None = None       # [trajectory] (qpass.study.trajectory_cells)
+    code: str | None = None              # the code version, hashed once per run (study_code)
     seeds: list[int] = field(default_factory=lambda: [0])
     eval: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=lambda: {"n": 32, "seq_len": 256})
@@ -105,8 +110,16 @@ def read_config(path, out: str | None = None) -> StudyConfig:
                        pipelines=[str(x) for x in data["pipelines"]],
                        tasks=[str(x) for x in data["tasks"]], seeds=seeds,
                        optional=_optional(p, data.get("optional", [])),
+                       acceleration=_table(p, data, "acceleration"),
+                       trajectory=_table(p, data, "trajectory"),
                        eval=dict(data.get("eval", {})),
                        calibration={"n": 32, "seq_len": 256, **data.get("calibration", {})})
+
+
+def _table(p: Path, data: dict, key: str) -> dict | None:
+    if key in data and not isinstance(data[key], dict):
+        raise QpassError(f"{p}: [{key}] must be a table")
+    return data.get(key)
 
 
 def _optional(p: Path, names) -> list[str]:
@@ -194,16 +207,9 @@ def bits_of(pipeline_name: str, pipe) -> tuple[int, int]:
     return int(w), int(a)
 
 
-def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
-              log: Callable[[str], None] = print) -> list[dict]:
-    """Run (or serve from the cache) every cell; returns one row per (model, pipeline, seed,
-    task) with its metrics, `cached` telling whether it was served from the cache."""
-    check_out_dir(cfg.out)
-    # the study's own folders: made here, or real directories of this user (never a symlink
-    # to somewhere else that the cache would then be written into)
-    for sub in ("cache", "cache/models", "cache/results"):
-        own_dir(cfg.out / sub, "study cache folder", private=False)
-    _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
+def resolve_pipelines(cfg: StudyConfig, resolve_pipeline: Callable, log) -> dict:
+    """{name: Pipeline or None (FP)}: the grid's pipelines, then the optional ones the
+    resolver knows (the others skipped with a note)."""
     pipes = {name: (None if name == FP else resolve_pipeline(name)) for name in cfg.pipelines}
     for name in cfg.optional:
         if name in pipes:
@@ -212,15 +218,54 @@ def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
             pipes[name] = resolve_pipeline(name)
         except PipelineError as e:
             log(f"optional pipeline {name} skipped: {str(e)[:90]}")
-    version, cells = code_version(), []
+    return pipes
+
+
+def study_code(cfg: StudyConfig) -> str:
+    """The code version of this run, hashed once: every part of one `qpass study` (grid,
+    acceleration, trajectory) keys its cache with the same version."""
+    if cfg.code is None:
+        cfg.code = code_version()
+    return cfg.code
+
+
+def cell_identity(cfg: StudyConfig, ident: dict, pipe, seed: int, version: str) -> dict:
+    """What a cell's quantized model depends on (its checkpoint's cache key)."""
+    return {"model": ident, "pipeline": pipeline_identity(pipe), "seed": seed,
+            "calibration": None if pipe is None else cfg.calibration, "code": version}
+
+
+def prepare_out(cfg: StudyConfig) -> None:
+    """OUT checked and its cache folders made (own directories, never through a link)."""
+    check_out_dir(cfg.out)
+    for sub in ("cache", "cache/models", "cache/results"):
+        own_dir(cfg.out / sub, "study cache folder", private=False)
+    _write_atomic(cfg.out / MARKER, json.dumps({"study": cfg.name}) + "\n")
+
+
+def prepared(cfg: StudyConfig, resolve_pipeline: Callable) -> tuple[dict, str]:
+    """For a part of the study run after the grid (acceleration, trajectory): OUT ready, the
+    pipelines resolved (quietly: the grid has said what it skipped), the code version."""
+    prepare_out(cfg)
+    return resolve_pipelines(cfg, resolve_pipeline, lambda msg: None), study_code(cfg)
+
+
+def run_study(cfg: StudyConfig, resolve_pipeline: Callable,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Run (or serve from the cache) every cell; returns one row per (model, pipeline, seed,
+    task) with its metrics, `cached` telling whether it was served from the cache."""
+    # the study's own folders: made here, or real directories of this user (never a symlink
+    # to somewhere else that the cache would then be written into)
+    prepare_out(cfg)
+    pipes = resolve_pipelines(cfg, resolve_pipeline, log)
+    version, cells = study_code(cfg), []
     eval_settings = dict(cfg.eval)
     limit = eval_settings.pop("limit", None)
     for m in cfg.models:
         ident = model_identity(m["path"])
         for pname, pipe in pipes.items():
             for seed in cfg.seeds:
-                cell = {"model": ident, "pipeline": pipeline_identity(pipe), "seed": seed,
-                        "calibration": None if pipe is None else cfg.calibration, "code": version}
+                cell = cell_identity(cfg, ident, pipe, seed, version)
                 keys = {t: _digest({**cell, "task": t, "eval": eval_settings, "limit": limit})
                         for t in cfg.tasks}
                 cached = {t: cfg.out / "cache" / "results" / f"{k}.json" for t, k in keys.items()}

@@ -68,6 +68,8 @@ def test_fp_against_itself_is_exactly_zero():
             assert s["top1_agreement"] == 1.0
             assert s["commit_jaccard"] == 1.0 and s["commit_token_agreement"] == 1.0
             assert s["masked"] > 0
+            assert s["wrong_commits"] == 0 and s["q_committed"] == s["committed"] > 0
+        assert entry["summary"]["wrong_commit_rate"] == 0.0
         assert entry["free_running"]["first_divergence"] == [None, None]
         assert entry["free_running"]["final_token_agreement"] == 1.0
 
@@ -94,6 +96,8 @@ def test_hand_computed_kl_and_mask_column_ignored():
         assert s["top1_agreement"] == 0.0                    # argmax 0 vs 1
         assert s["commit_jaccard"] == 1.0                    # same positions (ties) ...
         assert s["commit_token_agreement"] == 0.0            # ... different tokens
+        assert s["wrong_commits"] == s["q_committed"] > 0     # so every Q commit is wrong
+    assert rep["models"]["quantized"]["summary"]["wrong_commit_rate"] == 1.0
 
 
 def test_kl_per_position_against_brute_force_float64():
