@@ -285,8 +285,9 @@ def test_float_weights_refused(exported, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["type"] = "float"
     (d / "config.json").write_text(json.dumps(cfg))
-    # FP8 and NVFP4 import (test_import_float_compressed_tensors.py); 4-bit float g32 is MX
-    _refused(d, "4-bit float weights", "MX formats are not imported")
+    # FP8, NVFP4 and MX import (test_import_float_compressed_tensors.py,
+    # test_export_nvfp4_w4a4_mx.py); 4-bit float g32 without uint8 (E8M0) scales is none of them
+    _refused(d, "4-bit float weights", "MXFP4 / MXFP8 (32-groups, uint8 scales)")
 
 
 def test_gptq_act_order_refused(exported, tmp_path):
