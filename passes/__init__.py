@@ -2,6 +2,7 @@
 from .fuse_norms import FuseNorms
 from .rtn import RTN
 from .rotate import Rotate
+from .learned_rotate import LearnedRotate
 from .duquant import DuQuant
 from .smoothquant import SmoothQuant
 from .lower import Lower

@@ -184,35 +184,34 @@ class Rotate(Pass):
     def run(self, g, ctx: PassContext) -> PassResult:
         """Q into this stage's embedding, readers and writers; per-head and online Hadamards
         of this stage's attention and MLP."""
-        return self._rotate(g, ctx, ctx.run.plan, ctx.run.signs, ctx.nodes)
+        return self._rotate(g, ctx, ctx.run, ctx.nodes)
 
     def stage_basis(self, g, stage, run: "_RotateRun") -> BasisChange:
         """The stream values leave every stage as x·Q: verified as f'(x·Q) = f(x)·Q."""
-        signs = run.signs
-
         def to_new(t):                               # x·Q in float64
-            return hadamard.transform(t.double(), signs=signs.to(t.device), inverse=True)
+            return run.times_q(t.double())
 
         def to_old(t):                               # x·Qᵀ, in the value's own dtype
-            return hadamard.transform(t.double(), signs=signs.to(t.device)).to(t.dtype)
+            return run.times_qt(t.double()).to(t.dtype)
         return BasisChange(frozenset(n.name for n in run.plan.stream), to_new, to_old)
 
-    def _rotate(self, g, ctx: PassContext, plan: _Plan, signs, nodes: set) -> PassResult:
-        """Fold Q (and do the per-head and online Hadamards) in the stage's `nodes`."""
+    def _rotate(self, g, ctx: PassContext, run, nodes: set) -> PassResult:
+        """Fold the run's Q (and do the per-head and online Hadamards) in the stage's `nodes`:
+        the one fusing code of every residual rotation (Rotate's Hadamard, LearnedRotate's
+        trained R1/R2), which only differ in the run state's `times_q` and `head`."""
+        plan = run.plan
+
         def mine(n) -> bool:
             return n in nodes
         for u in filter(mine, plan.norms):          # real weights only: checked before any fold
             if not _norm_is_weightless(g.module(u)):
                 raise PipelineError(
-                    f"Rotate: norm {u.target} still has a weight; run FuseNorms before Rotate")
+                    f"{self.name}: norm {u.target} still has a weight; run FuseNorms before "
+                    f"{self.name}")
         readers = [n for n in plan.readers if mine(n)]
         writers = [n for n in plan.writers if mine(n)]
         emb = g.module(plan.embed)
-        signs = signs.to(emb.weight.device if mine(plan.embed) else torch.device("cpu"))
-
-        def times_q(x):                 # x·Q with Q = H·diag(signs)/√d, by the fast transform
-            return hadamard.transform(x, signs=signs.to(device=x.device, dtype=x.dtype),
-                                      inverse=True)
+        times_q = run.times_q
         res = PassResult(metrics={"readers": len(readers), "writers": len(writers)})
         done: set[int] = set()  # tensors shared inside the stage are folded once (the
         # executor gives each stage its own copy of a tensor tied across stages)
@@ -222,7 +221,7 @@ class Rotate(Pass):
                 _fold(param, fn)
                 done.add(id(param))
 
-        task = ctx.task("Rotate: fuse Q", total=int(mine(plan.embed)) + len(readers) + len(writers))
+        task = ctx.task(f"{self.name}: fuse Q", total=int(mine(plan.embed)) + len(readers) + len(writers))
         if mine(plan.embed):
             res.metrics["hidden_size"] = plan.hidden_size     # once per run, also when streamed
             fold(emb.weight, times_q)
@@ -243,26 +242,35 @@ class Rotate(Pass):
             res.nodes_changed.append(n.name)
             ctx.advance(task)
 
-        self._per_head(g, res, [p for p in plan.vo if mine(p.v)])
+        self._per_head(g, res, [p for p in plan.vo if mine(p.v)], run.head)
         self._online(g, res, [(k, lin) for k, lin in plan.online if mine(lin)])
         res.metrics["online_hadamards"] = (res.metrics.get("online_hadamard_down", 0)
                                            + res.metrics.get("online_hadamard_o", 0))
         return res     # the executor recompiles the edited graph
 
-    def _per_head(self, g, res: PassResult, pairs) -> None:
-        """Offline per-head Hadamard on v's outputs, its inverse in o's columns (GQA-exact:
-        every query head reads one KV head, and all heads use the same Hₕ)."""
+    def head_dim(self, g, p) -> tuple[int | None, str]:
+        """(head dim of the v→o pair p, "") when its per-head rotation can be folded, else
+        (None, why not)."""
+        v, o = g.module(p.v), g.module(p.o)
+        hd = self._head_dim(g, p.attention)
+        if hd is None or v.out_features % hd or o.in_features % hd:
+            return None, f"per-head v→o Hadamard skipped for {p.v.target}: head dim unknown"
+        if not hadamard.supported(hd):
+            return None, f"per-head v→o Hadamard skipped: head dim {hd} unsupported"
+        return hd, ""
+
+    def _per_head(self, g, res: PassResult, pairs, head) -> None:
+        """Offline per-head rotation Hₕ = head(p, hd, device) on v's outputs, its inverse in
+        o's columns (GQA-exact: every query head reads one KV head, and all heads of a layer
+        use the same Hₕ)."""
         count = 0
         for p in pairs:
             v, o = g.module(p.v), g.module(p.o)
-            hd = self._head_dim(g, p.attention)
-            if hd is None or v.out_features % hd or o.in_features % hd:
-                res.notes.append(f"per-head v→o Hadamard skipped for {p.v.target}: head dim unknown")
+            hd, why = self.head_dim(g, p)
+            if hd is None:
+                res.notes.append(why)
                 continue
-            if not hadamard.supported(hd):
-                res.notes.append(f"per-head v→o Hadamard skipped: head dim {hd} unsupported")
-                continue
-            Hh = _orthonormal_hadamard(hd, v.weight.device)
+            Hh = head(p, hd, v.weight.device)
             _fold(v.weight, lambda W: torch.einsum("ji,kjd->kid", Hh, W.reshape(-1, hd, W.shape[1]))
                   .reshape(W.shape))                                # per KV head Hₕᵀ·W_h
             if v.bias is not None:
@@ -303,6 +311,18 @@ class _RotateRun:
     plan: _Plan
     signs: torch.Tensor
     seed: int
+
+    def times_q(self, x: torch.Tensor) -> torch.Tensor:
+        """x·Q with Q = H·diag(signs)/√d, by the fast transform."""
+        return hadamard.transform(x, signs=self.signs.to(device=x.device, dtype=x.dtype),
+                                  inverse=True)
+
+    def times_qt(self, x: torch.Tensor) -> torch.Tensor:
+        return hadamard.transform(x, signs=self.signs.to(device=x.device, dtype=x.dtype))
+
+    @staticmethod
+    def head(p, hd: int, device) -> torch.Tensor:
+        return _orthonormal_hadamard(hd, device)
 
     def record(self) -> dict:
         """What a streamed run keeps to resume with the same Q."""

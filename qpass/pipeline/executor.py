@@ -84,8 +84,10 @@ class Executor:
         return runner, runner.stages
 
     def _ctx(self, **kw) -> PassContext:
+        folder = getattr(self.store, "folder", None)
         return PassContext(calib=self.calib, scheme=self.pipeline.scheme_given, seed=self.seed,
-                           progress=self.progress, **kw)
+                           progress=self.progress,
+                           work_dir=folder.path if folder is not None else None, **kw)
 
     # ---- the walk -----------------------------------------------------------------------
     def run(self):

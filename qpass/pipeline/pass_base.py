@@ -45,7 +45,8 @@ class PassContext:
     SequentialRunner that executes a stage over `inputs`, the stage's cached inputs as this
     pass must see them (Pass.stage_inputs; None when no pass of the run needs activations);
     run: what the pass's `start` returned for this run (its per-run state, owned by the
-    executor)."""
+    executor); work_dir: the run's locked work folder (work_dir.py) when it writes an output,
+    else None — where a pass keeps resumable state of its own (LearnedRotate's training)."""
     calib: Any = None
     scheme: Any = None
     seed: int = 0
@@ -54,6 +55,7 @@ class PassContext:
     runner: Any = None
     inputs: Any = None
     run: Any = None
+    work_dir: Any = None
     _tasks: list = field(default_factory=list, repr=False)
 
     @property

@@ -25,7 +25,7 @@ from qpass.folders.owned import LOCK, lock_dir, remove_names
 SUFFIX = ".qpass-stream"
 # every name qpass writes in a work folder; anything else there is not its own
 NAMES = re.compile(r"(stage-\d{5}\.safetensors|cache-\d{5}\.pt|globals\.safetensors"
-                   r"|progress\.json(\.tmp)?|lock)\Z")
+                   r"|progress\.json(\.tmp)?|learned-rotation\.pt(\.tmp)?|lock)\Z")
 
 _held: dict[tuple[str, int], list] = {}       # (folder, thread) -> [DirLock, holders]
 _guard = threading.Lock()
