@@ -15,7 +15,15 @@ $(SANDBOX):
 	  (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null); \
 	else echo "note: install bubblewrap (sudo apt-get install bubblewrap): code tasks refuse to run without it"; fi
 
-$(STAMP): pyproject.toml | $(SANDBOX)
+# `qpass study --report` writes an HTML report; its test renders it in headless Chromium.
+BROWSER := /usr/bin/chromium
+
+$(BROWSER):
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	else echo "note: install chromium (sudo apt-get install chromium): the study report's rendering test is skipped without it"; fi
+
+$(STAMP): pyproject.toml | $(SANDBOX) $(BROWSER)
 	python3 -m venv .venv
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[dev,plot,data,eval,interop]"

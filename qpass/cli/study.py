@@ -9,6 +9,7 @@ from .common import add_progress_args
 EXAMPLE = """example:
   qpass study studies/paper.toml                 # tiny zoo, CPU
   qpass study studies/paper.toml --out runs/paper --no-plots
+  qpass study studies/paper.toml --report report.html   # one self-contained HTML file
   qpass study studies/paper-8b.toml --model llada-8b=/ckpt/LLaDA-8B-Base --model dream-7b=/ckpt/Dream-7B"""
 
 
@@ -23,6 +24,9 @@ def add_study_command(sub) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                    help="set the path of the config's model NAME (e.g. a local checkpoint)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--report", default=None, metavar="HTML",
+                   help="also write one self-contained HTML report (tables, plots, the "
+                        "finding-by-finding comparison with the papers)")
     add_progress_args(p)
     p.set_defaults(func=cmd_study)
 
@@ -49,6 +53,9 @@ def cmd_study(args) -> int:
     trajectory_cells.read_settings(cfg)
     from qpass.runtime.output import check_output_folder
     check_output_folder(cfg.out, "--out" if args.out else "study.out")   # before any compute
+    if args.report:
+        from qpass.runtime.output import check_output_file
+        check_output_file(args.report, "--report")
     check_out_dir(cfg.out)
     console = Console(stderr=True)
     log = lambda msg: console.print(msg, style="dim", soft_wrap=True)  # noqa: E731
@@ -57,6 +64,12 @@ def cmd_study(args) -> int:
     traj = trajectory_cells.run_trajectories(cfg, presets.get, log=log)
     files = write_outputs(rows, cfg.out, f"qpass study: {cfg.name}", with_plots=not args.no_plots,
                           accel_rows=accel, traj_rows=traj)
+    if args.report:
+        from qpass.folders.owned import write_output
+        from qpass.study import html_report, study_data
+        write_output(args.report, html_report.render(study_data(
+            rows, f"qpass study: {cfg.name}", accel, traj)), "study report")
+        files["report"] = args.report
     Console().print(rich_table(summarize(rows), f"qpass study: {cfg.name}"))
     n_cached = sum(r["cached"] for r in rows)
     if accel or traj:

@@ -7,9 +7,9 @@ are named (calibration is qpass.calibration.build_calibration).
     cfg  = qpass.study.read_config("studies/paper.toml")
     rows = qpass.study.run_study(cfg, qpass.presets.get)
     qpass.study.write_outputs(rows, cfg.out, "paper")"""
-from . import acceleration, trajectory_cells
-from .report import (HEADLINE, csv_text, headline, markdown, plots, rich_table, summarize,
-                     write_outputs)
+from . import acceleration, html_report, trajectory_cells
+from .report import (HEADLINE, csv_text, headline, markdown, plots, rich_table, study_data,
+                     summarize, write_outputs)
 from .runner import (FP, MARKER, StudyConfig, bits_of, check_out_dir, code_version, format_of,
                      method_of,
                      model_identity, pipeline_identity, read_config, run_study)
@@ -17,4 +17,4 @@ from .runner import (FP, MARKER, StudyConfig, bits_of, check_out_dir, code_versi
 __all__ = ["StudyConfig", "read_config", "run_study", "check_out_dir", "code_version",
            "model_identity", "pipeline_identity", "bits_of", "method_of", "format_of", "FP", "MARKER",
            "HEADLINE", "headline", "summarize", "rich_table", "markdown", "csv_text", "plots",
-           "write_outputs", "acceleration", "trajectory_cells"]
+           "write_outputs", "study_data", "acceleration", "trajectory_cells", "html_report"]

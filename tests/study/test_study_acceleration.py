@@ -1,9 +1,14 @@
 """The study's acceleration dimension and trajectory columns: AUP against a hand computation,
 config mistakes refused, and a tiny end-to-end run (cache × threshold × block length rows with
 tokens per forward, paired verdicts against the uncached run, AUP, trajectory KL and
-wrong-commit rate) whose second run is served from the cache."""
+wrong-commit rate) whose second run is served from the cache and writes the HTML report,
+rendered in headless Chromium with every image loaded."""
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -97,6 +102,40 @@ def test_acceleration_grid_end_to_end_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(acceleration, "evaluate", no_compute)
     monkeypatch.setattr(study_mod, "evaluate", no_compute)
     monkeypatch.setattr(trajectory_cells, "load_any", no_compute)
-    assert main(["study", str(cfg), "--out", str(out), "--no-plots"]) == 0
+    report = tmp_path / "report.html"
+    assert main(["study", str(cfg), "--out", str(out), "--no-plots", "--report",
+                 str(report)]) == 0
     again = json.loads((out / "results.json").read_text())
     assert all(r["cached"] for r in again["acceleration"]["rows"] + again["trajectory"])
+    page = report.read_text()
+    assert "Finding by finding" in page and "AUP" in page and "wrong-commit rate" in page
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)     # self-contained
+    loaded = _images_loaded_in_chromium(report, tmp_path)
+    # drop_vs_fp, accuracy_vs_bits, accuracy_vs_parallelism, trajectory_kl
+    assert len(loaded) == 4 and all(loaded), loaded
+
+
+_CHECK = ('<script>window.addEventListener("load",()=>{const p=document.createElement("pre");'
+          'p.id="qpass-check";p.textContent=JSON.stringify([...document.images].map('
+          'i=>i.complete&&i.naturalWidth>0));document.body.appendChild(p);});</script>')
+
+
+def _images_loaded_in_chromium(report, tmp_path) -> list[bool]:
+    """For each <img> of the report: loaded with a width (naturalWidth > 0), in headless
+    Chromium (a copy of the report with a script that writes the answer into the DOM)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.geteuid() != 0:
+            pytest.skip("headless Chromium is not installed (sudo apt-get install chromium; "
+                        "make installs it when run as root): the HTML report is not rendered")
+        pytest.fail("chromium is missing: run make (it installs chromium as root) or "
+                    "apt-get install -y chromium")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", _CHECK + "</body>"))
+    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom",
+                          "--virtual-time-budget=5000", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="qpass-check">([^<]*)</pre>', dom)
+    assert found, f"Chromium did not render the report: {dom[:300]!r}"
+    return json.loads(found.group(1))
