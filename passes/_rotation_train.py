@@ -2,7 +2,9 @@
 calibration rows drawn per step from a seeded generator (step s always sees the same rows, so
 a resumed run repeats an uninterrupted one), a checkpoint every `save_every` steps, and the
 guard: the rotations are kept only when their held-out calibration loss is below the
-Hadamard start's; otherwise the Hadamard comes back, and the result says so."""
+Hadamard start's by more than a relative `min_gain` (the loss of a W4A4 model moves by ~1% when
+a rounding decision flips, so a smaller gain on a few held-out rows is not evidence);
+otherwise the Hadamard comes back, and the result says so."""
 from __future__ import annotations
 
 import math
@@ -30,6 +32,7 @@ class TrainConfig:
     seed: int
     save_every: int
     train_r2: bool
+    min_gain: float = 0.0
 
 
 @dataclass
@@ -143,7 +146,7 @@ def train(model, R1: torch.Tensor, R2: list, cfg: TrainConfig, checkpoint: Path 
     diverged = not all(math.isfinite(v) for v in losses)
     held1 = math.nan if diverged or not len(held_rows) else \
         mean_loss(model, X1.float(), [r.float() for r in X2], held_rows, cfg.batch)
-    keep = math.isfinite(held1) and held1 < held0
+    keep = math.isfinite(held1) and held1 < held0 * (1 - cfg.min_gain)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if checkpoint is not None:
         clear_name(checkpoint)       # the run goes on with the result; the folder may go

@@ -34,9 +34,12 @@ from .rotate import Rotate, _orthonormal_hadamard
 class LearnedRotate(Rotate):
     """Rotate with R1 / R2 learned on calibration data (see the module doc). `steps` Cayley
     SGD steps of `batch` calibration rows at learning rate `lr` (momentum `momentum`);
-    `train_r2=False` keeps the per-head Hadamards and learns R1 only."""
+    `train_r2=False` keeps the per-head Hadamards and learns R1 only; `min_gain`: the relative
+    held-out loss gain over the Hadamard the guard asks for."""
     VERSION = 1
     needs_calibration = True
+    needs_whole_model = True           # trains on every layer at once: `qpass quantize` loads
+                                       # a checkpoint directory instead of streaming it
 
     steps: int = 100
     lr: float = 1.5
@@ -44,15 +47,19 @@ class LearnedRotate(Rotate):
     batch: int = 8
     train_r2: bool = True
     save_every: int = 10
+    min_gain: float = 0.01
 
     def __post_init__(self):
         for name in ("steps", "batch", "save_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "steps" else 1):
-                raise PipelineError(f"LearnedRotate: {name} must be a positive integer, got {v!r}")
-        if not (self.lr > 0 and 0 <= self.momentum < 1):
+                raise PipelineError(f"LearnedRotate: {name} must be a "
+                                    f"{'non-negative' if name == 'steps' else 'positive'} "
+                                    f"integer, got {v!r}")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and 0 <= self.min_gain < 1):
             raise PipelineError(f"LearnedRotate: lr must be > 0 and momentum in [0, 1), got "
-                                f"lr={self.lr!r}, momentum={self.momentum!r}")
+                                f"lr={self.lr!r}, momentum={self.momentum!r}; min_gain in [0, 1), "
+                                f"got {self.min_gain!r}")
 
     def start(self, g, ctx: PassContext, saved=None) -> "_LearnedRun":
         """Train the rotations on the whole graph (before any stage is changed)."""
@@ -69,7 +76,7 @@ class LearnedRotate(Rotate):
         R1 = hadamard.random_matrix(plan.hidden_size, self.seed).to(dev)
         R2 = [_orthonormal_hadamard(hd, dev) for hd in model.head_dims()]
         cfg = TrainConfig(self.steps, self.lr, self.momentum, self.batch, self.seed,
-                          self.save_every, self.train_r2)
+                          self.save_every, self.train_r2, self.min_gain)
         path = Path(ctx.work_dir) / CHECKPOINT if ctx.work_dir is not None else None
         task = ctx.task("LearnedRotate: train R1/R2", total=self.steps, unit="steps")
         try:
@@ -99,7 +106,8 @@ class LearnedRotate(Rotate):
             if t.fell_back:
                 res.notes.append(
                     f"LearnedRotate: the trained rotations' held-out calibration loss "
-                    f"{t.held_end:.4f} is not below the Hadamard start's {t.held_start:.4f}; "
+                    f"{t.held_end:.4f} is not {self.min_gain:.0%} below the Hadamard start's "
+                    f"{t.held_start:.4f}; "
                     f"the Hadamard rotation (Rotate's, seed {self.seed}) is used instead")
             else:
                 res.notes.append(f"LearnedRotate: held-out calibration loss {t.held_start:.4f} "

@@ -128,7 +128,9 @@ def cmd_quantize(args) -> int:
     parallel = init_from_env(device)                     # under torchrun: one rank of several
     # under torchrun every rank holds the whole model (calibration/distributed.py): a
     # checkpoint directory is loaded, not streamed (streaming runs in one process for now)
-    streamed = streams(args.model) and not parallel
+    # a pass that trains on the whole model (LearnedRotate) needs it loaded, not streamed
+    streamed = streams(args.model) and not parallel and \
+        not any(getattr(p, "needs_whole_model", False) for p in pipe.passes)
     rank = rank_and_world()[0]                           # every rank agrees; rank 0 writes
     # --out's work folder, checked and locked before the model is read: a second run
     # writing the same --out is one error now, naming this one's PID (work_dir.py)

@@ -27,7 +27,8 @@ from qpass.specs import QuantSpec, Scheme
 # above its rounding-flip noise at this size (at W4A4 the tiny model is within ~2% of FP, and
 # one step's change is noise); 7 training rows, all in every step, so the objective is fixed
 W3A3 = Scheme("w3a3", "int3:channel", "int3:token:dyn")
-CFG = dict(steps=3, lr=0.05, momentum=0.9, batch=8, seed=0, save_every=1, train_r2=True)
+CFG = dict(steps=3, lr=0.05, momentum=0.9, batch=8, seed=0, save_every=1, train_r2=True,
+           min_gain=0.01)
 
 
 def _calib(model, n=8, seq_len=32):
@@ -123,7 +124,7 @@ def test_trained_rotations_are_orthogonal_and_lower_the_training_loss(trained):
     before = mean_loss(rm, R1.float(), [r.float() for r in R2], rows, 8)
     after = mean_loss(rm, t.R1.float(), [r.float() for r in t.R2], rows, 8)
     assert after <= before
-    assert t.held_end < t.held_start                       # what the guard kept it for
+    assert t.held_end < 0.99 * t.held_start                # what the guard kept it for
 
 
 def test_training_is_deterministic(trained, llada):
