@@ -43,11 +43,16 @@ def humaneval_task(model, ctx: TaskContext) -> dict:
     kw = dict(gen_length=gen_length, steps=gen_length, seed=ctx.seed, progress=ctx.progress)
     if not getattr(getattr(model, "config", None), "logit_shift", False):
         kw["block_length"] = 32
-    passed = 0
+    passed, completions = [], []
     for p in problems:  # one at a time: prompts are long and differ a lot in length
         prompt = encode_text(ctx.tokenizer, p["prompt"])
         out = generate(model, [prompt], **kw)
         text = decode_text(ctx.tokenizer, generated_ids(out, [prompt])[0])
-        passed += int(check_humaneval(p, truncate_completion(text),
-                                      unsafe=ctx.settings.unsafe_code_exec)[0])
-    return {"pass@1": passed / max(len(problems), 1), "n": len(problems)}
+        completions.append(truncate_completion(text))
+        passed.append(int(check_humaneval(p, completions[-1],
+                                          unsafe=ctx.settings.unsafe_code_exec)[0]))
+    res = {"pass@1": sum(passed) / max(len(problems), 1), "n": len(problems)}
+    if ctx.items:    # per problem: the completion and whether its tests passed
+        res["items"] = {"pass@1": {"ids": [p["task_id"] for p in problems], "values": passed,
+                                   "answer": completions}}
+    return res

@@ -22,7 +22,7 @@ HEADLINE = {"general": ("cloze_acc", True), "math": ("exact_match", True),
 def headline(task: str, row: dict) -> tuple[str, bool]:
     if task in HEADLINE:
         return HEADLINE[task]
-    for key in ("acc", "exact_match", "pass_at_1", "bits_per_byte"):
+    for key in ("acc", "exact_match", "pass@1", "pass_at_1", "bits_per_byte"):
         if key in row:
             return key, key != "bits_per_byte"
     raise KeyError(f"no headline metric for task {task}")
