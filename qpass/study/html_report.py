@@ -81,6 +81,10 @@ def render(data: dict) -> str:
     if acc.get("summary"):
         parts += ["<h2>Quantization × acceleration (math; paired vs the pipeline's own uncached "
                   "schedule run)</h2>",
+                  "<p class='note'>tokens/forward: generated tokens over each problem's own "
+                  "denoising steps; tokens/s: per CPU second of this machine running qpass's "
+                  "simulated (or CPU reference) kernels — a relative measure between cache "
+                  "policies of one pipeline, not a deployment speed.</p>",
                   _table(acc["summary"], [("model", "model"), ("pipeline", "pipeline"),
                                           ("format", "format"), ("cache", "cache"),
                                           ("threshold", "threshold"), ("block_length", "block"),
