@@ -1,0 +1,116 @@
+"""Learned rotations (issue 29) against QuaRot at W4A4, paired on the same tokens: FP,
+w4a4-quarot, LearnedRotate + GPTQ (the w4a4-learned candidate) and ablations, with the
+training's time, peak memory and held-out calibration losses. JSON on stdout, rows on stderr.
+
+    python bench/learned_rotation.py /tmp/qg/smollm2 --steps 16 \
+        > bench/results/learned_rotation_smollm2-135m_cpu_2026-12-07.json
+    python bench/learned_rotation.py tiny-llada > bench/results/learned_rotation_tiny-llada_cpu_2026-12-07.json
+
+Tokens and scorer are bench/real_model.py's: calibration windows from the training
+Shakespeare plays (tiled), perplexity on windows of the held-out plays (next-token for causal
+models, the seeded masked-diffusion ELBO for dLLMs; the same masks for every row). One torch
+thread by default (the machine is shared)."""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+_BENCH = str(Path(__file__).resolve().parent)
+if sys.path and sys.path[0] == _BENCH:          # bench/kernels.py shadows HF's `kernels`
+    sys.path.pop(0)
+
+import torch  # noqa: E402
+
+
+def pipelines(steps: int, batch: int, lr: float, only: str) -> dict:
+    from qpass import Pipeline, presets
+    from qpass import passes as P
+
+    def learned(**kw):
+        return P.LearnedRotate(steps=steps, batch=batch, lr=lr, **kw)
+    rows = {
+        "w4a4-quarot": lambda: presets.get("w4a4-quarot"),
+        "learned R1+R2 + GPTQ": lambda: Pipeline(
+            [P.FuseNorms(), learned(), P.GPTQ(), P.ObserveActivations()], scheme="w4a4"),
+        "quarot + RTN": lambda: Pipeline([P.FuseNorms(), P.Rotate(), P.RTN()], scheme="w4a4"),
+        "learned R1+R2 + RTN": lambda: Pipeline([P.FuseNorms(), learned(), P.RTN()],
+                                                scheme="w4a4"),
+        "learned R1 only + RTN": lambda: Pipeline([P.FuseNorms(), learned(train_r2=False),
+                                                   P.RTN()], scheme="w4a4"),
+    }
+    keep = [s for s in only.split(",") if s]
+    return {k: v for k, v in rows.items() if not keep or k in keep}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="zoo name or HF checkpoint dir")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=4, help="calibration rows per training step")
+    ap.add_argument("--lr", type=float, default=1.5)
+    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--n-eval", type=int, default=8)
+    ap.add_argument("--eval-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated row names")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    import qpass
+    from qpass.calibration import CalibrationSet
+    machine = _bench_module("_common").machine
+    real_model = _bench_module("real_model")          # its tokens and scorer
+    _scorer, _tokens = real_model._scorer, real_model._tokens
+
+    model = qpass.models.load(a.model)
+    cfg = model.config
+    calib_ids, windows = _tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
+    masking = "none" if cfg.causal else "diffusion"
+    calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=a.n_calib,
+                                    seq_len=a.calib_len, masking=masking, seed=0, windows="tile")
+    score = _scorer(model, windows)
+    t0 = time.perf_counter()
+    fp = score(model)
+    result = {"model": a.model, "machine": machine(), "causal": cfg.causal,
+              "metric": "next-token perplexity" if cfg.causal else "ELBO perplexity (n_mc=4)",
+              "calibration": f"{a.n_calib}x{a.calib_len} tokens, Shakespeare training plays, "
+                             f"masking={masking}; LearnedRotate trains on the first "
+                             f"{a.n_calib - max(1, a.n_calib // 8)} rows and guards on the rest",
+              "eval": f"{a.n_eval}x{a.eval_len} tokens, held-out plays",
+              "training": {"steps": a.steps, "rows_per_step": a.batch,
+                           "tokens_per_step": a.batch * a.calib_len, "lr": a.lr},
+              "fp_ppl": fp, "fp_eval_seconds": time.perf_counter() - t0, "rows": []}
+    for name, make in pipelines(a.steps, a.batch, a.lr, a.only).items():
+        t0 = time.perf_counter()
+        out = make().run(model, calib, progress=False)
+        seconds = time.perf_counter() - t0
+        row = {"pipeline": name, "ppl": score(out), "quantize_seconds": seconds}
+        row["ppl_ratio_to_fp"] = row["ppl"] / fp
+        rec = next((r for r in out.report.passes if r.name == "LearnedRotate"), None)
+        if rec is not None:
+            row["training"] = {k: v for k, v in rec.metrics.items() if k.startswith(
+                ("train", "heldout", "fell", "peak", "resumed"))}
+            row["notes"] = [n for n in rec.notes if n.startswith("LearnedRotate")]
+        row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["rows"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _bench_module(name: str):
+    """bench/<name>.py loaded by path: bench/ on sys.path would let its kernels.py shadow the
+    `kernels` package transformers looks for."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(_BENCH) / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+if __name__ == "__main__":
+    sys.exit(main())
