@@ -42,6 +42,9 @@ def pipelines(steps: int, batch: int, lr: float, only: str) -> dict:
         "learned R1 only + RTN": lambda: Pipeline([P.FuseNorms(), learned(train_r2=False),
                                                    P.RTN()], scheme="w4a4"),
     }
+    rows["learned R1+R2 (W16A4 training) + GPTQ"] = lambda: Pipeline(
+        [P.FuseNorms(), learned(fake_quant_weights=False), P.GPTQ(), P.ObserveActivations()],
+        scheme="w4a4")
     keep = [s for s in only.split(",") if s]
     return {k: v for k, v in rows.items() if not keep or k in keep}
 

@@ -52,7 +52,7 @@ class RotatedModel:
     """Rotated, fake-quantized forward and loss of the captured graph `g` under `scheme`,
     for the rotation plan `plan` of `rot` (a Rotate)."""
 
-    def __init__(self, rot, g, plan, scheme, calib):
+    def __init__(self, rot, g, plan, scheme, calib, weights: bool = True):
         self.g, self.plan, self.calib = g, plan, calib
         self.causal = bool(getattr(g.config, "causal", False))
         self.shift = bool(getattr(g.config, "logit_shift", False))
@@ -86,7 +86,7 @@ class RotatedModel:
         self.wspec, self.aspec = {}, {}
         for n in g.linears(include_head=True):
             w, a, _ = scheme.specs_for(n.target, role(n), mods[n.target].in_features)
-            if w is not None:
+            if w is not None and weights:      # weights=False: activations only (W16A4)
                 self.wspec[n.target] = w
             if a is not None:
                 self.aspec[n.target] = a

@@ -35,7 +35,9 @@ class LearnedRotate(Rotate):
     """Rotate with R1 / R2 learned on calibration data (see the module doc). `steps` Cayley
     SGD steps of `batch` calibration rows at learning rate `lr` (momentum `momentum`);
     `train_r2=False` keeps the per-head Hadamards and learns R1 only; `min_gain`: the relative
-    held-out loss gain over the Hadamard the guard asks for."""
+    held-out loss gain over the Hadamard the guard asks for; `fake_quant_weights=False`
+    trains under activation quantization only (SpinQuant's W16A4 recipe when GPTQ rounds the
+    weights afterwards)."""
     VERSION = 1
     needs_calibration = True
     needs_whole_model = True           # trains on every layer at once: `qpass quantize` loads
@@ -48,6 +50,7 @@ class LearnedRotate(Rotate):
     train_r2: bool = True
     save_every: int = 10
     min_gain: float = 0.01
+    fake_quant_weights: bool = True
 
     def __post_init__(self):
         for name in ("steps", "batch", "save_every"):
@@ -71,7 +74,8 @@ class LearnedRotate(Rotate):
         if not hasattr(ctx.calib, "clean_ids"):
             raise PipelineError("LearnedRotate trains on calibration windows; pass calib= a "
                                 "qpass.calibration.CalibrationSet (from_texts / from_ids)")
-        model = RotatedModel(self, g, plan, Scheme.parse(ctx.scheme), ctx.calib)
+        model = RotatedModel(self, g, plan, Scheme.parse(ctx.scheme), ctx.calib,
+                             weights=self.fake_quant_weights)
         dev = model.device
         R1 = hadamard.random_matrix(plan.hidden_size, self.seed).to(dev)
         R2 = [_orthonormal_hadamard(hd, dev) for hd in model.head_dims()]

@@ -203,3 +203,22 @@ def test_bad_settings_are_one_clear_error(llada):
     with pytest.raises(PipelineError, match="masking='diffusion'"):
         Pipeline([P.FuseNorms(), P.LearnedRotate(steps=1)], scheme="w4a4").run(
             model, plain, progress=False)
+
+
+def test_activation_only_training_leaves_the_weights_unrounded(llada):
+    """fake_quant_weights=False (W16A4 training, SpinQuant's recipe before GPTQ) is the same
+    forward as a scheme that quantizes activations only."""
+    model, calib = llada
+    g = capture(copy.deepcopy(model), (calib.input_ids[:1],))
+    rot = P.Rotate()
+    plan = rot._stream(g)
+    a = RotatedModel(rot, g, plan, Scheme.parse("w8a8"), calib, weights=False)
+    b = RotatedModel(rot, g, plan, Scheme("a8", None, "int8:token:dyn"), calib)
+    full = RotatedModel(rot, g, plan, Scheme.parse("w8a8"), calib)
+    assert not a.wspec and a.aspec == b.aspec and full.wspec
+    R1 = hadamard.random_matrix(plan.hidden_size, 0).float()
+    R2 = [_orthonormal_hadamard(hd, "cpu").float() for hd in a.head_dims()]
+    x = calib.input_ids[:2]
+    with torch.no_grad():
+        assert torch.equal(a.logits(R1, R2, x), b.logits(R1, R2, x))
+        assert not torch.equal(a.logits(R1, R2, x), full.logits(R1, R2, x))
