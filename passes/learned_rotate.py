@@ -27,7 +27,7 @@ from qpass.pipeline.pass_base import PassContext, PassResult
 
 from ._rotation_model import RotatedModel
 from ._rotation_train import CHECKPOINT, TrainConfig, train
-from .rotate import Rotate, _orthonormal_hadamard
+from .rotate import Rotate, _orthonormal_hadamard, _RotateRun
 
 
 @dataclass(eq=False, repr=False)
@@ -87,6 +87,9 @@ class LearnedRotate(Rotate):
             result = train(model, R1, R2, cfg, path, self._key(g, ctx), task)
         finally:
             task.close()
+        if result.fell_back:       # Rotate's own run state: bit for bit what Rotate fuses
+            return _FallbackRun(plan, hadamard.random_signs(plan.hidden_size, self.seed),
+                                self.seed, result)
         heads = {v: r for (v, _, _), r in zip(model.pairs, result.R2)}
         return _LearnedRun(plan, result.R1, heads, self.seed, result)
 
@@ -117,6 +120,12 @@ class LearnedRotate(Rotate):
                 res.notes.append(f"LearnedRotate: held-out calibration loss {t.held_start:.4f} "
                                  f"(Hadamard) → {t.held_end:.4f} (learned, {len(t.losses)} steps)")
         return res
+
+
+@dataclass(frozen=True)
+class _FallbackRun(_RotateRun):
+    """The guard's fallback: Rotate's Hadamard run state, with the training's record."""
+    trained: object = None
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,16 @@ def test_streamed_equals_in_memory(hf_dirs, tmp_path, zoo, name):
             assert rec["verified_rel_change"] is not None and rec["verified_rel_change"] < 1e-4
 
 
+def test_whole_model_pass_refuses_a_streamed_run(hf_dirs, tmp_path):
+    """LearnedRotate trains on every layer at once: a streamed run (structure only at start)
+    is one error saying to run in memory, which `qpass quantize` then does by itself."""
+    hf_dir = hf_dirs("tiny-llada")
+    model = qpass.models.load(hf_dir)
+    pipe = qpass.Pipeline([P.FuseNorms(), P.LearnedRotate(steps=1), P.RTN()], scheme="w4a4")
+    with pytest.raises(qpass.PipelineError, match="in memory"):
+        pipe.run(str(hf_dir), _calib(model), out=tmp_path / "st", progress=False)
+
+
 @dataclass(eq=False, repr=False)
 class _InsertsANodeReadByTheNextStage(qpass.Pass):
     """Negates the embedding output in the prefix and hands the negation to block 0."""
