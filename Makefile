@@ -19,8 +19,9 @@ $(SANDBOX):
 BROWSER := /usr/bin/chromium
 
 $(BROWSER):
-	@if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null || \
-	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) || \
+	  echo "note: chromium could not be installed: the study report's rendering test is skipped"; \
 	else echo "note: install chromium (sudo apt-get install chromium): the study report's rendering test is skipped without it"; fi
 
 $(STAMP): pyproject.toml | $(SANDBOX) $(BROWSER)
