@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     import qpass
     from qpass.calibration import CalibrationSet
-    from _common import machine
+    machine = _bench_common().machine
 
     model = qpass.models.load(a.model)
     if model.tokenizer is None:
@@ -158,6 +158,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _bench_common():
+    """bench/_common.py, loaded by path: with bench/ on sys.path its kernels.py would shadow
+    the `kernels` package transformers imports when installed (and find_spec finds when not)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_common", Path(__file__).resolve().parent /
+                                                  "_common.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = Path(__file__).resolve().parent
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.exit(main())

@@ -9,6 +9,9 @@ runs `llmcompressor.oneshot` with its defaults except where K=576-style layers f
 group size (W4 g128 does not divide 576, so the W4 rows use g64 everywhere, as the issue's
 measurement did), and scores next-token perplexity with transformers' forward on the eval
 windows. The FP row is measured in the same run; ratios are against it. One torch thread.
+The floating-point rows are llm-compressor's preset schemes FP8_DYNAMIC, NVFP4A16 and NVFP4
+(W4A4, static activation global scales from the calibration tokens), by round-to-nearest and
+by GPTQ (`--only FP8,NVFP4` runs just them).
 AWQ is left out: llm-compressor's AWQModifier pins memory and fails on a CPU-only machine."""
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -68,7 +72,22 @@ def recipes(group):
         "llm-compressor W8A8 SmoothQuant 0.5": lambda: [
             SmoothQuantModifier(smoothing_strength=0.5),
             QuantizationModifier(scheme="W8A8", targets="Linear", ignore=["lm_head"])],
+        **float_recipes(),
     }
+
+
+def float_recipes():
+    """llm-compressor's own floating-point preset schemes, lm_head ignored as in its examples:
+    round-to-nearest (QuantizationModifier) and GPTQ (GPTQModifier, its defaults)."""
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    rows = {}
+    for scheme in ("FP8_DYNAMIC", "NVFP4A16", "NVFP4"):
+        rows[f"llm-compressor {scheme}"] = lambda s=scheme: [
+            QuantizationModifier(scheme=s, targets="Linear", ignore=["lm_head"])]
+    for scheme in ("NVFP4A16", "NVFP4"):
+        rows[f"llm-compressor GPTQ {scheme}"] = lambda s=scheme: [
+            GPTQModifier(scheme=s, targets="Linear", ignore=["lm_head"])]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -77,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("tokens", help="the file bench/real_model.py --save-tokens wrote")
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--only", default="", help="comma-separated substrings of row names")
+    ap.add_argument("--out", type=Path, help="write the JSON here (llm-compressor logs to stdout)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     import datasets
@@ -112,9 +132,16 @@ def main(argv=None) -> int:
         out["rows"].append({"pipeline": name, "ppl": ppl, "ppl_ratio_to_fp": ppl / fp,
                             "quantize_seconds": seconds})
         print(json.dumps(out["rows"][-1]), file=sys.stderr, flush=True)
-    print(json.dumps(out, indent=1))
+    text = json.dumps(out, indent=1)
+    if a.out:
+        a.out.write_text(text + "\n")
+    else:
+        print(text)
     return 0
 
 
 if __name__ == "__main__":
+    # bench/kernels.py would shadow the `kernels` package transformers looks for
+    here = Path(__file__).resolve().parent
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != here]
     sys.exit(main())

@@ -6,7 +6,7 @@ moves along the skew-symmetric A = M·Xᵀ − X·Mᵀ by the exact Cayley trans
     Y = (I + η/2·A)⁻¹ (I − η/2·A) X,
 which is orthogonal whenever X is (A skew ⇒ the Cayley factor is orthogonal), so no
 re-orthogonalisation is ever needed; dY/dη at 0 is −A·X = −(G − X·Gᵀ·X), a descent direction.
-The momentum is kept as the tangent part A·X, as the paper's algorithm does. The step size is
+The momentum is kept as its tangent part ½·A·X, as the paper's algorithm does. The step size is
 capped so that ‖η·A‖_F ≤ MAX_TURN (as the paper's adaptive η = min(lr, 2q/‖A‖) does): a large
 gradient then turns the rotation by a bounded angle instead of jumping out of the start's
 basin (measured on SmolLM2-135M at W4A4: one step of ‖η·A‖ ≈ 0.6 lowers the quantized loss
@@ -37,4 +37,6 @@ def step(X: torch.Tensor, G: torch.Tensor, M: torch.Tensor | None, lr: float,
     A = skew_direction(X, M)
     norm = float(A.norm())
     eta = min(lr, MAX_TURN / norm) if norm > 0 else lr
-    return cayley(X, A, eta), A @ X      # momentum kept in the tangent space at X
+    # momentum kept as its tangent part at X: X·skew(XᵀM) = ½·A·X (a tangent M is kept as is;
+    # A·X alone would double it every step and the momentum would blow up)
+    return cayley(X, A, eta), 0.5 * (A @ X)

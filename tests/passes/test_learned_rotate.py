@@ -84,6 +84,16 @@ def test_cayley_step_stays_orthogonal_and_descends():
     assert float((X - T).pow(2).sum()) < 0.5 * f0
 
 
+def test_cayley_momentum_keeps_a_tangent_direction():
+    """A momentum already tangent at X (X·Ω, Ω skew) is carried over unchanged, not doubled."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))[0]
+    W = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+    M = X @ (W - W.T)
+    _, M2 = _cayley.step(X, torch.zeros_like(M), M, lr=1e-12, momentum=1.0)
+    torch.testing.assert_close(M2, M, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("scheme,tol", [("w8a8", 2e-2)])
 def test_simulated_forward_at_the_hadamard_equals_rotate_then_rtn(llada, scheme, tol):
     """At R1 = Rotate's Q and R2 = Hₕ, the training forward is the model Rotate + RTN make
