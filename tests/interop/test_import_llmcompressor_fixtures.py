@@ -14,6 +14,8 @@ two libraries an engine reads them with, no llm-compressor needed:
     global scale) gives qpass's logits within 1e-5; as loaded it stays nearer to qpass than
     activation quantization moves the model."""
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ from qpass.ir.qlinear import QuantLinear, is_quantized_module
 from qpass.models.naming import key_map
 
 pytest.importorskip("compressed_tensors")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fixtures"))
+from hf_loading import causal_lm  # noqa: E402
 from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8  # noqa: E402
 from compressed_tensors.quantization import QuantizationArgs  # noqa: E402
 from compressed_tensors.quantization.lifecycle.forward import dequantize  # noqa: E402
@@ -38,28 +42,23 @@ def _ids():
     return torch.randint(3, 98, (2, 24), generator=torch.Generator().manual_seed(0))
 
 
-def _weight_args(folder: Path) -> QuantizationArgs:
-    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    return QuantizationArgs.model_validate(qc["config_groups"]["group_0"]["weights"])
-
-
 def _ct_dequantized(folder: Path) -> dict[str, torch.Tensor]:
-    """{HF module name: compressed-tensors' float32 dequantization of its stored weight}."""
-    t, args = load_file(str(folder / "model.safetensors")), _weight_args(folder)
-    out = {}
-    for k in t:
-        if not k.endswith(".weight_scale"):
-            continue
-        m = k[: -len(".weight_scale")]
-        if m + ".weight_packed" in t:
-            p = t[m + ".weight_packed"]
-            q = unpack_fp4_from_uint8(p, p.shape[0], p.shape[1] * 2, dtype=torch.float32)
-            out[m] = dequantize(x_q=q, scale=t[k].float(), args=args, dtype=torch.float32,
-                                global_scale=t[m + ".weight_global_scale"])
-        else:
-            out[m] = dequantize(x_q=t[m + ".weight"].float(), scale=t[k].float(), args=args,
-                                dtype=torch.float32)
-    return out
+    """{HF module name: compressed-tensors' float32 dequantization of its stored weight} (the
+    bfloat16 FP8 scales taken as float32, exactly, as transformers' float32 load does)."""
+    t = load_file(str(folder / "model.safetensors"))
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    args = QuantizationArgs.model_validate(qc["config_groups"]["group_0"]["weights"])
+    names = [k[: -len(".weight_scale")] for k in t if k.endswith(".weight_scale")]
+    return {m: dequantize(x_q=_stored_values(t, m), scale=t[m + ".weight_scale"].float(),
+                          args=args, dtype=torch.float32,
+                          global_scale=t.get(m + ".weight_global_scale")) for m in names}
+
+
+def _stored_values(t, m: str) -> torch.Tensor:
+    if m + ".weight_packed" in t:                       # NVFP4: E2M1 pairs, even low
+        p = t[m + ".weight_packed"]
+        return unpack_fp4_from_uint8(p, p.shape[0], p.shape[1] * 2, dtype=torch.float32)
+    return t[m + ".weight"].float()                     # FP8 E4M3
 
 
 def _quantized(model) -> dict[str, QuantLinear]:
@@ -107,14 +106,7 @@ def test_stored_codes_and_scales_kept(imported, folder):
 
 
 def _transformers(folder: Path, dtype):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype).eval()
-    finally:
-        hf_logging.enable_progress_bar()
+    return causal_lm(folder, dtype)
 
 
 def _rel(a, b) -> float:
