@@ -71,10 +71,12 @@ class IntGrid:
 class FloatGrid:
     """A floating-point format's element values under per-group scales (z = 0)."""
 
-    def __init__(self, spec: QuantSpec, W: torch.Tensor):
+    def __init__(self, spec: QuantSpec, W: torch.Tensor,
+                 global_scale: torch.Tensor | None = None):
         self.spec, self.element = spec, element(spec)
-        self.global_scale = (nvfp4_global_scale(W.abs().amax().reshape(1))
-                             if spec.format == "nvfp4" else None)
+        if spec.format == "nvfp4" and global_scale is None:      # else shared with siblings
+            global_scale = nvfp4_global_scale(W.abs().amax().reshape(1))
+        self.global_scale = global_scale if spec.format == "nvfp4" else None
         self.row_spec = spec if spec.granularity in ("tensor", "block") or spec.format != "fp8" \
             else dataclasses.replace(spec, granularity="channel", group_size=None)
 
@@ -113,6 +115,9 @@ class FloatGrid:
                                           spec, self.global_scale)
 
 
-def column_grid(spec: QuantSpec, W: torch.Tensor):
-    """The grid for weight W (N, K, dead inputs already zeroed) under `spec`."""
-    return (FloatGrid if spec.is_float else IntGrid)(spec, W)
+def column_grid(spec: QuantSpec, W: torch.Tensor, global_scale: torch.Tensor | None = None):
+    """The grid for weight W (N, K, dead inputs already zeroed) under `spec`; `global_scale`
+    nvfp4's when shared with sibling linears (else from W)."""
+    if spec.is_float:
+        return FloatGrid(spec, W, global_scale)
+    return IntGrid(spec, W)

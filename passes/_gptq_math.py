@@ -216,7 +216,8 @@ def _factor_for(H: torch.Tensor, spec: QuantSpec, act_order, damp: float, dt: to
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
                     act_order: bool | str = False, damp: float = 0.01,
                     static_groups: bool = False, factor: HessianFactor | None = None,
-                    refine: int = 0) -> tuple[torch.Tensor, GPTQInfo]:
+                    refine: int = 0, global_scale: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, GPTQInfo]:
     """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
 
     Returns (Wq, info): Wq the dequantized weight (W's shape and dtype), info a GPTQInfo.
@@ -230,7 +231,8 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     dt = _compute_dtype(W)
     factor = _factor_for(H, spec, act_order, damp, dt, factor, refine)
     plan = plan_walk(spec, W.shape[1], act_order, static_groups, block_size)
-    solve = ColumnSolve(W, factor, spec, plan, dt, keep_errors=bool(refine))
+    solve = ColumnSolve(W, factor, spec, plan, dt, keep_errors=bool(refine),
+                        global_scale=global_scale)
     loss = solve.run()
     gain = 0.0
     if refine:

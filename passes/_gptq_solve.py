@@ -87,7 +87,8 @@ def plan_walk(spec: QuantSpec, K: int, act_order, static_groups: bool,
     return WalkPlan(gs, n_groups, dynamic_groups, min(block_size, K), forced)
 
 
-def _walk_weight(W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan, dt: torch.dtype):
+def _walk_weight(W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan, dt: torch.dtype,
+                 global_scale: torch.Tensor | None = None):
     """Wᵀ (K, N) in walk order, a copy in dt with the dead inputs zeroed, the grid (made from
     those weights: nvfp4's global scale) and the (N, n_groups) scale/aux, filled here from
     those weights unless the groups are dynamic."""
@@ -97,7 +98,7 @@ def _walk_weight(W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan, dt: t
     if factor.n_dead:
         W = W.clone()
         W[:, factor.dead] = 0.0
-    grid = column_grid(spec, W)
+    grid = column_grid(spec, W, global_scale=global_scale)
     scale = torch.empty(N, plan.n_groups, dtype=torch.float32, device=W.device)
     zero = torch.empty(N, plan.n_groups, dtype=torch.int32, device=W.device)
     if not plan.dynamic_groups:
@@ -121,10 +122,12 @@ class ColumnSolve:
     the zero points the arithmetic subtracts (0 for float grids)."""
 
     def __init__(self, W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan,
-                 dt: torch.dtype, keep_errors: bool):
+                 dt: torch.dtype, keep_errors: bool,
+                 global_scale: torch.Tensor | None = None):
         N, K = W.shape
         self.spec, self.plan, self.factor, self.keep_errors = spec, plan, factor, keep_errors
-        self.WT, self.grid, self.scale, self.zero = _walk_weight(W, factor, spec, plan, dt)
+        self.WT, self.grid, self.scale, self.zero = _walk_weight(W, factor, spec, plan, dt,
+                                                                 global_scale)
         dev = self.WT.device
         self.CT = torch.empty_like(self.WT)
         self.P = torch.empty(plan.block, N, dtype=dt, device=dev)   # the block's Σ_{i<j} R_i Ã_ij

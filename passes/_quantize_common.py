@@ -1,10 +1,12 @@
 """Shared helpers for quantizing passes (RTN here; GPTQ, AWQ, … reuse them).
 
     targets = quantize_targets(g, scheme)   # every linear with its specs, in graph order
+    shared = shared_global_scales([(n, lin, w) for n, lin, w, _, _ in targets])   # nvfp4
     for node, lin, wspec, aspec, reason in targets:
         if wspec is None and aspec is None:
             continue                        # kept in high precision by a rule (`reason`)
-        qw = ...                            # your QuantizedWeight (or None for plain RTN)
+        qw = ...                            # your QuantizedWeight (or None for plain RTN;
+                                            # from_float(w, wspec, shared[node]) if shared)
         replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec, qweight=qw),
                        reason=reason)
 
@@ -42,6 +44,31 @@ def quantize_targets(g, scheme) -> list[tuple[fx.Node, nn.Module, QuantSpec | No
         role = node.meta.get("qpass", {}).get("role")
         w, a, reason = scheme.specs_for(node.target, role, m.in_features)   # group fitted to K
         out.append((node, m, w, a, reason))
+    return out
+
+
+def shared_global_scales(linears) -> dict:
+    """{node: nvfp4 global scale} for the nvfp4-weight linears among `linears` [(node, float
+    nn.Linear, weight spec)] that read the same input as another (q/k/v, gate/up): one float32
+    global scale for all of them, 448·6 over the largest absmax among their weights
+    (llm-compressor's rule for fused layers, bit for bit). Engines run such siblings as one
+    GEMM (vLLM's qkv_proj and gate_up_proj, SGLang's) holding one global scale, the largest
+    of the files' (`weight_global_scale.max()`), so a sibling rounded under its own would be
+    dequantized there with another one's. Linears alone on their input keep their own."""
+    from qpass.formats.floating import nvfp4_global_scale
+    from qpass.ir.structure import first_arg_node
+    groups: dict = {}
+    for node, lin, spec in linears:
+        if spec is not None and spec.format == "nvfp4" and first_arg_node(node) is not None:
+            groups.setdefault(first_arg_node(node), []).append((node, lin))
+    out = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        amax = torch.stack([lin.weight.detach().abs().amax().to(torch.float32)
+                            for _, lin in members]).amax()
+        g = nvfp4_global_scale(amax.reshape(1))
+        out.update({node: g.clone() for node, _ in members})     # one tensor each
     return out
 
 

@@ -27,7 +27,8 @@ from qpass.calibration.stats import all_reduce_stats, watch_regions
 
 from ._gptq_math import (_compute_dtype, _factor_key, factor_hessian, hessian_root,
                          quantize_weight, reconstruction_error, reconstruction_errors)
-from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
+from ._quantize_common import (WeightRounding, mark_attention, quantize_targets, replace_linear,
+                               shared_global_scales)
 
 __all__ = ["GPTQ", "quantize_weight", "factor_hessian", "reconstruction_error",
            "hessian_root"]
@@ -190,6 +191,8 @@ class GPTQ(WeightRounding):
             if sweeps[n]:
                 refined.add(key[n])                      # its factor keeps Hd for the sweep
         threads = max(1, int(self.threads or torch.get_num_threads()))
+        # nvfp4: siblings on one input (q/k/v, gate/up) share one global scale
+        shared = shared_global_scales([(n, g.module(n), specs[n]) for n, _ in todo])
         with _side_by_side(threads) as pool:
             factors = dict(zip(made_for, pool.map(
                 lambda k: factor_hessian(hessians[made_for[k][0]], made_for[k][1],
@@ -197,7 +200,8 @@ class GPTQ(WeightRounding):
                                          keep_hessian=k in refined), made_for)))
             solved = list(pool.map(
                 lambda item: self._solve(g.module(item[0]), specs[item[0]], hessians[item[1]],
-                                         factors[key[item[0]]], sweeps[item[0]]), todo))
+                                         factors[key[item[0]]], sweeps[item[0]],
+                                         shared.get(item[0])), todo))
         for (n, _), result in zip(todo, solved):
             self._install(g, work, n, *result)
 
@@ -207,13 +211,13 @@ class GPTQ(WeightRounding):
             return int(self.refine)
         return int(tokens is not None and tokens >= REFINE_MIN_TOKENS_PER_INPUT * K)
 
-    def _solve(self, lin, wspec, hess, factor, sweeps):
+    def _solve(self, lin, wspec, hess, factor, sweeps, global_scale=None):
         W = lin.weight.detach()
         Wq, info = quantize_weight(W, hess, wspec, block_size=self.block_size,
                                    act_order=self.act_order, damp=self.damp,
                                    static_groups=self.static_groups, factor=factor,
-                                   refine=sweeps)
-        rtn = QuantizedWeight.from_float(W.float(), wspec).dequantize(W.dtype)
+                                   refine=sweeps, global_scale=global_scale)
+        rtn = QuantizedWeight.from_float(W.float(), wspec, global_scale).dequantize(W.dtype)
         errors = reconstruction_errors(W, [Wq, rtn], hess)
         return info, errors
 

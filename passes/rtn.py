@@ -12,7 +12,8 @@ from qpass.errors import PipelineError
 from qpass.ir.qlinear import QuantLinear
 from qpass.pipeline.pass_base import PassContext, PassResult
 
-from ._quantize_common import WeightRounding, mark_attention, quantize_targets, replace_linear
+from ._quantize_common import (WeightRounding, mark_attention, quantize_targets, replace_linear,
+                               shared_global_scales)
 
 
 @dataclass(eq=False, repr=False)
@@ -45,8 +46,13 @@ class RTN(WeightRounding):
         todo = [t for t in targets if t[2] is not None or t[3] is not None]
         task = ctx.task("RTN: rounding weights", total=len(todo))
         res = PassResult()
+        from qpass.formats import QuantizedWeight
+        shared = shared_global_scales([(t[0], t[1], t[2]) for t in todo])     # nvfp4 siblings
         for node, lin, wspec, aspec, reason in todo:
-            replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec), reason=reason)
+            qw = None if node not in shared else \
+                QuantizedWeight.from_float(lin.weight.detach().float(), wspec, shared[node])
+            replace_linear(g, node, QuantLinear.from_linear(lin, wspec, aspec, qweight=qw),
+                           reason=reason)
             res.nodes_changed.append(node.name)
             ctx.advance(task)
         kept = [t for t in targets if t[2] is None and t[3] is None]

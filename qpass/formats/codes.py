@@ -333,15 +333,17 @@ class QuantizedWeight:
                    None if spec.symmetric else zero.to(torch.int32), spec, tuple(codes.shape))
 
     @classmethod
-    def from_float(cls, w: torch.Tensor, spec) -> QuantizedWeight:
-        """Round-to-nearest quantization of a float weight (N, K)."""
+    def from_float(cls, w: torch.Tensor, spec,
+                   global_scale: torch.Tensor | None = None) -> QuantizedWeight:
+        """Round-to-nearest quantization of a float weight (N, K); `global_scale`: nvfp4's,
+        when it is shared with sibling linears (passes/_quantize_common.py), else from w."""
         spec = _spec(spec)
         if w.dim() != 2:
             raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(w.shape)}")
         if spec.is_activation_only:
             raise SpecError(f"{spec} is an activation spec; weights use channel/group/tensor")
         if spec.is_float:
-            fs = float_qparams(w, spec)
+            fs = float_qparams(w, spec, global_scale)
             return cls.from_codes(float_quantize(w, spec, fs.scale), fs.stored, None, spec,
                                   fs.global_scale)
         scale, zero = compute_qparams(w, spec)
