@@ -5,6 +5,11 @@ training's time, peak memory and held-out calibration losses. JSON on stdout, ro
     python bench/learned_rotation.py /tmp/qg/smollm2 --steps 16 \
         > bench/results/learned_rotation_smollm2-135m_cpu_2026-12-07.json
     python bench/learned_rotation.py tiny-llada > bench/results/learned_rotation_tiny-llada_cpu_2026-12-07.json
+    python bench/learned_rotation.py /tmp/qg/smollm2 --aclip > bench/results/aclip_smollm2-135m_cpu_2026-12-07.json
+
+--aclip: activation clipping instead (QuaRot/SpinQuant's a-clip). FuseNorms + Rotate + GPTQ
+run once per weight observer; each row then applies ObserveActivations to a copy of that
+graph: unclipped (= w4a4-quarot), one ratio 0.9 (QuaRot's), and a ratio searched per linear.
 
 Tokens and scorer are bench/real_model.py's: calibration windows from the training
 Shakespeare plays (tiled), perplexity on windows of the held-out plays (next-token for causal
@@ -61,6 +66,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated row names")
+    ap.add_argument("--aclip", action="store_true", help="activation-clipping rows instead")
+    ap.add_argument("--weight-observers", default="minmax",
+                    help="--aclip: comma-separated GPTQ weight observers (minmax,mse)")
+    ap.add_argument("--with-preset", action="store_true",
+                    help="--aclip: also run the w4a4-quarot preset itself (its unclipped row "
+                         "must equal it)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
@@ -87,6 +98,15 @@ def main(argv=None) -> int:
               "training": {"steps": a.steps, "rows_per_step": a.batch,
                            "tokens_per_step": a.batch * a.calib_len, "lr": a.lr},
               "fp_ppl": fp, "fp_eval_seconds": time.perf_counter() - t0, "rows": []}
+    if a.aclip:
+        result["rows"] = aclip_rows(model, calib, score, fp, a.weight_observers.split(","))
+        if a.with_preset:
+            from qpass import presets
+            ppl = score(presets.get("w4a4-quarot").run(model, calib, progress=False))
+            result["rows"].append({"pipeline": "w4a4-quarot (preset run)", "ppl": ppl,
+                                   "ppl_ratio_to_fp": ppl / fp})
+        print(json.dumps(result, indent=1))
+        return 0
     for name, make in pipelines(a.steps, a.batch, a.lr, a.only).items():
         t0 = time.perf_counter()
         out = make().run(model, calib, progress=False)
@@ -103,6 +123,45 @@ def main(argv=None) -> int:
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))
     return 0
+
+
+CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)       # QuaRot/SpinQuant's a-clip range
+
+
+def aclip_rows(model, calib, score, fp, weight_observers) -> list[dict]:
+    """QuaRot + GPTQ once per weight observer, then the activation-clip variants on copies."""
+    import copy
+    import qpass
+    from qpass import Pipeline
+    from qpass import passes as P
+    observes = {"unclipped": lambda: P.ObserveActivations(),
+                "clip 0.9": lambda: P.ObserveActivations(clip_ratio=0.9),
+                "clip searched": lambda: P.ObserveActivations(clip_search=CANDIDATES)}
+    rows = []
+    for wobs in weight_observers:
+        t0 = time.perf_counter()
+        g = qpass.capture(copy.deepcopy(model))
+        Pipeline([P.FuseNorms(), P.Rotate(), P.GPTQ(f"int4:channel:{wobs}")],
+                 scheme="w4a4").apply(g, calib)
+        gptq_seconds = time.perf_counter() - t0
+        for name, make in observes.items():
+            t0 = time.perf_counter()
+            gv = copy.deepcopy(g)
+            rep = Pipeline([make()], scheme="w4a4").apply(gv, calib)
+            row = {"pipeline": f"quarot (GPTQ weights {wobs}) + {name}", "ppl": score(gv.gm),
+                   "rotate_gptq_seconds": gptq_seconds,
+                   "observe_seconds": time.perf_counter() - t0}
+            row["ppl_ratio_to_fp"] = row["ppl"] / fp
+            chosen = rep.passes[-1].metrics.get("act_clip")
+            if chosen:
+                ratios = [m["ratio"] for m in chosen.values()]
+                row["searched_ratios"] = {str(r): ratios.count(r) for r in sorted(set(ratios))}
+                row["output_error_vs_unclipped"] = sum(m["error"] for m in chosen.values()) / \
+                    sum(m["error_unclipped"] for m in chosen.values())
+            row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
 
 
 def _bench_module(name: str):

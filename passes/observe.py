@@ -12,7 +12,13 @@ get `act_scale`/`act_zero` from the calibration set with the spec's observer:
 all computed by qpass.formats.compute_qparams on the gathered calibration inputs (a seeded
 subsample of at most `max_values` numbers per linear, so the cost stays bounded). In every case
 the per-linear input statistics (absmax, max/median ratio of per-channel absmax, top-5 outlier
-channels) go to the report; they come from the one collector, qpass.calibration.stats."""
+channels) go to the report; they come from the one collector, qpass.calibration.stats.
+
+Activation clipping (QuaRot/SpinQuant's a-clip): `clip_ratio=r` sets one ratio on every
+observed spec (QuaRot's 0.9); `clip_search=(1.0, 0.95, …)` chooses, per linear with a
+dynamic spec, the ratio of least output error ‖X·Wqᵀ − Q_r(X)·Wqᵀ‖² on a seeded sample of at
+most `clip_rows` of its calibration inputs (passes/_act_clip.py). The ratio is part of the
+linear's act_spec, so it is saved, loaded and exported (or refused) with it."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +33,7 @@ from qpass.pipeline.pass_base import Fact, PassContext, PassResult, SchemedPass
 from qpass.specs import QuantSpec, Scheme
 from qpass.specs.float_spec import is_float_head, spec_head
 
+from ._act_clip import best_ratio, check_candidates, output_errors
 from ._quantize_common import replace_linear
 
 @dataclass(eq=False, repr=False)
@@ -35,10 +42,14 @@ class ObserveActivations(SchemedPass):
     (`"int8:token:dyn"`, `"int8:tensor:static"`), a scheme name / Scheme (its act spec and
     overrides apply; head and embeddings stay high precision), a QuantSpec, or None for the
     pipeline's scheme (int8:token:dyn without one). `observer` overrides the spec's observer
-    (minmax | percentile | mse)."""
+    (minmax | percentile | mse). `clip_ratio` sets one activation clip ratio; `clip_search`
+    (candidate ratios) searches one per linear with a dynamic spec, on `clip_rows` inputs."""
     spec_or_scheme: Any = None
     observer: str | None = None
     max_values: int = 1 << 22
+    clip_ratio: float | None = None
+    clip_search: tuple | None = None
+    clip_rows: int = 256
     DEFAULT_SCHEME = "int8:token:dyn"
     SCHEME_FIELD = "spec_or_scheme"
     needs_calibration = True
@@ -47,6 +58,14 @@ class ObserveActivations(SchemedPass):
     provides = frozenset({Fact.ACTS_QUANTIZED})
 
     def __post_init__(self):
+        if self.clip_search is not None:
+            if self.clip_ratio is not None:
+                raise SpecError("ObserveActivations: give clip_ratio (one ratio) or clip_search "
+                                "(candidates to choose from per linear), not both")
+            self.clip_search = check_candidates(self.clip_search)
+            if not isinstance(self.clip_rows, int) or self.clip_rows < 1:
+                raise SpecError(f"clip_rows must be a positive number of calibration rows, got "
+                                f"{self.clip_rows!r}")
         super().__post_init__()
         self.scheme = self.spec_or_scheme
 
@@ -73,12 +92,15 @@ class ObserveActivations(SchemedPass):
         return scheme
 
     def _with_observer(self, spec: QuantSpec) -> QuantSpec:
-        if self.observer is None:
-            return spec
-        return dataclasses.replace(spec, observer=self.observer)
+        if self.observer is not None:
+            spec = dataclasses.replace(spec, observer=self.observer)
+        if self.clip_ratio is not None:
+            spec = dataclasses.replace(spec, clip_ratio=self.clip_ratio)
+        return spec
 
     def __repr__(self) -> str:
-        return f"ObserveActivations({str(self.scheme.act)!r})"
+        clip = "" if self.clip_search is None else f", clip_search={list(self.clip_search)}"
+        return f"ObserveActivations({str(self.scheme.act)!r}{clip})"
 
     def _targets(self, g) -> list[tuple]:
         out = []
@@ -93,6 +115,15 @@ class ObserveActivations(SchemedPass):
         """Rows kept per static target for its observer (bounded by max_values numbers)."""
         return {n.target: self.max_values // m.in_features for n, m, a, _ in targets if not a.dynamic}
 
+    def _kept_rows(self, targets) -> dict[str, int]:
+        """Rows kept per target: the static observers' and the clip search's."""
+        rows = self._static_rows(targets)
+        if self.clip_search is not None:
+            for n, m, a, _ in targets:
+                if a.dynamic:
+                    rows[n.target] = min(self.clip_rows, self.max_values // m.in_features)
+        return rows
+
     # static observers calibrate on the earlier stages as they were before this pass (weights
     # rounded, activations still float), the model whose activations they are set for
     stage_inputs = "before"
@@ -101,7 +132,7 @@ class ObserveActivations(SchemedPass):
         """This stage's linears, statistics over the stage's cached inputs."""
         nodes = ctx.nodes
         targets = [t for t in self._targets(g) if t[0] in nodes]
-        rows = self._static_rows(targets)
+        rows = self._kept_rows(targets)
         stats = {n.target: InputStats(n.target, keep_rows=rows.get(n.target, 0), seed=ctx.seed)
                  for n, *_ in targets}
         if stats:
@@ -123,6 +154,12 @@ class ObserveActivations(SchemedPass):
             q = mod if isinstance(mod, QuantLinear) else None
             if q is None:
                 q = QuantLinear.from_linear(mod, None, aspec)
+            if self.clip_search is not None and aspec.dynamic and st.tokens:
+                errs = output_errors(st.rows, q.dequantized_weight(), aspec, self.clip_search)
+                aspec = dataclasses.replace(aspec, clip_ratio=best_ratio(errs))
+                res.metrics.setdefault("act_clip", {})[node.target] = {
+                    "ratio": aspec.clip_ratio, "error": errs[aspec.clip_ratio],
+                    "error_unclipped": errs[1.0]}
             q.act_spec = aspec
             if not aspec.dynamic:
                 scale, zero = compute_qparams(st.rows, aspec)

@@ -37,6 +37,9 @@ def kernel_kind(w: QuantSpec | None, a: QuantSpec | None, static_act: bool = Fal
         return None, "static (calibrated) activation scales have no integer kernel yet"
     if not (a.symmetric and a.granularity == "token" and a.bits in (4, 8)):
         return None, f"activation spec {a} is not symmetric dynamic per-token int8/int4"
+    if a.clip_ratio != 1.0:
+        return None, (f"clipped activations ({a}): the kernels scale each token by its unclipped "
+                      f"absmax; the reference QuantLinear runs it")
     if not w.symmetric:
         return None, f"integer kernels need symmetric weights, got {w}"
     if a.bits == 8 and w.bits == 8 and w.granularity in ("channel", "tensor"):
