@@ -14,9 +14,6 @@ import torch
 from qpass.errors import SpecError
 from qpass.formats import fake_quantize
 
-DEFAULT_CANDIDATES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
-
-
 def check_candidates(candidates) -> tuple[float, ...]:
     """The candidate ratios, descending, with 1.0 added; a SpecError names a bad list."""
     try:

@@ -37,6 +37,9 @@ def _gptq(scheme: str, observe: bool) -> Callable[[], Pipeline]:
     return lambda: _pipe(P().FuseNorms(), P().GPTQ(), P().ObserveActivations(), scheme=scheme)
 
 
+_ACLIP = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)     # activation clip ratios searched
+
+
 # Preset names are "<scheme>-<method>": the scheme part is a name of qpass.specs.SCHEMES (the
 # table of scheme names → weight/activation specs, docs/FORMATS.md), set once per pipeline;
 # a floating-point scheme's name alone (`w8a8-fp8`) is its round-to-nearest preset.
@@ -65,6 +68,13 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
                                  P().ObserveActivations(), scheme="w4a8"),
     "w8a8-quarot": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
                                  P().ObserveActivations(), scheme="w8a8"),
+    # QuaRot + activation clip ratios searched per linear (1.0 … 0.7, least output error on
+    # 256 calibration rows; QuaRot/SpinQuant's a-clip). Measured 2026-12-07 (RESULTS, issue
+    # 29; bench/results/aclip_*): SmolLM2-135M next-token ppl 95.59 vs w4a4-quarot 105.38
+    # (FP 43.73; one fixed ratio 0.9 gave 93.43 there but 5.570 on tiny-llada); tiny-llada
+    # ELBO ppl 5.530 vs w4a4-quarot 5.569 (FP 5.439).
+    "w4a4-quarot-aclip": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
+                                       P().ObserveActivations(clip_search=_ACLIP), scheme="w4a4"),
     "w4a4-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w4a4"),
     "w8a8-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w8a8"),
     # GPTQ weights (Hessians from calibration inputs of the fused graph, block by block);
@@ -130,6 +140,8 @@ ABOUT: dict[str, str] = {
     "w4a4-quarot": "QuaRot (Ashkboos et al. 2024): Hadamard rotation + GPTQ; " + _STUDY,
     "w4a8-quarot": "QuaRot rotation + GPTQ, 8-bit activations",
     "w8a8-quarot": "QuaRot rotation + GPTQ at W8A8",
+    "w4a4-quarot-aclip": "QuaRot + activation clip ratios searched per linear (QuaRot/SpinQuant "
+                         "a-clip); clipped activations run on the reference QuantLinear",
     "w4a4-duquant": "DuQuant (Lin et al. 2024): smoothing + block rotations + zig-zag "
                     "permutation; " + _STUDY,
     "w8a8-duquant": "DuQuant at W8A8; " + _STUDY,
