@@ -216,7 +216,8 @@ def _factor_for(H: torch.Tensor, spec: QuantSpec, act_order, damp: float, dt: to
 def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 128,
                     act_order: bool | str = False, damp: float = 0.01,
                     static_groups: bool = False, factor: HessianFactor | None = None,
-                    refine: int = 0, global_scale: torch.Tensor | None = None
+                    refine: int = 0, importance: torch.Tensor | None = None,
+                    global_scale: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, GPTQInfo]:
     """GPTQ-quantize W (N, K) given H (K, K) ∝ X Xᵀ of its inputs.
 
@@ -226,13 +227,18 @@ def quantize_weight(W: torch.Tensor, H: torch.Tensor, spec, block_size: int = 12
     read the same input (q/k/v, gate/up) so it is computed once; H is then not read unless
     `refine` > 0 and the factor was made without keep_hessian. refine: that many sweeps of
     coordinate descent on GPTQ's damped objective after the solve (passes/_gptq_refine.py;
-    same grid and group parameters, only codes move)."""
+    same grid and group parameters, only codes move). importance: (K,) per-column weights of a
+    K-quant's scale search (passes/_gptq_grid.py), default diag H (as llama.cpp weighs its
+    search by an importance matrix: measured lower GPTQ error than unweighted), ignored by other
+    grids. global_scale: nvfp4's global scale when shared with sibling linears (else from W)."""
     spec = _checked_spec(W, H, spec, block_size, act_order, refine)
+    if spec.is_kquant and importance is None:
+        importance = torch.diagonal(H).detach().to(torch.float32)
     dt = _compute_dtype(W)
     factor = _factor_for(H, spec, act_order, damp, dt, factor, refine)
     plan = plan_walk(spec, W.shape[1], act_order, static_groups, block_size)
     solve = ColumnSolve(W, factor, spec, plan, dt, keep_errors=bool(refine),
-                        global_scale=global_scale)
+                        importance=importance, global_scale=global_scale)
     loss = solve.run()
     gain = 0.0
     if refine:

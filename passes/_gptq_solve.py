@@ -16,7 +16,7 @@ import torch
 from qpass.formats import QuantizedWeight
 from qpass.specs import QuantSpec
 
-from ._gptq_grid import column_grid, k_group
+from ._gptq_grid import column_grid, k_cell, k_group
 from ._gptq_refine import refine_walk
 
 SUB_BLOCK = 32     # columns per rank-1 slab inside a block; the rest of the block by one GEMM
@@ -66,12 +66,15 @@ class WalkPlan:
     """How the solve walks K: gs columns per group (K when not grouped), n_groups of them;
     dynamic_groups: a group takes its parameters when the walk reaches it, from the updated
     weights (else all before the walk, from the original weights); block: columns per block;
-    forced: act-order + groups made the groups static (see passes/_gptq_math.py)."""
+    forced: act-order + groups made the groups static (see passes/_gptq_math.py); cell: columns
+    per scale inside a group (a K-quant's sub-block; gs otherwise), n_cells of them along K."""
     gs: int
     n_groups: int
     dynamic_groups: bool
     block: int
     forced: bool
+    cell: int = 0
+    n_cells: int = 0
 
 
 def plan_walk(spec: QuantSpec, K: int, act_order, static_groups: bool,
@@ -84,28 +87,33 @@ def plan_walk(spec: QuantSpec, K: int, act_order, static_groups: bool,
     if dynamic_groups:      # whole groups per block: a group's values need only its block's P
         block_size = max(1, block_size // gs) * gs
     n_groups = K // gs if grouped else 1
-    return WalkPlan(gs, n_groups, dynamic_groups, min(block_size, K), forced)
+    cell = k_cell(spec) if grouped else K
+    return WalkPlan(gs, n_groups, dynamic_groups, min(block_size, K), forced, cell, K // cell)
 
 
 def _walk_weight(W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan, dt: torch.dtype,
+                 importance: torch.Tensor | None = None,
                  global_scale: torch.Tensor | None = None):
     """Wᵀ (K, N) in walk order, a copy in dt with the dead inputs zeroed, the grid (made from
-    those weights: nvfp4's global scale) and the (N, n_groups) scale/aux, filled here from
-    those weights unless the groups are dynamic."""
+    those weights: nvfp4's global scale; `importance` (K,): a K-quant's scale-search weights)
+    and the (N, n_cells) scale/aux, filled here from those weights unless the groups are
+    dynamic."""
     N, K = W.shape
     gs = plan.gs
     W = W.detach().to(dt)
     if factor.n_dead:
         W = W.clone()
         W[:, factor.dead] = 0.0
-    grid = column_grid(spec, W, global_scale=global_scale)
-    scale = torch.empty(N, plan.n_groups, dtype=torch.float32, device=W.device)
-    zero = torch.empty(N, plan.n_groups, dtype=torch.int32, device=W.device)
+    grid = column_grid(spec, W, importance, global_scale=global_scale)
+    scale = torch.empty(N, plan.n_cells, dtype=torch.float32, device=W.device)
+    zero = torch.empty(N, plan.n_cells, dtype=grid.aux_dtype, device=W.device)
+    per = gs // plan.cell
     if not plan.dynamic_groups:
         # static groups / channel / tensor: parameters from the (dead-zeroed) original weights
         for g in range(plan.n_groups):
             cols = W[:, g * gs:(g + 1) * gs]
-            scale[:, g:g + 1], zero[:, g:g + 1] = grid.params(cols)
+            scale[:, g * per:(g + 1) * per], zero[:, g * per:(g + 1) * per] = \
+                grid.params(cols, g * gs)
     if factor.perm is not None:
         W = W[:, factor.perm]
     # a copy always: for N == 1, W.t().contiguous() would be the caller's own tensor
@@ -122,12 +130,12 @@ class ColumnSolve:
     the zero points the arithmetic subtracts (0 for float grids)."""
 
     def __init__(self, W: torch.Tensor, factor, spec: QuantSpec, plan: WalkPlan,
-                 dt: torch.dtype, keep_errors: bool,
+                 dt: torch.dtype, keep_errors: bool, importance: torch.Tensor | None = None,
                  global_scale: torch.Tensor | None = None):
         N, K = W.shape
         self.spec, self.plan, self.factor, self.keep_errors = spec, plan, factor, keep_errors
         self.WT, self.grid, self.scale, self.zero = _walk_weight(W, factor, spec, plan, dt,
-                                                                 global_scale)
+                                                                 importance, global_scale)
         dev = self.WT.device
         self.CT = torch.empty_like(self.WT)
         self.P = torch.empty(plan.block, N, dtype=dt, device=dev)   # the block's Σ_{i<j} R_i Ã_ij
@@ -135,7 +143,8 @@ class ColumnSolve:
         self.cur = torch.empty(N, dtype=dt, device=dev)
         self.tmp = torch.empty(N, dtype=dt, device=dev)
         walk = factor.perm if factor.perm is not None else torch.arange(K, device=dev)
-        self.col_group = (walk // plan.gs).tolist()          # each walk column's group
+        self.walk = walk.tolist()
+        self.col_group = (walk // plan.cell).tolist()        # each walk column's scale cell
         self.scale_t = self.scale.t().to(dt).contiguous()
         self.zero_t = self.grid.arith_zero(self.zero).t().to(dt).contiguous()
         self.a2 = factor.a.square()
@@ -175,12 +184,21 @@ class ColumnSolve:
                 Pb[j2 - i1:].addmm_(A[j1:j2, j2:i2].t(), WT[j1:j2])
 
     def _take_group_params(self, Pb: torch.Tensor, i1: int, col: int) -> None:
-        """A dynamic group's scale/zero, from its optimal values when the walk reaches it."""
-        g = self.col_group[col]              # the walk's col-th column's group
-        sg, zg = self.grid.params(_group_now(self.WT, self.factor.A, Pb, i1, col, self.plan.gs))
-        self.scale[:, g:g + 1], self.zero[:, g:g + 1] = sg, zg
+        """A dynamic group's scales/zeros (one per cell), from its optimal values when the walk
+        reaches it (its columns are walked together, in K order inside the group)."""
+        gs, per = self.plan.gs, self.plan.gs // self.plan.cell
+        k0 = self.walk[col] // gs * gs       # the group's first column in K order
+        c0 = k0 // self.plan.cell
+        values = _group_now(self.WT, self.factor.A, Pb, i1, col, gs)
+        if per > 1:
+            # walk order inside the group -> K order (act_order="group" sorts inside groups)
+            order = torch.tensor(self.walk[col:col + gs], device=values.device) - k0
+            values = values[:, torch.argsort(order)]
+        sg, zg = self.grid.params(values, k0)
+        self.scale[:, c0:c0 + per], self.zero[:, c0:c0 + per] = sg, zg
         dt = self.WT.dtype
-        self.scale_t[g], self.zero_t[g] = sg[:, 0].to(dt), self.grid.arith_zero(zg)[:, 0].to(dt)
+        self.scale_t[c0:c0 + per] = sg.t().to(dt)
+        self.zero_t[c0:c0 + per] = self.grid.arith_zero(zg).t().to(dt)
 
     def _columns(self, Pb: torch.Tensor, i1: int, j1: int, j2: int) -> None:
         """Decide columns [j1, j2) one at a time, each one's residual updating the later ones'

@@ -117,6 +117,16 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
                                        scheme="w4a4-nvfp4-static"),
     "w4a4-nvfp4-static-gptq": lambda: _pipe(P().GPTQ(act_order=True), P().ObserveActivations(),
                                             scheme="w4a4-nvfp4-static"),
+    # llama.cpp's K-quants (GGUF Q4_K / Q6_K; qpass/specs/kquant_spec.py): 256-weight
+    # super-blocks; a layer whose K is not a multiple of 256 takes llama.cpp's fallback (q5_0
+    # for q4_k, q8_0 for q6_k). q4_k_m is llama-quantize's Q4_K_M mix (q6_k for the attn_v /
+    # ffn_down / untied output tensors its rule picks); GPTQ fixes each super-block's scales
+    # (searched weighted by diag H, as llama.cpp weighs by its imatrix) and decides the codes
+    "q4_k-rtn": _rtn("q4_k", fuse=False),
+    "q4_k-gptq": _gptq("q4_k", observe=False),
+    "q6_k-rtn": _rtn("q6_k", fuse=False),
+    "q4_k_m-rtn": _rtn("q4_k_m", fuse=False),
+    "q4_k_m-gptq": _gptq("q4_k_m", observe=False),
     # ---- END-OF-PRESETS: add new presets above this line --------------------------------
 }
 
@@ -154,6 +164,14 @@ ABOUT: dict[str, str] = {
     "q4_0-rtn": "llama.cpp Q4_0 blocks (llama-quantize); exports to GGUF",
     "q4_0-gptq": "GPTQ into llama.cpp Q4_0 blocks; exports to GGUF",
     "q8_0-rtn": "llama.cpp Q8_0 blocks (llama-quantize); exports to GGUF",
+    "q4_k-rtn": "llama.cpp Q4_K super-blocks, scales searched as llama-quantize does (and "
+                "further); exports to GGUF",
+    "q4_k-gptq": "GPTQ into llama.cpp Q4_K super-blocks; exports to GGUF",
+    "q6_k-rtn": "llama.cpp Q6_K super-blocks (llama-quantize); exports to GGUF",
+    "q4_k_m-rtn": "llama-quantize Q4_K_M: Q4_K with Q6_K for the attn_v / ffn_down / output "
+                  "tensors llama.cpp picks; exports to GGUF",
+    "q4_k_m-gptq": "GPTQ into llama-quantize's Q4_K_M mix (llama.cpp Q4_K_M + imatrix); "
+                   "exports to GGUF",
     "w2a16-gptq": "2-bit GPTQ, Quant-dLLM's setting (without its dLLM-specific method)",
     "w4a4-awq": "AWQ scales then RTN at W4A4: DLLMQuant's AWQ baseline",
     "w8a8-fp8": "FP8 E4M3 per-channel weights + per-token dynamic activations, RTN; "

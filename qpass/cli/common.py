@@ -162,10 +162,10 @@ def print_rows(headers, rows, title: str = "") -> None:
 
 
 def scheme_bits(scheme) -> str:
-    """'w4a16 g128' from a scheme's specs (16: kept in float); floating-point grids name their
-    format ('w4a4 nvfp4', 'w8a8 fp8')."""
+    """'w4a16 g128' from a scheme's specs (16: kept in float); floating-point grids and K-quants
+    name their format ('w4a4 nvfp4', 'w8a8 fp8', 'w4a16 q4_k')."""
     w, a = getattr(scheme, "weight", None), getattr(scheme, "act", None)
-    floats = sorted({s.format for s in (w, a) if s is not None and s.is_float})
+    floats = sorted({s.format for s in (w, a) if s is not None and s.format != "int"})
     group = f" g{w.group_size}" if w is not None and w.granularity == "group" and not floats else ""
     return f"w{w.bits if w else 16}a{a.bits if a else 16}{group}" + \
         "".join(f" {f}" for f in floats)

@@ -16,7 +16,8 @@ EXAMPLE = """examples:
 FORMS = ("NAME[kv<bits>][:tokens]: kv<bits> also quantizes attention K/V (w4a4kv8); tokens "
          "change the weight spec (w4a16:g64, w4a8:g128:asym). Or a weight spec alone: "
          "int<bits>[:g<size>|channel|tensor][:sym|asym][:clip<r>][:minmax|percentile|mse]"
-         "[:full|restricted|signed][:f16scale].")
+         "[:full|restricted|signed][:f16scale], a floating-point one (fp8:channel, nvfp4, "
+         "mxfp4) or a llama.cpp K-quant (q4_k, q6_k).")
 
 # Whose format each scheme is (tests: every name of qpass.specs.SCHEMES has a line).
 ABOUT = {
@@ -33,6 +34,14 @@ ABOUT = {
             "-8) (qpass export --format gguf)",
     "q8_0": "llama.cpp Q8_0: 32-weight blocks, float16 scales, its grid (absmax/127) (qpass "
             "export --format gguf)",
+    "q5_0": "llama.cpp Q5_0: Q4_0's rule at 5 bits; what llama.cpp writes for a Q4_K tensor "
+            "whose K is not a multiple of 256 (qpass export --format gguf)",
+    "q4_k": "llama.cpp Q4_K: 256-weight super-blocks of 8x32, 6-bit scales and mins under "
+            "float16 d/dmin (qpass export --format gguf)",
+    "q6_k": "llama.cpp Q6_K: 256-weight super-blocks of 16x16, int8 scales under float16 d "
+            "(qpass export --format gguf)",
+    "q4_k_m": "llama-quantize Q4_K_M: q4_k, q6_k for the attn_v / ffn_down / output tensors "
+              "llama.cpp's rule picks (qpass export --format gguf)",
     "w8a16-fp8": "FP8 E4M3 per-channel weights, activations unquantized (vLLM's FP8 "
                  "weight-only path)",
     "w8a8-fp8": "FP8 E4M3 per-channel weights + per-token dynamic activations; llm-compressor "

@@ -30,6 +30,7 @@ from ..specs import QuantSpec
 from ..specs.float_spec import is_static_global
 from .floating import (effective_scale, float_dequantize, float_fake_quantize, float_qparams,
                        float_quantize, static_global_scale, stored_layout)
+from . import kquant
 
 # Floor for scales of all-zero rows/groups: w/s stays 0, so dequantization returns exact zeros.
 SCALE_FLOOR = torch.finfo(torch.float32).tiny
@@ -132,6 +133,7 @@ def compute_qparams(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
         scale = static_global_scale(w, spec) if is_static_global(spec) else \
             float_qparams(w, spec).scale
         return scale, torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+    _no_kquant(spec, "compute_qparams")
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     lo, hi = _observe(g, spec)
     if spec.grid == "signed":
@@ -184,6 +186,7 @@ def quantize(w: torch.Tensor, spec, scale: torch.Tensor,
     spec = _spec(spec)
     if spec.is_float:
         return float_quantize(w, spec, scale)
+    _no_kquant(spec, "quantize")
     zero = _zero_or_default(zero, scale, spec)
     g = _grouped(w.detach().to(_compute_dtype(w)), spec)
     return _codes_grouped(g, spec, scale, zero).to(torch.uint8).reshape(w.shape)
@@ -195,6 +198,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | No
     spec = _spec(spec)
     if spec.is_float:
         return float_dequantize(codes, spec, scale, dtype)
+    _no_kquant(spec, "dequantize")
     zero = _zero_or_default(zero, scale, spec)
     g = _grouped(codes, spec).to(torch.float32)
     out = (g - zero.to(torch.float32).unsqueeze(-1)) * scale.to(torch.float32).unsqueeze(-1)
@@ -208,9 +212,19 @@ def fake_quantize(x: torch.Tensor, spec, scale: torch.Tensor | None = None,
     spec = _spec(spec)
     if spec.is_float:
         return float_fake_quantize(x, spec, scale)
+    if spec.is_kquant and scale is None:
+        return kquant.kquant_fake_quantize(x, spec)
+    _no_kquant(spec, "fake_quantize with given scales")
     if scale is None:
         scale, zero = compute_qparams(x, spec)
     return dequantize(quantize(x, spec, scale, zero), scale, zero, spec, dtype=x.dtype)
+
+
+def _no_kquant(spec: QuantSpec, what: str) -> None:
+    if spec.is_kquant:
+        raise SpecError(f"{spec} is a K-quant: its scales are sub-block codes under float16 "
+                        f"super-block scales, not (scale, zero) groups; {what} does not take "
+                        f"it (QuantizedWeight.from_float / formats.kquant do)")
 
 
 def quantize_per_token(x: torch.Tensor, bits: int = 8, grid: str = "full"
@@ -309,7 +323,9 @@ class QuantizedWeight:
     """A packed weight (N, K). zero is None for symmetric specs: the zero point is the implicit
     2^(b-1) and is not stored. Floating-point specs pack their element bit patterns the same
     way; `scale` is then what formats/floating.py stores (float32 for fp8, uint8 E4M3 / E8M0
-    codes for nvfp4 / mx) and nvfp4 adds its float32 `global_scale` (1,)."""
+    codes for nvfp4 / mx) and nvfp4 adds its float32 `global_scale` (1,). K-quants (q4_k,
+    q6_k; formats/kquant.py): `scale` the sub-block scale codes (uint8 / int8), `zero` q4_k's
+    min codes (uint8), `super_scale` the float16-valued float32 super-block d (and dmin)."""
 
     packed: torch.Tensor          # int32 (N, ceil(K/32)*bits)
     scale: torch.Tensor           # float32, compute_qparams shape (floats: stored_layout)
@@ -317,15 +333,31 @@ class QuantizedWeight:
     spec: QuantSpec
     shape: tuple[int, int]
     global_scale: torch.Tensor | None = None      # nvfp4 only
+    super_scale: torch.Tensor | None = None       # K-quants only: (N, K/256, 1|2)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale, zero, spec,
-                   global_scale: torch.Tensor | None = None) -> QuantizedWeight:
+                   global_scale: torch.Tensor | None = None,
+                   super_scale: torch.Tensor | None = None) -> QuantizedWeight:
         """Pack codes produced elsewhere (e.g. by GPTQ) with their parameters (a float spec's
-        scales in their stored form, floating.FloatScales.stored, and nvfp4's global scale)."""
+        scales in their stored form, floating.FloatScales.stored, and nvfp4's global scale; a
+        K-quant's scale / min codes and super-block scales)."""
         spec = _spec(spec)
         if codes.dim() != 2:
             raise SpecError(f"a quantized weight is 2-D (N, K), got shape {tuple(codes.shape)}")
+        if spec.is_kquant:
+            N, K = codes.shape
+            if scale.is_floating_point() or (zero is not None and zero.is_floating_point()):
+                raise SpecError(f"{spec}: from_codes takes the sub-block scale (and min) codes, "
+                                f"integers; got {scale.dtype}")
+            lay = kquant.stored_layout(N, K, spec)
+            zero = None if "zeros" not in lay else zero.to(lay["zeros"][0])
+            qw = cls(pack(codes, spec.bits), scale.to(lay["scales"][0]), zero, spec, (N, K),
+                     None, super_scale.to(torch.float32))
+            why = kquant.check_parts(N, K, spec, qw.scale, qw.zero, qw.super_scale)
+            if why:
+                raise SpecError(f"{spec} weight {(N, K)}: {why}")
+            return qw
         if spec.is_float:
             return cls(pack(codes, spec.bits), scale, None, spec, tuple(codes.shape),
                        None if global_scale is None else global_scale.to(torch.float32))
@@ -346,6 +378,9 @@ class QuantizedWeight:
             fs = float_qparams(w, spec, global_scale)
             return cls.from_codes(float_quantize(w, spec, fs.scale), fs.stored, None, spec,
                                   fs.global_scale)
+        if spec.is_kquant:
+            codes, p = kquant.kquant_rtn(w, spec)
+            return cls.from_codes(codes, p.sc, p.m, spec, super_scale=p.sup)
         scale, zero = compute_qparams(w, spec)
         return cls.from_codes(quantize(w, spec, scale, zero), scale, zero, spec)
 
@@ -353,6 +388,9 @@ class QuantizedWeight:
         return unpack(self.packed, self.spec.bits, self.shape[1])
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.spec.is_kquant:
+            return kquant.kquant_dequantize(self.codes(), self.spec, self.scale, self.zero,
+                                            self.super_scale, dtype)
         if self.spec.is_float:
             return float_dequantize(self.codes(), self.spec, self.float_scale(), dtype)
         return dequantize(self.codes(), self.scale, self.zero, self.spec, dtype)
@@ -364,8 +402,8 @@ class QuantizedWeight:
     def nbytes(self) -> int:
         """Bytes actually stored: packed codes + scales (+ zeros when asymmetric, + the
         global scale of nvfp4)."""
-        ts = [self.packed, self.scale] + [t for t in (self.zero, self.global_scale)
-                                          if t is not None]
+        ts = [self.packed, self.scale] + [t for t in (self.zero, self.global_scale,
+                                                      self.super_scale) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -375,6 +413,8 @@ class QuantizedWeight:
             sd[p + "zeros"] = self.zero
         if self.global_scale is not None:
             sd[p + "global_scale"] = self.global_scale
+        if self.super_scale is not None:
+            sd[p + "super_scales"] = self.super_scale
         return sd
 
     @classmethod
@@ -382,6 +422,8 @@ class QuantizedWeight:
         """Rebuild from checkpoint tensors; spec and shape come from the manifest."""
         spec, p = _spec(spec), _prefix(prefix)
         N, K = (int(d) for d in shape)
+        if spec.is_kquant:
+            return cls._kquant_from_state_dict(sd, p, spec, N, K)
         want = {p + "qweight": (torch.int32, (N, packed_cols(K, spec.bits))),
                 p + "scales": (torch.float32, tuple(_scale_shape(N, K, spec)))}
         if spec.is_float:
@@ -398,6 +440,20 @@ class QuantizedWeight:
                                       f"{tuple(t.shape)}")
         return cls(sd[p + "qweight"], sd[p + "scales"], sd.get(p + "zeros") if not spec.symmetric
                    else None, spec, (N, K), sd.get(p + "global_scale"))
+
+
+    @classmethod
+    def _kquant_from_state_dict(cls, sd: dict, p: str, spec, N: int, K: int) -> QuantizedWeight:
+        want = {p + "qweight": (torch.int32, (N, packed_cols(K, spec.bits)))}
+        want.update({p + k: v for k, v in kquant.stored_layout(N, K, spec).items()})
+        for key, (dtype, shp) in want.items():
+            t = sd.get(key)
+            if t is None or t.dtype != dtype or tuple(t.shape) != shp:
+                raise CheckpointError(f"{key!r}: expected {dtype} {shp} for a {spec} weight of "
+                                      f"shape {(N, K)}, found "
+                                      f"{None if t is None else (t.dtype, tuple(t.shape))}")
+        return cls(sd[p + "qweight"], sd[p + "scales"], sd.get(p + "zeros"), spec, (N, K),
+                   None, sd[p + "super_scales"])
 
 
 def _prefix(prefix: str) -> str:

@@ -164,6 +164,10 @@ def _float_scheme(q: QLinear) -> dict:
 
 
 def _scheme(q: QLinear) -> dict:
+    if q.spec.is_kquant:
+        raise _refuse(q, "it is a llama.cpp K-quant (sub-block scale codes under float16 "
+                         "super-block scales), which compressed-tensors has no layout for; "
+                         "export it with --format gguf")
     if q.spec.is_float and q.stored_scale is None:
         raise _refuse(q, "its floating-point scales were not read (source.attach_float_parts)")
     if q.spec.is_float:

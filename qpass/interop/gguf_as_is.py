@@ -21,7 +21,7 @@ Tensors (ggml dims innermost first):
                                       mlp.experts.{e}.{gate,up,down}_proj stacked in expert order
   output_norm                         model.norm                    F32
   output (hidden, vocab)              lm_head (written even when tied: llama.cpp requires it)
-Quantized linears are written as Q4_0/Q8_0 blocks by qpass.interop.gguf.block_bytes (same
+Quantized linears are written as ggml blocks by qpass.interop.gguf.block_bytes (same
 rules, same refusals: symmetric int4/int8, whole 32-weight blocks, fp16 scales); a linear
 kept in float is written in the model's dtype. The experts of one stack must share one type."""
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch
 import torch.nn as nn
 
 from qpass.errors import CheckpointError
-from qpass.interop.gguf import (FILE_TYPE, _DENSE_TYPE, _dense, block_bytes,
+from qpass.interop.gguf import (_DENSE_TYPE, _dense, block_bytes, file_type,
                                 tokenizer_metadata)
-from qpass.interop.gguf_file import (BOOL, F32, GGML_Q4_0, GGML_Q8_0, STRING, U32, Tensor, Value,
-                                     write_file)
-from qpass.interop.source import QLinear, _weight_parts
+from qpass.interop.gguf_blocks import NAMES
+from qpass.interop.gguf_file import BOOL, F32, STRING, U32, Tensor, Value, write_file
+from qpass.interop.source import QLinear, _weight_parts, attach_float_parts
 from qpass.ir.qlinear import QuantLinear
 
 # HF architecture -> llama.cpp architecture
@@ -48,7 +48,6 @@ ARCHS = {"LLaDAMoEModelLM": "llada-moe"}
 RELEASED_MASK_ID = 156895
 _ATTN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
 _EXPERTS = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
-_TYPE_NAME = {GGML_Q4_0: "Q4_0", GGML_Q8_0: "Q8_0"}
 
 
 def supported() -> str:
@@ -177,7 +176,7 @@ def _linear_parts(path: str, mod: nn.Module, dtype: torch.dtype) -> tuple[int, t
         codes, scales, spec, g, zeros = _weight_parts(path, mod)
         ql = QLinear(path, codes.cpu(), scales.cpu(), spec, mod.act_spec, g, None,
                      None if zeros is None else zeros.cpu())
-        kind, data = block_bytes(ql, None)
+        kind, data = block_bytes(attach_float_parts(ql, mod), None)
         return kind, (codes.shape[1], codes.shape[0]), data
     w = getattr(mod, "weight", None)
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
@@ -199,7 +198,7 @@ def _experts(name: str, path: str, experts: nn.ModuleList, proj: str,
              for e, x in enumerate(experts)]
     kinds, dims = {p[0] for p in parts}, {p[1] for p in parts}
     if len(kinds) > 1 or len(dims) > 1:
-        types = Counter(_TYPE_NAME.get(p[0], str(p[0])) for p in parts)
+        types = Counter(NAMES.get(p[0], str(p[0])) for p in parts)
         raise CheckpointError(f"the experts {path}.*.{proj} are stored as "
                               f"{dict(types)} with shapes {sorted(dims)}; llama.cpp stacks "
                               f"them into one tensor of one type, so every expert of a layer "
@@ -272,11 +271,10 @@ def llada_moe_metadata(m: nn.Module, tok, tensors: list[Tensor], name: str) -> d
     first = m.model.layers[0].mlp
     n_expert, ff_exp = len(first.experts), first.experts[0].gate_proj.out_features
     top_k = int(c.num_experts_per_tok)
-    kinds = [t.ggml_type for t in tensors if t.ggml_type in (GGML_Q4_0, GGML_Q8_0)]
-    if not kinds:
+    if not any(t.ggml_type in NAMES for t in tensors):
         raise CheckpointError("the model has no quantized linears; nothing to export as GGUF")
     md = {"general.architecture": Value(STRING, a), "general.name": Value(STRING, name),
-          "general.file_type": Value(U32, FILE_TYPE[Counter(kinds).most_common(1)[0][0]]),
+          "general.file_type": Value(U32, file_type(tensors)),
           "general.quantization_version": Value(U32, 2),
           f"{a}.context_length": Value(U32, int(c.max_position_embeddings)),
           f"{a}.embedding_length": Value(U32, int(hidden)),

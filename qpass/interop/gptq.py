@@ -28,6 +28,9 @@ def check_gptq(q: QLinear) -> None:
                f"(export w8a8 as compressed-tensors instead)")
     elif q.spec.is_float:
         why = "it is a floating-point format; GPTQ checkpoints hold integer codes"
+    elif q.spec.is_kquant:
+        why = ("it is a llama.cpp K-quant (sub-block scales under float16 super-block scales); "
+               "export it with --format gguf")
     elif not q.spec.symmetric:
         why = "it is asymmetric; qpass exports GPTQ format for symmetric schemes only"
     elif q.spec.bits not in BITS:

@@ -1,11 +1,14 @@
 """Import a GGUF file (llama.cpp) of the architectures qpass writes — `llada`, `dream`, `llama`
-— as a CompiledDenoiser holding its Q4_0/Q8_0 codes and float16 block scales as they are.
+— as a CompiledDenoiser holding its Q4_0/Q5_0/Q8_0/Q4_K/Q6_K codes and scales as they are.
 
-How the blocks map (the inverse of gguf.py's export, docs/INTEROP.md): per 32 weights of a
-row one float16 scale d and codes, weight d·q;
+How the blocks map (the inverse of gguf.py's export, docs/INTEROP.md; the bytes:
+gguf_blocks.py): per 32 weights of a row one float16 scale d and codes, weight d·q;
   Q8_0  q int8 → qpass int8 symmetric code u = q + 128;
+  Q5_0  q = u − 16 → qpass int5 symmetric code u;
   Q4_0  q = nibble − 8 → qpass int4 symmetric code u = nibble (weight j of a block in the low
         nibble of byte j, weight j + 16 in its high nibble).
+Q4_K and Q6_K are qpass's own `q4_k` / `q6_k` grids: codes, sub-block scale (and min) codes
+and float16 super-block scales kept as they are (formats/kquant.py dequantizes them as ggml).
 The scales become float32 exactly (`:f16scale` specs). Blocks whose scales repeat along a row
 are one qpass group (per channel, g128 or g64 when every row's blocks agree, else g32), which
 is exact either way and gives a qpass export back its own spec. A block with d = 0 is zero
@@ -15,7 +18,7 @@ positive) need qpass's `signed` grid. q/k rows of LLaDA and LLaMA files are put 
 llama.cpp's interleaved-RoPE order (gguf.rope_permutation, a row permutation: exact).
 
 Float tensors (F32, F16, BF16) become float32 parameters; a quantized token_embd is
-dequantized (d·q is exact in float32). Other tensor types (K-quants, Q4_1, Q5_*, IQ*, …),
+dequantized (in float32 as ggml does). Other tensor types (Q4_1, Q5_1, Q2_K, Q3_K, Q5_K, IQ*, …),
 other architectures, rope scaling and metadata that contradict the family are one
 CheckpointError each. The config comes from the `<arch>.*` metadata, read through the same
 HF config reader as a config.json; the tokenizer from `tokenizer.ggml.*` (qpass's byte
@@ -29,6 +32,8 @@ import numpy as np
 import torch
 
 from qpass.errors import CheckpointError
+from qpass.formats.kquant import kquant_dequantize
+from qpass.interop import gguf_blocks
 from qpass.interop.gguf import ARCH, gguf_name, rope_permutation
 from qpass.interop.gguf_read import GGUFFile
 from qpass.interop.import_model import (ImportedLinear, build_imported, linear_shapes,
@@ -39,8 +44,10 @@ from qpass.specs import QuantSpec
 FORMAT = "gguf"
 BLOCK = 32
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
+Q5_0, Q4_K, Q6_K = gguf_blocks.GGML_Q5_0, gguf_blocks.GGML_Q4_K, gguf_blocks.GGML_Q6_K
 FLOAT_TYPES = (F32, F16, BF16)
-QUANT_TYPES = (Q4_0, Q8_0)
+QUANT_TYPES = (Q4_0, Q5_0, Q8_0, Q4_K, Q6_K)
+KQUANTS = {Q4_K: "q4_k", Q6_K: "q6_k"}
 F16_FLOOR = 2.0 ** -24          # the scale of a group whose blocks all have d = 0
 CONTROL = 3
 
@@ -131,23 +138,33 @@ def read_config(f: GGUFFile):
     return config_from_hf(hf, f"{f.path} (GGUF metadata)")
 
 
-def _blocks(f: GGUFFile, name: str) -> tuple[np.ndarray, torch.Tensor]:
-    """(float32 block scales (N, K/32), unsigned codes (N, K) uint8) of a Q4_0/Q8_0 tensor."""
+def _parts(f: GGUFFile, name: str) -> gguf_blocks.Blocks:
+    """The blocks of a quantized 2-D tensor, d (and dmin) as float32 (checked finite)."""
     t = f.tensors[name]
     if len(t.dims) != 2:
         raise CheckpointError(f"{f.path}: {name} is {len(t.dims)}-D; a linear weight is 2-D")
     K, N = t.dims
-    nb = K // BLOCK
-    raw = np.asarray(f.data(name)).reshape(N, nb, -1)
-    d = raw[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-    qs = raw[..., 2:]
-    if t.ggml_type == Q8_0:
-        u = (qs.view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-    else:
-        u = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-    if not np.isfinite(d).all():
+    b = gguf_blocks.unpack(t.ggml_type, np.asarray(f.data(name)), N, K)
+    b.d = b.d.astype(np.float32)
+    b.dmin = None if b.dmin is None else b.dmin.astype(np.float32)
+    if not np.isfinite(b.d).all() or b.dmin is not None and not np.isfinite(b.dmin).all():
         raise CheckpointError(f"{f.path}: {name} has non-finite block scales")
-    return d, torch.from_numpy(u.reshape(N, K).copy())
+    return b
+
+
+def _blocks(f: GGUFFile, name: str) -> tuple[np.ndarray, torch.Tensor]:
+    """(float32 block scales (N, K/32), unsigned codes (N, K) uint8) of a Q4_0/Q5_0/Q8_0
+    tensor."""
+    b = _parts(f, name)
+    return b.d, torch.from_numpy(b.codes.copy())
+
+
+def _kquant(f: GGUFFile, name: str):
+    """(codes, sc, m, sup) torch tensors of a Q4_K / Q6_K tensor (sup: (N, K/256, 1|2))."""
+    b = _parts(f, name)
+    sup = b.d[..., None] if b.dmin is None else np.stack([b.d, b.dmin], axis=-1)
+    return (torch.from_numpy(b.codes.copy()), torch.from_numpy(b.sc.copy()),
+            None if b.m is None else torch.from_numpy(b.m.copy()), torch.from_numpy(sup))
 
 
 def _groups(d: np.ndarray, K: int) -> tuple[int, np.ndarray]:
@@ -170,8 +187,19 @@ def _groups(d: np.ndarray, K: int) -> tuple[int, np.ndarray]:
 def quant_linear(f: GGUFFile, name: str, gen: str, rows: torch.Tensor | None,
                  bias: torch.Tensor | None) -> ImportedLinear:
     t = f.tensors[name]
+    if t.ggml_type in KQUANTS:
+        codes, sc, m, sup = _kquant(f, name)
+        if rows is not None:                      # back to HF's rotate-half row order
+            inv = torch.argsort(rows)
+            codes, sc, sup = codes[inv], sc[inv], sup[inv]
+            m = None if m is None else m[inv]
+            bias = None if bias is None else bias[inv]
+        spec = QuantSpec.parse(KQUANTS[t.ggml_type])
+        return ImportedLinear(gen, codes.contiguous(), sc.contiguous(), spec,
+                              zeros=None if m is None else m.contiguous(), bias=bias,
+                              source=f"{name} ({t.type_name})", super_scale=sup.contiguous())
     d, codes = _blocks(f, name)
-    bits = 8 if t.ggml_type == Q8_0 else 4
+    bits = {Q8_0: 8, Q5_0: 5, Q4_0: 4}[t.ggml_type]
     N, K = codes.shape
     zero = torch.from_numpy((d == 0).repeat(BLOCK, axis=1))
     codes[zero] = 1 << (bits - 1)                # a zero block's weights are 0: midpoint codes
@@ -189,8 +217,8 @@ def quant_linear(f: GGUFFile, name: str, gen: str, rows: torch.Tensor | None,
 
 
 def dense_tensor(f: GGUFFile, name: str) -> torch.Tensor:
-    """A float tensor (torch order) of an F32/F16/BF16 tensor, or a dequantized Q4_0/Q8_0 one
-    (an embedding: d·q is exact in float32)."""
+    """A float tensor (torch order) of an F32/F16/BF16 tensor, or a dequantized Q4_0/Q5_0/Q8_0
+    (d·q, exact in float32) or Q4_K/Q6_K one (in float32 as ggml computes it): an embedding."""
     t = f.tensors[name]
     raw = np.asarray(f.data(name))
     if t.ggml_type == F32:
@@ -199,14 +227,17 @@ def dense_tensor(f: GGUFFile, name: str) -> torch.Tensor:
         out = torch.from_numpy(raw.view(np.float16).astype(np.float32))
     elif t.ggml_type == BF16:
         out = torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16).float()
+    elif t.ggml_type in KQUANTS:
+        codes, sc, m, sup = _kquant(f, name)
+        out = kquant_dequantize(codes, KQUANTS[t.ggml_type], sc, m, sup).reshape(-1)
     elif t.ggml_type in QUANT_TYPES:
         d, codes = _blocks(f, name)
-        half = 128 if t.ggml_type == Q8_0 else 8
+        half = {Q8_0: 128, Q5_0: 16, Q4_0: 8}[t.ggml_type]
         q = codes.to(torch.float32).reshape(d.shape[0], d.shape[1], BLOCK) - half
         out = (q * torch.from_numpy(d)[..., None]).reshape(-1)
     else:
         raise CheckpointError(f"{f.path}: {name} is {t.type_name}; qpass imports F32, F16, BF16, "
-                              f"Q4_0 and Q8_0 tensors")
+                              f"Q4_0, Q5_0, Q8_0, Q4_K and Q6_K tensors")
     return out.reshape(t.shape)
 
 
@@ -248,7 +279,7 @@ def load_gguf(path):
             dense[gen] = x if rows is None else x[torch.argsort(rows)]
         else:
             raise CheckpointError(f"{path}: {name} is {t.type_name}; qpass imports F32, F16, "
-                                  f"BF16, Q4_0 and Q8_0 (linear weights)")
+                                  f"BF16, Q4_0, Q5_0, Q8_0, Q4_K and Q6_K (linear weights)")
     for q in linears:                                 # a quantized linear's bias is its own
         dense.pop(q.name + ".bias", None)
     tok, note = tokenizer_of(f, cfg.vocab_size)

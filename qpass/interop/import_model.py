@@ -43,6 +43,9 @@ class ImportedLinear:
     act_scale: torch.Tensor | None = None    # static activation scale (1, 1), if any
     source: str = ""                         # the file's name for it, for messages
     global_scale: torch.Tensor | None = None     # nvfp4's float32 global scale (1,)
+    # K-quants: `scales` / `zeros` the sub-block scale / min codes, this the float16-valued
+    # super-block scales (N, K/256, 1|2) (qpass/formats/kquant.py)
+    super_scale: torch.Tensor | None = None
 
 
 def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -85,7 +88,7 @@ def quant_linear(q: ImportedLinear) -> QuantLinear:
     m = QuantLinear(K, N, q.spec, q.act_spec, bias=q.bias is not None)
     try:
         m.set_qweight(QuantizedWeight.from_codes(q.codes, q.scales, q.zeros, q.spec,
-                                                 q.global_scale))
+                                                 q.global_scale, q.super_scale))
     except SpecError as e:
         raise CheckpointError(f"{q.source or q.name}: {e}") from None
     if q.bias is not None:

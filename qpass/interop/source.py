@@ -11,6 +11,7 @@ import torch
 
 from qpass.errors import CheckpointError
 from qpass.formats import unpack
+from qpass.formats.kquant import effective
 from qpass.models.naming import config_to_hf, key_map
 from qpass.ir.qlinear import is_quantized_module
 from qpass.runtime.lowered import LoweredLinear
@@ -41,6 +42,11 @@ class QLinear:
     stored_scale: torch.Tensor | None = None
     global_scale: torch.Tensor | None = None
     act_scale: torch.Tensor | None = None     # a static activation spec's calibrated scale
+    # K-quants (q4_k, q6_k): `scales` the effective float32 sub-block scale d·sc (N, K/sub),
+    # `stored_scale` the sub-block scale codes, `stored_min` q4_k's min codes and
+    # `super_scale` the float16-valued super-block d (and dmin), (N, K/256, 1|2)
+    stored_min: torch.Tensor | None = None
+    super_scale: torch.Tensor | None = None
 
 
 @dataclass
@@ -77,6 +83,8 @@ def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, 
                               f"({m.act_spec}); no export format represents that")
     spec = qw.spec
     g = spec.group_size if spec.granularity == "group" else K
+    if spec.is_kquant:
+        return qw.codes(), effective(qw.scale, qw.zero, qw.super_scale, spec)[0], spec, g, None
     if spec.is_float:
         return qw.codes(), qw.float_scale(), spec, g, None
     zeros = None if qw.zero is None else qw.zero.to(torch.int32).expand(N, -1).contiguous()
@@ -85,7 +93,14 @@ def _weight_parts(name: str, m) -> tuple[torch.Tensor, torch.Tensor, QuantSpec, 
 
 def attach_float_parts(q: QLinear, m) -> QLinear:
     """Fill a float-spec QLinear's stored scales, nvfp4 global scale and static activation
-    scale from its QuantLinear `m` (integer specs: unchanged)."""
+    scale, or a K-quant's stored scale / min codes and super-block scales, from its QuantLinear
+    `m` (integer specs: unchanged)."""
+    if q.spec is not None and q.spec.is_kquant:
+        qw = m.quantized_weight()
+        q.stored_scale = qw.scale.detach().cpu()
+        q.stored_min = None if qw.zero is None else qw.zero.detach().cpu()
+        q.super_scale = qw.super_scale.detach().cpu()
+        return q
     if q.spec is not None and q.spec.is_float:
         qw = m.quantized_weight()
         q.stored_scale = qw.scale.detach().cpu()

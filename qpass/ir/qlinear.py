@@ -54,13 +54,16 @@ class QuantLinear(nn.Module):
         self.register_buffer("zeros", qw.zero)
         if qw.global_scale is not None or "global_scale" in self._buffers:
             self.register_buffer("global_scale", qw.global_scale)    # nvfp4 only
+        if qw.super_scale is not None or "super_scales" in self._buffers:
+            self.register_buffer("super_scales", qw.super_scale)     # K-quants only
 
     def quantized_weight(self) -> QuantizedWeight | None:
         if self.weight_spec is None:
             return None
         return QuantizedWeight(self.qweight, self.scales, self.zeros, self.weight_spec,
                                (self.out_features, self.in_features),
-                               self._buffers.get("global_scale"))
+                               self._buffers.get("global_scale"),
+                               self._buffers.get("super_scales"))
 
     def dequantized_weight(self, dtype=torch.float32) -> torch.Tensor:
         if self.weight_spec is None:
@@ -74,7 +77,7 @@ class QuantLinear(nn.Module):
         float matmul would round differently and flip later activation codes)."""
         a, w = self.act_spec, self.weight_spec
         return (a is not None and w is not None and x.dtype != torch.float64
-                and not a.is_float and not w.is_float
+                and a.format == "int" and w.format == "int"
                 and a.granularity == "token" and a.dynamic and a.symmetric and a.clip_ratio == 1.0
                 and w.symmetric and w.granularity in ("channel", "group") and self.act_scale is None)
 

@@ -27,6 +27,9 @@ def kernel_kind(w: QuantSpec | None, a: QuantSpec | None, static_act: bool = Fal
     (None, why not)."""
     if w is None:
         return None, "weights stay in high precision (activation-only quantization)"
+    if w.is_kquant:
+        return None, (f"llama.cpp K-quant {w}: no qpass kernel (llama.cpp runs it from the GGUF "
+                      f"export); the reference QuantLinear (dequantize + fp32 matmul) runs it")
     floats = [str(x) for x in (w, a) if x is not None and x.is_float]
     if floats:
         return None, (f"floating-point format {', '.join(floats)}: no kernel yet, the "

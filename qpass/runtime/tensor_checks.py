@@ -27,6 +27,7 @@ import torch.nn as nn
 from qpass import ops
 from qpass.errors import CheckpointError
 from qpass.formats import packed_cols, stored_layout
+from qpass.formats import kquant
 from qpass.ir.qlinear import QuantLinear
 from qpass.models.denoiser import RMSNorm
 from qpass.models.moe import Router
@@ -195,11 +196,32 @@ def _float_weight(where: str, w: QuantSpec, out: int, inp: int) -> dict:
     return want
 
 
+def _kquant_weight(where: str, w: QuantSpec, out: int, inp: int) -> dict:
+    """What a K-quant weight (q4_k, q6_k) holds: packed codes, sub-block scale (and min) codes
+    (6-bit for q4_k), float16-valued super-block scales (docs/FORMATS.md "K-quants")."""
+    if inp % 256:
+        _fail(where, f"{w} needs in_features a multiple of 256, found {inp}")
+    want = {"qweight": _Want((torch.int32,), (out, packed_cols(inp, w.bits)))}
+    six_bit = (lambda t: "holds 6-bit codes above 63" if t.numel() and bool((t > 63).any())
+               else None) if not w.symmetric else None
+
+    def f16(t: torch.Tensor) -> str | None:
+        if not bool(torch.isfinite(t).all()) or not torch.equal(
+                t.to(torch.float16).to(torch.float32), t):
+            return "holds super-block scales that are not finite float16 numbers"
+        return None
+    for name, (dt, shape) in kquant.stored_layout(out, inp, w).items():
+        want[name] = _Want((dt,), shape, f16 if name == "super_scales" else six_bit)
+    return want
+
+
 def _quant_linear(m, kw, mdt, where) -> dict:
     out, inp, w, a = m.out_features, m.in_features, m.weight_spec, m.act_spec
     want = {}
     if w is None:
         want["weight"] = _Want(mdt, (out, inp))
+    elif w.is_kquant:
+        want.update(_kquant_weight(where, w, out, inp))
     elif w.is_float:
         want.update(_float_weight(where, w, out, inp))
     else:
@@ -256,7 +278,7 @@ _CONTRACTS = {
     lowered.NormQuant: (frozenset({"weight"}), _norm_quant),
     lowered.SiluMulQuant: (frozenset(), _silu_mul_quant),
     QuantLinear: (frozenset({"weight", "bias", "qweight", "scales", "zeros", "act_scale",
-                             "act_zero", "global_scale"}), _quant_linear),
+                             "act_zero", "global_scale", "super_scales"}), _quant_linear),
     lowered.LoweredLinear: (frozenset({"qweight", "scales", "zeros", "bias"}), _lowered_linear),
     lowered_float.LoweredFloatLinear: (frozenset({"qweight", "scales", "global_scale",
                                                   "act_scale", "bias"}), _lowered_float_linear),

@@ -11,6 +11,8 @@ from qpass.errors import SpecError
 
 from .float_spec import (FLOAT_FORM, FLOAT_FORMATS, check_float_spec, float_check_shape,
                          float_parse_fields, float_text, is_float_head)
+from .kquant_spec import (KQUANT_FORM, KQUANT_FORMATS, check_kquant_spec, is_kquant_head,
+                          kquant_check_shape, kquant_parse_fields)
 
 GRANULARITIES = ("tensor", "channel", "group", "token")
 OBSERVERS = ("minmax", "percentile", "mse")
@@ -39,9 +41,12 @@ class QuantSpec:
     observer: str = "minmax"
     grid: str = "full"
     scale_dtype: str = "float32"
-    format: str = "int"             # or a floating-point format: qpass/specs/float_spec.py
+    format: str = "int"             # or a floating-point format (qpass/specs/float_spec.py) or
+                                    # a llama.cpp K-quant (qpass/specs/kquant_spec.py)
 
     def __post_init__(self):
+        if self.format in KQUANT_FORMATS:
+            return check_kquant_spec(self, lambda k, v: object.__setattr__(self, k, v), _raise)
         if self.format != "int":
             return check_float_spec(self, lambda k, v: object.__setattr__(self, k, v), _raise)
         bits = self.bits
@@ -131,7 +136,13 @@ class QuantSpec:
     @property
     def is_float(self) -> bool:
         """A floating-point grid (fp8, nvfp4, mxfp4, mxfp8), not an integer one."""
-        return self.format != "int"
+        return self.format in FLOAT_FORMATS
+
+    @property
+    def is_kquant(self) -> bool:
+        """A llama.cpp K-quant (q4_k, q6_k): integer codes under sub-block scale codes and
+        float16 super-block scales (qpass/formats/kquant.py), not qpass's (u − z)·s groups."""
+        return self.format in KQUANT_FORMATS
 
     @property
     def is_activation_only(self) -> bool:
@@ -144,6 +155,8 @@ class QuantSpec:
         """Raise SpecError if this spec cannot quantize a reduction dim of size K."""
         if self.is_float:
             return float_check_shape(self, K, name, _raise)
+        if self.is_kquant:
+            return kquant_check_shape(self, K, name, _raise)
         if self.granularity != "group" or K % self.group_size == 0:
             return
         where = f"layer {name!r}" if name else "tensor"
@@ -161,12 +174,15 @@ class QuantSpec:
             raise SpecError(f"expected a spec string like 'int4:g128:sym', got {type(s).__name__}")
         tokens = [t.strip() for t in s.strip().lower().split(":")]
         head = tokens[0]
+        if is_kquant_head(head):
+            return cls(**kquant_parse_fields(head, tokens[1:], s, _raise))
         if is_float_head(head):
             return cls(**float_parse_fields(head, _token_fields(tokens[1:], s), s, _raise))
         if not head.startswith("int") or not head[3:].isdigit():
-            raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym') or a "
-                            f"floating-point format ({', '.join(FLOAT_FORMATS)}); form: "
-                            f"{_SPEC_FORM} | {FLOAT_FORM}")
+            raise SpecError(f"spec {s!r} must start with int<bits> (e.g. 'int4:g128:sym'), a "
+                            f"floating-point format ({', '.join(FLOAT_FORMATS)}) or a K-quant "
+                            f"({', '.join(KQUANT_FORMATS)}); form: {_SPEC_FORM} | {FLOAT_FORM}"
+                            f" | {KQUANT_FORM}")
         kw = {"bits": int(head[3:]), **_token_fields(tokens[1:], s)}
         if kw.get("granularity") == "token" and kw.get("dynamic") is False:
             raise SpecError(f"{s!r}: per-token scales are computed at run time, so 'token' is "
@@ -184,6 +200,8 @@ class QuantSpec:
         return replace(self, **kw)
 
     def __str__(self) -> str:
+        if self.is_kquant:
+            return self.format
         if self.is_float:
             return float_text(self)
         gran = f"g{self.group_size}" if self.granularity == "group" else self.granularity
@@ -214,7 +232,7 @@ def legacy_grid(spec) -> QuantSpec:
     """The meaning of a spec string saved before grids existed (checkpoint format version 1):
     symmetric specs then always used the restricted grid."""
     spec = QuantSpec.parse(spec)
-    if spec.symmetric and spec.grid != "restricted" and not spec.is_float:
+    if spec.symmetric and spec.grid != "restricted" and spec.format == "int":
         return dataclasses.replace(spec, grid="restricted")
     return spec
 

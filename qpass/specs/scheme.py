@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from qpass.errors import SpecError
 
 from .float_spec import is_float_head, spec_head
+from .kquant_spec import KQUANT_FORMATS, MIXES, is_kquant_head
 from .quant_spec import GROUP_FITS, QuantSpec, _fallback_group
 
 def _spec_or_none(x) -> QuantSpec | None:
@@ -38,6 +39,9 @@ class Scheme:
     # size for every layer of the model (fit_to), "layer" fits each layer alone
     group_fit: str = "model"
     model_group: int | None = field(default=None, compare=False)   # set by fit_to
+    # a K-quant mix (qpass/specs/kquant_spec.py MIXES, e.g. "q4_k_m"): per-tensor types by
+    # llama.cpp's rule, expanded into overrides for one model (qpass.pipeline.group_fit)
+    mix: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "weight", _spec_or_none(self.weight))
@@ -51,6 +55,9 @@ class Scheme:
             norm.append((item[0], _spec_or_none(item[1])))
         object.__setattr__(self, "overrides", tuple(norm))
         object.__setattr__(self, "keep_roles", frozenset(self.keep_roles))
+        if self.mix is not None and self.mix not in MIXES:
+            raise SpecError(f"scheme {self.name!r}: unknown K-quant mix {self.mix!r}; known: "
+                            f"{', '.join(MIXES)}")
         if self.group_fit not in GROUP_FITS:
             raise SpecError(f"scheme {self.name!r}: group_fit must be one of {GROUP_FITS}, got "
                             f"{self.group_fit!r}")
@@ -100,7 +107,8 @@ class Scheme:
         if not isinstance(x, str):
             raise SpecError(f"expected a scheme name, spec string or Scheme, got {type(x).__name__}")
         key = x.strip().lower()
-        if key.startswith("int") or is_float_head(key.split(":")[0]):
+        head = key.split(":")[0]
+        if key.startswith("int") or is_float_head(head) or is_kquant_head(head):
             return cls(name=key, weight=QuantSpec.parse(key))
         named, *mods = [t.strip() for t in key.split(":")]
         base, kv = named, None
@@ -117,7 +125,8 @@ class Scheme:
         weight, act = SCHEMES[base]
         if mods:
             weight = QuantSpec.parse(weight).with_tokens(mods, x)
-        return cls(name=key, weight=weight, act=act, attn=kv)
+        return cls(name=key, weight=weight, act=act, attn=kv,
+                   mix=base if base in MIXES else None)
 
     def fit_to(self, ks) -> Scheme:
         """This scheme fitted to a model whose layers under the scheme's group weight spec have
@@ -150,6 +159,8 @@ class Scheme:
             return fitted, (f"{reason}; group size {spec.group_size} does not divide the K of "
                             f"every layer: {fitted} for the whole model (fallback, "
                             f"group_fit='model')")
+        if spec.is_kquant:
+            return self._kquant_fallback(spec, K, name, reason)
         if K % spec.group_size == 0:
             return spec, reason
         if self.strict_groups or _fixed_block(spec):    # nvfp4 / mx blocks have one size
@@ -159,6 +170,24 @@ class Scheme:
             replace(spec, granularity="channel", group_size=None)
         return fitted, (f"{reason}; group size {spec.group_size} does not divide K={K}: "
                         f"{fitted} instead (fallback)")
+
+    def _kquant_fallback(self, spec: QuantSpec, K: int, name: str, reason: str
+                         ) -> tuple[QuantSpec | None, str]:
+        """A K-quant where K is a multiple of 256; else llama.cpp's own fallback
+        (llama-quantize's tensor_type_fallback): q4_k -> q5_0, q6_k -> q8_0 when K is a
+        multiple of 32, else high precision (llama.cpp: F16). Strict schemes refuse."""
+        if K % 256 == 0:
+            return spec, reason
+        if self.strict_groups:
+            spec.check_shape(K, name)                    # raises, naming the layer
+        fb = KQUANT_FORMATS[spec.format].fallback
+        if K % 32:
+            return None, (f"{reason}; K={K} is not a multiple of {spec}'s 256-weight super-blocks "
+                          f"nor of {fb}'s 32-weight blocks: kept in high precision (llama.cpp: "
+                          f"F16)")
+        return QuantSpec.parse(SCHEMES[fb][0]), (
+            f"{reason}; K={K} is not a multiple of {spec}'s 256-weight super-blocks: {fb} "
+            f"instead (llama.cpp's fallback)")
 
     def specs_for(self, name: str, role: str | None, K: int
                   ) -> tuple[QuantSpec | None, QuantSpec | None, str]:
@@ -174,7 +203,7 @@ class Scheme:
         return {"name": self.name, "weight": s(self.weight), "act": s(self.act),
                 "attn": s(self.attn), "overrides": [[p, s(v)] for p, v in self.overrides],
                 "keep_roles": sorted(self.keep_roles), "strict_groups": self.strict_groups,
-                "group_fit": self.group_fit}
+                "group_fit": self.group_fit, "mix": self.mix}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scheme:
@@ -199,8 +228,9 @@ RECORDED_FIELDS = tuple(f.name for f in dataclasses.fields(Scheme) if f.compare)
 
 
 def _fixed_block(spec: QuantSpec) -> bool:
-    """nvfp4 / mxfp4 / mxfp8: the format fixes the block along K, no other group size fits."""
-    return spec.is_float and spec.format != "fp8"
+    """nvfp4 / mxfp4 / mxfp8 / K-quants: the format fixes the block along K, no other group
+    size fits."""
+    return (spec.is_float and spec.format != "fp8") or spec.is_kquant
 
 
 def _matches(pattern: str, name: str, role: str | None) -> bool:
@@ -226,6 +256,14 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     # records keep, so checkpoints made with the full grid still say int<b>:g32:sym:f16scale
     "q4_0": ("int4:g32:sym:signed:f16scale", None),
     "q8_0": ("int8:g32:sym:restricted:f16scale", None),
+    # Q5_0: Q4_0's rule at 5 bits (quantize_row_q5_0_ref); what llama.cpp writes for a Q4_K
+    # tensor whose K is not a multiple of 256
+    "q5_0": ("int5:g32:sym:signed:f16scale", None),
+    # llama.cpp's K-quants (qpass/specs/kquant_spec.py): 256-weight super-blocks; q4_k_m is
+    # llama-quantize's Q4_K_M mix (q6_k for the attn_v / ffn_down / output tensors it picks)
+    "q4_k": ("q4_k", None),
+    "q6_k": ("q6_k", None),
+    "q4_k_m": ("q4_k", None),
     # floating-point grids (qpass/specs/float_spec.py): w<bits>a<bits>-<format>, named after
     # llm-compressor's schemes (FP8_DYNAMIC, NVFP4A16, NVFP4, MXFP4A16, MXFP4)
     "w8a16-fp8": ("fp8:channel", None),

@@ -226,12 +226,13 @@ def _rewrite(llada, tmp_path, md_fn=None, t_fn=None):
     return _write(tmp_path / "x.gguf", md, ts)
 
 
-def test_k_quant_tensor_refused(llada, tmp_path):
-    def k(ts):      # ffn_up rows of 256 weights: one Q4_K super-block (144 bytes) per row
-        return [Tensor(t.name, int(Q.Q4_K), t.dims, bytes(t.dims[1] * 144))
+def test_other_k_quant_tensor_refused(llada, tmp_path):
+    # Q4_K / Q6_K import (test_gguf_kquants.py); Q5_K is no qpass grid
+    def k(ts):      # ffn_up rows of 256 weights: one Q5_K super-block (176 bytes) per row
+        return [Tensor(t.name, int(Q.Q5_K), t.dims, bytes(t.dims[1] * 176))
                 if t.name == "blk.0.ffn_up.weight" else t for t in ts]
-    _refused(_rewrite(llada, tmp_path, t_fn=k), "blk.0.ffn_up.weight", "Q4_K",
-             "F32, F16, BF16, Q4_0")
+    _refused(_rewrite(llada, tmp_path, t_fn=k), "blk.0.ffn_up.weight", "Q5_K",
+             "F32, F16, BF16, Q4_0, Q5_0, Q8_0, Q4_K and Q6_K")
 
 
 def test_other_architecture_and_metadata_refused(llada, tmp_path):
