@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..specs import QuantSpec
-from .codes import QuantizedWeight, unpack
+from .packing import unpack
+from .quantized_weight import QuantizedWeight
 from .floating import float_qparams
 from .minifloat import E2M1, E4M3, decode, e8m0_decode, round_to
 

@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from .codes import quantize_per_token, to_signed, unpack
+from .codes import quantize_per_token, to_signed
+from .packing import unpack
 
 EXACT_CHUNK = 1024        # K per fp32 matmul: 1024 · 128 · 128 = 2^24, still exact in fp32
 

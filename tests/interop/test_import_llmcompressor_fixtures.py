@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import qpass
-from qpass.formats.codes import unpack
+from qpass.formats.packing import unpack
 from qpass.ir.qlinear import QuantLinear, is_quantized_module
 from qpass.models.naming import key_map
 
