@@ -80,16 +80,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
-    from qpass.calibration import CalibrationSet
     from _common import machine
-    from real_model import _scorer, _tokens
+    from real_model import _calibration, _scorer, _tokens
 
     model = qpass.models.load(a.model)
     calib_ids, windows = _tokens(model.tokenizer, 32, 256, 16, 256)
     cfg = model.config
-    calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=32, seq_len=256,
-                                    masking="none" if cfg.causal else "diffusion", seed=0,
-                                    windows="tile")
+    calib = _calibration(model, calib_ids, 32, 256)
     score = _scorer(model, windows)
     ids = windows[:2, :128]
     with torch.no_grad():

@@ -81,24 +81,22 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
-    from qpass.calibration import CalibrationSet
     machine = _bench_module("_common").machine
     real_model = _bench_module("real_model")          # its tokens and scorer
-    _scorer, _tokens = real_model._scorer, real_model._tokens
+    _calibration, _scorer, _tokens = (real_model._calibration, real_model._scorer,
+                                      real_model._tokens)
 
     model = qpass.models.load(a.model)
     cfg = model.config
     calib_ids, windows = _tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
-    masking = "none" if cfg.causal else "diffusion"
-    calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=a.n_calib,
-                                    seq_len=a.calib_len, masking=masking, seed=0, windows="tile")
+    calib = _calibration(model, calib_ids, a.n_calib, a.calib_len)
     score = _scorer(model, windows)
     t0 = time.perf_counter()
     fp = score(model)
     result = {"model": a.model, "machine": machine(), "causal": cfg.causal,
               "metric": "next-token perplexity" if cfg.causal else "ELBO perplexity (n_mc=4)",
               "calibration": f"{a.n_calib}x{a.calib_len} tokens, Shakespeare training plays, "
-                             f"masking={masking}; LearnedRotate trains on the first "
+                             f"masking={'none' if cfg.causal else 'diffusion'}; LearnedRotate trains on the first "
                              f"{a.n_calib - max(1, a.n_calib // 8)} rows and guards on the rest",
               "eval": f"{a.n_eval}x{a.eval_len} tokens, held-out plays",
               "training": {"steps": a.steps, "rows_per_step": a.batch,

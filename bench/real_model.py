@@ -39,6 +39,16 @@ def _tokens(tokenizer, n_calib, calib_len, n_eval, eval_len):
     return ids(train, n_calib * calib_len), ids(held, n_eval * eval_len).view(n_eval, eval_len)
 
 
+def _calibration(model, calib_ids, n_calib, calib_len):
+    """The calibration windows every bench row uses: exactly the n_calib tiled windows that
+    --save-tokens hands to the peer, each token once; masked as the model sees text."""
+    from qpass.calibration import CalibrationSet
+    cfg = model.config
+    return CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=n_calib,
+                                   seq_len=calib_len, seed=0, windows="tile",
+                                   masking="none" if cfg.causal else "diffusion")
+
+
 def causal_ppl(forward, windows, batch=4) -> float:
     """exp(mean next-token cross-entropy) over all windows (each predicts its L-1 successors)."""
     nll, count = 0.0, 0
@@ -107,7 +117,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
-    from qpass.calibration import CalibrationSet
     machine = _bench_common().machine
 
     model = qpass.models.load(a.model)
@@ -122,17 +131,14 @@ def main(argv=None) -> int:
             return 2
         torch.save({"calib": calib_ids.view(a.n_calib, a.calib_len), "eval": windows},
                    a.save_tokens)
-    masking = "none" if cfg.causal else "diffusion"
-    # tiled: exactly the n_calib windows --save-tokens hands to the peer, each token once
-    calib = CalibrationSet.from_ids(calib_ids, mask_id=cfg.mask_token_id, n=a.n_calib,
-                                    seq_len=a.calib_len, masking=masking, seed=0, windows="tile")
+    calib = _calibration(model, calib_ids, a.n_calib, a.calib_len)
     score = _scorer(model, windows)
     t0 = time.perf_counter()
     fp = score(model)
     result = {"model": a.model, "machine": machine(), "family": cfg.family, "causal": cfg.causal,
               "metric": "next-token perplexity" if cfg.causal else "ELBO perplexity (n_mc=4)",
               "calibration": f"{a.n_calib}x{a.calib_len} tokens, Shakespeare training plays, "
-                             f"masking={masking}",
+                             f"masking={'none' if cfg.causal else 'diffusion'}",
               "eval": f"{a.n_eval}x{a.eval_len} tokens, held-out plays",
               "fp_ppl": fp, "fp_eval_seconds": time.perf_counter() - t0, "rows": []}
     if cfg.causal and Path(a.model).is_dir():
