@@ -4,6 +4,7 @@ from .rtn import RTN
 from .rotate import Rotate
 from .learned_rotate import LearnedRotate
 from .duquant import DuQuant
+from .learned_affine import LearnedAffine
 from .smoothquant import SmoothQuant
 from .lower import Lower
 from .gptq import GPTQ

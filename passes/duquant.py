@@ -25,8 +25,9 @@ from qpass import hadamard
 from qpass.errors import CalibrationError
 from qpass.calibration.stats import InputStats, all_reduce_stats, channel_ratio
 from qpass.ir.regions import Region, input_regions
-from qpass.runtime.online import channel_transform
 from qpass.pipeline.pass_base import Fact, Pass, PassContext, PassResult
+
+from ._channel_transform import fold_and_insert
 
 _EPS = 1e-5
 
@@ -191,30 +192,13 @@ class DuQuant(Pass):
         task = ctx.task("DuQuant: transforms", total=len(groups))
         before, after = {}, {}             # per group (first linear): merge over stages
         for k, region in groups:
-            inp, lins = region.tensor, region.consumers
+            lins = region.consumers
             st = stats[str(lins[0].target)]
-            mods = [g.module(n) for n in lins]
             M, T, info = self.transform_for(st.rows, st.channel_absmax,
-                                            [m.weight.detach().to(torch.float64).cpu() for m in mods])
-            for m in mods:
-                with torch.no_grad():
-                    W = m.weight.detach().to(torch.float64)
-                    m.weight.copy_((W @ T.to(W.device)).to(m.weight.dtype))
-            ref = mods[0].weight
-            buf = f"duquant_transform_{k}"
-            while hasattr(g.gm, buf):
-                buf += "_"
-            g.gm.register_buffer(buf, M.to(device=ref.device, dtype=ref.dtype))
-            with g.graph.inserting_before(lins[0]):     # names fixed by the group, not the stage
-                mat = g.graph.create_node("get_attr", buf, name=buf)
-                node = g.graph.create_node("call_function", channel_transform, (inp, mat), {},
-                                           name=f"duquant_{lins[0].name}")
-            node.meta["qpass"] = {"role": "transform", "inserted_by": "DuQuant", "duquant": info}
-            for lin in lins:
-                lin.args = (node,) + tuple(lin.args[1:])
-                lin.meta.setdefault("qpass", {})["duquant"] = info
-                res.nodes_changed.append(lin.name)
-            res.nodes_changed.append(node.name)
+                                            [g.module(n).weight.detach().to(torch.float64).cpu()
+                                             for n in lins])
+            res.nodes_changed += fold_and_insert(g, region, M, T, f"duquant_transform_{k}",
+                                                 f"duquant_{lins[0].name}", "DuQuant", info)
             before[str(lins[0].target)] = info["ratio_before"]
             after[str(lins[0].target)] = info["ratio_after"]
             ctx.advance(task)                # the executor recompiles the edited graph

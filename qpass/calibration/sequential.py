@@ -241,6 +241,12 @@ class SequentialRunner:
             if collect is not None:
                 collect.append(self._carry(stage, env, values, keep))
 
+    def execute(self, stage: Stage, values: dict[str, Any], batch: tuple) -> dict[fx.Node, Any]:
+        """Run `stage` on one cached batch (its cached `values`, its model-input `batch`) and
+        return the environment {node: value}; autograd records it when grad is enabled
+        (LearnedAffine trains a stage's transforms through it)."""
+        return _StageInterpreter(self.g.gm, stage).execute(self._to_env(values, batch))
+
     def _carry(self, stage: Stage, env, values: dict, keep) -> dict[str, Any]:
         """Values the next stages need: this stage's live-out plus earlier values still read."""
         out: dict[str, Any] = {}
