@@ -48,17 +48,19 @@ def fake_quant_rows(x: torch.Tensor, divisor: float, qmin: float, qmax: float,
 class AffineTransform(nn.Module):
     """The learnable transform of one input group (see the module doc)."""
 
-    def __init__(self, n: int, clip_init: float = 0.98):
+    def __init__(self, n: int, clip_init: float | None = 0.98):
+        """clip_init None: no clip (ratio 1, nothing to learn)."""
         super().__init__()
         a, b = kron_factors(n)
         self.A = nn.Parameter(torch.eye(a))
         self.B = nn.Parameter(torch.eye(b))
         self.log_s = nn.Parameter(torch.zeros(n))
-        self.clip_logit = nn.Parameter(torch.tensor(math.log(clip_init / (1 - clip_init))))
+        self.clip_logit = None if clip_init is None else \
+            nn.Parameter(torch.tensor(math.log(clip_init / (1 - clip_init))))
 
     @property
-    def clip(self) -> torch.Tensor:
-        return torch.sigmoid(self.clip_logit)
+    def clip(self) -> torch.Tensor | float:
+        return 1.0 if self.clip_logit is None else torch.sigmoid(self.clip_logit)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
         """x·M."""

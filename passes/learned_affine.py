@@ -9,7 +9,9 @@ fake-quantized outputs (weights and activations under the pipeline's scheme, str
 rounding) match its float outputs on the same inputs: FlatQuant's layer-wise objective, so a
 block costs a few forward/backward passes of one block, never of the model. The trained
 transforms are folded in float64 (passes/_channel_transform.py: W' = W·T, a `channel_transform`
-node x·M in the graph), so the pass is exact and the pipeline verifies it. It composes with
+node x·M in the graph), so the pass is exact and the pipeline verifies it. The learned clip
+ratio of each group is left in its linears' node meta ("act_clip"), where ObserveActivations
+takes it unless it is given a ratio or a search. It composes with
 Rotate (after it: the transforms start from the rotated basis, on top of QuaRot's Hadamards).
 
 Guard: a stage keeps its transforms only if their fake-quantized loss on all its calibration
@@ -76,6 +78,7 @@ class LearnedAffine(Pass):
     min_gain: float = 0.01
     seed: int = 0
     loss: str = "token"
+    learn_clip: bool = True
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
@@ -120,7 +123,8 @@ class LearnedAffine(Pass):
         data = list(zip(ctx.inputs, ctx.runner.batches()))
         dev = g.module(groups[0][1].consumers[0]).weight.device
         gen = torch.Generator().manual_seed(self.seed * 7919 + ctx.stage.index)
-        trs = {k: AffineTransform(g.module(r.consumers[0]).in_features).to(dev)
+        clip0 = 0.98 if self.learn_clip else None
+        trs = {k: AffineTransform(g.module(r.consumers[0]).in_features, clip0).to(dev)
                for k, r, _ in groups}
         with torch.no_grad():
             targets = [self._outputs(ctx, v, b) for v, b in data]
@@ -144,10 +148,14 @@ class LearnedAffine(Pass):
             return res
         for k, r, _ in groups:
             M, T = trs[k].matrices()
-            info = {"clip": float(trs[k].clip), "condition": trs[k].condition()}
+            clip = round(float(trs[k].clip), 3)
+            info = {"clip": clip, "condition": trs[k].condition()}
             res.nodes_changed += fold_and_insert(g, r, M, T, f"affine_transform_{k}",
                                                  f"affine_{r.consumers[0].name}", "LearnedAffine",
                                                  info)
+            if self.learn_clip:            # ObserveActivations uses it unless told a ratio
+                for n in r.consumers:
+                    n.meta["qpass"]["act_clip"] = clip
         return res
 
     def _outputs(self, ctx: PassContext, values, batch) -> list[torch.Tensor]:
@@ -173,7 +181,7 @@ class LearnedAffine(Pass):
 
     def _train(self, ctx, data, targets, trs, gen) -> None:
         mats = [p for tr in trs.values() for p in (tr.A, tr.B, tr.log_s)]
-        clips = [tr.clip_logit for tr in trs.values()]
+        clips = [tr.clip_logit for tr in trs.values() if tr.clip_logit is not None]
         opt = torch.optim.Adam([{"params": mats, "lr": self.lr},
                                 {"params": clips, "lr": self.clip_lr}])
         total = self.epochs * len(data)

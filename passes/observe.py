@@ -17,8 +17,9 @@ channels) go to the report; they come from the one collector, qpass.calibration.
 Activation clipping (QuaRot/SpinQuant's a-clip): `clip_ratio=r` sets one ratio on every
 observed spec (QuaRot's 0.9); `clip_search=(1.0, 0.95, …)` chooses, per linear with a
 dynamic spec, the ratio of least output error ‖X·Wqᵀ − Q_r(X)·Wqᵀ‖² on a seeded sample of at
-most `clip_rows` of its calibration inputs (passes/_act_clip.py). The ratio is part of the
-linear's act_spec, so it is saved, loaded and exported (or refused) with it."""
+most `clip_rows` of its calibration inputs (passes/_act_clip.py). With neither, a ratio an
+earlier pass learned for the linear (LearnedAffine's, node meta "act_clip") is used. The ratio
+is part of the linear's act_spec, so it is saved, loaded and exported (or refused) with it."""
 from __future__ import annotations
 
 import dataclasses
@@ -154,6 +155,11 @@ class ObserveActivations(SchemedPass):
             q = mod if isinstance(mod, QuantLinear) else None
             if q is None:
                 q = QuantLinear.from_linear(mod, None, aspec)
+            learned = node.meta.get("qpass", {}).get("act_clip")
+            if learned is not None and self.clip_ratio is None and self.clip_search is None:
+                aspec = dataclasses.replace(aspec, clip_ratio=learned)   # LearnedAffine's
+                res.metrics.setdefault("act_clip", {})[node.target] = {"ratio": learned,
+                                                                       "learned": True}
             if self.clip_search is not None and aspec.dynamic and st.tokens:
                 errs = output_errors(st.rows, q.dequantized_weight(), aspec, self.clip_search)
                 aspec = dataclasses.replace(aspec, clip_ratio=best_ratio(errs))

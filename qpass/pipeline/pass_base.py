@@ -267,4 +267,6 @@ class SchemedPass(Pass):
     def with_scheme(self, scheme) -> "Pass":
         if scheme is None or self._explicit_scheme:
             return self
-        return replace(self, **{self.SCHEME_FIELD: scheme})
+        bound = replace(self, **{self.SCHEME_FIELD: scheme})
+        bound._explicit_scheme = False   # the pipeline's: another pipeline may bind its own
+        return bound

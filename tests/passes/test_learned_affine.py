@@ -140,3 +140,25 @@ def test_needs_a_scheme(llada):
     model, calib, ids, ref = llada
     with pytest.raises(PipelineError, match="scheme"):
         Pipeline([P.FuseNorms(), P.LearnedAffine()]).run(model, calib, progress=False)
+
+
+def test_learned_clip_reaches_the_activation_spec(llada):
+    """LearnedAffine's clip ratio becomes the linear's act_spec unless ObserveActivations is
+    told one; learn_clip=False leaves the spec unclipped."""
+    model, calib, ids, ref = llada
+
+    def specs(learn_clip, **obs):
+        pipe = Pipeline([P.FuseNorms(), P.Rotate(), P.LearnedAffine(epochs=1, min_gain=0.0,
+                                                                    learn_clip=learn_clip),
+                         P.ObserveActivations(**obs)], scheme=W3A3)
+        out = pipe.run(model, calib, progress=False)
+        return {n.target: out.gm.get_submodule(n.target).act_spec.clip_ratio
+                for n in out.gm.graph.nodes if "act_clip" in n.meta.get("qpass", {})}, out
+    learned, out = specs(True)
+    assert learned and all(0 < r < 1 for r in learned.values())
+    rec = next(r for r in out.report.passes if r.name == "ObserveActivations")
+    assert all(rec.metrics["act_clip"][t]["ratio"] == r for t, r in learned.items())
+    told, _ = specs(True, clip_ratio=1.0)
+    assert told.keys() == learned.keys() and all(r == 1.0 for r in told.values())
+    none, _ = specs(False)
+    assert not none

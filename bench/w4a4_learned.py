@@ -1,0 +1,99 @@
+"""Issue 29's W4A4 rows, paired on the same tokens: FP, w4a4-quarot, w4a4-quarot-aclip and
+w4a4-learned, each with 16-bit attention (KV16) and with K/V quantized to int4 per head per
+token (KV4, scheme suffix kv4); per row the quantize time, the learned transforms' training
+time (LearnedAffine's own seconds), the training's peak process memory and the perplexity
+ratio to FP. JSON on stdout, rows on stderr as they finish.
+
+    python bench/w4a4_learned.py /tmp/qg/smollm2 \
+        > bench/results/w4a4_learned_smollm2-135m_cpu_2026-12-07.json
+    python bench/w4a4_learned.py tiny-llada > bench/results/w4a4_learned_tiny-llada_cpu_2026-12-07.json
+
+The KV16 pipelines are the presets themselves (checked: the same passes, pass by pass); the
+KV4 rows run the same passes under the scheme `w4a4kv4`. Tokens and scorer are
+bench/real_model.py's (next-token perplexity for causal models, the seeded masked-diffusion
+ELBO for dLLMs; the same windows and masks for every row)."""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+_BENCH = str(Path(__file__).resolve().parent)
+if sys.path and sys.path[0] == _BENCH:          # bench/kernels.py shadows HF's `kernels`
+    sys.path.pop(0)
+
+import torch  # noqa: E402
+
+PRESETS = ("w4a4-quarot", "w4a4-quarot-aclip", "w4a4-learned")
+
+
+def pipeline(name: str, scheme: str):
+    """The preset `name`'s passes under `scheme` (they read the pipeline's scheme)."""
+    from qpass import Pipeline, presets
+    return Pipeline(presets.get(name).passes, scheme=scheme)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="zoo name or HF checkpoint dir")
+    ap.add_argument("--n-calib", type=int, default=16)
+    ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--n-eval", type=int, default=8)
+    ap.add_argument("--eval-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated presets")
+    ap.add_argument("--kv", default="16,4", help="comma-separated: 16 and/or 4")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    import qpass
+    lr = _bench_module("learned_rotation")
+    machine = lr._bench_module("_common").machine
+    rm = lr._bench_module("real_model")
+    model = qpass.models.load(a.model)
+    calib_ids, windows = rm._tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
+    calib = rm._calibration(model, calib_ids, a.n_calib, a.calib_len)
+    score = rm._scorer(model, windows)
+    t0 = time.perf_counter()
+    fp = score(model)
+    result = {"model": a.model, "machine": machine(), "causal": model.config.causal,
+              "metric": "next-token perplexity" if model.config.causal else
+                        "ELBO perplexity (n_mc=4)",
+              "calibration": f"{a.n_calib}x{a.calib_len} tokens, Shakespeare training plays",
+              "eval": f"{a.n_eval}x{a.eval_len} tokens, held-out plays",
+              "fp_ppl": fp, "fp_eval_seconds": time.perf_counter() - t0, "rows": []}
+    names = [n for n in PRESETS if not a.only or n in a.only.split(",")]
+    for kv in a.kv.split(","):
+        for name in names:
+            scheme = "w4a4" if kv == "16" else f"w4a4kv{kv}"
+            t0 = time.perf_counter()
+            out = pipeline(name, scheme).run(model, calib, progress=False)
+            row = {"pipeline": name, "kv": int(kv), "scheme": scheme,
+                   "quantize_seconds": time.perf_counter() - t0, "ppl": score(out)}
+            row["ppl_ratio_to_fp"] = row["ppl"] / fp
+            rec = next((r for r in out.report.passes if r.name == "LearnedAffine"), None)
+            if rec is not None:
+                losses = rec.metrics.get("stage_loss", {})
+                row["training_seconds"] = rec.seconds
+                row["blocks_kept_learned"] = sum(v["learned"] < v["identity"]
+                                                 for v in losses.values())
+                row["guard_notes"] = rec.notes
+            row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            result["rows"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _bench_module(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(_BENCH) / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+if __name__ == "__main__":
+    sys.exit(main())
