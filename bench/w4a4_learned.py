@@ -88,11 +88,13 @@ def main(argv=None) -> int:
 
 
 def _bench_module(name: str):
+    """bench/learned_rotation.py's loader, itself loaded by path (bench/ is not on sys.path)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(name, Path(_BENCH) / f"{name}.py")
+    spec = importlib.util.spec_from_file_location("learned_rotation",
+                                                  Path(_BENCH) / "learned_rotation.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod
+    return mod if name == "learned_rotation" else mod._bench_module(name)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ class LearnedAffine(Pass):
     """Learned invertible input transforms per linear group (see the module doc): `epochs`
     passes over the stage's calibration batches at Adam learning rate `lr` (the clip ratios at
     `clip_lr`), cosine-decayed; `min_gain` the relative loss gain a stage's transforms must
-    show over the identity to be kept."""
+    show over the identity to be kept; `fake_quant_weights=False` trains under activation
+    quantization only (the weights left to GPTQ afterwards); `learn_clip=False` trains and
+    leaves the activation range unclipped."""
     VERSION = 1
     # no fact: the guard may keep every block as it was, and nothing later needs one
     exact = True
@@ -79,6 +81,7 @@ class LearnedAffine(Pass):
     seed: int = 0
     loss: str = "token"
     learn_clip: bool = True
+    fake_quant_weights: bool = True
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
@@ -132,6 +135,7 @@ class LearnedAffine(Pass):
         try:
             for k, r, specs in groups:
                 for n, (w, a) in zip(r.consumers, specs):
+                    w = w if self.fake_quant_weights else None
                     g.module(n).forward = _train_forward(g.module(n), trs[k], w, a)
             before = self._loss_all(ctx, data, targets)
             self._train(ctx, data, targets, trs, gen)

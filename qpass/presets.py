@@ -75,6 +75,15 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     # ELBO ppl 5.530 vs w4a4-quarot 5.569 (FP 5.439).
     "w4a4-quarot-aclip": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().GPTQ(),
                                        P().ObserveActivations(clip_search=_ACLIP), scheme="w4a4"),
+    # What won by measurement (issue 29; RESULTS "W4A4 that holds", bench/results/
+    # w4a4_learned_*): QuaRot's rotation, LearnedAffine's block-wise learned transforms
+    # (trained under activation quantization, no clip), GPTQ with the least-error weight range
+    # (mse observer) and the a-clip search. SmolLM2-135M next-token ppl (FP 43.73): W16A4
+    # QuaRot 79.6 → + LearnedAffine 68.7 → + a-clip 61.9; W4A16 GPTQ minmax 54.2 → mse 46.5.
+    "w4a4-learned": lambda: _pipe(P().FuseNorms(), P().Rotate(),
+                                  P().LearnedAffine(learn_clip=False),
+                                  P().GPTQ(observer="mse"),
+                                  P().ObserveActivations(clip_search=_ACLIP), scheme="w4a4"),
     "w4a4-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w4a4"),
     "w8a8-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w8a8"),
     # GPTQ weights (Hessians from calibration inputs of the fused graph, block by block);
@@ -152,6 +161,8 @@ ABOUT: dict[str, str] = {
     "w8a8-quarot": "QuaRot rotation + GPTQ at W8A8",
     "w4a4-quarot-aclip": "QuaRot + activation clip ratios searched per linear (QuaRot/SpinQuant "
                          "a-clip); clipped activations run on the reference QuantLinear",
+    "w4a4-learned": "QuaRot + LearnedAffine (FlatQuant-style learned transforms, block by "
+                    "block) + GPTQ with mse weight ranges + a-clip search; issue 29",
     "w4a4-duquant": "DuQuant (Lin et al. 2024): smoothing + block rotations + zig-zag "
                     "permutation; " + _STUDY,
     "w8a8-duquant": "DuQuant at W8A8; " + _STUDY,

@@ -162,3 +162,16 @@ def test_learned_clip_reaches_the_activation_spec(llada):
     assert told.keys() == learned.keys() and all(r == 1.0 for r in told.values())
     none, _ = specs(False)
     assert not none
+
+
+def test_gptq_observer_field_follows_the_pipeline_scheme():
+    """GPTQ(observer="mse") (w4a4-learned's weight ranges) keeps the observer whichever
+    scheme the pipeline binds, attention spec included."""
+    from qpass import presets
+    pre = presets.get("w4a4-learned")
+    gptq = next(p for p in pre.passes if type(p).__name__ == "GPTQ")
+    assert str(gptq.scheme.weight) == "int4:channel:mse"
+    kv4 = Pipeline(pre.passes, scheme="w4a4kv4")
+    gptq = next(p for p in kv4.passes if type(p).__name__ == "GPTQ")
+    assert str(gptq.scheme.weight) == "int4:channel:mse" and gptq.scheme.attn.bits == 4
+    assert "observer='mse'" in repr(gptq)
