@@ -30,6 +30,48 @@ import torch  # noqa: E402
 PRESETS = ("w4a4-quarot", "w4a4-quarot-aclip", "w4a4-learned")
 
 
+def ablation_rows() -> dict:
+    """--ablation: the steps from QuaRot to w4a4-learned one at a time, under scheme w4a4
+    (W16A4 rows: no weight pass, activations only; W4A16 rows: GPTQ's weight spec alone)."""
+    from qpass import Pipeline
+    from qpass import passes as P
+    from qpass.presets import _ACLIP
+
+    def pipe(*passes, scheme="w4a4"):
+        return lambda: Pipeline([P.FuseNorms(), P.Rotate(), *passes], scheme=scheme)
+
+    def la(**kw):
+        return P.LearnedAffine(**kw)
+    unclipped = dict(clip_ratio=1.0)     # a told ratio: the learned one is not applied
+    return {
+        "W16A4 quarot": pipe(P.ObserveActivations()),
+        "W16A4 + affine, tensor loss": pipe(la(loss="tensor"), P.ObserveActivations(**unclipped)),
+        "W16A4 + affine": pipe(la(), P.ObserveActivations(**unclipped)),
+        "W16A4 + affine, lr 2e-2": pipe(la(lr=2e-2), P.ObserveActivations(**unclipped)),
+        "W16A4 + affine, 24 epochs": pipe(la(epochs=24), P.ObserveActivations(**unclipped)),
+        "W16A4 + affine, learned clip applied": pipe(la(), P.ObserveActivations()),
+        "W16A4 + affine, no clip": pipe(la(learn_clip=False), P.ObserveActivations()),
+        "W16A4 + affine + a-clip search": pipe(la(), P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A16 GPTQ minmax": lambda: Pipeline([P.FuseNorms(), P.Rotate(),
+                                               P.GPTQ("int4:channel")]),
+        "W4A16 GPTQ mse": lambda: Pipeline([P.FuseNorms(), P.Rotate(),
+                                            P.GPTQ("int4:channel:mse")]),
+        "W4A4 affine + GPTQ + a-clip": pipe(la(), P.GPTQ(),
+                                                           P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 affine (no clip) + GPTQ + a-clip": pipe(la(learn_clip=False), P.GPTQ(),
+                                                      P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 affine (no clip, W16A4 training) + GPTQ mse + a-clip": pipe(
+            la(learn_clip=False, fake_quant_weights=False), P.GPTQ(observer="mse"),
+            P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 affine (no clip) + GPTQ mse + a-clip": pipe(
+            la(learn_clip=False), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 affine + GPTQ mse + a-clip = w4a4-learned": pipe(
+            la(), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 quarot + GPTQ mse + a-clip (no affine)": pipe(
+            P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
+    }
+
+
 def pipeline(name: str, scheme: str):
     """The preset `name`'s passes under `scheme` (they read the pipeline's scheme)."""
     from qpass import Pipeline, presets
@@ -46,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated presets")
     ap.add_argument("--kv", default="16,4", help="comma-separated: 16 and/or 4")
+    ap.add_argument("--ablation", action="store_true",
+                    help="the ablation rows instead of the presets (KV16)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
@@ -64,27 +108,35 @@ def main(argv=None) -> int:
               "calibration": f"{a.n_calib}x{a.calib_len} tokens, Shakespeare training plays",
               "eval": f"{a.n_eval}x{a.eval_len} tokens, held-out plays",
               "fp_ppl": fp, "fp_eval_seconds": time.perf_counter() - t0, "rows": []}
-    names = [n for n in PRESETS if not a.only or n in a.only.split(",")]
-    for kv in a.kv.split(","):
-        for name in names:
-            scheme = "w4a4" if kv == "16" else f"w4a4kv{kv}"
-            t0 = time.perf_counter()
-            out = pipeline(name, scheme).run(model, calib, progress=False)
-            row = {"pipeline": name, "kv": int(kv), "scheme": scheme,
-                   "quantize_seconds": time.perf_counter() - t0, "ppl": score(out)}
-            row["ppl_ratio_to_fp"] = row["ppl"] / fp
-            rec = next((r for r in out.report.passes if r.name == "LearnedAffine"), None)
-            if rec is not None:
-                losses = rec.metrics.get("stage_loss", {})
-                row["training_seconds"] = rec.seconds
-                row["blocks_kept_learned"] = sum(v["learned"] < v["identity"]
-                                                 for v in losses.values())
-                row["guard_notes"] = rec.notes
-            row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            result["rows"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    if a.ablation:
+        jobs = [(name, make, 16, "w4a4") for name, make in ablation_rows().items()]
+    else:
+        jobs = [(name, lambda name=name, s=_scheme(kv): pipeline(name, s), int(kv), _scheme(kv))
+                for kv in a.kv.split(",") for name in PRESETS]
+    for name, make, kv, scheme in jobs:
+        if a.only and name not in a.only.split(","):
+            continue
+        t0 = time.perf_counter()
+        out = make().run(model, calib, progress=False)
+        row = {"pipeline": name, "kv": kv, "scheme": scheme,
+               "quantize_seconds": time.perf_counter() - t0, "ppl": score(out)}
+        row["ppl_ratio_to_fp"] = row["ppl"] / fp
+        rec = next((r for r in out.report.passes if r.name == "LearnedAffine"), None)
+        if rec is not None:
+            losses = rec.metrics.get("stage_loss", {})
+            row["training_seconds"] = rec.seconds
+            row["blocks_kept_learned"] = sum(v["learned"] < v["identity"]
+                                             for v in losses.values())
+            row["guard_notes"] = rec.notes
+        row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result["rows"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _scheme(kv: str) -> str:
+    return "w4a4" if kv == "16" else f"w4a4kv{kv}"
 
 
 def _bench_module(name: str):
