@@ -61,14 +61,18 @@ def ablation_rows() -> dict:
         "W4A4 affine (no clip) + GPTQ + a-clip": pipe(la(learn_clip=False), P.GPTQ(),
                                                       P.ObserveActivations(clip_search=_ACLIP)),
         "W4A4 affine (no clip, W16A4 training) + GPTQ mse + a-clip": pipe(
-            la(learn_clip=False, fake_quant_weights=False), P.GPTQ(observer="mse"),
+            la(learn_clip=False, fake_quant_weights=False), P.GPTQ("int4:channel:mse"),
             P.ObserveActivations(clip_search=_ACLIP)),
+        # "GPTQ mse": GPTQ given the weight spec alone, so inside a block its later linears'
+        # Hessians see unquantized activations (the preset's GPTQ(observer="mse") sees them
+        # quantized: w4a4-learned itself is the presets' row, not one of these)
         "W4A4 affine (no clip) + GPTQ mse + a-clip": pipe(
-            la(learn_clip=False), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
-        "W4A4 affine + GPTQ mse + a-clip = w4a4-learned": pipe(
-            la(), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
+            la(learn_clip=False), P.GPTQ("int4:channel:mse"),
+            P.ObserveActivations(clip_search=_ACLIP)),
+        "W4A4 affine + GPTQ mse + a-clip": pipe(
+            la(), P.GPTQ("int4:channel:mse"), P.ObserveActivations(clip_search=_ACLIP)),
         "W4A4 quarot + GPTQ mse + a-clip (no affine)": pipe(
-            P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
+            P.GPTQ("int4:channel:mse"), P.ObserveActivations(clip_search=_ACLIP)),
     }
 
 
