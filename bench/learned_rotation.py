@@ -66,11 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4, help="calibration rows per training step")
     ap.add_argument("--lr", type=float, default=1.5)
-    ap.add_argument("--n-calib", type=int, default=16)
-    ap.add_argument("--calib-len", type=int, default=128)
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--eval-len", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=1)
+    real_model = _bench_module("real_model")          # its tokens, scorer and options
+    real_model.token_args(ap, 16, 128, 8, 256)
     ap.add_argument("--only", default="", help="comma-separated row names")
     ap.add_argument("--aclip", action="store_true", help="activation-clipping rows instead")
     ap.add_argument("--weight-observers", default="minmax",
@@ -82,15 +79,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     import qpass
     machine = _bench_module("_common").machine
-    real_model = _bench_module("real_model")          # its tokens and scorer
-    _calibration, _scorer, _tokens = (real_model._calibration, real_model._scorer,
-                                      real_model._tokens)
 
     model = qpass.models.load(a.model)
     cfg = model.config
-    calib_ids, windows = _tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
-    calib = _calibration(model, calib_ids, a.n_calib, a.calib_len)
-    score = _scorer(model, windows)
+    calib, score = real_model.paired_setup(model, a)
     t0 = time.perf_counter()
     fp = score(model)
     result = {"model": a.model, "machine": machine(), "causal": cfg.causal,

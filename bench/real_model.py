@@ -49,6 +49,22 @@ def _calibration(model, calib_ids, n_calib, calib_len):
                                    masking="none" if cfg.causal else "diffusion")
 
 
+def token_args(ap, n_calib: int, calib_len: int, n_eval: int, eval_len: int) -> None:
+    """The token-window and thread options every paired bench shares, with its defaults."""
+    ap.add_argument("--n-calib", type=int, default=n_calib)
+    ap.add_argument("--calib-len", type=int, default=calib_len)
+    ap.add_argument("--n-eval", type=int, default=n_eval)
+    ap.add_argument("--eval-len", type=int, default=eval_len)
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def paired_setup(model, a):
+    """(calibration set, scorer) from token_args' options: every row of a bench on the same
+    windows and masks."""
+    calib_ids, windows = _tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
+    return _calibration(model, calib_ids, a.n_calib, a.calib_len), _scorer(model, windows)
+
+
 def causal_ppl(forward, windows, batch=4) -> float:
     """exp(mean next-token cross-entropy) over all windows (each predicts its L-1 successors)."""
     nll, count = 0.0, 0
@@ -106,11 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grid-study", action="store_true")
     ap.add_argument("--group", type=int, default=128, help="group size of the grid study")
     ap.add_argument("--grid-methods", default="rtn,gptq", help="methods of the grid study")
-    ap.add_argument("--n-calib", type=int, default=32)
-    ap.add_argument("--calib-len", type=int, default=256)
-    ap.add_argument("--n-eval", type=int, default=16)
-    ap.add_argument("--eval-len", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=1)
+    token_args(ap, 32, 256, 16, 256)
     ap.add_argument("--save-tokens", type=Path,
                     help="also write the calibration and eval token tensors here (torch.save), "
                          "for bench/real_model_peer.py to use the same tokens")

@@ -85,25 +85,18 @@ def pipeline(name: str, scheme: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model", help="zoo name or HF checkpoint dir")
-    ap.add_argument("--n-calib", type=int, default=16)
-    ap.add_argument("--calib-len", type=int, default=128)
-    ap.add_argument("--n-eval", type=int, default=8)
-    ap.add_argument("--eval-len", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="", help="comma-separated presets")
+    rm = _bench_module("real_model")                  # its tokens, scorer and options
+    rm.token_args(ap, 16, 128, 8, 256)
+    ap.add_argument("--only", default="", help="comma-separated presets or ablation rows")
     ap.add_argument("--kv", default="16,4", help="comma-separated: 16 and/or 4")
     ap.add_argument("--ablation", action="store_true",
                     help="the ablation rows instead of the presets (KV16)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     import qpass
-    lr = _bench_module("learned_rotation")
-    machine = lr._bench_module("_common").machine
-    rm = lr._bench_module("real_model")
+    machine = _bench_module("_common").machine
     model = qpass.models.load(a.model)
-    calib_ids, windows = rm._tokens(model.tokenizer, a.n_calib, a.calib_len, a.n_eval, a.eval_len)
-    calib = rm._calibration(model, calib_ids, a.n_calib, a.calib_len)
-    score = rm._scorer(model, windows)
+    calib, score = rm.paired_setup(model, a)
     t0 = time.perf_counter()
     fp = score(model)
     result = {"model": a.model, "machine": machine(), "causal": model.config.causal,
@@ -127,10 +120,9 @@ def main(argv=None) -> int:
         row["ppl_ratio_to_fp"] = row["ppl"] / fp
         rec = next((r for r in out.report.passes if r.name == "LearnedAffine"), None)
         if rec is not None:
-            losses = rec.metrics.get("stage_loss", {})
             row["training_seconds"] = rec.seconds
-            row["blocks_kept_learned"] = sum(v["learned"] < v["identity"]
-                                             for v in losses.values())
+            # the guard's own decision: a block it kept unchanged has a note
+            row["blocks_kept_learned"] = len(rec.metrics.get("stage_loss", {})) - len(rec.notes)
             row["guard_notes"] = rec.notes
         row["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result["rows"].append(row)

@@ -14,7 +14,6 @@ import math
 import torch
 from torch import nn
 
-from qpass.formats.codes import SCALE_FLOOR
 
 
 def kron_factors(n: int) -> tuple[int, int]:
@@ -29,20 +28,6 @@ def _kron_apply(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tens
     a, b = A.shape[0], B.shape[0]
     xr = x.reshape(*x.shape[:-1], a, b)
     return torch.matmul(torch.matmul(A.t(), xr), B).reshape(x.shape)
-
-
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
-
-
-def fake_quant_rows(x: torch.Tensor, divisor: float, qmin: float, qmax: float,
-                    clip) -> torch.Tensor:
-    """Symmetric per-row (token / output channel) fake quantization with straight-through
-    rounding; the scale absmax·clip/divisor is part of the graph, so clip and the transform
-    get gradients through it."""
-    amax = x.abs().amax(dim=-1, keepdim=True) * clip
-    s = (amax / divisor).clamp(min=SCALE_FLOOR)
-    return torch.clamp(round_ste(x / s), qmin, qmax) * s
 
 
 class AffineTransform(nn.Module):

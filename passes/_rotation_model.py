@@ -28,11 +28,13 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def ste_quantize(x: torch.Tensor, spec) -> torch.Tensor:
+def ste_quantize(x: torch.Tensor, spec, clip=None) -> torch.Tensor:
     """Fake quantization of x under `spec` with straight-through rounding. For a symmetric
     integer spec (channel / token / group / tensor) the scale absmax·clip/divisor is part of
     the graph, so the gradient sees how a rotation moves the absmax (as SpinQuant's
-    quantizers do); any other spec rounds through qpass.formats with an identity gradient."""
+    quantizers do); `clip` (a number or a learnable tensor, LearnedAffine's) multiplies the
+    spec's own clip ratio there. Any other spec rounds through qpass.formats with an identity
+    gradient (and no extra clip)."""
     if spec.is_float or not spec.symmetric or spec.grid == "signed" or spec.observer != "minmax":
         return x + (fake_quantize(x.detach(), spec) - x).detach()
     shape = x.shape
@@ -43,6 +45,8 @@ def ste_quantize(x: torch.Tensor, spec) -> torch.Tensor:
     else:                                           # channel rows of W, token rows of x
         xs = x
     amax = xs.abs().amax(dim=-1, keepdim=True) * spec.clip_ratio
+    if clip is not None:
+        amax = amax * clip
     s = (amax / spec.sym_divisor).clamp(min=SCALE_FLOOR)
     q = torch.clamp(_round_ste(xs / s), spec.qmin, spec.qmax) * s
     return q.reshape(shape)

@@ -30,24 +30,13 @@ from qpass.ir.regions import input_regions, is_float_linear
 from qpass.ir.structure import role
 from qpass.pipeline.pass_base import Pass, PassContext, PassResult
 
-from ._affine_transform import AffineTransform, fake_quant_rows
+from ._affine_transform import AffineTransform
 from ._channel_transform import fold_and_insert
 from ._rotation_model import ste_quantize
 
 
-def _learnable_clip(spec) -> bool:
-    """Symmetric integer per-token / per-channel specs quantize through fake_quant_rows (their
-    clip ratio learned); every other spec rounds with qpass.formats' quantizer."""
-    return (spec is not None and not spec.is_float and spec.symmetric and spec.grid != "signed"
-            and spec.observer == "minmax" and spec.granularity in ("token", "channel"))
-
-
 def _quant_act(x, spec, clip):
-    if spec is None:
-        return x
-    if _learnable_clip(spec):
-        return fake_quant_rows(x, spec.sym_divisor, spec.qmin, spec.qmax, clip * spec.clip_ratio)
-    return ste_quantize(x, spec)
+    return x if spec is None else ste_quantize(x, spec, clip=clip)
 
 
 def _train_forward(mod, tr: AffineTransform, wspec, aspec):

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 import qpass
 from qpass import passes as P
 from qpass.errors import PipelineError
-from qpass.passes._affine_transform import AffineTransform, fake_quant_rows, kron_factors
+from qpass.passes._affine_transform import AffineTransform, kron_factors
+from qpass.passes._rotation_model import ste_quantize
 from qpass.pipeline import Pipeline
 from qpass.runtime.online import channel_transform
 from qpass.specs import Scheme
@@ -64,18 +65,22 @@ def test_untrained_transform_is_identity():
     assert torch.equal(T, torch.eye(24, dtype=torch.float64))
 
 
-def test_fake_quant_rows_against_brute_force():
-    """Per-row symmetric int4 with clip 0.8: every row's values on its own 15-level grid."""
+def test_learned_clip_fake_quant_against_brute_force():
+    """Per-token symmetric int4 with a learned clip 0.8: every row's values on its own
+    16-level full grid (−8…7, step absmax·0.8/7.5: ±absmax·0.8 land on −8 and, clipped, 7),
+    and the clip gets a gradient (its range is learned)."""
+    from qpass.specs import QuantSpec
     torch.manual_seed(0)
     x = torch.randn(6, 32)
-    q = fake_quant_rows(x, 7.0, -8, 7, 0.8)
+    spec = QuantSpec.parse("int4:token:dyn")
+    q = ste_quantize(x, spec, clip=0.8)
     for r in range(6):
-        s = float(x[r].abs().max()) * 0.8 / 7
+        s = float(x[r].abs().max()) * 0.8 / 7.5
         ref = torch.tensor([max(-8, min(7, round(v / s))) * s for v in x[r].tolist()])
         assert torch.allclose(q[r], ref, atol=1e-6)
     clip = torch.tensor(0.8, requires_grad=True)
-    fake_quant_rows(x, 7.0, -8, 7, clip).square().sum().backward()
-    assert clip.grad is not None and clip.grad != 0       # the range is learned through
+    ste_quantize(x, spec, clip=clip).square().sum().backward()
+    assert clip.grad is not None and clip.grad != 0
 
 
 def _run(model, calib, **kw):
