@@ -56,7 +56,10 @@ class LearnedAffine(Pass):
     `clip_lr`), cosine-decayed; `min_gain` the relative loss gain a stage's transforms must
     show over the identity to be kept; `fake_quant_weights=False` trains under activation
     quantization only (the weights left to GPTQ afterwards); `learn_clip=False` trains and
-    leaves the activation range unclipped."""
+    leaves the activation range unclipped; `target` what the block's outputs must match:
+    "block", its own float outputs on the same (quantized) inputs, or "model", the float
+    model's outputs of this block (its inputs the float model's own: OmniQuant's and GPTAQ's
+    objective, so a block also learns to undo what the quantized blocks before it left)."""
     VERSION = 1
     # no fact: the guard may keep every block as it was, and nothing later needs one
     exact = True
@@ -71,11 +74,21 @@ class LearnedAffine(Pass):
     loss: str = "token"
     learn_clip: bool = True
     fake_quant_weights: bool = True
+    target: str = "block"
+
+    @property
+    def reference_inputs(self) -> str | None:
+        """target="model" compares with the float model's own run (the executor's cache of
+        the earlier stages as they were before this pass)."""
+        return "before" if self.target == "model" else None
 
     def __post_init__(self):
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise PipelineError(f"LearnedAffine: epochs must be a non-negative integer, got "
                                 f"{self.epochs!r}")
+        if self.target not in ("block", "model"):
+            raise PipelineError(f"LearnedAffine: target must be 'block' or 'model', got "
+                                f"{self.target!r}")
         if self.loss not in ("token", "tensor"):
             raise PipelineError(f"LearnedAffine: loss must be 'token' or 'tensor', got "
                                 f"{self.loss!r}")
@@ -118,8 +131,10 @@ class LearnedAffine(Pass):
         clip0 = 0.98 if self.learn_clip else None
         trs = {k: AffineTransform(g.module(r.consumers[0]).in_features, clip0).to(dev)
                for k, r, _ in groups}
+        refs = ctx.reference if self.target == "model" and ctx.reference is not None \
+            else ctx.inputs
         with torch.no_grad():
-            targets = [self._outputs(ctx, v, b) for v, b in data]
+            targets = [self._outputs(ctx, v, b) for v, b in zip(refs, ctx.runner.batches())]
         mods = [g.module(n) for _, r, _ in groups for n in r.consumers]
         try:
             for k, r, specs in groups:

@@ -118,7 +118,7 @@ class Executor:
             for _ in runner.batches():
                 cache.append({})
             shadows = {k: copy_cache(cache) for k, p in enumerate(passes)
-                       if p.stage_inputs != "processed"}
+                       if _shadow_state(p) is not None}
         with progress_lines.phase("quantize" if self.pipeline.quantizes else "pipeline",
                                   total=len(stages), unit="stages", done=len(done),
                                   enabled=self.progress) as task:
@@ -168,25 +168,28 @@ class Executor:
                 # the next stage calibrates on the simulated model, as the kernels compute it
                 runner.run_stage(stage, cache, collect=nxt)
                 carried = True
-            inputs = shadows.get(k, cache) if shadows is not None else None
-            if p.stage_inputs == "before" and not is_last and runner is not None:
-                runner.run_stage(stage, inputs, collect=nxt_shadows[k])
-            record.results[str(k)], record.facts[str(k)] = \
-                self._run_pass(k, p, g, stage, runner, inputs)
-            if p.stage_inputs == "after" and not is_last and runner is not None:
-                runner.run_stage(stage, inputs, collect=nxt_shadows[k])
+            shadow = shadows.get(k) if shadows is not None else None
+            inputs = shadow if p.stage_inputs != "processed" else cache
+            state = _shadow_state(p) if shadow is not None and not is_last else None
+            if state == "before":
+                runner.run_stage(stage, shadow, collect=nxt_shadows[k])
+            record.results[str(k)], record.facts[str(k)] = self._run_pass(
+                k, p, g, stage, runner, inputs, shadow if p.reference_inputs else None)
+            if state == "after":
+                runner.run_stage(stage, shadow, collect=nxt_shadows[k])
         if not carried:
             runner.run_stage(stage, cache, collect=nxt)
         return record, nxt, (nxt_shadows if shadows is not None else None)
 
-    def _run_pass(self, k: int, p, g, stage, runner, inputs) -> tuple[dict, list]:
+    def _run_pass(self, k: int, p, g, stage, runner, inputs, reference) -> tuple[dict, list]:
         """One pass on one stage, then what only the executor does (module doc)."""
         from qpass.pipeline import stage_nodes
         from qpass.pipeline.stage_verify import StageCheck
         check = StageCheck(p, g, stage, runner, inputs, self.store.dtype, self.states[k]) \
             if self.verify and p.exact else None
         t0 = time.perf_counter()
-        ctx = self._ctx(stage=stage, runner=runner, inputs=inputs, run=self.states[k])
+        ctx = self._ctx(stage=stage, runner=runner, inputs=inputs, reference=reference,
+                        run=self.states[k])
         try:
             with torch.no_grad():
                 res = p.run(g, ctx)
@@ -211,6 +214,17 @@ class Executor:
         for p, rec in zip(self.pipeline.passes, report.passes):
             rec.metrics = p.merged_metrics(rec.metrics)
         return report
+
+
+def _shadow_state(p) -> str | None:
+    """The state ("before"/"after") of the earlier stages in pass p's own boundary cache (its
+    stage_inputs, or its reference_inputs), None when it reads the main cache only."""
+    states = {s for s in (p.stage_inputs, p.reference_inputs) if s not in (None, "processed")}
+    if len(states) > 1:
+        raise PipelineError(f"pass {p.name} asks for its inputs {p.stage_inputs!r} and its "
+                            f"reference {p.reference_inputs!r}: one boundary cache holds one "
+                            "state; make them the same")
+    return states.pop() if states else None
 
 
 def _untie_across_stages(g, stages) -> None:

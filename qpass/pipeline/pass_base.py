@@ -44,6 +44,7 @@ class PassContext:
     pass may change — the only nodes whose weights are real when the run streams; runner: the
     SequentialRunner that executes a stage over `inputs`, the stage's cached inputs as this
     pass must see them (Pass.stage_inputs; None when no pass of the run needs activations);
+    reference: the second cache a pass asked for (Pass.reference_inputs), else None;
     run: what the pass's `start` returned for this run (its per-run state, owned by the
     executor); work_dir: the run's locked work folder (work_dir.py) when it writes an output,
     else None — where a pass keeps resumable state of its own (LearnedRotate's training)."""
@@ -54,6 +55,7 @@ class PassContext:
     stage: Any = None
     runner: Any = None
     inputs: Any = None
+    reference: Any = None                # Pass.reference_inputs' cache, else None
     run: Any = None
     work_dir: Any = None
     _tasks: list = field(default_factory=list, repr=False)
@@ -185,6 +187,11 @@ class Pass:
     #           transforms: SmoothQuant, DuQuant, static observers, GPTQ(sequential=False));
     # "after": right after this pass, before the later ones (AWQ: smoothed, not yet rounded).
     stage_inputs: ClassVar[str] = "processed"
+    # A second cache a pass may compare against, `ctx.reference`: None (none), or "before":
+    # the earlier stages as they were just before this pass, i.e. the float model's own
+    # trajectory for a pass that comes before every quantizing pass (LearnedAffine's
+    # target="model": blocks trained on the quantized inputs to give the float outputs).
+    reference_inputs: ClassVar[str | None] = None
 
     def start(self, g: "QGraph", ctx: PassContext, saved: Any = None) -> Any:
         """Called once per run before the first stage, on the whole graph as captured

@@ -135,10 +135,31 @@ def test_with_gptq_lower_save_load(llada, tmp_path):
 
 
 @pytest.mark.parametrize("kw,msg", [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr"),
-                                    ({"min_gain": 1.0}, "min_gain")])
+                                    ({"min_gain": 1.0}, "min_gain"), ({"target": "fp"}, "target")])
 def test_bad_arguments(kw, msg):
     with pytest.raises(PipelineError, match=msg):
         P.LearnedAffine(**kw)
+
+
+def test_model_target_is_the_float_models_block_output(llada):
+    """target="model": every block is trained toward the float model's outputs (its inputs
+    the float model's own), so the identity's loss includes what the earlier quantized
+    blocks left and grows with depth; block 0 reads the embedding alone, the same inputs
+    either way. The fold stays exact (the pipeline verifies it on every block)."""
+    model, calib, ids, ref = llada
+
+    def losses(target):
+        pipe = Pipeline([P.FuseNorms(), P.Rotate(),
+                         P.LearnedAffine(epochs=1, min_gain=0.0, target=target),
+                         P.RTN(), P.ObserveActivations()], scheme=W3A3)
+        out = pipe.run(model, calib, progress=False)
+        rec = next(r for r in out.report.passes if r.name == "LearnedAffine")
+        return rec.metrics["stage_loss"]
+    block, full = losses("block"), losses("model")
+    assert full["block 0"]["identity"] == pytest.approx(block["block 0"]["identity"], rel=1e-6)
+    last = f"block {model.config.n_layers - 1}"
+    assert full[last]["identity"] > 1.5 * block[last]["identity"]
+    assert all(v["learned"] < v["identity"] for v in full.values()), full
 
 
 def test_needs_a_scheme(llada):
