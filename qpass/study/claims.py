@@ -190,6 +190,8 @@ CLAIMS = [
      lambda d: _a_vs_b(d, "w4a4-nvfp4", "w4a4-rtn", "better")),
     ("llm-compressor presets (issue 28)", "FP8 W8A8 is near lossless",
      lambda d: _against_fp(d, ["w8a8-fp8"], expect_worse=False)),
+    ("2410.09426 (FlatQuant)", "learned transforms beat QuaRot's fixed rotation at W4A4",
+     lambda d: _a_vs_b(d, "w4a4-learned", "w4a4-quarot", "better")),
     ("2606.04945 (STaR-Quant)", "[MASK] and unmasked tokens need separate activation transforms",
      lambda d: {"verdict": "not testable here",
                 "measured": "no mask-aware transform in qpass's pipelines"}),
