@@ -21,6 +21,10 @@ import json
 import sys
 from pathlib import Path
 
+_BENCH = str(Path(__file__).resolve().parent)
+if sys.path and sys.path[0] == _BENCH:          # bench/kernels.py shadows HF's `kernels`
+    sys.path.pop(0)
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -58,7 +58,11 @@ class GPTQ(WeightRounding):
     codes move; passes/_gptq_refine.py); "auto" does one sweep for a linear whose Hessian saw
     at least REFINE_MIN_TOKENS_PER_INPUT tokens per input channel — with fewer, H is close to
     rank-deficient and the sweep fits the calibration set instead of the layer (measured:
-    docs/RESULTS.md "GPTQ against the peers")."""
+    docs/RESULTS.md "GPTQ against the peers").
+    stage_act_quant: inside a stage, the later rounds' Hessians come from inputs computed
+    with the earlier rounds' activations quantized (True) or in float (False, QuaRot's GPTQ,
+    whose activation quantizers are set after the weights): the scheme's activation spec is
+    then set on the stage's linears once all of them are rounded."""
 
     scheme: Any = None
     block_size: int = 128
@@ -70,6 +74,7 @@ class GPTQ(WeightRounding):
     threads: int | None = None        # solves side by side; None = torch.get_num_threads()
     refine: int | str = "auto"        # sweeps after the solve; "auto": 1 with enough tokens
     observer: str | None = None       # the weight spec's scale observer, e.g. "mse"
+    stage_act_quant: bool = True      # later rounds of a stage see quantized activations
     needs_calibration = True
 
     # 2: offload_dir (a path on the machine that made the checkpoint, never adopted) and
@@ -91,7 +96,8 @@ class GPTQ(WeightRounding):
     def __repr__(self) -> str:
         extra = "".join(f", {k}={getattr(self, k)!r}" for k, d in
                         (("act_order", False), ("static_groups", False), ("sequential", True),
-                         ("true_sequential", True), ("refine", "auto"), ("observer", None))
+                         ("true_sequential", True), ("refine", "auto"), ("observer", None),
+                         ("stage_act_quant", True))
                         if getattr(self, k) != d)
         return f"GPTQ({self.scheme.name!r}{extra})"
 
@@ -161,6 +167,8 @@ class GPTQ(WeightRounding):
             hessians = {t: st.hessian() for t, st in sums.items() if st.tokens}
             self._replace_all(g, work, items, hessians)
             ctx.advance(task)
+        for target, aspec in work.deferred:          # stage_act_quant=False: now, not before
+            g.gm.get_submodule(target).act_spec = aspec
 
     def _collect(self, g, ctx: PassContext, nodes, regions) -> dict:
         """Σ xᵀx per input of `nodes` (float64 for fp64 models, else float32, on their device)."""
@@ -229,7 +237,9 @@ class GPTQ(WeightRounding):
 
     def _replace_rtn(self, g, work: "_StageWork", node) -> None:
         t = work.todo[node.target]
-        replace_linear(g, node, QuantLinear.from_linear(g.module(node), t.wspec, t.aspec),
+        replace_linear(g, node, QuantLinear.from_linear(g.module(node), t.wspec,
+                                                        work.act_spec(node.target, t.aspec,
+                                                                      self.stage_act_quant)),
                        reason=f"{t.reason} (RTN: no calibration token reached it)")
         work.res.metrics.setdefault("rtn_fallback", []).append(node.target)
         work.res.notes.append(f"{node.target}: no calibration token was routed to it; "
@@ -239,7 +249,9 @@ class GPTQ(WeightRounding):
     def _install(self, g, work: "_StageWork", node, info, errors) -> None:
         t = work.todo[node.target]
         err, err_rtn = errors
-        new = QuantLinear.from_linear(g.module(node), t.wspec, t.aspec, qweight=info.qweight)
+        new = QuantLinear.from_linear(g.module(node), t.wspec,
+                                      work.act_spec(node.target, t.aspec, self.stage_act_quant),
+                                      qweight=info.qweight)
         replace_linear(g, node, new, reason=f"{t.reason} (GPTQ)")
         stats = {"gptq_error": err, "rtn_error": err_rtn, "damp": info.damp_used,
                  "escalations": info.escalations, "dead_inputs": info.dead,
@@ -271,6 +283,15 @@ class _StageWork:
     """What one stage's GPTQ run works through: the linears to round and the result."""
     todo: dict                                   # module target -> _Target
     res: PassResult = field(default_factory=PassResult)
+    deferred: list = field(default_factory=list)  # (target, act spec) set after the stage
+
+    def act_spec(self, target: str, aspec, now: bool):
+        """The activation spec a linear gets when it is rounded: its own, or None with the
+        spec kept for the end of the stage (GPTQ(stage_act_quant=False))."""
+        if now or aspec is None:
+            return aspec
+        self.deferred.append((target, aspec))
+        return None
 
 
 @contextlib.contextmanager

@@ -336,3 +336,15 @@ def test_jacobsthal(q):
     Q = torch.tensor(jacobsthal(q))
     assert torch.equal(Q @ Q.T, q * torch.eye(q, dtype=torch.int64) - 1)
     assert torch.equal(Q.T, Q if q % 4 == 1 else -Q)
+
+
+@pytest.mark.parametrize("p", [2, 4, 64, 128, 1024, 2048])
+def test_dense_sylvester_path_equals_the_butterfly(p):
+    """Up to _DENSE_MAX the transform is one matmul with the cached Sylvester matrix; it is
+    the butterfly's transform (equal on integers in float64, where every sum is exact), and
+    above it the butterfly runs."""
+    from qpass.hadamard.fast import _butterfly, _fwht
+    y = torch.randint(-50, 50, (6, p), generator=torch.Generator().manual_seed(p)).double()
+    assert torch.equal(_fwht(y), _butterfly(y))
+    x = torch.randn(5, p, generator=torch.Generator().manual_seed(p + 1))
+    assert torch.allclose(_fwht(x), _butterfly(x), atol=1e-5 * p ** 0.5)

@@ -221,3 +221,28 @@ def test_gptq_without_calibration_is_a_clear_error():
     with pytest.raises(qpass.CalibrationError, match="calibration"):
         qpass.Pipeline([P.GPTQ("w4a16g128")]).run(qpass.models.load("tiny-llada-random"),
                                                    None, progress=False)
+
+
+def test_stage_act_quant_false_takes_in_stage_hessians_from_float_activations():
+    """GPTQ(stage_act_quant=False) (QuaRot's order: activation quantizers after the weights):
+    block 0 rounds exactly as GPTQ with the weight spec alone (its inputs are the embedding
+    either way), every linear still ends with the scheme's activation spec; the default
+    (quantized activations inside the stage) rounds block 0's later rounds differently."""
+    from qpass.specs import Scheme
+    model = qpass.models.load("tiny-llada")
+    text = (Path(qpass.__file__).parent / "zoo/tiny-llada/eval/shakespeare_test.txt").read_text()
+    calib = CalibrationSet.from_texts([text], model.tokenizer, n=4, seq_len=64, seed=0)
+    scheme = Scheme.parse("w4a4")
+
+    def block0(gptq):
+        out = qpass.Pipeline([P.FuseNorms(), gptq]).run(model, calib, progress=False)
+        q = {n: m for n, m in out.named_modules() if isinstance(m, QuantLinear)}
+        return {n: m.quantized_weight().dequantize() for n, m in q.items()
+                if ".0." in f".{n}."}, q
+    floating, q = block0(P.GPTQ("w4a4", stage_act_quant=False))
+    weight_only, _ = block0(P.GPTQ(str(scheme.weight)))
+    inside, _ = block0(P.GPTQ("w4a4"))
+    assert floating.keys() == weight_only.keys() and len(floating) == 7
+    assert all(torch.equal(floating[n], weight_only[n]) for n in floating)
+    assert any(not torch.equal(floating[n], inside[n]) for n in floating)
+    assert all(str(m.act_spec) == str(scheme.act) for m in q.values())
