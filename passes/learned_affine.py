@@ -59,7 +59,9 @@ class LearnedAffine(Pass):
     leaves the activation range unclipped; `target` what the block's outputs must match:
     "block", its own float outputs on the same (quantized) inputs, or "model", the float
     model's outputs of this block (its inputs the float model's own: OmniQuant's and GPTAQ's
-    objective, so a block also learns to undo what the quantized blocks before it left)."""
+    objective, so a block also learns to undo what the quantized blocks before it left);
+    `mask_weight` the weight of a [MASK] position's token error against a visible one's on
+    a masked-diffusion model's calibration batches (1: all tokens alike)."""
     VERSION = 1
     # no fact: the guard may keep every block as it was, and nothing later needs one
     exact = True
@@ -75,6 +77,7 @@ class LearnedAffine(Pass):
     learn_clip: bool = True
     fake_quant_weights: bool = True
     target: str = "block"
+    mask_weight: float = 1.0
 
     @property
     def reference_inputs(self) -> str | None:
@@ -86,6 +89,9 @@ class LearnedAffine(Pass):
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
             raise PipelineError(f"LearnedAffine: epochs must be a non-negative integer, got "
                                 f"{self.epochs!r}")
+        if not self.mask_weight > 0:
+            raise PipelineError(f"LearnedAffine: mask_weight must be > 0, got "
+                                f"{self.mask_weight!r}")
         if self.target not in ("block", "model"):
             raise PipelineError(f"LearnedAffine: target must be 'block' or 'model', got "
                                 f"{self.target!r}")
@@ -179,8 +185,24 @@ class LearnedAffine(Pass):
         if self.loss == "tensor":
             return sum(((o - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
                        for o, t in zip(out, target))
-        return sum((((o - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp(min=1e-12)).mean()
-                   for o, t in zip(out, target))
+        total = 0
+        for o, t in zip(out, target):
+            err = ((o - t) ** 2).sum(-1) / (t ** 2).sum(-1).clamp(min=1e-12)
+            w = self._token_weights(ctx, batch, err.shape)
+            total = total + (err.mean() if w is None else (w * err).sum() / w.sum())
+        return total
+
+    def _token_weights(self, ctx, batch, shape):
+        """mask_weight ≠ 1 on a masked-diffusion calibration batch: a [MASK] position's
+        error counts mask_weight times a visible one's (the denoiser's predictions are read
+        at the masked positions); None (plain mean) otherwise."""
+        mask_id = getattr(ctx.calib, "mask_id", None)
+        ids = batch[0] if batch else None
+        if self.mask_weight == 1.0 or mask_id is None or not isinstance(ids, torch.Tensor) \
+                or tuple(ids.shape) != tuple(shape):
+            return None
+        masked = (ids.to(torch.device("cpu")) == mask_id).to(torch.float32)
+        return (1 + (self.mask_weight - 1) * masked).to(ids.device)
 
     def _loss_all(self, ctx, data, targets) -> float:
         with torch.no_grad():

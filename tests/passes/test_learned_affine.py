@@ -135,7 +135,8 @@ def test_with_gptq_lower_save_load(llada, tmp_path):
 
 
 @pytest.mark.parametrize("kw,msg", [({"epochs": -1}, "epochs"), ({"lr": 0}, "lr"),
-                                    ({"min_gain": 1.0}, "min_gain"), ({"target": "fp"}, "target")])
+                                    ({"min_gain": 1.0}, "min_gain"), ({"target": "fp"}, "target"),
+                                    ({"mask_weight": 0.0}, "mask_weight")])
 def test_bad_arguments(kw, msg):
     with pytest.raises(PipelineError, match=msg):
         P.LearnedAffine(**kw)
@@ -160,6 +161,20 @@ def test_model_target_is_the_float_models_block_output(llada):
     last = f"block {model.config.n_layers - 1}"
     assert full[last]["identity"] > 1.5 * block[last]["identity"]
     assert all(v["learned"] < v["identity"] for v in full.values()), full
+
+
+def test_mask_weight_weights_masked_token_errors():
+    """mask_weight: a [MASK] position's token error counts mask_weight times a visible
+    one's, on batches whose ids carry the calibration set's mask id; else a plain mean."""
+    from types import SimpleNamespace
+    ids = torch.tensor([[5, 9, 9, 3], [9, 1, 2, 9]])
+    ctx = SimpleNamespace(calib=SimpleNamespace(mask_id=9))
+    w = P.LearnedAffine(mask_weight=4.0)._token_weights(ctx, (ids,), ids.shape)
+    assert torch.equal(w, torch.tensor([[1., 4., 4., 1.], [4., 1., 1., 4.]]))
+    assert P.LearnedAffine()._token_weights(ctx, (ids,), ids.shape) is None
+    no_mask = SimpleNamespace(calib=SimpleNamespace(mask_id=None))
+    assert P.LearnedAffine(mask_weight=4.0)._token_weights(no_mask, (ids,), ids.shape) is None
+    assert P.LearnedAffine(mask_weight=4.0)._token_weights(ctx, (ids,), (2, 3)) is None
 
 
 def test_needs_a_scheme(llada):
