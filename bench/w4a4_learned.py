@@ -87,6 +87,9 @@ def ablation_rows() -> dict:
         "w4a4-learned, mask_weight 4": pipe(
             la(mask_weight=4.0), P.GPTQ(observer="mse"),
             P.ObserveActivations(clip_search=_ACLIP)),
+        "w4a4-learned, mask_weight 4, GPTQ stage_act_quant=False": pipe(
+            la(mask_weight=4.0), P.GPTQ(observer="mse", stage_act_quant=False),
+            P.ObserveActivations(clip_search=_ACLIP)),
         "w4a4-learned, affine 2 epochs, GPTQ stage_act_quant=False": pipe(
             la(epochs=2), P.GPTQ(observer="mse", stage_act_quant=False),
             P.ObserveActivations(clip_search=_ACLIP)),

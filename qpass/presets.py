@@ -78,13 +78,15 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     # What won by measurement (issue 29; RESULTS "W4A4 that holds", bench/results/
     # w4a4_learned_*): QuaRot's rotation, LearnedAffine's block-wise learned transforms
     # (trained under the scheme's fake quantization with a learnable clip), GPTQ with the
-    # least-error weight range (mse observer) and the a-clip search. SmolLM2-135M next-token
-    # ppl (FP 43.73): W16A4 QuaRot 79.6 → + LearnedAffine 69.5 → + a-clip 61.9; W4A16 GPTQ
-    # minmax 54.2 → mse 46.5; W4A4 this 72.6 (1.66×) vs w4a4-quarot 105.4 and
-    # w4a4-quarot-aclip 95.6. tiny-llada / tiny-dream ELBO ppl 5.539 / 9.722 vs QuaRot's
-    # 5.589 / 9.711 (KV4: 5.584 / 9.770 vs 5.669 / 9.775).
+    # least-error weight range (mse observer) and float activations inside a block while it
+    # rounds (QuaRot's order), then the a-clip search. SmolLM2-135M next-token ppl (FP 43.73,
+    # 16x128 calibration tokens): 73.3 (1.68×) vs w4a4-quarot 105.4 and w4a4-quarot-aclip
+    # 95.6 (quantized activations while a block rounds: 72.6 there, and 66.7, 1.53×, with
+    # 64x128 tokens). tiny-llada / tiny-dream ELBO ppl, mean of 4 seeds: 5.508 / 9.724 vs
+    # QuaRot's 5.586 / 9.734 (FP 5.439 / 9.655; quantized activations while rounding: 5.545 /
+    # 9.735).
     "w4a4-learned": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().LearnedAffine(),
-                                  P().GPTQ(observer="mse"),
+                                  P().GPTQ(observer="mse", stage_act_quant=False),
                                   P().ObserveActivations(clip_search=_ACLIP), scheme="w4a4"),
     "w4a4-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w4a4"),
     "w8a8-duquant": lambda: _pipe(P().FuseNorms(), P().DuQuant(), P().RTN(), scheme="w8a8"),
@@ -164,7 +166,8 @@ ABOUT: dict[str, str] = {
     "w4a4-quarot-aclip": "QuaRot + activation clip ratios searched per linear (QuaRot/SpinQuant "
                          "a-clip); clipped activations run on the reference QuantLinear",
     "w4a4-learned": "QuaRot + LearnedAffine (FlatQuant-style learned transforms, block by "
-                    "block) + GPTQ with mse weight ranges + a-clip search; issue 29",
+                    "block) + GPTQ with mse weight ranges (float activations while a block "
+                    "rounds) + a-clip search; issue 29",
     "w4a4-duquant": "DuQuant (Lin et al. 2024): smoothing + block rotations + zig-zag "
                     "permutation; " + _STUDY,
     "w8a8-duquant": "DuQuant at W8A8; " + _STUDY,

@@ -215,4 +215,5 @@ def test_gptq_observer_field_follows_the_pipeline_scheme():
     kv4 = Pipeline(pre.passes, scheme="w4a4kv4")
     gptq = next(p for p in kv4.passes if type(p).__name__ == "GPTQ")
     assert str(gptq.scheme.weight) == "int4:channel:mse" and gptq.scheme.attn.bits == 4
-    assert "observer='mse'" in repr(gptq)
+    assert "observer='mse'" in repr(gptq) and "stage_act_quant=False" in repr(gptq)
+    assert gptq.stage_act_quant is False
