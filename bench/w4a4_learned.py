@@ -75,6 +75,8 @@ def ablation_rows() -> dict:
             P.GPTQ("int4:channel:mse"), P.ObserveActivations(clip_search=_ACLIP)),
         # 2026-12-08: the preset's passes with one change each (run with --n-calib as noted
         # in RESULTS: the epochs rows were measured with more calibration windows)
+        "w4a4-learned 2026-12-07 (GPTQ with quantized in-block activations)": pipe(
+            la(), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
         "w4a4-learned, affine target=model": pipe(
             la(target="model"), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
         "w4a4-learned, affine 2 epochs": pipe(

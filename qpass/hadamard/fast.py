@@ -65,9 +65,12 @@ def _butterfly(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-# Up to this order one matmul with the cached ±1 Sylvester matrix beats the butterfly's
-# log2(p) memory-bound passes (2.4–3.8× on this CPU for p = 64…512, and LearnedAffine's
-# training differentiates through it); above it the p² matrix grows and the butterfly wins.
+# Under autograd (LearnedAffine's training differentiates through the online Hadamards) and up
+# to this order, one matmul with the cached ±1 Sylvester matrix beats the butterfly's log2(p)
+# memory-bound passes and their backward (2.4–3.8× forward on this CPU for p = 64…512).
+# Everything else keeps the butterfly: its fp32 results are what saved checkpoints were
+# calibrated and tested with (bit-identical logits, tests/house/test_checkpoint_compat.py),
+# and GPTQ turns ulp-level changes of its Hessians into different codes.
 _DENSE_MAX = 1024
 
 
@@ -81,7 +84,7 @@ def _sylvester_as(p: int, dtype: torch.dtype, device: torch.device) -> torch.Ten
 def _fwht(y: torch.Tensor) -> torch.Tensor:
     """Unnormalized Sylvester transform along the last dim of a (rows, p) tensor."""
     p = y.shape[1]
-    if p <= _DENSE_MAX:
+    if p <= _DENSE_MAX and y.requires_grad:
         return y @ _sylvester_as(p, y.dtype, y.device)
     return _butterfly(y)
 

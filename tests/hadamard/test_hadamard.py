@@ -340,11 +340,18 @@ def test_jacobsthal(q):
 
 @pytest.mark.parametrize("p", [2, 4, 64, 128, 1024, 2048])
 def test_dense_sylvester_path_equals_the_butterfly(p):
-    """Up to _DENSE_MAX the transform is one matmul with the cached Sylvester matrix; it is
-    the butterfly's transform (equal on integers in float64, where every sum is exact), and
-    above it the butterfly runs."""
+    """Under autograd and up to _DENSE_MAX the transform is one matmul with the cached
+    Sylvester matrix: the butterfly's transform and gradient (equal on integers in float64,
+    where every sum is exact); without autograd the butterfly itself runs (bit for bit what
+    saved checkpoints were made with)."""
     from qpass.hadamard.fast import _butterfly, _fwht
     y = torch.randint(-50, 50, (6, p), generator=torch.Generator().manual_seed(p)).double()
-    assert torch.equal(_fwht(y), _butterfly(y))
+    dense = _fwht(y.clone().requires_grad_())
+    assert torch.equal(dense.detach(), _butterfly(y))
     x = torch.randn(5, p, generator=torch.Generator().manual_seed(p + 1))
-    assert torch.allclose(_fwht(x), _butterfly(x), atol=1e-5 * p ** 0.5)
+    assert torch.equal(_fwht(x), _butterfly(x))
+    g = torch.randn(5, p, generator=torch.Generator().manual_seed(p + 2))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (_fwht(a) * g).sum().backward()
+    (_butterfly(b) * g).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-5 * p ** 0.5)
