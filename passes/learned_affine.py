@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from qpass.errors import PipelineError
+from qpass.hadamard.fast import dense_sylvester
 from qpass.ir.regions import input_regions, is_float_linear
 from qpass.ir.structure import role
 from qpass.pipeline.pass_base import Pass, PassContext, PassResult
@@ -223,7 +224,7 @@ class LearnedAffine(Pass):
                 for grp, lr in zip(opt.param_groups, base):     # cosine decay to 0
                     grp["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 opt.zero_grad(set_to_none=True)
-                with torch.enable_grad():
+                with torch.enable_grad(), dense_sylvester():     # faster, same transform
                     loss = self._loss(ctx, *data[i], targets[i])
                     loss.backward()
                 opt.step()

@@ -15,8 +15,10 @@ H is only symmetric for powers of two, so H and H^T really differ for other size
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 
 import torch
 
@@ -65,13 +67,26 @@ def _butterfly(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-# Under autograd (LearnedAffine's training differentiates through the online Hadamards) and up
-# to this order, one matmul with the cached ±1 Sylvester matrix beats the butterfly's log2(p)
-# memory-bound passes and their backward (2.4–3.8× forward on this CPU for p = 64…512).
-# Everything else keeps the butterfly: its fp32 results are what saved checkpoints were
-# calibrated and tested with (bit-identical logits, tests/house/test_checkpoint_compat.py),
+# Inside `dense_sylvester()` (LearnedAffine's training, which differentiates through the online
+# Hadamards) and up to this order, one matmul with the cached ±1 Sylvester matrix beats the
+# butterfly's log2(p) memory-bound passes and their backward (2.4–3.8× forward on this CPU for
+# p = 64…512). Everything else keeps the butterfly, whatever the grad mode: its fp32 results
+# are what saved checkpoints were calibrated and tested with (bit-identical logits,
+# tests/house/test_checkpoint_compat.py; a streamed run equals an in-memory one bit for bit),
 # and GPTQ turns ulp-level changes of its Hessians into different codes.
 _DENSE_MAX = 1024
+_DENSE = threading.local()
+
+
+@contextlib.contextmanager
+def dense_sylvester():
+    """Within this block (this thread), transforms use the dense Sylvester matmul."""
+    depth = getattr(_DENSE, "depth", 0)
+    _DENSE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _DENSE.depth = depth
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,7 +99,7 @@ def _sylvester_as(p: int, dtype: torch.dtype, device: torch.device) -> torch.Ten
 def _fwht(y: torch.Tensor) -> torch.Tensor:
     """Unnormalized Sylvester transform along the last dim of a (rows, p) tensor."""
     p = y.shape[1]
-    if p <= _DENSE_MAX and y.requires_grad:
+    if p <= _DENSE_MAX and getattr(_DENSE, "depth", 0):
         return y @ _sylvester_as(p, y.dtype, y.device)
     return _butterfly(y)
 

@@ -340,18 +340,20 @@ def test_jacobsthal(q):
 
 @pytest.mark.parametrize("p", [2, 4, 64, 128, 1024, 2048])
 def test_dense_sylvester_path_equals_the_butterfly(p):
-    """Under autograd and up to _DENSE_MAX the transform is one matmul with the cached
-    Sylvester matrix: the butterfly's transform and gradient (equal on integers in float64,
-    where every sum is exact); without autograd the butterfly itself runs (bit for bit what
-    saved checkpoints were made with)."""
-    from qpass.hadamard.fast import _butterfly, _fwht
+    """Inside dense_sylvester() and up to _DENSE_MAX the transform is one matmul with the
+    cached Sylvester matrix: the butterfly's transform and gradient (equal on integers in
+    float64, where every sum is exact); outside it the butterfly itself runs, whatever the
+    grad mode (bit for bit what saved checkpoints were made with)."""
+    from qpass.hadamard.fast import _butterfly, _fwht, dense_sylvester
     y = torch.randint(-50, 50, (6, p), generator=torch.Generator().manual_seed(p)).double()
-    dense = _fwht(y.clone().requires_grad_())
-    assert torch.equal(dense.detach(), _butterfly(y))
+    with dense_sylvester():
+        assert torch.equal(_fwht(y), _butterfly(y))
     x = torch.randn(5, p, generator=torch.Generator().manual_seed(p + 1))
     assert torch.equal(_fwht(x), _butterfly(x))
+    assert torch.equal(_fwht(x.clone().requires_grad_()).detach(), _butterfly(x))
     g = torch.randn(5, p, generator=torch.Generator().manual_seed(p + 2))
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    (_fwht(a) * g).sum().backward()
+    with dense_sylvester():
+        (_fwht(a) * g).sum().backward()
     (_butterfly(b) * g).sum().backward()
     assert torch.allclose(a.grad, b.grad, atol=1e-5 * p ** 0.5)
