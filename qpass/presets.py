@@ -82,8 +82,8 @@ PRESETS: dict[str, Callable[[], Pipeline]] = {
     # rounds (QuaRot's order), then the a-clip search. SmolLM2-135M next-token ppl (FP 43.73,
     # 16x128 calibration tokens): 73.3 (1.68×) vs w4a4-quarot 105.4 and w4a4-quarot-aclip
     # 95.6 (quantized activations while a block rounds: 72.6 there, and 66.7, 1.53×, with
-    # 64x128 tokens). tiny-llada / tiny-dream ELBO ppl, mean of 4 seeds: 5.537 / 9.723 vs
-    # QuaRot's 5.604 / 9.734 (FP 5.439 / 9.655; every tiny-llada seed below every QuaRot one).
+    # 64x128 tokens). tiny-llada / tiny-dream ELBO ppl, mean of 4 seeds: 5.537 / 9.729 vs
+    # QuaRot's 5.604 / 9.731 (FP 5.439 / 9.655; every tiny-llada seed below every QuaRot one).
     "w4a4-learned": lambda: _pipe(P().FuseNorms(), P().Rotate(), P().LearnedAffine(),
                                   P().GPTQ(observer="mse", stage_act_quant=False),
                                   P().ObserveActivations(clip_search=_ACLIP), scheme="w4a4"),
