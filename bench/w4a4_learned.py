@@ -42,6 +42,10 @@ def ablation_rows() -> dict:
 
     def la(**kw):
         return P.LearnedAffine(**kw)
+    def learned(in_block=True, **kw):
+        """The preset's passes with LearnedAffine(**kw); in_block: GPTQ's stage_act_quant."""
+        return pipe(la(**kw), P.GPTQ(observer="mse", stage_act_quant=in_block),
+                    P.ObserveActivations(clip_search=_ACLIP))
     unclipped = dict(clip_ratio=1.0)     # a told ratio: the learned one is not applied
     return {
         "W16A4 quarot": pipe(P.ObserveActivations()),
@@ -75,26 +79,16 @@ def ablation_rows() -> dict:
             P.GPTQ("int4:channel:mse"), P.ObserveActivations(clip_search=_ACLIP)),
         # 2026-12-08: the preset's passes with one change each (run with --n-calib as noted
         # in RESULTS: the epochs rows were measured with more calibration windows)
-        "w4a4-learned 2026-12-07 (GPTQ with quantized in-block activations)": pipe(
-            la(), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, affine target=model": pipe(
-            la(target="model"), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, affine 2 epochs": pipe(
-            la(epochs=2), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, affine 4 epochs": pipe(
-            la(epochs=4), P.GPTQ(observer="mse"), P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, GPTQ stage_act_quant=False": pipe(
-            la(), P.GPTQ(observer="mse", stage_act_quant=False),
-            P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, mask_weight 4": pipe(
-            la(mask_weight=4.0), P.GPTQ(observer="mse"),
-            P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, mask_weight 4, GPTQ stage_act_quant=False": pipe(
-            la(mask_weight=4.0), P.GPTQ(observer="mse", stage_act_quant=False),
-            P.ObserveActivations(clip_search=_ACLIP)),
-        "w4a4-learned, affine 2 epochs, GPTQ stage_act_quant=False": pipe(
-            la(epochs=2), P.GPTQ(observer="mse", stage_act_quant=False),
-            P.ObserveActivations(clip_search=_ACLIP)),
+        "w4a4-learned 2026-12-07 (GPTQ with quantized in-block activations)": learned(),
+        "w4a4-learned, affine target=model": learned(target="model"),
+        "w4a4-learned, affine 2 epochs": learned(epochs=2),
+        "w4a4-learned, affine 4 epochs": learned(epochs=4),
+        "w4a4-learned, GPTQ stage_act_quant=False": learned(in_block=False),
+        "w4a4-learned, mask_weight 4": learned(mask_weight=4.0),
+        "w4a4-learned, mask_weight 4, GPTQ stage_act_quant=False": learned(mask_weight=4.0,
+                                                                            in_block=False),
+        "w4a4-learned, affine 2 epochs, GPTQ stage_act_quant=False": learned(epochs=2,
+                                                                              in_block=False),
     }
 
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 
-
 def kron_factors(n: int) -> tuple[int, int]:
     """(a, b), a·b = n, a the largest divisor of n not above √n (24·24 for 576, 32·48 for
     1536); a prime n gives (1, n): a dense b×b factor."""

@@ -138,10 +138,9 @@ class LearnedAffine(Pass):
         clip0 = 0.98 if self.learn_clip else None
         trs = {k: AffineTransform(g.module(r.consumers[0]).in_features, clip0).to(dev)
                for k, r, _ in groups}
-        refs = ctx.reference if self.target == "model" and ctx.reference is not None \
-            else ctx.inputs
+        refs = ctx.reference if self.target == "model" else ctx.inputs
         with torch.no_grad():
-            targets = [self._outputs(ctx, v, b) for v, b in zip(refs, ctx.runner.batches())]
+            targets = [self._outputs(ctx, v, b) for v, (_, b) in zip(refs, data)]
         mods = [g.module(n) for _, r, _ in groups for n in r.consumers]
         try:
             for k, r, specs in groups:
@@ -202,8 +201,7 @@ class LearnedAffine(Pass):
         if self.mask_weight == 1.0 or mask_id is None or not isinstance(ids, torch.Tensor) \
                 or tuple(ids.shape) != tuple(shape):
             return None
-        masked = (ids.to(torch.device("cpu")) == mask_id).to(torch.float32)
-        return (1 + (self.mask_weight - 1) * masked).to(ids.device)
+        return 1 + (self.mask_weight - 1) * (ids == mask_id).to(torch.float32)
 
     def _loss_all(self, ctx, data, targets) -> float:
         with torch.no_grad():
